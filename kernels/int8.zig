@@ -1,0 +1,99 @@
+//! The u8 x s8 dot-product step shared by the int8 kernels, chosen at compile time per ISA:
+//!   avx512vnni  `vpdpbusd` (exact: four u8 x s8 products summed into each s32 lane)
+//!   avx2        `vpmaddubsw` + `vpmaddwd` with ones + `vpaddd`
+//!   baseline    widened i32 arithmetic (SSE2)
+//!
+//! Saturation rule. `vpmaddubsw` adds two u8 x s8 products in *saturating* int16. Activations
+//! are quantized to 7 bits (u7, [0, 127]) everywhere, so a pair is at most 2 * 127 * 128 = 32512
+//! in magnitude and never saturates, whatever the s8 weight (-128 included). Every ISA variant
+//! therefore returns the same exact s32 sums. The cost is one bit of activation resolution
+//! (see docs/BENCHMARKS.md for the measured error); weights keep their full 8 bits.
+const std = @import("std");
+const builtin = @import("builtin");
+
+/// The largest activation value the kernels accept (7-bit activations; see the file comment).
+pub const act_max: u8 = 127;
+
+const has = std.Target.x86.featureSetHas;
+/// Code path compiled into this library.
+pub const Path = enum { vnni, avx2, generic };
+pub const path: Path = blk: {
+    if (builtin.cpu.arch != .x86_64) break :blk .generic;
+    if (has(builtin.cpu.features, .avx512vnni) and has(builtin.cpu.features, .avx512vl)) break :blk .vnni;
+    if (has(builtin.cpu.features, .avx2)) break :blk .avx2;
+    break :blk .generic;
+};
+
+/// 32 unsigned activation bytes: eight groups of four consecutive K values.
+pub const U8x32 = @Vector(32, u8);
+/// 32 signed weight bytes in the same grouping.
+pub const I8x32 = @Vector(32, i8);
+/// Eight s32 accumulators.
+pub const I32x8 = @Vector(8, i32);
+
+extern fn @"llvm.x86.avx2.pmadd.ub.sw"(a: U8x32, b: I8x32) @Vector(16, i16);
+extern fn @"llvm.x86.avx2.pmadd.wd"(a: @Vector(16, i16), b: @Vector(16, i16)) I32x8;
+extern fn @"llvm.x86.avx512.vpdpbusd.256"(acc: I32x8, a: I32x8, b: I32x8) I32x8;
+
+/// acc[i] + sum over j < 4 of a[4i + j] * w[4i + j], exact for a <= `act_max`.
+pub inline fn dot4(acc: I32x8, a: U8x32, w: I8x32) I32x8 {
+    switch (path) {
+        .vnni => return @"llvm.x86.avx512.vpdpbusd.256"(acc, @bitCast(a), @bitCast(w)),
+        .avx2 => {
+            const pairs = @"llvm.x86.avx2.pmadd.ub.sw"(a, w);
+            const ones: @Vector(16, i16) = @splat(1);
+            return acc +% @"llvm.x86.avx2.pmadd.wd"(pairs, ones);
+        },
+        .generic => {
+            const a32: @Vector(32, i32) = a;
+            const w32: @Vector(32, i32) = w;
+            const p = a32 * w32;
+            const Mask = @Vector(8, i32);
+            const m0: Mask = .{ 0, 4, 8, 12, 16, 20, 24, 28 };
+            const s0 = @shuffle(i32, p, undefined, m0);
+            const s1 = @shuffle(i32, p, undefined, m0 + @as(Mask, @splat(1)));
+            const s2 = @shuffle(i32, p, undefined, m0 + @as(Mask, @splat(2)));
+            const s3 = @shuffle(i32, p, undefined, m0 + @as(Mask, @splat(3)));
+            return acc +% ((s0 + s1) + (s2 + s3));
+        },
+    }
+}
+
+/// The same four-byte weight group in every lane (`vpbroadcastd`).
+pub inline fn broadcast4(w: *const [4]i8) I8x32 {
+    const word: u32 = @bitCast(w.*);
+    const v: @Vector(8, u32) = @splat(word);
+    return @bitCast(v);
+}
+
+test "dot4 is exact at the extreme values" {
+    const cases = [_]struct { a: u8, w: i8 }{
+        .{ .a = 127, .w = 127 },
+        .{ .a = 127, .w = -128 },
+        .{ .a = 127, .w = -127 },
+        .{ .a = 0, .w = -128 },
+        .{ .a = 1, .w = 127 },
+    };
+    for (cases) |c| {
+        const a: U8x32 = @splat(c.a);
+        const w: I8x32 = @splat(c.w);
+        const got = dot4(@splat(5), a, w);
+        const want: i32 = 5 + 4 * @as(i32, c.a) * @as(i32, c.w);
+        for (0..8) |i| try std.testing.expectEqual(want, got[i]);
+    }
+}
+
+test "dot4 sums each group of four" {
+    var a: [32]u8 = undefined;
+    var w: [32]i8 = undefined;
+    for (0..32) |i| {
+        a[i] = @intCast((i * 37) % 128);
+        w[i] = @intCast(@as(i32, @intCast((i * 53) % 256)) - 128);
+    }
+    const got = dot4(@splat(0), a, w);
+    for (0..8) |g| {
+        var want: i32 = 0;
+        for (0..4) |j| want += @as(i32, a[4 * g + j]) * @as(i32, w[4 * g + j]);
+        try std.testing.expectEqual(want, got[g]);
+    }
+}

@@ -1,0 +1,127 @@
+/**
+ * The interface shared by every linear op (dense fp32, dense int8, sparse fp32, sparse int8),
+ * so a model can choose a kernel per layer and swap them freely.
+ *
+ * @module
+ */
+
+/** Activation fused into a linear op's epilogue: y = act(x W^T + b) + residual. */
+export type Activation = "none" | "gelu" | "gelu_tanh";
+
+/** Activation codes of the C ABI (`kernels/vmath.zig` `Activation`). */
+export const ACTIVATION_CODE: Record<Activation, number> = { none: 0, gelu: 1, gelu_tanh: 2 };
+
+/** A dense linear weight in torch `[out, in]` row-major layout with its bias. */
+export interface LinearWeight {
+  /** Output features (rows of `weight`). */
+  out: number;
+  /** Input features (columns of `weight`). */
+  in: number;
+  /** `[out * in]` row-major. */
+  weight: Float32Array;
+  /** `[out]`, or null/absent for no bias. */
+  bias?: Float32Array | null;
+}
+
+/** Options accepted by every linear op's constructor. */
+export interface LinearOptions {
+  /** Activation fused into the epilogue; default `"none"`. */
+  activation?: Activation;
+}
+
+/** Per-call options of {@linkcode LinearOp.forward}. */
+export interface ForwardOptions {
+  /** Output buffer `[m * out]`; allocated when absent. Must not alias `x` or `residual`. */
+  out?: Float32Array;
+  /** Added after the activation, `[m * out]`. */
+  residual?: Float32Array;
+}
+
+/** A linear layer that owns its packed weights. */
+export interface LinearOp extends Disposable {
+  /** Kernel family, e.g. `"dense-f32"`. */
+  readonly kind: string;
+  /** Input features K. */
+  readonly inFeatures: number;
+  /** Output features N. */
+  readonly outFeatures: number;
+  /** Activation fused into the epilogue. */
+  readonly activation: Activation;
+  /** Bytes of packed weights held in native memory. */
+  readonly packedBytes: number;
+  /** Y [m, out] = act(X [m, in] W^T + b) + residual. */
+  forward(x: Float32Array, m: number, options?: ForwardOptions): Float32Array;
+}
+
+/** Checks a weight's shape against its data and returns it. */
+export function checkLinearWeight(weight: LinearWeight, what = "linear weight"): LinearWeight {
+  const { out, in: inFeatures } = weight;
+  if (!Number.isInteger(out) || out < 1 || !Number.isInteger(inFeatures) || inFeatures < 1) {
+    throw new RangeError(`The ${what} needs positive integer sizes, got [${out}, ${inFeatures}]`);
+  }
+  if (!(weight.weight instanceof Float32Array) || weight.weight.length !== out * inFeatures) {
+    throw new RangeError(
+      `The ${what} [${out}, ${inFeatures}] needs ${out * inFeatures} float32 values, got ${
+        describeArray(weight.weight)
+      }`,
+    );
+  }
+  if (
+    weight.bias != null && (!(weight.bias instanceof Float32Array) || weight.bias.length !== out)
+  ) {
+    throw new RangeError(
+      `The ${what} bias needs ${out} float32 values, got ${describeArray(weight.bias)}`,
+    );
+  }
+  return weight;
+}
+
+/** Checks the arguments of a forward call and returns the output buffer to write. */
+export function checkForward(
+  op: LinearOp,
+  x: Float32Array,
+  m: number,
+  options: ForwardOptions = {},
+): Float32Array {
+  if (!Number.isInteger(m) || m < 1) {
+    throw new RangeError(`Row count m must be a positive integer, got ${m}`);
+  }
+  if (!(x instanceof Float32Array) || x.length < m * op.inFeatures) {
+    throw new RangeError(
+      `Input must be a Float32Array of at least ${m} x ${op.inFeatures} = ${
+        m * op.inFeatures
+      } values, got ${describeArray(x)}`,
+    );
+  }
+  const need = m * op.outFeatures;
+  const out = options.out ?? new Float32Array(need);
+  if (!(out instanceof Float32Array) || out.length < need) {
+    throw new RangeError(`Output buffer needs ${need} float32 values, got ${describeArray(out)}`);
+  }
+  if (options.residual !== undefined) {
+    if (!(options.residual instanceof Float32Array) || options.residual.length < need) {
+      throw new RangeError(
+        `Residual needs ${need} float32 values, got ${describeArray(options.residual)}`,
+      );
+    }
+    if (overlaps(options.residual, out)) {
+      throw new RangeError("Residual and output buffers must not overlap");
+    }
+  }
+  if (overlaps(x, out)) throw new RangeError("Input and output buffers must not overlap");
+  return out;
+}
+
+/** Whether two typed arrays share any bytes. */
+export function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
+  if (a.buffer !== b.buffer) return false;
+  return a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
+}
+
+/** A short description of a value for error messages, e.g. `Float32Array(12)`. */
+export function describeArray(value: unknown): string {
+  if (ArrayBuffer.isView(value)) {
+    return `${value.constructor.name}(${(value as unknown as { length: number }).length})`;
+  }
+  return value === null ? "null" : typeof value;
+}

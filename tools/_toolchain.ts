@@ -1,0 +1,119 @@
+/**
+ * Pinned toolchains installed into the git-ignored `.tools/` folder: Zig from PyPI (`ziglang`)
+ * and a local Deno from npm. Shared by `tools/setup.ts`, `tools/build.ts` and `tools/test.ts`.
+ *
+ * @module
+ */
+
+/** The Zig release `build.zig` accepts. */
+export const ZIG_VERSION = "0.15.2";
+/** The Deno release the README's commands run. */
+export const DENO_VERSION = "2.9.6";
+
+/** Repository root (this file lives in `tools/`). */
+export const ROOT: string = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
+/** Where the pinned Zig is installed. */
+export const ZIG_DIR = `${ROOT}/.tools/zig`;
+/** The pinned Zig binary. */
+export const ZIG_BIN = `${ZIG_DIR}/ziglang/zig`;
+/** Where the local Deno is installed. */
+export const DENO_DIR = `${ROOT}/.tools/deno`;
+
+/** Runs a command, streaming its output unless `quiet`; throws with its stderr on failure. */
+export async function run(
+  cmd: string,
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string>; quiet?: boolean } = {},
+): Promise<string> {
+  let child;
+  try {
+    child = new Deno.Command(cmd, {
+      args,
+      cwd: options.cwd ?? ROOT,
+      env: options.env,
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  } catch (cause) {
+    throw new Error(`Could not start "${cmd}": ${(cause as Error).message}`, { cause });
+  }
+  const [out, err] = await Promise.all([
+    pump(child.stdout, options.quiet ? null : Deno.stdout),
+    pump(child.stderr, options.quiet ? null : Deno.stderr),
+  ]);
+  const status = await child.status;
+  if (!status.success) {
+    throw new Error(
+      `"${cmd} ${args.join(" ")}" failed with exit code ${status.code}\n${err.slice(-4000)}`,
+    );
+  }
+  return out;
+}
+
+async function pump(stream: ReadableStream<Uint8Array>, sink: Deno.Writer | null): Promise<string> {
+  const decoder = new TextDecoder();
+  let text = "";
+  for await (const chunk of stream) {
+    text += decoder.decode(chunk, { stream: true });
+    if (sink !== null) await writeAll(sink, chunk);
+  }
+  return text;
+}
+
+async function writeAll(sink: Deno.Writer, data: Uint8Array): Promise<void> {
+  let written = 0;
+  while (written < data.length) written += await sink.write(data.subarray(written));
+}
+
+async function zigVersion(): Promise<string | null> {
+  try {
+    const out = await new Deno.Command(ZIG_BIN, { args: ["version"], stdout: "piped" }).output();
+    return out.success ? new TextDecoder().decode(out.stdout).trim() : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Installs the pinned Zig from PyPI unless it is already there; returns the binary path. */
+export async function ensureZig(log: (line: string) => void): Promise<string> {
+  if (await zigVersion() === ZIG_VERSION) return ZIG_BIN;
+  log(`Installing Zig ${ZIG_VERSION} from PyPI (ziglang) into .tools/zig ...`);
+  await Deno.remove(ZIG_DIR, { recursive: true }).catch(() => {});
+  await run("python3", [
+    "-m",
+    "pip",
+    "install",
+    "--quiet",
+    "--disable-pip-version-check",
+    "--no-deps",
+    "--target",
+    ZIG_DIR,
+    `ziglang==${ZIG_VERSION}`,
+  ], { quiet: true });
+  const version = await zigVersion();
+  if (version !== ZIG_VERSION) {
+    throw new Error(`Installed Zig reports version "${version}", expected ${ZIG_VERSION}`);
+  }
+  return ZIG_BIN;
+}
+
+/** Installs a local Deno from npm (used by scripts and editors) unless present. */
+export async function ensureLocalDeno(log: (line: string) => void): Promise<string> {
+  const bin = `${DENO_DIR}/node_modules/@deno/linux-x64-glibc/deno`;
+  try {
+    await Deno.stat(bin);
+    return bin;
+  } catch {
+    log(`Installing Deno ${DENO_VERSION} from npm into .tools/deno ...`);
+  }
+  await run("npm", [
+    "install",
+    "--silent",
+    "--no-save",
+    "--ignore-scripts",
+    "--prefix",
+    DENO_DIR,
+    `deno@${DENO_VERSION}`,
+  ], { quiet: true });
+  return bin;
+}

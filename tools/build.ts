@@ -1,0 +1,62 @@
+/**
+ * Builds the kernel libraries with the pinned Zig: ReleaseFast into `build/fast/lib` (what the
+ * library loads) and ReleaseSafe into `build/safe/lib` (what the tests also run, so bounds and
+ * overflow bugs trap).
+ *
+ *   deno task build [--fast-only] [--json]
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { ensureZig, ROOT, run } from "./_toolchain.ts";
+
+const HELP = `Usage: deno task build [options]
+
+Installs the pinned Zig if needed and builds libsparsebert_{baseline,avx2,avx512vnni}.so.
+
+Options:
+  --fast-only   build only the ReleaseFast libraries (build/fast/lib)
+  --json        print one JSON line with the outputs instead of progress
+  -h, --help    show this help`;
+
+/** Builds the libraries; returns the folders written. */
+export async function build(
+  options: { fastOnly?: boolean; log?: (line: string) => void } = {},
+): Promise<string[]> {
+  const log = options.log ?? ((line: string) => console.error(line));
+  const zig = await ensureZig(log);
+  const modes: [string, string][] = [["ReleaseFast", "build/fast"]];
+  if (!options.fastOnly) modes.push(["ReleaseSafe", "build/safe"]);
+  const dirs: string[] = [];
+  for (const [mode, prefix] of modes) {
+    log(`Building kernels (${mode}) into ${prefix}/lib ...`);
+    await run(zig, ["build", `-Doptimize=${mode}`, "--prefix", prefix], { quiet: true });
+    dirs.push(`${ROOT}/${prefix}/lib`);
+  }
+  return dirs;
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      "fast-only": { type: "boolean", default: false },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+  } else {
+    try {
+      const dirs = await build({
+        fastOnly: values["fast-only"],
+        log: values.json ? () => {} : undefined,
+      });
+      if (values.json) console.log(JSON.stringify({ ok: true, dirs }));
+    } catch (error) {
+      console.error(`build failed: ${(error as Error).message}`);
+      Deno.exit(1);
+    }
+  }
+}

