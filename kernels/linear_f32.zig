@@ -61,6 +61,9 @@ const Args = struct {
     n: usize,
     residual: ?[*]const f32,
     y: [*]f32,
+    /// Next chunk of panels to take: threads take chunks dynamically, so a thread that loses
+    /// its core to another process does not hold the others at the barrier.
+    next_chunk: *std.atomic.Value(usize),
 };
 
 /// Computes Y [m, n] on the worker pool. `residual` may be null; it must not alias `y`.
@@ -76,7 +79,17 @@ pub fn forward(
 ) void {
     assert(m >= 1 and k >= 1 and n >= 1);
     if (residual) |r| assert(@intFromPtr(r) != @intFromPtr(y));
-    const args = Args{ .x = x, .m = m, .k = k, .packed_weights = packed_weights, .n = n, .residual = residual, .y = y };
+    var next_chunk = std.atomic.Value(usize).init(0);
+    const args = Args{
+        .x = x,
+        .m = m,
+        .k = k,
+        .packed_weights = packed_weights,
+        .n = n,
+        .residual = residual,
+        .y = y,
+        .next_chunk = &next_chunk,
+    };
     switch (activation) {
         inline else => |act| pool.parallel(Args, &args, Worker(act).run),
     }
@@ -89,8 +102,14 @@ fn Worker(comptime act: vmath.Activation) type {
             // Split output panels when there are enough for every thread (weights are read
             // once); otherwise split rows (small heads such as a 2-label classifier).
             if (panels >= nth) {
-                const range = pool.split(panels, ith, nth);
-                computeBlock(act, args, 0, args.m, range.begin, range.end);
+                // About 8 chunks per thread: enough to rebalance, few enough to keep each
+                // chunk's weights streaming.
+                const chunk = @max(1, panels / (8 * @as(usize, nth)));
+                while (true) {
+                    const begin = args.next_chunk.fetchAdd(chunk, .monotonic);
+                    if (begin >= panels) break;
+                    computeBlock(act, args, 0, args.m, begin, @min(begin + chunk, panels));
+                }
             } else {
                 const range = pool.split(args.m, ith, nth);
                 if (range.begin < range.end) computeBlock(act, args, range.begin, range.end, 0, panels);

@@ -30,8 +30,20 @@ export async function build(
   const dirs: string[] = [];
   for (const [mode, prefix] of modes) {
     log(`Building kernels (${mode}) into ${prefix}/lib ...`);
-    await run(zig, ["build", `-Doptimize=${mode}`, "--prefix", prefix], { quiet: true });
-    dirs.push(`${ROOT}/${prefix}/lib`);
+    // Build into a staging prefix, then rename each library into place: a process that has
+    // the old file loaded keeps its inode (overwriting a loaded .so in place crashes it).
+    const staging = `${ROOT}/build/.staging-${mode}-${Deno.pid}`;
+    try {
+      await run(zig, ["build", `-Doptimize=${mode}`, "--prefix", staging], { quiet: true });
+      const dir = `${ROOT}/${prefix}/lib`;
+      await Deno.mkdir(dir, { recursive: true });
+      for await (const entry of Deno.readDir(`${staging}/lib`)) {
+        await Deno.rename(`${staging}/lib/${entry.name}`, `${dir}/${entry.name}`);
+      }
+      dirs.push(dir);
+    } finally {
+      await Deno.remove(staging, { recursive: true }).catch(() => {});
+    }
   }
   return dirs;
 }

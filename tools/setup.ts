@@ -33,7 +33,7 @@ export async function setup(
   await build({ fastOnly: options.fastOnly, log });
   if (options.models !== false) {
     log("Fetching models into .cache/models ...");
-    await run(Deno.execPath(), ["run", "-A", `${ROOT}/tools/fetch_models.ts`, "all"], {
+    await run(Deno.execPath(), ["run", "-A", `${ROOT}/tools/fetch_models.ts`], {
       quiet: false,
     });
   }

@@ -1,0 +1,124 @@
+/**
+ * Timing helpers shared by the benchmark runners: repeated measurement with warm-up,
+ * interleaved (A B A B) rounds so machine drift hits every contender alike, robust statistics,
+ * and the peak probes that every benchmark reports its fraction of.
+ *
+ * @module
+ */
+import { kernels } from "../ffi/library.ts";
+
+/** Summary statistics of a set of samples (milliseconds). */
+export interface Stats {
+  n: number;
+  median: number;
+  mean: number;
+  min: number;
+  p10: number;
+  p90: number;
+  p99: number;
+}
+
+/** Percentile by linear interpolation over sorted samples. */
+export function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  const index = (sorted.length - 1) * p;
+  const lo = Math.floor(index);
+  const hi = Math.ceil(index);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (index - lo);
+}
+
+/** Statistics of `samples`. */
+export function stats(samples: readonly number[]): Stats {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return {
+    n: sorted.length,
+    median: percentile(sorted, 0.5),
+    mean: sorted.reduce((s, v) => s + v, 0) / Math.max(1, sorted.length),
+    min: sorted[0] ?? NaN,
+    p10: percentile(sorted, 0.1),
+    p90: percentile(sorted, 0.9),
+    p99: percentile(sorted, 0.99),
+  };
+}
+
+/** A contender in an interleaved benchmark: a (sync or async) function doing one iteration. */
+export interface Contender {
+  name: string;
+  run: () => unknown | Promise<unknown>;
+}
+
+/** Options for {@linkcode interleave}. */
+export interface InterleaveOptions {
+  /** Rounds of A B A B; default 7. */
+  rounds?: number;
+  /** Target time per contender per round in ms; default 150. */
+  roundMs?: number;
+  /** Warm-up iterations per contender before the first round; default 3. */
+  warmup?: number;
+}
+
+/**
+ * Runs contenders in interleaved rounds; each sample is the mean time of one iteration within
+ * one round, so the result holds `rounds` samples per contender.
+ */
+export async function interleave(
+  contenders: readonly Contender[],
+  options: InterleaveOptions = {},
+): Promise<Map<string, Stats>> {
+  const { rounds = 7, roundMs = 150, warmup = 3 } = options;
+  const iterations = new Map<string, number>();
+  for (const c of contenders) {
+    for (let i = 0; i < warmup; i++) await c.run();
+    const t0 = performance.now();
+    await c.run();
+    const one = Math.max(performance.now() - t0, 0.001);
+    iterations.set(c.name, Math.max(1, Math.min(10_000, Math.round(roundMs / one))));
+  }
+  const samples = new Map<string, number[]>(contenders.map((c) => [c.name, []]));
+  for (let r = 0; r < rounds; r++) {
+    for (const c of contenders) {
+      const n = iterations.get(c.name)!;
+      const t0 = performance.now();
+      for (let i = 0; i < n; i++) await c.run();
+      samples.get(c.name)!.push((performance.now() - t0) / n);
+    }
+  }
+  return new Map([...samples].map(([name, s]) => [name, stats(s)]));
+}
+
+/** Measures the machine's fp32 FMA peak (GFLOP/s) with the current thread count; median of 5. */
+export function probePeakF32(): number {
+  const lib = kernels().symbols;
+  lib.sb_probe_peak_f32(2_000_000n); // wake workers, settle clocks
+  const results: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const t0 = performance.now();
+    const flops = Number(lib.sb_probe_peak_f32(10_000_000n));
+    results.push(flops / ((performance.now() - t0) * 1e6));
+  }
+  return stats(results).median;
+}
+
+/** Formats a number with fixed decimals, padded to `width`. */
+export function fmt(value: number, decimals: number, width: number): string {
+  return (Number.isFinite(value) ? value.toFixed(decimals) : "-").padStart(width);
+}
+
+/** Versions and machine facts recorded with every benchmark result. */
+export function environment(): Record<string, unknown> {
+  let cpu = "unknown";
+  try {
+    cpu = Deno.readTextFileSync("/proc/cpuinfo").split("\n").find((l) =>
+      l.startsWith("model name")
+    )?.split(":")[1]?.trim() ?? cpu;
+  } catch { /* not Linux */ }
+  const lib = kernels();
+  return {
+    date: new Date().toISOString(),
+    cpu,
+    logicalCpus: navigator.hardwareConcurrency,
+    isa: lib.isa,
+    deno: Deno.version.deno,
+    v8: Deno.version.v8,
+  };
+}
