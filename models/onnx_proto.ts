@@ -12,27 +12,30 @@
  */
 
 import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { bfloat16ToFloat32, float16ToFloat32 } from "./weights.ts";
 
 /** ONNX `TensorProto.DataType` values. */
-export const DataType = Object.freeze({
-  UNDEFINED: 0,
-  FLOAT: 1,
-  UINT8: 2,
-  INT8: 3,
-  UINT16: 4,
-  INT16: 5,
-  INT32: 6,
-  INT64: 7,
-  STRING: 8,
-  BOOL: 9,
-  FLOAT16: 10,
-  DOUBLE: 11,
-  UINT32: 12,
-  UINT64: 13,
-  COMPLEX64: 14,
-  COMPLEX128: 15,
-  BFLOAT16: 16,
-} as const);
+export const DataType = Object.freeze(
+  {
+    UNDEFINED: 0,
+    FLOAT: 1,
+    UINT8: 2,
+    INT8: 3,
+    UINT16: 4,
+    INT16: 5,
+    INT32: 6,
+    INT64: 7,
+    STRING: 8,
+    BOOL: 9,
+    FLOAT16: 10,
+    DOUBLE: 11,
+    UINT32: 12,
+    UINT64: 13,
+    COMPLEX64: 14,
+    COMPLEX128: 15,
+    BFLOAT16: 16,
+  } as const,
+);
 
 const DATA_TYPE_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(DataType).map(([k, v]) => [v, k]),
@@ -67,19 +70,21 @@ export function elementSize(dataType: number): number {
 }
 
 /** ONNX `AttributeProto.AttributeType` values. */
-export const AttributeType = Object.freeze({
-  UNDEFINED: 0,
-  FLOAT: 1,
-  INT: 2,
-  STRING: 3,
-  TENSOR: 4,
-  GRAPH: 5,
-  FLOATS: 6,
-  INTS: 7,
-  STRINGS: 8,
-  TENSORS: 9,
-  GRAPHS: 10,
-} as const);
+export const AttributeType = Object.freeze(
+  {
+    UNDEFINED: 0,
+    FLOAT: 1,
+    INT: 2,
+    STRING: 3,
+    TENSOR: 4,
+    GRAPH: 5,
+    FLOATS: 6,
+    INTS: 7,
+    STRINGS: 8,
+    TENSORS: 9,
+    GRAPHS: 10,
+  } as const,
+);
 
 /** Where a tensor's bytes live when `data_location` is EXTERNAL. */
 export interface OnnxExternalData {
@@ -536,8 +541,6 @@ function decodeTensor(d: Decoder, end: number): OnnxTensor {
         break;
       case 8:
         t.name = d.string();
-        d.path.push(`"${t.name}"`);
-        d.path.pop();
         break;
       case 9:
         t.rawData = r.bytes();
@@ -822,33 +825,15 @@ export function tensorToFloat32(t: OnnxTensor): Float32Array {
         ? new Uint16Array(copyBytes(raw).buffer)
         : Uint16Array.from(t.int32Data ?? []);
       checkCount(t, bits.length);
-      return t.dataType === DataType.FLOAT16 ? f16(bits) : bf16(bits);
+      return t.dataType === DataType.FLOAT16 ? float16ToFloat32(bits) : bfloat16ToFloat32(bits);
     }
     default:
       throw new Error(
-        `Tensor "${t.name}" is ${dataTypeName(t.dataType)}[${t.dims.join(", ")}], expected a float tensor (${n} values)`,
+        `Tensor "${t.name}" is ${dataTypeName(t.dataType)}[${
+          t.dims.join(", ")
+        }], expected a float tensor (${n} values)`,
       );
   }
-}
-
-function f16(bits: Uint16Array): Float32Array {
-  const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) {
-    const b = bits[i];
-    const sign = b & 0x8000 ? -1 : 1;
-    const exp = (b >> 10) & 0x1f;
-    const frac = b & 0x3ff;
-    if (exp === 0) out[i] = sign * frac * 2 ** -24;
-    else if (exp === 0x1f) out[i] = frac ? NaN : sign * Infinity;
-    else out[i] = sign * (1 + frac / 1024) * 2 ** (exp - 15);
-  }
-  return out;
-}
-
-function bf16(bits: Uint16Array): Float32Array {
-  const out = new Uint32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) out[i] = bits[i] << 16;
-  return new Float32Array(out.buffer);
 }
 
 /**
@@ -1064,7 +1049,7 @@ function encodeValueInfo(v: OnnxValueInfo): Pieces {
   return out;
 }
 
-function encodeAttribute(a: OnnxAttribute, sink: ExternalSink | null): Pieces {
+function encodeAttribute(a: OnnxAttribute): Pieces {
   const out = new Pieces();
   out.small((w) => {
     w.tag(1, WireType.LengthDelimited).string(a.name);
@@ -1095,11 +1080,13 @@ function encodeAttribute(a: OnnxAttribute, sink: ExternalSink | null): Pieces {
   if (a.type === AttributeType.TENSORS) {
     for (const t of a.tensors) out.field(10, encodeTensor(t, null));
   }
-  if (a.type === AttributeType.GRAPHS) for (const g of a.graphs) out.field(11, encodeGraph(g, null));
+  if (a.type === AttributeType.GRAPHS) {
+    for (const g of a.graphs) out.field(11, encodeGraph(g, null));
+  }
   return out;
 }
 
-function encodeNode(n: OnnxNode, sink: ExternalSink | null): Pieces {
+function encodeNode(n: OnnxNode): Pieces {
   const out = new Pieces();
   out.small((w) => {
     for (const i of n.inputs) w.tag(1, WireType.LengthDelimited).string(i);
@@ -1108,13 +1095,13 @@ function encodeNode(n: OnnxNode, sink: ExternalSink | null): Pieces {
     w.tag(4, WireType.LengthDelimited).string(n.opType);
     if (n.domain) w.tag(7, WireType.LengthDelimited).string(n.domain);
   });
-  for (const a of n.attributes) out.field(5, encodeAttribute(a, sink));
+  for (const a of n.attributes) out.field(5, encodeAttribute(a));
   return out;
 }
 
 function encodeGraph(g: OnnxGraphInit, sink: ExternalSink | null): Pieces {
   const out = new Pieces();
-  for (const n of g.nodes) out.field(1, encodeNode(n, sink));
+  for (const n of g.nodes) out.field(1, encodeNode(n));
   out.small((w) => w.tag(2, WireType.LengthDelimited).string(g.name));
   for (const t of g.initializers) out.field(5, encodeTensor(t, sink));
   for (const v of g.inputs) out.field(11, encodeValueInfo(v));

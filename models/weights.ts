@@ -179,7 +179,9 @@ export function validateBertWeights(w: BertWeights): void {
     if (!(n.eps > 0)) throw new Error(`Invalid BERT weights: ${what}.eps is ${n.eps}`);
   };
   if (h % c.numHeads !== 0) {
-    throw new Error(`Invalid BERT config: hiddenSize ${h} is not a multiple of numHeads ${c.numHeads}`);
+    throw new Error(
+      `Invalid BERT config: hiddenSize ${h} is not a multiple of numHeads ${c.numHeads}`,
+    );
   }
   expect("wordEmbeddings", w.wordEmbeddings.length, c.vocabSize * h);
   expect("positionEmbeddings", w.positionEmbeddings.length, c.maxPositionEmbeddings * h);

@@ -1,0 +1,323 @@
+/**
+ * Tokenizer for BERT-family models: a wrapper over `@huggingface/tokenizers` (tokenizer.json)
+ * that adds truncation, padding and batching into flat typed arrays ready for the encoder or
+ * ONNX Runtime.
+ *
+ * ```ts
+ * const tok = await BertTokenizer.fromFile(".cache/models/all-minilm-l6-v2/tokenizer.json");
+ * const batch = tok.encodeBatch(["hello world", "a longer sentence"], { padding: "longest" });
+ * // batch.inputIds: Int32Array [batch * seq], batch.shape: [batch, seq]
+ * ```
+ *
+ * @module
+ */
+
+import { Tokenizer } from "@huggingface/tokenizers";
+
+/** Options of {@linkcode BertTokenizer.encodeBatch}. */
+export interface EncodeBatchOptions {
+  /** Longest allowed sequence including special tokens (default: the tokenizer's maxLength). */
+  maxLength?: number;
+  /**
+   * Cut sequences longer than `maxLength` (default `false`: such a text is an error).
+   * `true` is `"longest_first"` for pairs; `"only_second"` cuts only the second text.
+   */
+  truncation?: boolean | "longest_first" | "only_second";
+  /** `"longest"` (default) pads to the longest sequence of the batch; `"max_length"` to maxLength. */
+  padding?: "longest" | "max_length";
+  /** Add [CLS]/[SEP] (default `true`). */
+  addSpecialTokens?: boolean;
+}
+
+/** A tokenized, padded batch. All arrays are row-major `[batch, seq]`. */
+export interface EncodedBatch {
+  /** `[batch, seq]`. */
+  shape: [number, number];
+  /** Token ids, padded with the pad token id. */
+  inputIds: Int32Array;
+  /** 1 for real tokens, 0 for padding. */
+  attentionMask: Int32Array;
+  /** Segment ids (0 for the first text, 1 for the second of a pair, 0 for padding). */
+  tokenTypeIds: Int32Array;
+  /** Unpadded length of each sequence. */
+  lengths: number[];
+  /** Whether each sequence was truncated. */
+  truncated: boolean[];
+}
+
+/** Options of {@linkcode BertTokenizer.fromFile} and the constructor. */
+export interface BertTokenizerOptions {
+  /** Default max length (default: `model_max_length` of tokenizer_config.json, else 512). */
+  maxLength?: number;
+}
+
+/** A text, or a pair of texts (e.g. question and context). */
+export type TextInput = string | [string, string];
+
+interface TokenizerInternals {
+  post_processor:
+    | ((a: string[], b: string[] | null, addSpecial: boolean) => {
+      tokens: string[];
+      token_type_ids?: number[];
+    })
+    | null;
+}
+
+/** Widens an Int32Array of ids/masks to the BigInt64Array ONNX Runtime wants for int64 inputs. */
+export function toBigInt64(values: Int32Array): BigInt64Array {
+  const out = new BigInt64Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = BigInt(values[i]);
+  return out;
+}
+
+/** A tokenizer.json tokenizer with truncation, padding and batching. */
+export class BertTokenizer {
+  #tok: Tokenizer;
+  #vocab: Map<string, number>;
+  #unkId: number;
+  #padId: number;
+  #maxLength: number;
+  #label: string;
+
+  /**
+   * @param tokenizerJson Parsed tokenizer.json.
+   * @param tokenizerConfig Parsed tokenizer_config.json, or `{}`.
+   * @param options Defaults.
+   * @param label How the tokenizer is named in error messages.
+   */
+  constructor(
+    tokenizerJson: Record<string, unknown>,
+    tokenizerConfig: Record<string, unknown> = {},
+    options: BertTokenizerOptions = {},
+    label = "tokenizer.json",
+  ) {
+    this.#label = label;
+    try {
+      this.#tok = new Tokenizer(tokenizerJson, tokenizerConfig);
+    } catch (err) {
+      throw new Error(`Cannot load tokenizer "${label}": ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    this.#vocab = this.#tok.get_vocab(true);
+    const model = (tokenizerJson.model ?? {}) as { unk_token?: string };
+    const padding = (tokenizerJson.padding ?? null) as { pad_id?: number } | null;
+    const padToken = (tokenizerConfig.pad_token as string | undefined) ?? "[PAD]";
+    this.#unkId = this.#vocab.get(model.unk_token ?? "[UNK]") ?? 0;
+    this.#padId = padding?.pad_id ?? this.#vocab.get(padToken) ?? 0;
+    const configMax = Number(tokenizerConfig.model_max_length);
+    this.#maxLength = options.maxLength ??
+      (Number.isSafeInteger(configMax) && configMax > 0 && configMax <= 1 << 20 ? configMax : 512);
+    if (!Number.isSafeInteger(this.#maxLength) || this.#maxLength < 2) {
+      throw new Error(`Invalid maxLength ${this.#maxLength} for tokenizer "${label}"`);
+    }
+  }
+
+  /**
+   * Loads `tokenizer.json` (and `tokenizer_config.json` next to it, when present).
+   *
+   * @throws Error naming the file when it is missing or not a valid tokenizer.
+   */
+  static async fromFile(path: string, options: BertTokenizerOptions = {}): Promise<BertTokenizer> {
+    let json: Record<string, unknown>;
+    try {
+      json = JSON.parse(await Deno.readTextFile(path));
+    } catch (err) {
+      throw new Error(`Cannot read tokenizer "${path}": ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : ".";
+    let config: Record<string, unknown> = {};
+    try {
+      config = JSON.parse(await Deno.readTextFile(`${dir}/tokenizer_config.json`));
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) {
+        throw new Error(
+          `Cannot read tokenizer config "${dir}/tokenizer_config.json": ${(err as Error).message}`,
+          { cause: err },
+        );
+      }
+    }
+    return new BertTokenizer(json, config, options, path);
+  }
+
+  /** Default max length (special tokens included). */
+  get maxLength(): number {
+    return this.#maxLength;
+  }
+
+  /** Id of the padding token. */
+  get padTokenId(): number {
+    return this.#padId;
+  }
+
+  /** Number of vocabulary entries (added tokens included). */
+  get vocabSize(): number {
+    return this.#vocab.size;
+  }
+
+  /** Word pieces of a text, without special tokens. */
+  tokenize(text: string): string[] {
+    return this.#tok.tokenize(text, { add_special_tokens: false });
+  }
+
+  /** Ids of tokens (unknown tokens map to the [UNK] id). */
+  convertTokensToIds(tokens: string[]): number[] {
+    return tokens.map((t) => this.#vocab.get(t) ?? this.#unkId);
+  }
+
+  /**
+   * Adds the special tokens of the tokenizer's post-processor around one or two token lists
+   * ([CLS] a [SEP] (b [SEP]) for BERT) and returns tokens with their segment ids.
+   */
+  withSpecialTokens(
+    a: string[],
+    b: string[] | null = null,
+  ): { tokens: string[]; typeIds: number[] } {
+    const post = (this.#tok as unknown as TokenizerInternals).post_processor;
+    if (post === null) {
+      const tokens = b ? [...a, ...b] : [...a];
+      return { tokens, typeIds: tokens.map((_, i) => (i < a.length ? 0 : 1)) };
+    }
+    const out = post(a, b, true);
+    return {
+      tokens: out.tokens,
+      typeIds: out.token_type_ids ?? out.tokens.map(() => 0),
+    };
+  }
+
+  /** How many special tokens {@linkcode withSpecialTokens} adds for a single text or a pair. */
+  numSpecialTokens(pair: boolean): number {
+    return this.withSpecialTokens([], pair ? [] : null).tokens.length;
+  }
+
+  /** Converts ids back to text. */
+  decode(ids: ArrayLike<number>, skipSpecialTokens = true): string {
+    if (ids.length === 0) return "";
+    return this.#tok.decode(Array.from(ids), { skip_special_tokens: skipSpecialTokens });
+  }
+
+  /**
+   * Tokenizes one text (or pair) into ids and segment ids, truncating or failing per options.
+   *
+   * @throws Error quoting the token count and the limit when the text is too long and
+   *   truncation is off.
+   */
+  encode(
+    input: TextInput,
+    options: EncodeBatchOptions = {},
+  ): { ids: number[]; typeIds: number[]; truncated: boolean } {
+    const maxLength = options.maxLength ?? this.#maxLength;
+    if (!Number.isSafeInteger(maxLength) || maxLength < 1) {
+      throw new Error(`Invalid maxLength ${maxLength}: expected a positive integer`);
+    }
+    const addSpecial = options.addSpecialTokens ?? true;
+    const pair = Array.isArray(input);
+    if (pair && (input.length !== 2 || input.some((t) => typeof t !== "string"))) {
+      throw new Error(`A text pair must be two strings, got ${JSON.stringify(input)}`);
+    }
+    if (!pair && typeof input !== "string") {
+      throw new Error(`Expected a string to tokenize, got ${typeof input}`);
+    }
+    let a = this.tokenize(pair ? input[0] : input);
+    let b = pair ? this.tokenize(input[1]) : null;
+    const special = addSpecial ? this.numSpecialTokens(pair) : 0;
+    const total = a.length + (b?.length ?? 0) + special;
+    let truncated = false;
+    if (total > maxLength) {
+      const strategy = options.truncation === true ? "longest_first" : options.truncation;
+      if (!strategy) {
+        const what = pair ? "Text pair" : "Text";
+        throw new Error(
+          `${what} has ${total} tokens, over the limit of ${maxLength} (maxLength); shorten it or enable truncation`,
+        );
+      }
+      const excess = total - maxLength;
+      if (strategy === "only_second") {
+        if (b === null || b.length < excess) {
+          throw new Error(
+            `Cannot truncate to ${maxLength} tokens with "only_second": the first text alone has ${
+              a.length + special
+            } tokens`,
+          );
+        }
+        b = b.slice(0, b.length - excess);
+      } else {
+        if (special >= maxLength) {
+          throw new Error(`maxLength ${maxLength} leaves no room beside ${special} special tokens`);
+        }
+        const target = maxLength - special;
+        if (b === null) {
+          a = a.slice(0, target);
+        } else {
+          // Like the tokenizers library: the shorter text keeps up to half of the room (the
+          // first text counts as the shorter on a tie), the longer one takes the rest.
+          const firstLonger = a.length > b.length;
+          const shorter = firstLonger ? b.length : a.length;
+          const keepShort = Math.min(shorter, Math.floor(target / 2));
+          const keepLong = target - keepShort;
+          if (firstLonger) {
+            a = a.slice(0, keepLong);
+            b = b.slice(0, keepShort);
+          } else {
+            a = a.slice(0, keepShort);
+            b = b.slice(0, keepLong);
+          }
+        }
+      }
+      truncated = true;
+    }
+    const { tokens, typeIds } = addSpecial
+      ? this.withSpecialTokens(a, b)
+      : { tokens: [...a, ...(b ?? [])], typeIds: [...a.map(() => 0), ...(b ?? []).map(() => 1)] };
+    return { ids: this.convertTokensToIds(tokens), typeIds, truncated };
+  }
+
+  /**
+   * Tokenizes a batch of texts (or pairs) into padded `[batch, seq]` arrays.
+   *
+   * @throws Error quoting the offending text's index, token count and limit when a text is
+   *   over `maxLength` and truncation is off.
+   */
+  encodeBatch(texts: TextInput[], options: EncodeBatchOptions = {}): EncodedBatch {
+    if (!Array.isArray(texts) || texts.length === 0) {
+      throw new Error("encodeBatch needs a non-empty array of texts");
+    }
+    const maxLength = options.maxLength ?? this.#maxLength;
+    const padding = options.padding ?? "longest";
+    if (padding !== "longest" && padding !== "max_length") {
+      throw new Error(`Invalid padding "${padding}": expected "longest" or "max_length"`);
+    }
+    const rows = texts.map((t, i) => {
+      try {
+        return this.encode(t, { ...options, maxLength });
+      } catch (err) {
+        throw new Error(
+          texts.length > 1
+            ? `Text ${i} of the batch: ${(err as Error).message}`
+            : (err as Error).message,
+          { cause: err },
+        );
+      }
+    });
+    const seq = padding === "max_length" ? maxLength : Math.max(...rows.map((r) => r.ids.length));
+    const batch = rows.length;
+    const inputIds = new Int32Array(batch * seq).fill(this.#padId);
+    const attentionMask = new Int32Array(batch * seq);
+    const tokenTypeIds = new Int32Array(batch * seq);
+    rows.forEach((r, i) => {
+      inputIds.set(r.ids, i * seq);
+      attentionMask.fill(1, i * seq, i * seq + r.ids.length);
+      tokenTypeIds.set(r.typeIds, i * seq);
+    });
+    return {
+      shape: [batch, seq],
+      inputIds,
+      attentionMask,
+      tokenTypeIds,
+      lengths: rows.map((r) => r.ids.length),
+      truncated: rows.map((r) => r.truncated),
+    };
+  }
+}
