@@ -5,6 +5,7 @@
 //! Several Deno isolates (Workers) share this library and so this pool: `parallel` takes a
 //! mutex, so concurrent callers run one after another instead of corrupting the job slot.
 const std = @import("std");
+const builtin = @import("builtin");
 const assert = std.debug.assert;
 
 pub const max_threads: u32 = 64;
@@ -25,13 +26,39 @@ var job_fn: WorkFn = undefined;
 var job_ctx: *const anyopaque = undefined;
 var job_nth: u32 = 1;
 
+const DlInfo = extern struct {
+    fname: ?[*:0]const u8,
+    fbase: ?*anyopaque,
+    sname: ?[*:0]const u8,
+    saddr: ?*anyopaque,
+};
+extern "c" fn dladdr(address: *const anyopaque, info: *DlInfo) c_int;
+
+var pinned = false;
+
+/// Keeps this library mapped for the life of the process once it owns threads. Deno unloads a
+/// library when the last isolate that opened it ends (`deno test` runs each file in its own
+/// runtime); a worker sleeping in unmapped code, woken by a fresh copy mapped at the same
+/// address, would run with stale state and corrupt the new pool's counters.
+fn pinLibrary() bool {
+    const shared_library = builtin.output_mode == .Lib and builtin.link_mode == .dynamic;
+    if (pinned or !shared_library) return true;
+    var info: DlInfo = undefined;
+    if (dladdr(@ptrCast(&pinLibrary), &info) == 0) return false;
+    const path = info.fname orelse return false;
+    const handle = std.c.dlopen(path, .{ .NOW = true, .NOLOAD = true, .NODELETE = true });
+    pinned = handle != null;
+    return pinned;
+}
+
 /// Sets the number of threads used per job (caller included); spawns workers as needed.
 /// Returns the count in effect, which is lower than asked if threads could not be spawned.
 pub fn setThreadCount(count: u32) u32 {
     assert(count >= 1);
     call_mutex.lock();
     defer call_mutex.unlock();
-    const wanted = @min(count, max_threads);
+    // Without pinning, worker threads could outlive the code they run: stay single-threaded.
+    const wanted = if (count > 1 and !pinLibrary()) 1 else @min(count, max_threads);
     while (spawned + 1 < wanted) {
         const ith = spawned + 1;
         // The worker starts from the current generation: a job published before it first runs
