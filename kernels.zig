@@ -3,11 +3,23 @@
 //! by the TypeScript op before the call and asserted again here (trapping in ReleaseSafe).
 //! The symbol table that Deno binds is `ffi/symbols.ts`; keep the two in the same order.
 const std = @import("std");
+const builtin = @import("builtin");
 const cpu = @import("kernels/cpu.zig");
 const pool = @import("kernels/pool.zig");
 const vmath = @import("kernels/vmath.zig");
 const linear_f32 = @import("kernels/linear_f32.zig");
 const probe = @import("kernels/probe.zig");
+const layernorm = @import("kernels/layernorm.zig");
+const attention = @import("kernels/attention.zig");
+const embeddings = @import("kernels/embeddings.zig");
+const pooling = @import("kernels/pooling.zig");
+const int8 = @import("kernels/int8.zig");
+const quantize = @import("kernels/quantize.zig");
+const sparse_format = @import("kernels/sparse_format.zig");
+const spmm_i8 = @import("kernels/spmm_i8.zig");
+const gemm_i8 = @import("kernels/gemm_i8.zig");
+const spmm_f32 = @import("kernels/spmm_f32.zig");
+const probe_i8 = @import("kernels/probe_i8.zig");
 
 /// Bumped whenever an exported signature changes; the loader refuses a mismatched library.
 pub const abi_version: u32 = 1;
@@ -32,6 +44,7 @@ export fn sb_required_features() u32 {
 }
 
 export fn sb_set_threads(count: u32) u32 {
+    // The pool pins this library (RTLD_NODELETE) before its first worker starts.
     return pool.setThreadCount(@max(count, 1));
 }
 
@@ -74,10 +87,282 @@ export fn sb_linear_f32(
     linear_f32.forward(x, m, k, packed_weights, n, residual, y, @enumFromInt(activation));
 }
 
+// ---- BERT ops: layernorm, attention, embeddings, pooling ----
+
+export fn sb_layernorm(
+    x: [*]const f32,
+    rows: usize,
+    cols: usize,
+    gamma: [*]const f32,
+    beta: [*]const f32,
+    eps: f32,
+    y: [*]f32,
+) void {
+    layernorm.forward(x, rows, cols, gamma, beta, eps, y);
+}
+
+export fn sb_attention_scratch_len(seq: usize, head_size: usize, threads: usize) usize {
+    return attention.scratchLen(seq, head_size, threads);
+}
+
+export fn sb_attention(
+    q: [*]const f32,
+    k: [*]const f32,
+    v: [*]const f32,
+    ld: usize,
+    mask: [*]const u8,
+    mask_value: f32,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_size: usize,
+    scale: f32,
+    out: [*]f32,
+    ld_out: usize,
+    scratch: [*]f32,
+    scratch_len: usize,
+) void {
+    attention.forward(q, k, v, ld, mask, mask_value, batch, seq, heads, head_size, scale, out, ld_out, scratch, scratch_len);
+}
+
+export fn sb_embeddings(
+    input_ids: [*]const i32,
+    token_type_ids: ?[*]const i32,
+    batch: usize,
+    seq: usize,
+    word: [*]const f32,
+    vocab: usize,
+    position: [*]const f32,
+    max_positions: usize,
+    token_type: ?[*]const f32,
+    type_vocab: usize,
+    gamma: [*]const f32,
+    beta: [*]const f32,
+    eps: f32,
+    hidden: usize,
+    out: [*]f32,
+) void {
+    embeddings.forward(input_ids, token_type_ids, batch, seq, word, vocab, position, max_positions, token_type, type_vocab, gamma, beta, eps, hidden, out);
+}
+
+export fn sb_pool(
+    x: [*]const f32,
+    batch: usize,
+    seq: usize,
+    hidden: usize,
+    mask: [*]const u8,
+    mode: u32,
+    normalize: u32,
+    out: [*]f32,
+) void {
+    pooling.forward(x, batch, seq, hidden, mask, @enumFromInt(mode), normalize != 0, out);
+}
+
+export fn sb_l2_normalize_rows(x: [*]f32, rows: usize, cols: usize) void {
+    pooling.normalizeRows(x, rows, cols);
+}
+
+// ---- int8 and sparse linear layers ----
+// Status results: 0 ok, -1 non-finite input, -2 bad packed blob, -3 bad enum code,
+// -4 shape too large for the format, -5 buffer too small, -6 activation above 127.
+
+fn status(err: anyerror) i32 {
+    return switch (err) {
+        error.NonFinite => -1,
+        error.BadBlob => -2,
+        error.TooLarge => -4,
+        error.BufferTooSmall => -5,
+        else => -3,
+    };
+}
+
+fn enumCode(comptime E: type, code: u32) ?E {
+    inline for (std.meta.fields(E)) |f| if (f.value == code) return @enumFromInt(code);
+    return null;
+}
+
+export fn sb_quantize_weights_i8(w: [*]const f32, n: usize, k: usize, q: [*]i8, scale: [*]f32) i32 {
+    quantize.quantizeWeights(w, n, k, q, scale) catch |e| return status(e);
+    return 0;
+}
+
+export fn sb_quantize_rows(x: [*]const f32, m: usize, k: usize, mode: u32, qmax: u32, q: [*]u8, ldq: usize, scale: [*]f32, zero: [*]i32) i32 {
+    const md = enumCode(quantize.Mode, mode) orelse return -3;
+    if (qmax != 127 and qmax != 255) return -3;
+    quantize.quantizeRows(x, m, k, md, qmax, q, ldq, scale, zero) catch |e| return status(e);
+    return 0;
+}
+
+export fn sb_quantize_packed_len(m: usize, k: usize) usize {
+    return quantize.packedLen(m, k);
+}
+
+export fn sb_quantize_packed(x: [*]const f32, m: usize, k: usize, mode: u32, packed_x: [*]u8, scale: [*]f32, zero: [*]i32) i32 {
+    const md = enumCode(quantize.Mode, mode) orelse return -3;
+    quantize.quantizePacked(x, m, k, md, packed_x, scale, zero) catch |e| return status(e);
+    return 0;
+}
+
+export fn sb_pack_rows_u8(q: [*]const u8, m: usize, k: usize, ldq: usize, packed_x: [*]u8) i32 {
+    return if (quantize.packRows(q, m, k, ldq, packed_x)) 0 else -6;
+}
+
+export fn sb_u8_max(data: [*]const u8, len: usize) u32 {
+    return quantize.maxByte(data, len);
+}
+
+export fn sb_pack_f32_len(m: usize, k: usize) usize {
+    return quantize.packedF32Len(m, k);
+}
+
+export fn sb_pack_f32(x: [*]const f32, m: usize, k: usize, out: [*]f32) void {
+    quantize.packF32(x, m, k, out);
+}
+
+export fn sb_sparsity_stats_f32(w: [*]const f32, n: usize, k: usize, out: *sparse_format.Stats) void {
+    out.* = sparse_format.stats(f32, w, n, k);
+}
+
+export fn sb_sparsity_stats_i8(w: [*]const i8, n: usize, k: usize, out: *sparse_format.Stats) void {
+    out.* = sparse_format.stats(i8, w, n, k);
+}
+
+export fn sb_spmm_i8_packed_len(q: [*]const i8, n: usize, k: usize) usize {
+    return sparse_format.i8PackedLen(q, n, k) catch 0;
+}
+
+export fn sb_spmm_i8_pack(q: [*]const i8, scale: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [*]align(64) u8, blob_len: usize) i32 {
+    sparse_format.i8Pack(q, scale, bias, n, k, blob, blob_len) catch |e| return status(e);
+    return 0;
+}
+
+export fn sb_spmm_i8_unpack(blob: [*]align(64) u8, blob_len: usize, q: [*]i8, scale: [*]f32, bias: [*]f32) i32 {
+    sparse_format.i8Unpack(blob, blob_len, q, scale, bias) catch |e| return status(e);
+    return 0;
+}
+
+export fn sb_spmm_i8(
+    blob: [*]align(64) u8,
+    blob_len: usize,
+    packed_x: [*]const u8,
+    m: usize,
+    x_scale: [*]const f32,
+    x_zero: [*]const i32,
+    residual: ?[*]const f32,
+    y: *anyopaque,
+    output: u32,
+    out_scale: f32,
+    out_zero: i32,
+    out_qmax: u32,
+    activation: u32,
+) i32 {
+    if (output == @intFromEnum(int8.Output.u8) and
+        (!(out_scale > 0) or !std.math.isFinite(out_scale) or (out_qmax != 127 and out_qmax != 255) or
+            out_zero < 0 or out_zero > out_qmax)) return -3;
+    const args = spmm_i8.Args{
+        .w = sparse_format.view(blob, blob_len) catch |e| return status(e),
+        .x = packed_x,
+        .m = m,
+        .x_scale = x_scale,
+        .x_zero = x_zero,
+        .residual = residual,
+        .y = y,
+        .output = enumCode(int8.Output, output) orelse return -3,
+        .requant = .{ .inv_scale = 1 / out_scale, .zero = out_zero, .qmax = @intCast(@min(out_qmax, 255)) },
+        .activation = enumCode(vmath.Activation, activation) orelse return -3,
+    };
+    spmm_i8.forward(&args);
+    return 0;
+}
+
+export fn sb_gemm_i8_packed_len(n: usize, k: usize) usize {
+    return gemm_i8.packedLen(n, k) catch 0;
+}
+
+export fn sb_gemm_i8_pack(q: [*]const i8, scale: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [*]align(64) u8, blob_len: usize) i32 {
+    gemm_i8.pack(q, scale, bias, n, k, blob, blob_len) catch |e| return status(e);
+    return 0;
+}
+
+export fn sb_gemm_i8(
+    blob: [*]align(64) u8,
+    blob_len: usize,
+    x: [*]const u8,
+    ldx: usize,
+    m: usize,
+    x_scale: [*]const f32,
+    x_zero: [*]const i32,
+    residual: ?[*]const f32,
+    y: *anyopaque,
+    output: u32,
+    out_scale: f32,
+    out_zero: i32,
+    out_qmax: u32,
+    activation: u32,
+) i32 {
+    if (output == @intFromEnum(int8.Output.u8) and
+        (!(out_scale > 0) or !std.math.isFinite(out_scale) or (out_qmax != 127 and out_qmax != 255) or
+            out_zero < 0 or out_zero > out_qmax)) return -3;
+    const args = gemm_i8.Args{
+        .w = gemm_i8.view(blob, blob_len) catch |e| return status(e),
+        .x = x,
+        .ldx = ldx,
+        .m = m,
+        .x_scale = x_scale,
+        .x_zero = x_zero,
+        .residual = residual,
+        .y = y,
+        .output = enumCode(int8.Output, output) orelse return -3,
+        .requant = .{ .inv_scale = 1 / out_scale, .zero = out_zero, .qmax = @intCast(@min(out_qmax, 255)) },
+        .activation = enumCode(vmath.Activation, activation) orelse return -3,
+    };
+    gemm_i8.forward(&args);
+    return 0;
+}
+
+export fn sb_spmm_f32_packed_len(w: [*]const f32, n: usize, k: usize) usize {
+    return sparse_format.f32PackedLen(w, n, k) catch 0;
+}
+
+export fn sb_spmm_f32_pack(w: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [*]align(64) u8, blob_len: usize) i32 {
+    sparse_format.f32Pack(w, bias, n, k, blob, blob_len) catch |e| return status(e);
+    return 0;
+}
+
+export fn sb_spmm_f32_unpack(blob: [*]align(64) u8, blob_len: usize, w: [*]f32, bias: [*]f32) i32 {
+    sparse_format.f32Unpack(blob, blob_len, w, bias) catch |e| return status(e);
+    return 0;
+}
+
+export fn sb_spmm_f32(
+    blob: [*]align(64) u8,
+    blob_len: usize,
+    packed_x: [*]const f32,
+    m: usize,
+    residual: ?[*]const f32,
+    y: [*]f32,
+    activation: u32,
+) i32 {
+    const args = spmm_f32.Args{
+        .w = sparse_format.viewF32(blob, blob_len) catch |e| return status(e),
+        .x = packed_x,
+        .m = m,
+        .residual = residual,
+        .y = y,
+        .activation = enumCode(vmath.Activation, activation) orelse return -3,
+    };
+    spmm_f32.forward(&args);
+    return 0;
+}
+
 // ---- probes ----
 
 export fn sb_probe_peak_f32(iterations: u64) u64 {
     return probe.peakF32(iterations);
+}
+
+export fn sb_probe_peak_i8(iterations: u64) u64 {
+    return probe_i8.peakI8(iterations);
 }
 
 test {
@@ -86,4 +371,15 @@ test {
     _ = pool;
     _ = vmath;
     _ = linear_f32;
+    _ = layernorm;
+    _ = attention;
+    _ = embeddings;
+    _ = pooling;
+    _ = int8;
+    _ = quantize;
+    _ = sparse_format;
+    _ = spmm_i8;
+    _ = gemm_i8;
+    _ = spmm_f32;
+    _ = probe_i8;
 }

@@ -32,3 +32,49 @@ export {
   type LinearWeight,
 } from "./ops/linear.ts";
 export { LinearF32 } from "./ops/linear_f32.ts";
+export { layerNorm, type LayerNormOptions, type LayerNormWeight } from "./ops/layernorm.ts";
+export {
+  Attention,
+  type AttentionInput,
+  type AttentionOptions,
+  FLOAT32_MIN,
+} from "./ops/attention.ts";
+export { type EmbeddingInput, Embeddings, type EmbeddingWeights } from "./ops/embeddings.ts";
+export { l2NormalizeRows, pool, type PoolingMode, type PoolOptions } from "./ops/pooling.ts";
+export {
+  BERT_PRESETS,
+  BertEncoder,
+  type BertEncoderOptions,
+  concatDense,
+  denseF32Linear,
+  type EncoderForwardOptions,
+  type EncoderInput,
+  type EncoderLinearInfo,
+  type LinearFactory,
+  type LinearRole,
+  type LinearSpec,
+  type TokenArray,
+} from "./models/bert.ts";
+export { type LoadedModel, loadModel, type LoadModelOptions } from "./models/load.ts";
+export {
+  type ClassificationResult,
+  type EncodedInput,
+  type FeatureExtractionOptions,
+  type FeatureExtractionPipeline,
+  type FeaturePooling,
+  type FeatureTensor,
+  pipeline,
+  type PipelineBase,
+  type PipelineByTask,
+  type PipelineOptions,
+  type PipelineTask,
+  type QuestionAnsweringOptions,
+  type QuestionAnsweringPipeline,
+  type QuestionAnsweringResult,
+  type QuestionWindows,
+  type TextClassificationOptions,
+  type TextClassificationPipeline,
+  type TokenClassificationOptions,
+  type TokenClassificationPipeline,
+  type TokenClassificationResult,
+} from "./models/pipeline.ts";

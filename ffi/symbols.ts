@@ -31,8 +31,144 @@ export const symbols = {
     parameters: ["buffer", "usize", "usize", "pointer", "usize", "buffer", "buffer", "u32"],
     result: "void",
   },
+  // BERT ops: layernorm, attention, embeddings, pooling
+  sb_layernorm: {
+    parameters: ["buffer", "usize", "usize", "buffer", "buffer", "f32", "buffer"],
+    result: "void",
+  },
+  sb_attention_scratch_len: { parameters: ["usize", "usize", "usize"], result: "usize" },
+  sb_attention: {
+    parameters: [
+      "buffer", // q
+      "buffer", // k
+      "buffer", // v
+      "usize", // ld
+      "buffer", // mask (u8 per token)
+      "f32", // mask_value
+      "usize", // batch
+      "usize", // seq
+      "usize", // heads
+      "usize", // head_size
+      "f32", // scale
+      "buffer", // out
+      "usize", // ld_out
+      "buffer", // scratch
+      "usize", // scratch_len (floats)
+    ],
+    result: "void",
+  },
+  sb_embeddings: {
+    parameters: [
+      "buffer", // input_ids (i32)
+      "buffer", // token_type_ids (i32) or null
+      "usize", // batch
+      "usize", // seq
+      "buffer", // word table
+      "usize", // vocab
+      "buffer", // position table
+      "usize", // max_positions
+      "buffer", // token type table or null
+      "usize", // type_vocab
+      "buffer", // gamma
+      "buffer", // beta
+      "f32", // eps
+      "usize", // hidden
+      "buffer", // out
+    ],
+    result: "void",
+  },
+  sb_pool: {
+    parameters: ["buffer", "usize", "usize", "usize", "buffer", "u32", "u32", "buffer"],
+    result: "void",
+  },
+  sb_l2_normalize_rows: { parameters: ["buffer", "usize", "usize"], result: "void" },
+  // int8 and sparse linear layers (status i32: 0 ok, < 0 see kernels.zig)
+  sb_quantize_weights_i8: {
+    parameters: ["buffer", "usize", "usize", "buffer", "buffer"],
+    result: "i32",
+  },
+  sb_quantize_rows: {
+    parameters: ["buffer", "usize", "usize", "u32", "u32", "buffer", "usize", "buffer", "buffer"],
+    result: "i32",
+  },
+  sb_quantize_packed_len: { parameters: ["usize", "usize"], result: "usize" },
+  sb_quantize_packed: {
+    parameters: ["buffer", "usize", "usize", "u32", "buffer", "buffer", "buffer"],
+    result: "i32",
+  },
+  sb_pack_rows_u8: {
+    parameters: ["buffer", "usize", "usize", "usize", "buffer"],
+    result: "i32",
+  },
+  sb_u8_max: { parameters: ["buffer", "usize"], result: "u32" },
+  sb_pack_f32_len: { parameters: ["usize", "usize"], result: "usize" },
+  sb_pack_f32: { parameters: ["buffer", "usize", "usize", "buffer"], result: "void" },
+  sb_sparsity_stats_f32: { parameters: ["buffer", "usize", "usize", "buffer"], result: "void" },
+  sb_sparsity_stats_i8: { parameters: ["buffer", "usize", "usize", "buffer"], result: "void" },
+  sb_spmm_i8_packed_len: { parameters: ["buffer", "usize", "usize"], result: "usize" },
+  sb_spmm_i8_pack: {
+    parameters: ["buffer", "buffer", "buffer", "usize", "usize", "pointer", "usize"],
+    result: "i32",
+  },
+  sb_spmm_i8_unpack: {
+    parameters: ["pointer", "usize", "buffer", "buffer", "buffer"],
+    result: "i32",
+  },
+  sb_spmm_i8: {
+    parameters: [
+      "pointer", // blob
+      "usize", // blob bytes
+      "buffer", // packed activations
+      "usize", // m
+      "buffer", // per-token scale
+      "buffer", // per-token zero point
+      "buffer", // residual or null
+      "buffer", // y
+      "u32", // output: 0 f32, 1 u8, 2 s32
+      "f32", // output scale (u8)
+      "i32", // output zero point (u8)
+      "u32", // output qmax (u8)
+      "u32", // activation
+    ],
+    result: "i32",
+  },
+  sb_gemm_i8_packed_len: { parameters: ["usize", "usize"], result: "usize" },
+  sb_gemm_i8_pack: {
+    parameters: ["buffer", "buffer", "buffer", "usize", "usize", "pointer", "usize"],
+    result: "i32",
+  },
+  sb_gemm_i8: {
+    parameters: [
+      "pointer", // blob
+      "usize", // blob bytes
+      "buffer", // u8 activation rows
+      "usize", // row stride
+      "usize", // m
+      "buffer", // per-token scale
+      "buffer", // per-token zero point
+      "buffer", // residual or null
+      "buffer", // y
+      "u32", // output: 0 f32, 1 u8, 2 s32
+      "f32", // output scale (u8)
+      "i32", // output zero point (u8)
+      "u32", // output qmax (u8)
+      "u32", // activation
+    ],
+    result: "i32",
+  },
+  sb_spmm_f32_packed_len: { parameters: ["buffer", "usize", "usize"], result: "usize" },
+  sb_spmm_f32_pack: {
+    parameters: ["buffer", "buffer", "usize", "usize", "pointer", "usize"],
+    result: "i32",
+  },
+  sb_spmm_f32_unpack: { parameters: ["pointer", "usize", "buffer", "buffer"], result: "i32" },
+  sb_spmm_f32: {
+    parameters: ["pointer", "usize", "buffer", "usize", "buffer", "buffer", "u32"],
+    result: "i32",
+  },
   // probes
   sb_probe_peak_f32: { parameters: ["u64"], result: "u64" },
+  sb_probe_peak_i8: { parameters: ["u64"], result: "u64" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The bound library type. */

@@ -18,7 +18,8 @@ const has = std.Target.x86.featureSetHas;
 /// Code path compiled into this library.
 pub const Path = enum { vnni, avx2, generic };
 pub const path: Path = blk: {
-    if (builtin.cpu.arch != .x86_64) break :blk .generic;
+    // The LLVM intrinsics below exist only with the LLVM backend (Debug builds may use Zig's own).
+    if (builtin.cpu.arch != .x86_64 or builtin.zig_backend != .stage2_llvm) break :blk .generic;
     if (has(builtin.cpu.features, .avx512vnni) and has(builtin.cpu.features, .avx512vl)) break :blk .vnni;
     if (has(builtin.cpu.features, .avx2)) break :blk .avx2;
     break :blk .generic;
@@ -59,12 +60,29 @@ pub inline fn dot4(acc: I32x8, a: U8x32, w: I8x32) I32x8 {
     }
 }
 
-/// The same four-byte weight group in every lane (`vpbroadcastd`).
-pub inline fn broadcast4(w: *const [4]i8) I8x32 {
-    const word: u32 = @bitCast(w.*);
+/// The same four bytes in every dword lane (`vpbroadcastd`).
+pub inline fn broadcast4(comptime T: type, p: [*]const T) @Vector(32, T) {
+    const word = std.mem.readInt(u32, @ptrCast(p), .little);
     const v: @Vector(8, u32) = @splat(word);
     return @bitCast(v);
 }
+
+/// What an int8 kernel writes.
+pub const Output = enum(u32) {
+    /// fp32 after the whole epilogue.
+    f32 = 0,
+    /// The fp32 result requantized: clamp(rne(y / out_scale) + out_zero, 0, out_qmax).
+    u8 = 1,
+    /// The exact s32 sums with the activation zero point removed: acc - zero[t] * wsum[c].
+    s32 = 2,
+};
+
+/// Static quantization of a u8 output.
+pub const Requant = struct {
+    inv_scale: f32 = 1,
+    zero: i32 = 0,
+    qmax: i32 = 255,
+};
 
 test "dot4 is exact at the extreme values" {
     const cases = [_]struct { a: u8, w: i8 }{

@@ -17,6 +17,11 @@
  * question-answering heads. Anything else fails with the node name, its op type and what was
  * expected.
  *
+ * Quantized graphs (ONNX Runtime's dynamic `MatMulInteger` form, its contrib fusions, static
+ * `QLinearMatMul` and QDQ) are first rewritten into fp32 by `onnx_dequantize.ts`; each linear
+ * then carries its int8 form in `DenseWeight.quantized` next to the dequantized fp32 values.
+ * Every linear records the initializer it came from and its measured sparsity.
+ *
  * @module
  */
 
@@ -31,6 +36,8 @@ import {
   tensorToFloat32,
   tensorToNumbers,
 } from "./onnx_proto.ts";
+import { dequantizeOnnxModel, type OnnxQuantRecord } from "./onnx_dequantize.ts";
+import { type QuantizedWeight, recordSparsity, transposeInt8 } from "./quantized.ts";
 import {
   type BertConfig,
   type BertLayerWeights,
@@ -72,23 +79,6 @@ export interface HfConfigHints {
   n_layers?: number;
 }
 
-const QUANT_MATMUL_OPS = new Set([
-  "MatMulInteger",
-  "QLinearMatMul",
-  "DynamicQuantizeMatMul",
-  "MatMulIntegerToFloat",
-  "QAttention",
-  "QGemm",
-  "MatMulNBits",
-]);
-const QUANT_OPS = new Set([
-  ...QUANT_MATMUL_OPS,
-  "DynamicQuantizeLinear",
-  "QuantizeLinear",
-  "DequantizeLinear",
-  "QLinearAdd",
-  "QLinearMul",
-]);
 const FUSED_ORT_OPS = new Set([
   "Attention",
   "MultiHeadAttention",
@@ -108,6 +98,17 @@ export async function importOnnx(
   path: string,
   options: ImportOnnxOptions = {},
 ): Promise<BertWeights> {
+  return (await analyzeOnnx(path, options)).weights;
+}
+
+/**
+ * Like {@linkcode importOnnx}, but returns the whole {@linkcode OnnxAnalysis} and the decoded
+ * source model (used by the prune, quantize and evaluate tools).
+ */
+export async function analyzeOnnx(
+  path: string,
+  options: ImportOnnxOptions = {},
+): Promise<OnnxAnalysis & { source: OnnxModel }> {
   const model = await readOnnxModel(path);
   const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : ".";
   let hints: HfConfigHints | null = null;
@@ -123,14 +124,14 @@ export async function importOnnx(
       }
     }
   }
-  const weights = importOnnxModel(model, path, hints);
+  const analysis = analyzeOnnxModel(model, path, hints);
   try {
     await Deno.stat(`${dir}/tokenizer.json`);
-    weights.source.tokenizer = `${dir}/tokenizer.json`;
+    analysis.weights.source.tokenizer = `${dir}/tokenizer.json`;
   } catch (err) {
     if (!(err instanceof Deno.errors.NotFound)) throw err;
   }
-  return weights;
+  return { ...analysis, source: model };
 }
 
 /**
@@ -145,7 +146,117 @@ export function importOnnxModel(
   path: string,
   hints: HfConfigHints | null = null,
 ): BertWeights {
-  return new Matcher(model, path, hints).run();
+  return analyzeOnnxModel(model, path, hints).weights;
+}
+
+/** Names of the six linears of an encoder layer. */
+export type LayerLinearName =
+  | "query"
+  | "key"
+  | "value"
+  | "attentionOutput"
+  | "intermediate"
+  | "output";
+
+/** The linears of an encoder layer, in graph order. */
+export const LAYER_LINEARS: readonly LayerLinearName[] = Object.freeze([
+  "query",
+  "key",
+  "value",
+  "attentionOutput",
+  "intermediate",
+  "output",
+]);
+
+/** Where a linear's input and output live in the (fp32) graph. */
+export interface LinearValues {
+  /** The MatMul/Gemm data input. */
+  input: string;
+  /** The linear's output after the bias add. */
+  output: string;
+}
+
+/** What {@linkcode analyzeOnnxModel} found besides the weights. */
+export interface OnnxAnalysis {
+  /** The imported weights. */
+  weights: BertWeights;
+  /**
+   * The fp32 graph the weights were matched on: the model itself, or its dequantized rewrite
+   * when the model was quantized. Value names below refer to this graph.
+   */
+  graph: OnnxModel;
+  /** Whether the model was quantized. */
+  quantized: boolean;
+  /** The embedding LayerNorm output (input of layer 0). */
+  embeddingOutput: string;
+  /** Per encoder layer: its linears' values and its output (after the second LayerNorm). */
+  layers: { linears: Record<LayerLinearName, LinearValues>; output: string }[];
+}
+
+/**
+ * Imports the encoder and also reports the graph values of every layer and linear (used by
+ * calibration: activations are read by adding these values as graph outputs).
+ */
+export function analyzeOnnxModel(
+  model: OnnxModel,
+  path: string,
+  hints: HfConfigHints | null = null,
+): OnnxAnalysis {
+  const dq = dequantizeOnnxModel(model, path);
+  const matcher = new Matcher(dq.model, path, hints);
+  const weights = matcher.run();
+  const dense = (d: DenseWeight | null | undefined): void => {
+    if (!d) return;
+    const rec = d.initializer ? dq.records.get(d.initializer.name) : undefined;
+    if (rec) d.quantized = toTorchLayout(rec, d, path);
+    recordSparsity(d);
+  };
+  for (const l of weights.layers) for (const k of LAYER_LINEARS) dense(l[k]);
+  dense(weights.pooler);
+  dense(weights.preClassifier);
+  dense(weights.head?.dense);
+  return {
+    weights,
+    graph: dq.model,
+    quantized: dq.quantized,
+    embeddingOutput: matcher.trace.embeddingOutput,
+    layers: matcher.trace.layers,
+  };
+}
+
+/** The torch-layout int8 form of a recorded ONNX weight. */
+function toTorchLayout(rec: OnnxQuantRecord, d: DenseWeight, path: string): QuantizedWeight {
+  const transposed = d.initializer!.transposed;
+  // ONNX MatMul layout is [in, out] with per-channel scales on axis 1; behind a Transpose the
+  // initializer is [out, in] with scales on axis 0.
+  const outAxis = transposed ? 0 : 1;
+  const [rows, cols] = rec.dims;
+  if (rows * cols !== d.out * d.in || rec.dims[outAxis] !== d.out) {
+    throw new Error(
+      `Cannot import ONNX model "${path}": quantized weight "${
+        d.initializer!.name
+      }" has dims [${rec.dims}], expected the [${d.in}, ${d.out}] weight of its MatMul`,
+    );
+  }
+  if (rec.scale.length > 1 && rec.axis !== outAxis) {
+    throw new Error(
+      `Cannot import ONNX model "${path}": quantized weight "${
+        d.initializer!.name
+      }" has per-input-channel scales (axis ${rec.axis}); only per-output-channel or per-tensor scales are supported`,
+    );
+  }
+  const q: QuantizedWeight = {
+    weight: transposed ? rec.values : transposeInt8(rec.values, rows, cols),
+    scale: rec.scale,
+    zeroPoint: rec.zeroPoint,
+    activation: rec.activation,
+    form: rec.form,
+  };
+  if (rec.granularity !== undefined) q.granularity = rec.granularity;
+  if (rec.activationQmax !== undefined) q.activationQmax = rec.activationQmax;
+  if (rec.inputScale !== undefined) q.inputScale = rec.inputScale;
+  if (rec.inputZeroPoint !== undefined) q.inputZeroPoint = rec.inputZeroPoint;
+  return q;
 }
 
 function describe(node: OnnxNode): string {
@@ -275,19 +386,31 @@ class Matcher {
     return v[0];
   }
 
-  /** Float32 weights of a constant tensor, or a Transpose of one (returned already transposed). */
-  #matrix(value: string): { data: Float32Array; dims: number[]; transposed: boolean } | null {
+  /**
+   * Float32 weights of a constant tensor, or a Transpose of one (returned already transposed),
+   * with the initializer's name when it is a graph initializer.
+   */
+  #matrix(
+    value: string,
+  ): { data: Float32Array; dims: number[]; transposed: boolean; name: string | null } | null {
     const t = this.#constTensor(value);
     if (t) {
       if (t.dims.length !== 2 || !isFloat(t.dataType)) return null;
-      return { data: tensorToFloat32(t), dims: t.dims, transposed: false };
+      const name = this.#inits.get(value) === t ? value : null;
+      return { data: tensorToFloat32(t), dims: t.dims, transposed: false, name };
     }
     const p = this.#producer.get(value);
     if (p?.opType === "Transpose") {
       const src = this.#constTensor(p.inputs[0]);
       const perm = this.#attr(p, "perm")?.ints ?? [1, 0];
       if (src && src.dims.length === 2 && isFloat(src.dataType) && sameInts(perm, [1, 0])) {
-        return { data: tensorToFloat32(src), dims: [src.dims[1], src.dims[0]], transposed: true };
+        const name = this.#inits.get(p.inputs[0]) === src ? p.inputs[0] : null;
+        return {
+          data: tensorToFloat32(src),
+          dims: [src.dims[1], src.dims[0]],
+          transposed: true,
+          name,
+        };
       }
     }
     return null;
@@ -506,6 +629,7 @@ class Matcher {
     const [inn, out] = m.dims;
     const weight = m.transposed ? m.data : transpose2d(m.data, inn, out);
     const dense: DenseWeight = { out, in: inn, weight, bias: new Float32Array(out) };
+    if (m.name !== null) dense.initializer = { name: m.name, transposed: m.transposed };
     const mmOut = node.outputs[0];
     const next = this.#next(mmOut);
     if (next.length === 1 && next[0].opType === "Add") {
@@ -538,7 +662,11 @@ class Matcher {
     const bias = node.inputs[2]
       ? this.#vector(node.inputs[2], out, "Gemm bias", node)
       : new Float32Array(out);
-    return { dense: { out, in: inn, weight, bias }, out: node.outputs[0], node };
+    const dense: DenseWeight = { out, in: inn, weight, bias };
+    if (this.#inits.get(node.inputs[1]) === t) {
+      dense.initializer = { name: node.inputs[1], transposed: transB };
+    }
+    return { dense, out: node.outputs[0], node };
   }
 
   /** The unique constant-weight MatMul/Gemm consuming `x` as its data input. */
@@ -628,12 +756,19 @@ class Matcher {
 
   #hidden = 0;
 
+  /** Graph values found on the walk (see {@linkcode OnnxAnalysis}). */
+  readonly trace: {
+    embeddingOutput: string;
+    layers: { linears: Record<LayerLinearName, LinearValues>; output: string }[];
+  } = { embeddingOutput: "", layers: [] };
+
   // -------------------------------------------------------------------------------------------
   // The walk
 
   run(): BertWeights {
     this.#rejectUnsupportedOps();
     const emb = this.#embeddings();
+    this.trace.embeddingOutput = emb.norm.out;
     const layers: BertLayerWeights[] = [];
     let x = emb.norm.out;
     let numHeads = 0;
@@ -729,13 +864,6 @@ class Matcher {
 
   #rejectUnsupportedOps(): void {
     const nodes = this.#model.graph.nodes;
-    const quant = nodes.find((n) => QUANT_MATMUL_OPS.has(n.opType)) ??
-      nodes.find((n) => QUANT_OPS.has(n.opType));
-    if (quant) {
-      throw new Error(
-        `Quantized ONNX graphs are not supported yet: node ${describe(quant)} in "${this.#path}"`,
-      );
-    }
     const fused = nodes.find((n) => FUSED_ORT_OPS.has(n.opType));
     if (fused) {
       this.#fail(
@@ -1006,6 +1134,18 @@ class Matcher {
     }
     const res2 = this.#residual(output.out, attnNorm.out);
     const outNorm = this.#layerNorm(res2, `layer ${index} output`);
+    const values = (m: LinearMatch): LinearValues => ({ input: m.node.inputs[0], output: m.out });
+    this.trace.layers.push({
+      linears: {
+        query: values(proj[qi]),
+        key: values(proj[ki]),
+        value: values(proj[vi]),
+        attentionOutput: values(attnOut),
+        intermediate: values(inter),
+        output: values(output),
+      },
+      output: outNorm.out,
+    });
     return {
       weights: {
         query: proj[qi].dense,

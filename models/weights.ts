@@ -7,6 +7,8 @@
  * @module
  */
 
+import type { QuantizedWeight, WeightInitializer, WeightSparsity } from "./quantized.ts";
+
 /** Architecture hyper-parameters of a BERT-family encoder. */
 export interface BertConfig {
   /** `"distilbert"` has no token type embeddings and no pooler. */
@@ -43,6 +45,12 @@ export interface DenseWeight {
   weight: Float32Array;
   /** `[out]`. */
   bias: Float32Array;
+  /** The int8 form, when the model was quantized (`weight` then holds its dequantized values). */
+  quantized?: QuantizedWeight;
+  /** Measured element and 4x1-block sparsity (set by the ONNX importer). */
+  sparsity?: WeightSparsity;
+  /** The ONNX initializer holding this weight (set by the ONNX importer). */
+  initializer?: WeightInitializer;
 }
 
 /** LayerNorm over the last axis: `(x - mean) / sqrt(var + eps) * gamma + beta`. */

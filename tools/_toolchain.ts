@@ -50,7 +50,12 @@ export async function run(
   return out;
 }
 
-async function pump(stream: ReadableStream<Uint8Array>, sink: Deno.Writer | null): Promise<string> {
+/** Where streamed output goes (Deno.stdout / Deno.stderr). */
+interface Sink {
+  write(data: Uint8Array): Promise<number>;
+}
+
+async function pump(stream: ReadableStream<Uint8Array>, sink: Sink | null): Promise<string> {
   const decoder = new TextDecoder();
   let text = "";
   for await (const chunk of stream) {
@@ -60,7 +65,7 @@ async function pump(stream: ReadableStream<Uint8Array>, sink: Deno.Writer | null
   return text;
 }
 
-async function writeAll(sink: Deno.Writer, data: Uint8Array): Promise<void> {
+async function writeAll(sink: Sink, data: Uint8Array): Promise<void> {
   let written = 0;
   while (written < data.length) written += await sink.write(data.subarray(written));
 }

@@ -17,6 +17,11 @@ export interface CliCommand {
 
 const COMMANDS: Record<string, () => Promise<CliCommand>> = {
   info: () => import("./cli_info.ts"),
+  run: () => import("./cli_run.ts"),
+  inspect: () => import("./cli_inspect.ts"),
+  prune: () => import("./cli_prune.ts"),
+  quantize: () => import("./cli_quantize.ts"),
+  evaluate: () => import("./cli_evaluate.ts"),
 };
 
 /** Registers more commands (used by modules that add subcommands). */

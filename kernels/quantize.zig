@@ -1,0 +1,572 @@
+//! Dynamic activation quantization to unsigned 7/8-bit integers, and the activation layouts the
+//! sparse kernels read.
+//!
+//! Quantization (asymmetric, range always includes 0 so that 0 is exact):
+//!   scale = (max - min) / qmax     (1 when that is below the smallest normal f32)
+//!   inv   = 1 / scale
+//!   zero  = clamp(rne(-min * inv), 0, qmax)
+//!   q     = clamp(rne(x * inv) + zero, 0, qmax)
+//! with every operation in f32 and rne = round half to even. `min`/`max` are taken per tensor
+//! or per token (row). The int8 kernels take qmax = 127 (see `int8.zig` for why).
+//!
+//! Layouts:
+//!   rows     u8 [m][ldq], token-major, for the dense int8 GEMM (ldq >= k, padding zeroed).
+//!   packed   for `spmm_i8`: chunks of 16 tokens; per chunk and input channel k, 64 bytes:
+//!            16 x u16 `q` then 16 x u16 `q << 8`. Tokens sit in the order 0-3, 8-11, 4-7,
+//!            12-15 so that the kernel's 16-bit unpacks return them in natural order.
+//!            A kernel forms (x[k0], x[k1]) byte pairs with one OR: lo[k0] | hi[k1].
+//!   f32 packed  for `spmm_f32`: chunks of 16 tokens; per chunk and k, 16 f32 (natural order).
+const std = @import("std");
+const assert = std.debug.assert;
+const pool = @import("pool.zig");
+
+/// Tokens per chunk of the packed layouts.
+pub const chunk_tokens: usize = 16;
+/// Bytes per (chunk, input channel) of the packed u8 layout.
+pub const packed_row_bytes: usize = 64;
+
+pub const Mode = enum(u32) { per_tensor = 0, per_token = 1 };
+
+pub const Error = error{NonFinite};
+
+const F8 = @Vector(8, f32);
+const I8v = @Vector(8, i32);
+const U16x8 = @Vector(8, u16);
+
+/// Chunks of `chunk_tokens` covering m tokens.
+pub fn chunksOf(m: usize) usize {
+    return (m + chunk_tokens - 1) / chunk_tokens;
+}
+
+/// Bytes of the packed u8 layout for m tokens and k channels.
+pub fn packedLen(m: usize, k: usize) usize {
+    return chunksOf(m) * k * packed_row_bytes;
+}
+
+/// Floats of the packed f32 layout for m tokens and k channels.
+pub fn packedF32Len(m: usize, k: usize) usize {
+    return chunksOf(m) * k * chunk_tokens;
+}
+
+/// Token stored at position `p` of a packed chunk (the order is its own inverse).
+pub fn tokenAt(p: usize) usize {
+    assert(p < chunk_tokens);
+    return (p & 3) | ((p & 4) << 1) | ((p & 8) >> 1);
+}
+
+/// Quantization parameters of one range.
+pub const Params = struct {
+    scale: f32,
+    inv: f32,
+    zero: i32,
+
+    pub fn of(min_value: f32, max_value: f32, qmax: u32) Params {
+        assert(qmax == 127 or qmax == 255);
+        assert(min_value <= 0 and max_value >= 0);
+        const scale = (max_value - min_value) / @as(f32, @floatFromInt(qmax));
+        if (!(scale >= std.math.floatMin(f32))) return .{ .scale = 1, .inv = 1, .zero = 0 };
+        const inv = 1.0 / scale;
+        const zero = std.math.clamp(rne(-min_value * inv), 0, @as(i32, @intCast(qmax)));
+        return .{ .scale = scale, .inv = inv, .zero = zero };
+    }
+};
+
+/// Round half to even for |v| < 2^22 (all values here are within +-256).
+pub inline fn rne(v: f32) i32 {
+    const magic: f32 = 12582912.0; // 1.5 * 2^23
+    return @intFromFloat((v + magic) - magic);
+}
+
+inline fn rneVec(v: F8) I8v {
+    const magic: F8 = @splat(12582912.0);
+    return @intFromFloat((v + magic) - magic);
+}
+
+inline fn quantizeVec(v: F8, p: Params, qmax: i32) I8v {
+    const q = rneVec(v * @as(F8, @splat(p.inv))) + @as(I8v, @splat(p.zero));
+    return std.math.clamp(q, @as(I8v, @splat(0)), @as(I8v, @splat(qmax)));
+}
+
+const Range = struct { min: f32, max: f32, nan: bool };
+
+/// min (<= 0), max (>= 0) and whether a NaN was seen, over x[0..count].
+fn range(x: [*]const f32, count: usize) Range {
+    var lo: F8 = @splat(0);
+    var hi: F8 = @splat(0);
+    var nan: @Vector(8, bool) = @splat(false);
+    var i: usize = 0;
+    while (i + 8 <= count) : (i += 8) {
+        const v: F8 = x[i..][0..8].*;
+        lo = @min(lo, v);
+        hi = @max(hi, v);
+        nan = @select(bool, v != v, @as(@Vector(8, bool), @splat(true)), nan);
+    }
+    var r = Range{ .min = @reduce(.Min, lo), .max = @reduce(.Max, hi), .nan = @reduce(.Or, nan) };
+    while (i < count) : (i += 1) {
+        r.min = @min(r.min, x[i]);
+        r.max = @max(r.max, x[i]);
+        r.nan = r.nan or x[i] != x[i];
+    }
+    return r;
+}
+
+fn checked(r: Range, qmax: u32) Error!Params {
+    if (r.nan or !std.math.isFinite(r.min) or !std.math.isFinite(r.max)) return error.NonFinite;
+    if (!std.math.isFinite(r.max - r.min)) return error.NonFinite;
+    return Params.of(r.min, r.max, qmax);
+}
+
+const Ctx = struct {
+    x: [*]const f32,
+    m: usize,
+    k: usize,
+    mode: Mode,
+    qmax: u32,
+    tensor: Params,
+    scale: [*]f32,
+    zero: [*]i32,
+    // Output: exactly one of these is used.
+    rows: ?[*]u8 = null,
+    ldq: usize = 0,
+    packed_u8: ?[*]u8 = null,
+    // Per-thread outputs of the range pass.
+    ranges: *[pool.max_threads]Range,
+    failed: *std.atomic.Value(bool),
+};
+
+fn rangeWork(ctx: *const Ctx, ith: u32, nth: u32) void {
+    const part = pool.split(ctx.m, ith, nth);
+    ctx.ranges[ith] = range(ctx.x + part.begin * ctx.k, (part.end - part.begin) * ctx.k);
+}
+
+/// Per-token parameters of token `t`, or the tensor's. Stores them in the outputs.
+fn tokenParams(ctx: *const Ctx, t: usize) ?Params {
+    const p = switch (ctx.mode) {
+        .per_tensor => ctx.tensor,
+        .per_token => checked(range(ctx.x + t * ctx.k, ctx.k), ctx.qmax) catch {
+            ctx.failed.store(true, .monotonic);
+            return null;
+        },
+    };
+    ctx.scale[t] = p.scale;
+    ctx.zero[t] = p.zero;
+    return p;
+}
+
+fn rowsWork(ctx: *const Ctx, ith: u32, nth: u32) void {
+    const part = pool.split(ctx.m, ith, nth);
+    const qmax: i32 = @intCast(ctx.qmax);
+    const out = ctx.rows.?;
+    for (part.begin..part.end) |t| {
+        const p = tokenParams(ctx, t) orelse continue;
+        const x = ctx.x + t * ctx.k;
+        const q = out + t * ctx.ldq;
+        var i: usize = 0;
+        while (i + 8 <= ctx.k) : (i += 8) {
+            const v: F8 = x[i..][0..8].*;
+            const qv: @Vector(8, u8) = @intCast(quantizeVec(v, p, qmax));
+            q[i..][0..8].* = qv;
+        }
+        while (i < ctx.k) : (i += 1) {
+            q[i] = @intCast(std.math.clamp(rne(x[i] * p.inv) + p.zero, 0, qmax));
+        }
+        @memset(q[ctx.k..ctx.ldq], 0);
+    }
+}
+
+/// Quantizes x [m, k] (fp32, row-major) into rows q [m][ldq]; writes each token's scale and
+/// zero point (per-tensor mode repeats the tensor's).
+pub fn quantizeRows(
+    x: [*]const f32,
+    m: usize,
+    k: usize,
+    mode: Mode,
+    qmax: u32,
+    q: [*]u8,
+    ldq: usize,
+    scale: [*]f32,
+    zero: [*]i32,
+) Error!void {
+    assert(m >= 1 and k >= 1 and ldq >= k);
+    assert(qmax == 127 or qmax == 255);
+    var ranges: [pool.max_threads]Range = undefined;
+    var failed = std.atomic.Value(bool).init(false);
+    var ctx = Ctx{
+        .x = x,
+        .m = m,
+        .k = k,
+        .mode = mode,
+        .qmax = qmax,
+        .tensor = undefined,
+        .scale = scale,
+        .zero = zero,
+        .rows = q,
+        .ldq = ldq,
+        .ranges = &ranges,
+        .failed = &failed,
+    };
+    if (mode == .per_tensor) ctx.tensor = try tensorParams(&ctx);
+    pool.parallel(Ctx, &ctx, rowsWork);
+    if (failed.load(.monotonic)) return error.NonFinite;
+}
+
+fn tensorParams(ctx: *Ctx) Error!Params {
+    // The range pass splits by rows over the same threads as the work pass.
+    pool.parallel(Ctx, ctx, rangeWork);
+    var total = Range{ .min = 0, .max = 0, .nan = false };
+    const used = @min(pool.threadCount(), ctx.m);
+    for (ctx.ranges[0..@max(used, 1)]) |r| {
+        total.min = @min(total.min, r.min);
+        total.max = @max(total.max, r.max);
+        total.nan = total.nan or r.nan;
+    }
+    return checked(total, ctx.qmax);
+}
+
+/// 8x8 transpose: out[c][r] = in[r][c].
+inline fn transpose8(comptime T: type, rows: [8]@Vector(8, T)) [8]@Vector(8, T) {
+    const V = @Vector(8, T);
+    const lo16 = @Vector(8, i32){ 0, -1, 1, -2, 2, -3, 3, -4 };
+    const hi16 = @Vector(8, i32){ 4, -5, 5, -6, 6, -7, 7, -8 };
+    const lo32 = @Vector(8, i32){ 0, 1, -1, -2, 2, 3, -3, -4 };
+    const hi32 = @Vector(8, i32){ 4, 5, -5, -6, 6, 7, -7, -8 };
+    const lo64 = @Vector(8, i32){ 0, 1, 2, 3, -1, -2, -3, -4 };
+    const hi64 = @Vector(8, i32){ 4, 5, 6, 7, -5, -6, -7, -8 };
+    var t: [8]V = undefined;
+    inline for (0..4) |i| {
+        t[2 * i] = @shuffle(T, rows[2 * i], rows[2 * i + 1], lo16);
+        t[2 * i + 1] = @shuffle(T, rows[2 * i], rows[2 * i + 1], hi16);
+    }
+    // t[0] = r0/r1 columns 0-3, t[1] = r0/r1 columns 4-7, t[2] = r2/r3 columns 0-3, ...
+    var u: [8]V = undefined;
+    inline for (0..2) |h| {
+        const a = 4 * h; // rows 0-3 or 4-7
+        u[a + 0] = @shuffle(T, t[a + 0], t[a + 2], lo32); // columns 0-1
+        u[a + 1] = @shuffle(T, t[a + 0], t[a + 2], hi32); // columns 2-3
+        u[a + 2] = @shuffle(T, t[a + 1], t[a + 3], lo32); // columns 4-5
+        u[a + 3] = @shuffle(T, t[a + 1], t[a + 3], hi32); // columns 6-7
+    }
+    var out: [8]V = undefined;
+    inline for (0..4) |c| {
+        out[2 * c] = @shuffle(T, u[c], u[4 + c], lo64);
+        out[2 * c + 1] = @shuffle(T, u[c], u[4 + c], hi64);
+    }
+    return out;
+}
+
+/// Writes the packed u8 layout for one chunk and the 8 channels from `k0`; `rows[p]` holds
+/// the 8 quantized values of the token stored at position p. Only `width` channels are kept.
+inline fn storePacked(dst: [*]u8, k0: usize, width: usize, rows: [16]U16x8) void {
+    const a = transpose8(u16, rows[0..8].*);
+    const b = transpose8(u16, rows[8..16].*);
+    for (0..width) |c| {
+        const lo: @Vector(16, u16) = std.simd.join(a[c], b[c]);
+        const row: *align(1) [32]u16 = @ptrCast(dst + (k0 + c) * packed_row_bytes);
+        row[0..16].* = lo;
+        row[16..32].* = lo << @splat(8);
+    }
+}
+
+fn packedWork(ctx: *const Ctx, ith: u32, nth: u32) void {
+    const chunks = chunksOf(ctx.m);
+    const part = pool.split(chunks, ith, nth);
+    const qmax: i32 = @intCast(ctx.qmax);
+    for (part.begin..part.end) |chunk| {
+        const t0 = chunk * chunk_tokens;
+        var params: [chunk_tokens]Params = undefined;
+        var valid: [chunk_tokens]bool = undefined;
+        for (0..chunk_tokens) |p| {
+            const t = t0 + tokenAt(p);
+            valid[p] = false;
+            if (t < ctx.m) {
+                params[p] = tokenParams(ctx, t) orelse continue;
+                valid[p] = true;
+            }
+        }
+        const dst = ctx.packed_u8.? + chunk * ctx.k * packed_row_bytes;
+        // Quantize a slice of every row into a small buffer first (sequential reads: token
+        // rows k * 4 bytes apart would thrash one L1 set when read 8 floats at a time), then
+        // transpose the buffer.
+        var slice: [chunk_tokens][slice_width]u8 align(32) = undefined;
+        var s0: usize = 0;
+        while (s0 < ctx.k) : (s0 += slice_width) {
+            const width: usize = @min(slice_width, ctx.k - s0);
+            for (0..chunk_tokens) |p| {
+                const row = &slice[p];
+                if (!valid[p]) {
+                    @memset(row, 0);
+                    continue;
+                }
+                const x = ctx.x + (t0 + tokenAt(p)) * ctx.k + s0;
+                var c: usize = 0;
+                while (c + 8 <= width) : (c += 8) {
+                    const v: F8 = x[c..][0..8].*;
+                    row[c..][0..8].* = @as(@Vector(8, u8), @intCast(quantizeVec(v, params[p], qmax)));
+                }
+                while (c < width) : (c += 1) {
+                    row[c] = @intCast(std.math.clamp(rne(x[c] * params[p].inv) + params[p].zero, 0, qmax));
+                }
+            }
+            var k0: usize = 0;
+            while (k0 < width) : (k0 += 8) {
+                var rows: [16]U16x8 = undefined;
+                for (0..chunk_tokens) |p| {
+                    const bytes: @Vector(8, u8) = slice[p][k0..][0..8].*;
+                    rows[p] = bytes;
+                }
+                storePacked(dst, s0 + k0, @min(8, width - k0), rows);
+            }
+        }
+    }
+}
+
+/// Input channels per quantize-then-transpose slice of `packedWork` (4 KiB buffer).
+const slice_width: usize = 256;
+
+/// Quantizes x [m, k] (fp32, row-major) to u7 and writes the packed layout of `spmm_i8`
+/// (`packedLen(m, k)` bytes); writes each token's scale and zero point.
+pub fn quantizePacked(
+    x: [*]const f32,
+    m: usize,
+    k: usize,
+    mode: Mode,
+    packed_x: [*]u8,
+    scale: [*]f32,
+    zero: [*]i32,
+) Error!void {
+    assert(m >= 1 and k >= 1);
+    var ranges: [pool.max_threads]Range = undefined;
+    var failed = std.atomic.Value(bool).init(false);
+    var ctx = Ctx{
+        .x = x,
+        .m = m,
+        .k = k,
+        .mode = mode,
+        .qmax = 127,
+        .tensor = undefined,
+        .scale = scale,
+        .zero = zero,
+        .packed_u8 = packed_x,
+        .ranges = &ranges,
+        .failed = &failed,
+    };
+    if (mode == .per_tensor) ctx.tensor = try tensorParams(&ctx);
+    pool.parallel(Ctx, &ctx, packedWork);
+    if (failed.load(.monotonic)) return error.NonFinite;
+}
+
+/// Packs already quantized rows q [m][ldq] (values <= 127) into the `spmm_i8` layout.
+/// Returns false (and writes nothing useful) if a value exceeds 127.
+pub fn packRows(q: [*]const u8, m: usize, k: usize, ldq: usize, packed_x: [*]u8) bool {
+    assert(m >= 1 and k >= 1 and ldq >= k);
+    const chunks = chunksOf(m);
+    var worst: u8 = 0;
+    for (0..chunks) |chunk| {
+        const t0 = chunk * chunk_tokens;
+        var k0: usize = 0;
+        while (k0 < k) : (k0 += 8) {
+            const width: usize = @min(8, k - k0);
+            var rows: [16]U16x8 = undefined;
+            for (0..chunk_tokens) |p| {
+                rows[p] = @splat(0);
+                const t = t0 + tokenAt(p);
+                if (t >= m) continue;
+                for (0..width) |c| {
+                    const v = q[t * ldq + k0 + c];
+                    worst = @max(worst, v);
+                    rows[p][c] = v;
+                }
+            }
+            storePacked(packed_x + chunk * k * packed_row_bytes, k0, width, rows);
+        }
+    }
+    return worst <= 127;
+}
+
+/// Largest byte of data[0..len] (0 when empty): the 7-bit check of caller-provided activations.
+pub fn maxByte(data: [*]const u8, len: usize) u8 {
+    var acc: @Vector(32, u8) = @splat(0);
+    var i: usize = 0;
+    while (i + 32 <= len) : (i += 32) acc = @max(acc, @as(@Vector(32, u8), data[i..][0..32].*));
+    var result = @reduce(.Max, acc);
+    while (i < len) : (i += 1) result = @max(result, data[i]);
+    return result;
+}
+
+/// Symmetric per-output-channel weight quantization: scale[c] = max|w[c, :]| / 127 (1 for an
+/// all-zero channel), q = clamp(rne(w / scale), -127, 127), computed as w * (1 / scale) in f32.
+pub fn quantizeWeights(w: [*]const f32, n: usize, k: usize, q: [*]i8, scale: [*]f32) Error!void {
+    assert(n >= 1 and k >= 1);
+    for (0..n) |c| {
+        const row = w[c * k ..][0..k];
+        var max_abs: f32 = 0;
+        for (row) |v| {
+            if (!std.math.isFinite(v)) return error.NonFinite;
+            max_abs = @max(max_abs, @abs(v));
+        }
+        const s = max_abs / 127.0;
+        const p: Params = if (s >= std.math.floatMin(f32)) .{ .scale = s, .inv = 1.0 / s, .zero = 0 } else .{ .scale = 1, .inv = 1, .zero = 0 };
+        scale[c] = p.scale;
+        for (row, 0..) |v, i| q[c * k + i] = @intCast(std.math.clamp(rne(v * p.inv), -127, 127));
+    }
+}
+
+const F32Ctx = struct { x: [*]const f32, m: usize, k: usize, out: [*]f32 };
+
+fn packF32Work(ctx: *const F32Ctx, ith: u32, nth: u32) void {
+    const chunks = chunksOf(ctx.m);
+    const part = pool.split(chunks, ith, nth);
+    for (part.begin..part.end) |chunk| {
+        const t0 = chunk * chunk_tokens;
+        const dst = ctx.out + chunk * ctx.k * chunk_tokens;
+        var k0: usize = 0;
+        while (k0 < ctx.k) : (k0 += 8) {
+            const width: usize = @min(8, ctx.k - k0);
+            var rows: [16]F8 = undefined;
+            for (0..chunk_tokens) |j| {
+                rows[j] = @splat(0);
+                if (t0 + j >= ctx.m) continue;
+                const x = ctx.x + (t0 + j) * ctx.k + k0;
+                if (width == 8) {
+                    rows[j] = x[0..8].*;
+                } else {
+                    for (0..width) |c| rows[j][c] = x[c];
+                }
+            }
+            const a = transpose8(f32, rows[0..8].*);
+            const b = transpose8(f32, rows[8..16].*);
+            for (0..width) |c| {
+                const row: *align(4) [16]f32 = @ptrCast(dst + (k0 + c) * chunk_tokens);
+                row[0..8].* = a[c];
+                row[8..16].* = b[c];
+            }
+        }
+    }
+}
+
+/// Transposes x [m, k] into the packed f32 layout of `spmm_f32` (`packedF32Len(m, k)` floats).
+pub fn packF32(x: [*]const f32, m: usize, k: usize, out: [*]f32) void {
+    assert(m >= 1 and k >= 1);
+    const ctx = F32Ctx{ .x = x, .m = m, .k = k, .out = out };
+    pool.parallel(F32Ctx, &ctx, packF32Work);
+}
+
+// ---- tests ----
+
+fn refQuant(x: f32, p: Params, qmax: i32) u8 {
+    return @intCast(std.math.clamp(rne(x * p.inv) + p.zero, 0, qmax));
+}
+
+test "maxByte finds the largest byte" {
+    var data = [_]u8{0} ** 100;
+    try std.testing.expectEqual(@as(u8, 0), maxByte(&data, 100));
+    data[99] = 128;
+    data[40] = 7;
+    try std.testing.expectEqual(@as(u8, 128), maxByte(&data, 100));
+    try std.testing.expectEqual(@as(u8, 7), maxByte(&data, 99));
+}
+
+test "rne rounds half to even" {
+    try std.testing.expectEqual(@as(i32, 2), rne(2.5));
+    try std.testing.expectEqual(@as(i32, 4), rne(3.5));
+    try std.testing.expectEqual(@as(i32, -2), rne(-2.5));
+    try std.testing.expectEqual(@as(i32, 1), rne(0.51));
+    try std.testing.expectEqual(@as(i32, -127), rne(-127.2));
+}
+
+test "tokenAt is a permutation and its own inverse" {
+    var seen = [_]bool{false} ** chunk_tokens;
+    for (0..chunk_tokens) |p| {
+        seen[tokenAt(p)] = true;
+        try std.testing.expectEqual(p, tokenAt(tokenAt(p)));
+    }
+    for (seen) |s| try std.testing.expect(s);
+}
+
+test "transpose8 transposes" {
+    var rows: [8]@Vector(8, u16) = undefined;
+    for (0..8) |r| for (0..8) |c| {
+        rows[r][c] = @intCast(r * 8 + c);
+    };
+    const t = transpose8(u16, rows);
+    for (0..8) |r| for (0..8) |c| try std.testing.expectEqual(@as(u16, @intCast(c * 8 + r)), t[r][c]);
+}
+
+test "quantizeRows and quantizePacked agree with the scalar formula" {
+    const m = 21;
+    const k = 13;
+    var x: [m * k]f32 = undefined;
+    for (&x, 0..) |*v, i| v.* = @as(f32, @floatFromInt((i * 7919) % 1000)) / 100.0 - 3.0;
+    x[5] = -7.5;
+    x[40] = 12.25;
+    for ([_]Mode{ .per_tensor, .per_token }) |mode| {
+        var q: [m * 16]u8 = undefined;
+        var scale: [m]f32 = undefined;
+        var zero: [m]i32 = undefined;
+        try quantizeRows(&x, m, k, mode, 127, &q, 16, &scale, &zero);
+        var packed_x: [packedLen(m, k)]u8 = undefined;
+        var scale2: [m]f32 = undefined;
+        var zero2: [m]i32 = undefined;
+        try quantizePacked(&x, m, k, mode, &packed_x, &scale2, &zero2);
+        for (0..m) |t| {
+            const r = if (mode == .per_tensor) range(&x, m * k) else range(x[t * k ..].ptr, k);
+            const p = Params.of(r.min, r.max, 127);
+            try std.testing.expectEqual(p.scale, scale[t]);
+            try std.testing.expectEqual(p.zero, zero[t]);
+            try std.testing.expectEqual(p.scale, scale2[t]);
+            try std.testing.expectEqual(p.zero, zero2[t]);
+            for (0..k) |c| {
+                const want = refQuant(x[t * k + c], p, 127);
+                try std.testing.expectEqual(want, q[t * 16 + c]);
+                const chunk = t / chunk_tokens;
+                const pos = tokenAt(t % chunk_tokens);
+                const row = packed_x[chunk * k * packed_row_bytes + c * packed_row_bytes ..];
+                try std.testing.expectEqual(@as(u8, want), row[2 * pos]);
+                try std.testing.expectEqual(@as(u8, 0), row[2 * pos + 1]);
+                try std.testing.expectEqual(@as(u8, 0), row[32 + 2 * pos]);
+                try std.testing.expectEqual(@as(u8, want), row[32 + 2 * pos + 1]);
+            }
+            for (k..16) |c| try std.testing.expectEqual(@as(u8, 0), q[t * 16 + c]);
+        }
+        var repacked: [packedLen(m, k)]u8 = undefined;
+        @memset(&repacked, 0xaa);
+        try std.testing.expect(packRows(&q, m, k, 16, &repacked));
+        // Padding tokens of the last chunk are zero in both.
+        try std.testing.expectEqualSlices(u8, &packed_x, &repacked);
+    }
+}
+
+test "non-finite input is refused" {
+    var x = [_]f32{ 1, 2, std.math.nan(f32), 4 };
+    var q: [4]u8 = undefined;
+    var scale: [2]f32 = undefined;
+    var zero: [2]i32 = undefined;
+    try std.testing.expectError(error.NonFinite, quantizeRows(&x, 2, 2, .per_token, 127, &q, 2, &scale, &zero));
+    try std.testing.expectError(error.NonFinite, quantizeRows(&x, 2, 2, .per_tensor, 127, &q, 2, &scale, &zero));
+    x[2] = std.math.inf(f32);
+    try std.testing.expectError(error.NonFinite, quantizeRows(&x, 2, 2, .per_tensor, 255, &q, 2, &scale, &zero));
+}
+
+test "quantizeWeights is symmetric per channel" {
+    const w = [_]f32{ 0.5, -1.0, 0.25, 0, 0, 0, 3, 1.5, -3 };
+    var q: [9]i8 = undefined;
+    var scale: [3]f32 = undefined;
+    try quantizeWeights(&w, 3, 3, &q, &scale);
+    try std.testing.expectEqualSlices(i8, &.{ 64, -127, 32, 0, 0, 0, 127, 64, -127 }, &q);
+    try std.testing.expectEqual(@as(f32, 1), scale[1]);
+    try std.testing.expectApproxEqRel(@as(f32, 3.0 / 127.0), scale[2], 1e-7);
+}
+
+test "packF32 transposes into chunks" {
+    const m = 19;
+    const k = 11;
+    var x: [m * k]f32 = undefined;
+    for (&x, 0..) |*v, i| v.* = @floatFromInt(i);
+    var out: [packedF32Len(m, k)]f32 = undefined;
+    packF32(&x, m, k, &out);
+    for (0..packedF32Len(m, k) / (k * chunk_tokens)) |chunk| for (0..k) |c| for (0..chunk_tokens) |j| {
+        const t = chunk * chunk_tokens + j;
+        const want: f32 = if (t < m) x[t * k + c] else 0;
+        try std.testing.expectEqual(want, out[(chunk * k + c) * chunk_tokens + j]);
+    };
+}

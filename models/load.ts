@@ -1,0 +1,132 @@
+/**
+ * One entry point for every model source: an ONNX file, a Hugging Face folder (config.json +
+ * safetensors), or the name of a known model in the registry (fetched into the cache on first
+ * use).
+ *
+ * ```ts
+ * const { weights, tokenizer } = await loadModel("all-minilm-l6-v2");
+ * ```
+ *
+ * @module
+ */
+import { loadHfFolder } from "./hf_folder.ts";
+import { importOnnx } from "./onnx_import.ts";
+import { ensureModel, modelNames, MODELS } from "./registry.ts";
+import { BertTokenizer } from "./tokenizer.ts";
+import type { BertWeights } from "./weights.ts";
+
+/** A loaded model: weights and, when the source has a tokenizer.json, its tokenizer. */
+export interface LoadedModel {
+  /** The encoder (and head) weights. */
+  weights: BertWeights;
+  /** The tokenizer, or null when the source has no tokenizer.json. */
+  tokenizer: BertTokenizer | null;
+  /** What was loaded: the file or folder path. */
+  path: string;
+  /** The registry name, when loaded by name. */
+  name: string | null;
+}
+
+/** Options of {@linkcode loadModel}. */
+export interface LoadModelOptions {
+  /**
+   * Longest tokenized input (special tokens included); default the smaller of the tokenizer's
+   * limit and the model's position table.
+   */
+  maxLength?: number;
+  /** Called with progress lines while a registry model is fetched. */
+  log?: (line: string) => void;
+}
+
+/**
+ * Loads a model from an `.onnx` file, a `.safetensors` file or Hugging Face folder, or a
+ * registry name (see `models/registry.ts`).
+ *
+ * @throws Error with one clear line: the path or name does not exist, the file is truncated
+ *   or corrupt, the graph is not a BERT-family encoder, or the tokenizer cannot be read.
+ */
+export async function loadModel(
+  pathOrName: string,
+  options: LoadModelOptions = {},
+): Promise<LoadedModel> {
+  if (typeof pathOrName !== "string" || pathOrName === "") {
+    throw new Error(`A model path or name is required, got ${JSON.stringify(pathOrName)}`);
+  }
+  let path = pathOrName;
+  let name: string | null = null;
+  let weights: BertWeights;
+  const kind = await statKind(pathOrName);
+  if (kind === null && Object.hasOwn(MODELS, pathOrName)) {
+    name = pathOrName;
+    const files = await ensureModel(pathOrName, {
+      onProgress: (p) => {
+        if (p.phase !== "cached") options.log?.(`${p.name}: ${p.phase}`);
+      },
+    });
+    path = files.onnx ?? files.dir;
+    weights = files.onnx ? await importOnnx(files.onnx) : await loadHfFolder(files.dir);
+    weights.source.tokenizer ??= files.tokenizer;
+  } else if (kind === "dir") {
+    weights = await loadFolder(pathOrName);
+  } else if (kind === "file") {
+    weights = await loadFile(pathOrName);
+  } else {
+    throw new Error(
+      `Model "${pathOrName}" is neither a file, a folder nor a known model name (known: ${
+        modelNames().join(", ")
+      })`,
+    );
+  }
+  let tokenizer: BertTokenizer | null = null;
+  if (weights.source.tokenizer) {
+    const limit = weights.config.maxPositionEmbeddings;
+    const probe = await BertTokenizer.fromFile(weights.source.tokenizer);
+    const maxLength = options.maxLength ?? Math.min(probe.maxLength, limit);
+    if (!Number.isInteger(maxLength) || maxLength < 2 || maxLength > limit) {
+      throw new Error(
+        `maxLength ${maxLength} must be an integer in 2..${limit} (the model's position table)`,
+      );
+    }
+    tokenizer = maxLength === probe.maxLength
+      ? probe
+      : await BertTokenizer.fromFile(weights.source.tokenizer, { maxLength });
+  }
+  return { weights, tokenizer, path, name };
+}
+
+async function statKind(path: string): Promise<"file" | "dir" | null> {
+  try {
+    const info = await Deno.stat(path);
+    return info.isDirectory ? "dir" : "file";
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return null;
+    throw new Error(`Cannot read model "${path}": ${(error as Error).message}`, { cause: error });
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return (await statKind(path)) === "file";
+}
+
+async function loadFolder(dir: string): Promise<BertWeights> {
+  const hasConfig = await exists(`${dir}/config.json`);
+  const hasSafetensors = await exists(`${dir}/model.safetensors`) ||
+    await exists(`${dir}/model.safetensors.index.json`);
+  if (hasConfig && hasSafetensors) return await loadHfFolder(dir);
+  for (const file of ["model.onnx", "onnx/model.onnx"]) {
+    if (await exists(`${dir}/${file}`)) return await importOnnx(`${dir}/${file}`);
+  }
+  throw new Error(
+    `Folder "${dir}" has neither config.json + model.safetensors nor model.onnx`,
+  );
+}
+
+async function loadFile(path: string): Promise<BertWeights> {
+  if (path.endsWith(".safetensors")) {
+    const slash = path.lastIndexOf("/");
+    const dir = slash >= 0 ? path.slice(0, slash) || "/" : ".";
+    return await loadHfFolder(dir, { weightsFile: path.slice(slash + 1) });
+  }
+  // Anything else is read as ONNX; the importer reports what it found if it is not.
+  return await importOnnx(path);
+}

@@ -1,0 +1,757 @@
+/**
+ * Task pipelines in the Transformers.js shape:
+ *
+ * ```ts
+ * const extractor = await pipeline("feature-extraction", "all-minilm-l6-v2");
+ * const out = await extractor(["Hello world", "Sparse BERT"], { pooling: "mean", normalize: true });
+ * // out.data: Float32Array [2 * 384], out.dims: [2, 384]
+ * extractor.dispose();
+ * ```
+ *
+ * `pipeline(task, model, options)` loads the model (a path or registry name, see
+ * {@linkcode loadModel}, or an already loaded {@linkcode LoadedModel}), builds the encoder and
+ * the task head, and returns a callable object with `task`, `encoder` (for token-level
+ * callers: `pipe.encoder.forward(...)`), `tokenizer`, `config`, `logits(...)` (raw head output)
+ * and `dispose()` / `[Symbol.dispose]`.
+ *
+ * Tasks: `"feature-extraction"` (token states or pooled sentence vectors), `"text-classification"`
+ * (softmax over the labels of a sequence classifier), `"token-classification"` (a label per
+ * word piece) and `"question-answering"` (best answer span over context windows with a doc
+ * stride). The computation is synchronous; calls return promises for API compatibility.
+ *
+ * @module
+ */
+import { setThreads } from "../ffi/library.ts";
+import type { LinearOp } from "../ops/linear.ts";
+import { LinearF32 } from "../ops/linear_f32.ts";
+import { l2NormalizeRows, pool } from "../ops/pooling.ts";
+import { BertEncoder, type LinearFactory } from "./bert.ts";
+import { type LoadedModel, loadModel } from "./load.ts";
+import type { BertTokenizer, EncodedBatch } from "./tokenizer.ts";
+import type { BertConfig, BertWeights, HeadWeights } from "./weights.ts";
+
+/** Tasks {@linkcode pipeline} can build. */
+export type PipelineTask =
+  | "feature-extraction"
+  | "text-classification"
+  | "question-answering"
+  | "token-classification";
+
+/** Pooling of feature-extraction outputs: `"none"` keeps one vector per token. */
+export type FeaturePooling = "none" | "mean" | "cls";
+
+/** A tensor result: flat data and its dimensions (row-major). */
+export interface FeatureTensor {
+  /** Values, row-major over `dims`. */
+  data: Float32Array;
+  /** Dimensions, e.g. `[batch, hidden]` or `[batch, seq, hidden]`. */
+  dims: number[];
+}
+
+/** Options of {@linkcode pipeline}; the call options given here become the call defaults. */
+export interface PipelineOptions {
+  /** Builds the encoder's linear layers (dense fp32 by default). */
+  linear?: LinearFactory;
+  /** Fuse the Q/K/V projections into one GEMM (default true). */
+  fuseQkv?: boolean;
+  /** Longest tokenized input; default the smaller of the tokenizer's and the model's limits. */
+  maxLength?: number;
+  /** Sets the process-wide kernel thread count. */
+  threads?: number;
+  /** Texts per encoder call (default 32). */
+  batchSize?: number;
+  /** Feature extraction: default pooling (`"none"`, as Transformers.js). */
+  pooling?: FeaturePooling;
+  /** Feature extraction: default L2 normalisation (false). */
+  normalize?: boolean;
+  /** Cut texts longer than `maxLength` instead of failing (default false). */
+  truncation?: boolean;
+  /** Progress lines while a registry model is fetched. */
+  log?: (line: string) => void;
+}
+
+/** Members shared by every pipeline. */
+export interface PipelineBase extends Disposable {
+  /** The task. */
+  readonly task: PipelineTask;
+  /** The encoder, for token-level callers (`forward`, `plan`). */
+  readonly encoder: BertEncoder;
+  /** The tokenizer. */
+  readonly tokenizer: BertTokenizer;
+  /** The architecture. */
+  readonly config: Readonly<BertConfig>;
+  /** The loaded model (weights and source). */
+  readonly model: LoadedModel;
+  /** Frees the native memory of the encoder and head. Idempotent. */
+  dispose(): void;
+}
+
+/** Per-call options of a feature-extraction pipeline. */
+export interface FeatureExtractionOptions {
+  /** `"none"` (token vectors `[batch, seq, H]`), `"mean"` or `"cls"` (`[batch, H]`). */
+  pooling?: FeaturePooling;
+  /** Divide each output vector by its L2 norm. */
+  normalize?: boolean;
+  /** Cut texts longer than the limit instead of failing. */
+  truncation?: boolean;
+}
+
+/** `extractor(texts, options)`: token or sentence vectors. */
+export interface FeatureExtractionPipeline extends PipelineBase {
+  /** Embeds one text or a batch. With pooling `"none"` sequences are padded to the longest. */
+  (texts: string | string[], options?: FeatureExtractionOptions): Promise<FeatureTensor>;
+}
+
+/** One label and its probability. */
+export interface ClassificationResult {
+  /** Label name (`config.json` `id2label`, else `LABEL_i`). */
+  label: string;
+  /** Softmax probability. */
+  score: number;
+}
+
+/** Per-call options of a text-classification pipeline. */
+export interface TextClassificationOptions {
+  /** Labels returned per text, best first (default 1). */
+  topK?: number;
+  /** Cut texts longer than the limit instead of failing. */
+  truncation?: boolean;
+}
+
+/** Input of the raw-logit methods: a tokenized, padded batch. */
+export type EncodedInput = Pick<
+  EncodedBatch,
+  "shape" | "inputIds" | "attentionMask" | "tokenTypeIds"
+>;
+
+/** `classifier(texts, options)`: sequence classification. */
+export interface TextClassificationPipeline extends PipelineBase {
+  /**
+   * Classifies one text (→ `[{label, score}]`, `topK` entries) or a batch (→ one entry per text
+   * when `topK` is 1, else one array per text), as Transformers.js does.
+   */
+  (
+    texts: string | string[],
+    options?: TextClassificationOptions,
+  ): Promise<ClassificationResult[] | ClassificationResult[][]>;
+  /** Label names by index. */
+  readonly labels: readonly string[];
+  /** Raw logits `[batch, labels]` of an encoded batch. */
+  logits(input: EncodedInput): FeatureTensor;
+}
+
+/** One labelled word piece. */
+export interface TokenClassificationResult {
+  /** Label name. */
+  entity: string;
+  /** Softmax probability of that label. */
+  score: number;
+  /** Token position in the encoded sequence (special tokens counted). */
+  index: number;
+  /** The word piece. */
+  word: string;
+}
+
+/** Per-call options of a token-classification pipeline. */
+export interface TokenClassificationOptions {
+  /** Labels left out of the result (default `["O"]`). */
+  ignoreLabels?: string[];
+  /** Cut texts longer than the limit instead of failing. */
+  truncation?: boolean;
+}
+
+/** `tagger(texts, options)`: a label per word piece. */
+export interface TokenClassificationPipeline extends PipelineBase {
+  /** Tags one text (→ array of entities) or a batch (→ one array per text). */
+  (
+    texts: string | string[],
+    options?: TokenClassificationOptions,
+  ): Promise<TokenClassificationResult[] | TokenClassificationResult[][]>;
+  /** Label names by index. */
+  readonly labels: readonly string[];
+  /** Raw logits `[batch, seq, labels]` of an encoded batch. */
+  logits(input: EncodedInput): FeatureTensor;
+}
+
+/** One answer span. */
+export interface QuestionAnsweringResult {
+  /** The answer text (decoded from its word pieces). */
+  answer: string;
+  /** P(start) x P(end) of the span, softmax over the window's context tokens. */
+  score: number;
+  /** First context token of the span (index into the context's word pieces). */
+  tokenStart: number;
+  /** Last context token of the span (inclusive). */
+  tokenEnd: number;
+}
+
+/** Per-call options of a question-answering pipeline. */
+export interface QuestionAnsweringOptions {
+  /** Answers returned, best first (default 1: a single result, not an array). */
+  topK?: number;
+  /** Context tokens shared by consecutive windows (default 128, at most half a window). */
+  docStride?: number;
+  /** Longest answer in word pieces (default 15). */
+  maxAnswerLength?: number;
+  /** Question word pieces kept (default 64). */
+  maxQuestionLength?: number;
+}
+
+/** Context windows of one question, tokenized and padded. */
+export interface QuestionWindows extends EncodedInput {
+  /** Per window: the first context word piece it holds. */
+  contextStart: number[];
+  /** Per window: how many context word pieces it holds. */
+  contextLength: number[];
+  /** Per window: the position of its first context token in the sequence. */
+  offset: number[];
+  /** Token ids of the whole context. */
+  contextIds: number[];
+}
+
+/** `qa(question, context, options)`: extractive question answering. */
+export interface QuestionAnsweringPipeline extends PipelineBase {
+  /** Finds the best answer span (or the `topK` best) of `question` in `context`. */
+  (
+    question: string,
+    context: string,
+    options?: QuestionAnsweringOptions,
+  ): Promise<QuestionAnsweringResult | QuestionAnsweringResult[]>;
+  /** Splits the context into windows with a doc stride and tokenizes them. */
+  windows(question: string, context: string, options?: QuestionAnsweringOptions): QuestionWindows;
+  /** Raw logits `[batch, seq, 2]` (start, end per token) of an encoded batch. */
+  logits(input: EncodedInput): FeatureTensor;
+}
+
+/** The pipeline type of each task. */
+export interface PipelineByTask {
+  /** Feature extraction. */
+  "feature-extraction": FeatureExtractionPipeline;
+  /** Sequence classification. */
+  "text-classification": TextClassificationPipeline;
+  /** Word-piece classification. */
+  "token-classification": TokenClassificationPipeline;
+  /** Extractive question answering. */
+  "question-answering": QuestionAnsweringPipeline;
+}
+
+const TASKS: readonly PipelineTask[] = [
+  "feature-extraction",
+  "text-classification",
+  "question-answering",
+  "token-classification",
+];
+
+const HEAD_KIND: Record<Exclude<PipelineTask, "feature-extraction">, HeadWeights["kind"]> = {
+  "text-classification": "classification",
+  "token-classification": "token-classification",
+  "question-answering": "question-answering",
+};
+
+/**
+ * Builds a pipeline for `task` on `model` (a path, a registry name, or a loaded model).
+ *
+ * @throws Error when the task is unknown, the model cannot be loaded, has no tokenizer, or
+ *   lacks the head the task needs.
+ */
+export async function pipeline<T extends PipelineTask>(
+  task: T,
+  model: string | LoadedModel,
+  options: PipelineOptions = {},
+): Promise<PipelineByTask[T]> {
+  if (!TASKS.includes(task)) {
+    throw new Error(`Unknown task "${task}": expected one of ${TASKS.join(", ")}`);
+  }
+  if (options.threads !== undefined) setThreads(options.threads);
+  const loaded = typeof model === "string"
+    ? await loadModel(model, { maxLength: options.maxLength, log: options.log })
+    : model;
+  if (loaded.tokenizer === null) {
+    throw new Error(`Model "${loaded.path}" has no tokenizer.json; a pipeline needs one`);
+  }
+  const batchSize = options.batchSize ?? 32;
+  if (!Number.isInteger(batchSize) || batchSize < 1) {
+    throw new RangeError(`batchSize must be a positive integer, got ${batchSize}`);
+  }
+  const weights = loaded.weights;
+  let head: TaskHead | null = null;
+  if (task !== "feature-extraction") {
+    const kind = HEAD_KIND[task as Exclude<PipelineTask, "feature-extraction">];
+    if (weights.head === null || weights.head.kind !== kind) {
+      throw new Error(
+        `Model "${loaded.path}" has ${
+          weights.head ? `a ${weights.head.kind} head` : "no task head"
+        }; "${task}" needs a ${kind} head`,
+      );
+    }
+    head = new TaskHead(weights);
+  }
+  let encoder: BertEncoder;
+  try {
+    encoder = new BertEncoder(weights, { linear: options.linear, fuseQkv: options.fuseQkv });
+  } catch (error) {
+    head?.[Symbol.dispose]();
+    throw error;
+  }
+  const base = new PipelineCore(task, loaded, encoder, head, batchSize, options);
+  switch (task) {
+    case "feature-extraction":
+      return base.featureExtraction() as PipelineByTask[T];
+    case "text-classification":
+      return base.textClassification() as PipelineByTask[T];
+    case "token-classification":
+      return base.tokenClassification() as PipelineByTask[T];
+    default:
+      return base.questionAnswering() as PipelineByTask[T];
+  }
+}
+
+/** The pooler / classifier weights of a task, run on the encoder output. */
+class TaskHead implements Disposable {
+  readonly kind: HeadWeights["kind"];
+  readonly labels: string[];
+  #pooler: LinearOp | null = null;
+  #preClassifier: LinearOp | null = null;
+  #dense: LinearOp;
+  #hidden: number;
+
+  constructor(weights: BertWeights) {
+    const head = weights.head!;
+    this.kind = head.kind;
+    this.#hidden = weights.config.hiddenSize;
+    const out = head.dense.out;
+    this.labels = Array.from({ length: out }, (_, i) => head.labels?.[i] ?? `LABEL_${i}`);
+    this.#dense = new LinearF32(head.dense);
+    if (head.kind === "classification") {
+      if (weights.pooler) this.#pooler = new LinearF32(weights.pooler);
+      if (weights.preClassifier) this.#preClassifier = new LinearF32(weights.preClassifier);
+    }
+  }
+
+  /** Logits of the head from the encoder output `[batch * seq * H]`. */
+  logits(hidden: Float32Array, batch: number, seq: number): Float32Array {
+    const h = this.#hidden;
+    if (this.kind !== "classification") return this.#dense.forward(hidden, batch * seq);
+    let pooled: Float32Array = new Float32Array(batch * h);
+    for (let b = 0; b < batch; b++) {
+      pooled.set(hidden.subarray(b * seq * h, b * seq * h + h), b * h);
+    }
+    if (this.#pooler) {
+      pooled = this.#pooler.forward(pooled, batch);
+      for (let i = 0; i < pooled.length; i++) pooled[i] = Math.tanh(pooled[i]);
+    }
+    if (this.#preClassifier) {
+      pooled = this.#preClassifier.forward(pooled, batch);
+      for (let i = 0; i < pooled.length; i++) pooled[i] = Math.max(0, pooled[i]);
+    }
+    return this.#dense.forward(pooled, batch);
+  }
+
+  [Symbol.dispose](): void {
+    this.#pooler?.[Symbol.dispose]();
+    this.#preClassifier?.[Symbol.dispose]();
+    this.#dense[Symbol.dispose]();
+  }
+}
+
+class PipelineCore {
+  #disposed = false;
+
+  constructor(
+    readonly task: PipelineTask,
+    readonly model: LoadedModel,
+    readonly encoder: BertEncoder,
+    readonly head: TaskHead | null,
+    readonly batchSize: number,
+    readonly defaults: PipelineOptions,
+  ) {}
+
+  get tokenizer(): BertTokenizer {
+    return this.model.tokenizer!;
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.encoder[Symbol.dispose]();
+    this.head?.[Symbol.dispose]();
+  }
+
+  /** Attaches the shared members to a call function. */
+  #wrap<F extends (...args: never[]) => unknown, E extends object>(
+    call: F,
+    extra: E,
+  ): F & E & PipelineBase {
+    const members = {
+      task: this.task,
+      encoder: this.encoder,
+      tokenizer: this.tokenizer,
+      config: this.encoder.config,
+      model: this.model,
+      dispose: () => this.dispose(),
+      [Symbol.dispose]: () => this.dispose(),
+      ...extra,
+    };
+    for (const key of Reflect.ownKeys(members)) {
+      Object.defineProperty(call, key, {
+        value: (members as Record<string | symbol, unknown>)[key],
+        enumerable: typeof key === "string",
+      });
+    }
+    return call as F & E & PipelineBase;
+  }
+
+  #check(): void {
+    if (this.#disposed) throw new Error(`The ${this.task} pipeline was used after dispose()`);
+  }
+
+  /** Encoder output of one tokenized batch. */
+  #hidden(input: EncodedInput): Float32Array {
+    this.#check();
+    const [batch, seq] = input.shape;
+    return this.encoder.forward({
+      inputIds: input.inputIds,
+      attentionMask: input.attentionMask,
+      tokenTypeIds: this.encoder.config.typeVocabSize > 0 ? input.tokenTypeIds : null,
+      batch,
+      seq,
+    });
+  }
+
+  #logits(input: EncodedInput): FeatureTensor {
+    const [batch, seq] = input.shape;
+    const hidden = this.#hidden(input);
+    const head = this.head!;
+    const data = head.logits(hidden, batch, seq);
+    const labels = head.labels.length;
+    return {
+      data,
+      dims: head.kind === "classification" ? [batch, labels] : [batch, seq, labels],
+    };
+  }
+
+  #encode(texts: string[], truncation: boolean | undefined): EncodedBatch {
+    return this.tokenizer.encodeBatch(texts, {
+      truncation: truncation ?? this.defaults.truncation ?? false,
+    });
+  }
+
+  /** Splits `texts` into encoder batches of at most `batchSize`. */
+  *#chunks(texts: string[]): Generator<string[]> {
+    for (let i = 0; i < texts.length; i += this.batchSize) {
+      yield texts.slice(i, i + this.batchSize);
+    }
+  }
+
+  featureExtraction(): FeatureExtractionPipeline {
+    const call = (
+      texts: string | string[],
+      options: FeatureExtractionOptions = {},
+    ): Promise<FeatureTensor> => {
+      try {
+        return Promise.resolve(this.#extract(texts, options));
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    };
+    return this.#wrap(call, {});
+  }
+
+  #extract(input: string | string[], options: FeatureExtractionOptions): FeatureTensor {
+    this.#check();
+    const texts = textList(input);
+    const pooling = options.pooling ?? this.defaults.pooling ?? "none";
+    if (!["none", "mean", "cls"].includes(pooling)) {
+      throw new RangeError(`Unknown pooling "${pooling}": expected "none", "mean" or "cls"`);
+    }
+    const normalize = options.normalize ?? this.defaults.normalize ?? false;
+    const h = this.encoder.hiddenSize;
+    if (pooling === "none") {
+      // Token vectors: one padded [batch, seq, H] tensor over the whole input.
+      const encoded = this.#encode(texts, options.truncation);
+      const [batch, seq] = encoded.shape;
+      const data = this.#hidden(encoded);
+      if (normalize) l2NormalizeRows(data, batch * seq, h);
+      return { data, dims: [batch, seq, h] };
+    }
+    const data = new Float32Array(texts.length * h);
+    let row = 0;
+    for (const chunk of this.#chunks(texts)) {
+      const encoded = this.#encode(chunk, options.truncation);
+      const [batch, seq] = encoded.shape;
+      const hidden = this.#hidden(encoded);
+      pool(hidden, { batch, seq, hidden: h, mask: Uint8Array.from(encoded.attentionMask) }, {
+        mode: pooling,
+        normalize,
+        out: data.subarray(row * h, (row + batch) * h),
+      });
+      row += batch;
+    }
+    return { data, dims: [texts.length, h] };
+  }
+
+  textClassification(): TextClassificationPipeline {
+    const call = (
+      texts: string | string[],
+      options: TextClassificationOptions = {},
+    ): Promise<ClassificationResult[] | ClassificationResult[][]> => {
+      try {
+        return Promise.resolve(this.#classify(texts, options));
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    };
+    return this.#wrap(call, {
+      labels: this.head!.labels,
+      logits: (input: EncodedInput) => this.#logits(input),
+    });
+  }
+
+  #classify(
+    input: string | string[],
+    options: TextClassificationOptions,
+  ): ClassificationResult[] | ClassificationResult[][] {
+    this.#check();
+    const texts = textList(input);
+    const labels = this.head!.labels;
+    const topK = options.topK ?? 1;
+    if (!Number.isInteger(topK) || topK < 1) {
+      throw new RangeError(`topK must be a positive integer, got ${topK}`);
+    }
+    const results: ClassificationResult[][] = [];
+    for (const chunk of this.#chunks(texts)) {
+      const { data } = this.#logits(this.#encode(chunk, options.truncation));
+      for (let b = 0; b < chunk.length; b++) {
+        const probs = softmax(data.subarray(b * labels.length, (b + 1) * labels.length));
+        const ranked = [...probs.keys()].sort((i, j) => probs[j] - probs[i]).slice(0, topK);
+        results.push(ranked.map((i) => ({ label: labels[i], score: probs[i] })));
+      }
+    }
+    if (typeof input === "string") return results[0];
+    return topK === 1 ? results.map((r) => r[0]) : results;
+  }
+
+  tokenClassification(): TokenClassificationPipeline {
+    const call = (
+      texts: string | string[],
+      options: TokenClassificationOptions = {},
+    ): Promise<TokenClassificationResult[] | TokenClassificationResult[][]> => {
+      try {
+        return Promise.resolve(this.#tag(texts, options));
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    };
+    return this.#wrap(call, {
+      labels: this.head!.labels,
+      logits: (input: EncodedInput) => this.#logits(input),
+    });
+  }
+
+  #tag(
+    input: string | string[],
+    options: TokenClassificationOptions,
+  ): TokenClassificationResult[] | TokenClassificationResult[][] {
+    this.#check();
+    const texts = textList(input);
+    const labels = this.head!.labels;
+    const ignore = new Set(options.ignoreLabels ?? ["O"]);
+    const results: TokenClassificationResult[][] = [];
+    for (const chunk of this.#chunks(texts)) {
+      const encoded = this.#encode(chunk, options.truncation);
+      const [batch, seq] = encoded.shape;
+      const { data } = this.#logits(encoded);
+      for (let b = 0; b < batch; b++) {
+        const entities: TokenClassificationResult[] = [];
+        for (let s = 0; s < seq; s++) {
+          const row = b * seq + s;
+          if (encoded.attentionMask[row] === 0) continue;
+          const word = this.tokenizer.decode([encoded.inputIds[row]], true);
+          if (word === "") continue; // a special token
+          const probs = softmax(data.subarray(row * labels.length, (row + 1) * labels.length));
+          let best = 0;
+          for (let i = 1; i < probs.length; i++) if (probs[i] > probs[best]) best = i;
+          if (ignore.has(labels[best])) continue;
+          entities.push({ entity: labels[best], score: probs[best], index: s, word });
+        }
+        results.push(entities);
+      }
+    }
+    return typeof input === "string" ? results[0] : results;
+  }
+
+  questionAnswering(): QuestionAnsweringPipeline {
+    const call = (
+      question: string,
+      context: string,
+      options: QuestionAnsweringOptions = {},
+    ): Promise<QuestionAnsweringResult | QuestionAnsweringResult[]> => {
+      try {
+        return Promise.resolve(this.#answer(question, context, options));
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    };
+    return this.#wrap(call, {
+      windows: (question: string, context: string, options: QuestionAnsweringOptions = {}) =>
+        this.#windows(question, context, options),
+      logits: (input: EncodedInput) => this.#logits(input),
+    });
+  }
+
+  #windows(question: string, context: string, options: QuestionAnsweringOptions): QuestionWindows {
+    if (typeof question !== "string" || typeof context !== "string") {
+      throw new TypeError("Question answering needs a question string and a context string");
+    }
+    const tok = this.tokenizer;
+    const maxQuestion = options.maxQuestionLength ?? 64;
+    const question_ = tok.tokenize(question).slice(0, maxQuestion);
+    const contextTokens = tok.tokenize(context);
+    if (question_.length === 0) throw new Error("The question has no tokens");
+    if (contextTokens.length === 0) throw new Error("The context has no tokens");
+    const maxLength = tok.maxLength;
+    const room = maxLength - question_.length - tok.numSpecialTokens(true);
+    if (room < 1) {
+      throw new Error(
+        `The question (${question_.length} tokens) leaves no room for context within ${maxLength} tokens`,
+      );
+    }
+    const stride = Math.min(options.docStride ?? 128, Math.floor(room / 2));
+    if (!Number.isInteger(stride) || stride < 0) {
+      throw new RangeError(`docStride must be a non-negative integer, got ${options.docStride}`);
+    }
+    const step = room - stride;
+    const rows: {
+      ids: number[];
+      typeIds: number[];
+      start: number;
+      length: number;
+      offset: number;
+    }[] = [];
+    for (let start = 0;; start += step) {
+      const end = Math.min(start + room, contextTokens.length);
+      const piece = contextTokens.slice(start, end);
+      const { tokens, typeIds } = tok.withSpecialTokens(question_, piece);
+      let offset = typeIds.indexOf(1);
+      if (offset < 0) offset = tokens.length - piece.length - 1;
+      rows.push({
+        ids: tok.convertTokensToIds(tokens),
+        typeIds,
+        start,
+        length: piece.length,
+        offset,
+      });
+      if (end >= contextTokens.length) break;
+    }
+    const seq = Math.max(...rows.map((r) => r.ids.length));
+    const batch = rows.length;
+    const inputIds = new Int32Array(batch * seq).fill(tok.padTokenId);
+    const attentionMask = new Int32Array(batch * seq);
+    const tokenTypeIds = new Int32Array(batch * seq);
+    rows.forEach((r, b) => {
+      inputIds.set(r.ids, b * seq);
+      attentionMask.fill(1, b * seq, b * seq + r.ids.length);
+      tokenTypeIds.set(r.typeIds, b * seq);
+    });
+    return {
+      shape: [batch, seq],
+      inputIds,
+      attentionMask,
+      tokenTypeIds,
+      contextStart: rows.map((r) => r.start),
+      contextLength: rows.map((r) => r.length),
+      offset: rows.map((r) => r.offset),
+      contextIds: tok.convertTokensToIds(contextTokens),
+    };
+  }
+
+  #answer(
+    question: string,
+    context: string,
+    options: QuestionAnsweringOptions,
+  ): QuestionAnsweringResult | QuestionAnsweringResult[] {
+    this.#check();
+    const topK = options.topK ?? 1;
+    const maxAnswer = options.maxAnswerLength ?? 15;
+    if (!Number.isInteger(topK) || topK < 1) {
+      throw new RangeError(`topK must be a positive integer, got ${topK}`);
+    }
+    if (!Number.isInteger(maxAnswer) || maxAnswer < 1) {
+      throw new RangeError(`maxAnswerLength must be a positive integer, got ${maxAnswer}`);
+    }
+    const windows = this.#windows(question, context, options);
+    const { data } = this.#logits(windows);
+    const spans = bestSpans(data, windows, { topK, maxAnswer });
+    const results = spans.map((s) => ({
+      answer: this.tokenizer.decode(windows.contextIds.slice(s.tokenStart, s.tokenEnd + 1)),
+      score: s.score,
+      tokenStart: s.tokenStart,
+      tokenEnd: s.tokenEnd,
+    }));
+    return topK === 1 ? results[0] : results;
+  }
+}
+
+/**
+ * The best answer spans of question-answering logits (`[batch, seq, 2]`, start and end per
+ * token) over the context tokens of each window: probabilities are a softmax over the window's
+ * context tokens for the start and the end separately; a span scores P(start) x P(end), ends
+ * at or after its start, and holds at most `maxAnswer` tokens. Spans seen in two overlapping
+ * windows are reported once (the higher score).
+ */
+export function bestSpans(
+  logits: Float32Array,
+  windows: Pick<QuestionWindows, "shape" | "contextStart" | "contextLength" | "offset">,
+  options: { topK: number; maxAnswer: number },
+): { tokenStart: number; tokenEnd: number; score: number }[] {
+  const [batch, seq] = windows.shape;
+  const found = new Map<string, { tokenStart: number; tokenEnd: number; score: number }>();
+  for (let b = 0; b < batch; b++) {
+    const n = windows.contextLength[b];
+    const offset = windows.offset[b];
+    const start = new Float64Array(n);
+    const end = new Float64Array(n);
+    for (let i = 0; i < n; i++) {
+      const row = (b * seq + offset + i) * 2;
+      start[i] = logits[row];
+      end[i] = logits[row + 1];
+    }
+    const pStart = softmax(start);
+    const pEnd = softmax(end);
+    for (let i = 0; i < n; i++) {
+      for (let j = i; j < Math.min(n, i + options.maxAnswer); j++) {
+        const score = pStart[i] * pEnd[j];
+        const tokenStart = windows.contextStart[b] + i;
+        const tokenEnd = windows.contextStart[b] + j;
+        const key = `${tokenStart}:${tokenEnd}`;
+        const seen = found.get(key);
+        if (seen === undefined || seen.score < score) {
+          found.set(key, { tokenStart, tokenEnd, score });
+        }
+      }
+    }
+  }
+  return [...found.values()].sort((a, b) => b.score - a.score).slice(0, options.topK);
+}
+
+/** Softmax in f64 of a logit vector. */
+export function softmax(logits: ArrayLike<number>): Float64Array {
+  const out = new Float64Array(logits.length);
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) max = Math.max(max, logits[i]);
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) {
+    out[i] = Math.exp(logits[i] - max);
+    sum += out[i];
+  }
+  for (let i = 0; i < out.length; i++) out[i] /= sum;
+  return out;
+}
+
+function textList(input: string | string[]): string[] {
+  const texts = typeof input === "string" ? [input] : input;
+  if (!Array.isArray(texts) || texts.length === 0 || texts.some((t) => typeof t !== "string")) {
+    throw new TypeError("Expected a text or a non-empty array of texts");
+  }
+  return texts;
+}

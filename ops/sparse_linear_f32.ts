@@ -1,0 +1,134 @@
+/**
+ * Unstructured sparse fp32 linear layer over the `sb_spmm_f32` kernel
+ * (`kernels/spmm_f32.zig`): every non-zero weight is kept (CSR, one row per output channel),
+ * activations are transposed on the fly into the kernel's token-contiguous layout. Same
+ * interface as {@linkcode LinearF32}.
+ *
+ * ```ts
+ * import { SparseLinearF32 } from "./ops/sparse_linear_f32.ts";
+ * const weight = new Float32Array(4 * 8);
+ * weight[3] = 2;
+ * using op = new SparseLinearF32({ out: 4, in: 8, weight });
+ * const y = op.forward(new Float32Array(8).fill(1), 1); // [2, 0, 0, 0]
+ * ```
+ *
+ * @module
+ */
+import { kernels } from "../ffi/library.ts";
+import { NativeBuffer } from "../ffi/memory.ts";
+import {
+  type Activation,
+  ACTIVATION_CODE,
+  checkForward,
+  checkLinearWeight,
+  type ForwardOptions,
+  type LinearOp,
+  type LinearOptions,
+  type LinearWeight,
+} from "./linear.ts";
+import { checkStatus } from "./quantize.ts";
+
+/** Y = act(X W^T + b) + residual with W's non-zeros in native CSR. */
+export class SparseLinearF32 implements LinearOp {
+  /** Kernel family. */
+  readonly kind = "sparse-f32";
+  /** Input features K. */
+  readonly inFeatures: number;
+  /** Output features N. */
+  readonly outFeatures: number;
+  /** Activation fused into the epilogue. */
+  readonly activation: Activation;
+  /** Non-zero weights kept. */
+  readonly nonZeros: number;
+  #packed: NativeBuffer;
+  #workspace = new Float32Array(0);
+
+  /** Packs the non-zeros of `weight` (`[out, in]`, torch layout) once. */
+  constructor(weight: LinearWeight, options: LinearOptions = {}) {
+    checkLinearWeight(weight);
+    for (let i = 0; i < weight.weight.length; i++) {
+      if (!Number.isFinite(weight.weight[i])) {
+        throw new RangeError(`Weight ${i} must be finite, got ${weight.weight[i]}`);
+      }
+    }
+    this.inFeatures = weight.in;
+    this.outFeatures = weight.out;
+    this.activation = options.activation ?? "none";
+    if (!(this.activation in ACTIVATION_CODE)) {
+      throw new RangeError(`Unknown activation "${this.activation}"`);
+    }
+    let nonZeros = 0;
+    for (let i = 0; i < weight.weight.length; i++) nonZeros += weight.weight[i] !== 0 ? 1 : 0;
+    this.nonZeros = nonZeros;
+    const lib = kernels().symbols;
+    const n = BigInt(weight.out);
+    const k = BigInt(weight.in);
+    const bytes = Number(lib.sb_spmm_f32_packed_len(weight.weight, n, k));
+    if (bytes === 0) throw new RangeError(`Weight [${weight.out}, ${weight.in}] is too large`);
+    this.#packed = new NativeBuffer(bytes);
+    checkStatus(
+      lib.sb_spmm_f32_pack(
+        weight.weight,
+        weight.bias ?? null,
+        n,
+        k,
+        this.#packed.pointer,
+        BigInt(bytes),
+      ),
+      "Packing the sparse fp32 weight",
+    );
+  }
+
+  /** Fraction of zero weights. */
+  get sparsity(): number {
+    return 1 - this.nonZeros / (this.inFeatures * this.outFeatures);
+  }
+
+  /** Bytes of packed weights in native memory. */
+  get packedBytes(): number {
+    return this.#packed.bytes;
+  }
+
+  /** The packed weight expanded back to a dense `[out, in]` weight with its bias. */
+  unpack(): LinearWeight {
+    const weight = new Float32Array(this.outFeatures * this.inFeatures);
+    const bias = new Float32Array(this.outFeatures);
+    checkStatus(
+      kernels().symbols.sb_spmm_f32_unpack(
+        this.#packed.pointer,
+        BigInt(this.#packed.bytes),
+        weight,
+        bias,
+      ),
+      "Unpacking the sparse fp32 weight",
+    );
+    return { out: this.outFeatures, in: this.inFeatures, weight, bias };
+  }
+
+  /** Y [m, out] = act(X [m, in] W^T + b) + residual. */
+  forward(x: Float32Array, m: number, options: ForwardOptions = {}): Float32Array {
+    const out = checkForward(this, x, m, options);
+    const lib = kernels().symbols;
+    const floats = Number(lib.sb_pack_f32_len(BigInt(m), BigInt(this.inFeatures)));
+    if (this.#workspace.length < floats) this.#workspace = new Float32Array(floats);
+    lib.sb_pack_f32(x, BigInt(m), BigInt(this.inFeatures), this.#workspace);
+    checkStatus(
+      lib.sb_spmm_f32(
+        this.#packed.pointer,
+        BigInt(this.#packed.bytes),
+        this.#workspace,
+        BigInt(m),
+        options.residual ?? null,
+        out,
+        ACTIVATION_CODE[this.activation],
+      ),
+      `sparse-f32 linear [${m}, ${this.inFeatures}] -> ${this.outFeatures}`,
+    );
+    return out;
+  }
+
+  /** Frees the packed weights. */
+  [Symbol.dispose](): void {
+    this.#packed[Symbol.dispose]();
+  }
+}

@@ -1,0 +1,159 @@
+/**
+ * What the server needs from a model, independent of how it runs: the data types crossing
+ * the worker boundary, the inference interface a worker implements over the library's
+ * pipelines, and the messages exchanged with a worker.
+ *
+ * @module
+ */
+import type { KernelChoice, ServeTask } from "./config.ts";
+
+/** What a worker loads. */
+export interface ModelSource {
+  /** Served name (for messages). */
+  name: string;
+  /** Pipeline task. */
+  task: ServeTask;
+  /** Registry name, `.onnx` file or model folder. */
+  model: string;
+  /** Loaded when `model` fails to load, or `null`. */
+  fallback: string | null;
+  /** `tokenizer.json` override, or `null`. */
+  tokenizer: string | null;
+  /** Kernel choice. */
+  kernel: KernelChoice;
+  /** Embedding pooling. */
+  pooling: "mean" | "cls";
+  /** L2-normalize embeddings. */
+  normalize: boolean;
+  /** Longest sequence in tokens. */
+  maxLength: number;
+}
+
+/** What a worker reports once its model is loaded. */
+export interface ModelInfo {
+  /** The model actually loaded (`model`, or `fallback` when `model` failed). */
+  loaded: string;
+  /** Why `model` was not loaded when the fallback was, else `null`. */
+  fallbackReason: string | null;
+  /** Width of an embedding (hidden size), or of the logits for classification. */
+  hiddenSize: number;
+  /** Class labels of a classification or token-classification head, else `null`. */
+  labels: string[] | null;
+  /** The `tokenizer.json` the pipeline uses (the main thread loads the same file). */
+  tokenizerPath: string;
+  /** Kernel family of each linear op, with counts, e.g. `{ "dense-f32": 36 }`. */
+  kernels: Record<string, number>;
+  /** Seconds the load (and warm-up) took. */
+  loadSeconds: number;
+  /** Kernel threads in effect in the process. */
+  threads: number;
+}
+
+/** A padded batch of token sequences, row-major `[batch, seq]`. */
+export interface TokenBatch {
+  /** Token ids. */
+  inputIds: Int32Array;
+  /** 1 for real tokens, 0 for padding. */
+  attentionMask: Int32Array;
+  /** Segment ids. */
+  tokenTypeIds: Int32Array;
+  /** Rows. */
+  batch: number;
+  /** Columns. */
+  seq: number;
+}
+
+/** One class and its probability. */
+export interface LabelScore {
+  /** Class label. */
+  label: string;
+  /** Probability. */
+  score: number;
+}
+
+/** A question and the context holding its answer. */
+export interface QaPair {
+  /** The question. */
+  question: string;
+  /** The context. */
+  context: string;
+}
+
+/** The best answer span (the question-answering pipeline's result). */
+export interface QaAnswer {
+  /** The answer text (decoded from its word pieces). */
+  answer: string;
+  /** P(start) x P(end) of the span. */
+  score: number;
+  /** First context word piece of the span. */
+  tokenStart: number;
+  /** Last context word piece of the span (inclusive). */
+  tokenEnd: number;
+}
+
+/** One labelled word piece (the token-classification pipeline's result). */
+export interface TokenEntity {
+  /** Class label. */
+  entity: string;
+  /** Probability. */
+  score: number;
+  /** Token index in the encoded sequence (special tokens counted). */
+  index: number;
+  /** The word piece. */
+  word: string;
+}
+
+/** Options for the text tasks. */
+export interface TextTaskOptions {
+  /** Longest sequence. */
+  maxLength: number;
+}
+
+/** The inference a worker offers. Every method runs one batch. */
+export interface InferenceBackend {
+  /** What was loaded. */
+  readonly info: ModelInfo;
+  /** Pooled (and, per the source, normalized) embeddings: `[batch * hiddenSize]`. */
+  embed(batch: TokenBatch): Promise<Float32Array>;
+  /** All classes with their probabilities, best first, per text. */
+  classify(texts: string[], options: TextTaskOptions): Promise<LabelScore[][]>;
+  /** The best span per pair. */
+  answer(pairs: QaPair[], options: TextTaskOptions): Promise<QaAnswer[]>;
+  /** Classified tokens per text (the pipeline's default filtering). */
+  classifyTokens(texts: string[], options: TextTaskOptions): Promise<TokenEntity[][]>;
+  /** Frees the model. */
+  dispose(): void;
+}
+
+/** A method of {@linkcode InferenceBackend} with one batch argument, as sent to a worker. */
+export type BackendCall =
+  | { op: "embed"; batch: TokenBatch }
+  | { op: "classify"; texts: string[]; options: TextTaskOptions }
+  | { op: "answer"; pairs: QaPair[]; options: TextTaskOptions }
+  | { op: "classifyTokens"; texts: string[]; options: TextTaskOptions };
+
+/** Messages the main thread sends a worker. */
+export type ToWorker =
+  | { type: "load"; source: ModelSource; threads: number }
+  | { type: "call"; id: number; call: BackendCall };
+
+/** Messages a worker sends the main thread. */
+export type FromWorker =
+  | { type: "loaded"; info: ModelInfo }
+  | { type: "load-failed"; message: string }
+  | { type: "result"; id: number; value: unknown }
+  | { type: "failed"; id: number; message: string };
+
+/** Runs one call on a backend (the worker's dispatcher). */
+export function runCall(backend: InferenceBackend, call: BackendCall): Promise<unknown> {
+  switch (call.op) {
+    case "embed":
+      return backend.embed(call.batch);
+    case "classify":
+      return backend.classify(call.texts, call.options);
+    case "answer":
+      return backend.answer(call.pairs, call.options);
+    case "classifyTokens":
+      return backend.classifyTokens(call.texts, call.options);
+  }
+}

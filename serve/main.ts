@@ -1,0 +1,120 @@
+/**
+ * `deno task serve`: the sparsebert inference server.
+ *
+ *   deno run -A serve/main.ts [--config serve.json|serve.yaml] [--host H] [--port P]
+ *
+ * With no options it serves all-MiniLM-L6-v2 (int8 when it loads, else fp32) on
+ * 127.0.0.1:5543. SIGTERM and SIGINT shut it down gracefully.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import {
+  ConfigError,
+  defaultConfig,
+  loadConfigFile,
+  parseConfig,
+  type ServeConfig,
+} from "./config.ts";
+import { startServer } from "./server.ts";
+
+/** Help text. */
+export const HELP = `Usage: deno task serve [options]
+       deno run -A serve/main.ts [options]
+
+Serves BERT-family models over HTTP with cross-request batching:
+  KServe v2 / Open Inference Protocol   /v2/health/{live,ready}, /v2/models/{name}[/ready|/infer]
+  OpenAI-compatible                     POST /v1/embeddings, GET /v1/models
+  Tasks                                 POST /v1/{text-classification,question-answering,
+                                             token-classification}
+  Docs, metrics                         GET /docs, /openapi.json, /metrics
+
+With no configuration it serves all-minilm-l6-v2 (the int8 file when it loads, else fp32) on
+127.0.0.1:5543.
+
+Options:
+  --config FILE   JSON or YAML configuration (models, limits, batching; see serve/config.ts)
+  --host HOST     listen address (default 127.0.0.1; overrides the file)
+  --port PORT     listen port (default 5543; 0 picks a free one; overrides the file)
+  --threads N     kernel threads for the process (default: physical cores)
+  --model NAME    serve this registry model or .onnx file instead of the default
+  --quiet         no per-request log lines
+  -h, --help      show this help
+
+Environment:
+  SPARSEBERT_API_KEY   require "Authorization: Bearer <key>" on all but health/docs routes
+  SPARSEBERT_THREADS   kernel threads when --threads and the file do not say
+
+Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests, then exit.`;
+
+/** Builds the configuration from the command line. */
+export async function configFromArgs(args: string[]): Promise<ServeConfig | null> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: "string" },
+      host: { type: "string" },
+      port: { type: "string" },
+      threads: { type: "string" },
+      model: { type: "string" },
+      quiet: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) return null;
+  const config = values.config !== undefined
+    ? await loadConfigFile(values.config)
+    : defaultConfig();
+  const overrides: Record<string, unknown> = {};
+  if (values.host !== undefined) overrides.host = values.host;
+  for (const key of ["port", "threads"] as const) {
+    const text = values[key];
+    if (text === undefined) continue;
+    const n = Number(text);
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(n)) {
+      throw new ConfigError(`--${key} must be a non-negative integer, got "${text}"`);
+    }
+    overrides[key] = n;
+  }
+  if (values.quiet) overrides.log = false;
+  const merged: Record<string, unknown> = { ...config, ...overrides };
+  if (values.model !== undefined) {
+    merged.models = [{
+      name: values.model.split("/").at(-1)!.replace(/\.onnx$/, ""),
+      model: values.model,
+    }];
+  }
+  return parseConfig(merged);
+}
+
+async function main(): Promise<number> {
+  let config: ServeConfig | null;
+  try {
+    config = await configFromArgs(Deno.args);
+  } catch (err) {
+    console.error(`error: ${(err as Error).message}`);
+    return 2;
+  }
+  if (config === null) {
+    console.log(HELP);
+    return 0;
+  }
+  let server;
+  try {
+    server = await startServer(config);
+  } catch (err) {
+    console.error(`error: ${(err as Error).message}`);
+    return 1;
+  }
+  const stop = (): void => {
+    server.shutdown();
+  };
+  Deno.addSignalListener("SIGTERM", stop);
+  Deno.addSignalListener("SIGINT", stop);
+  await server.finished;
+  return 0;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main());
+}

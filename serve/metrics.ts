@@ -1,0 +1,251 @@
+/**
+ * Prometheus metrics in the text exposition format (version 0.0.4), kept in process memory:
+ * request counts by route and status, request latency, batch sizes and durations, queue depth,
+ * tokens processed and a tokens/s rate over the last 10 seconds.
+ *
+ * @module
+ */
+
+const LATENCY_BUCKETS = [
+  0.001,
+  0.0025,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+];
+const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
+function escapeLabel(value: string): string {
+  return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+function labelText(labels: Record<string, string>): string {
+  const parts = Object.entries(labels).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
+  return parts.length === 0 ? "" : `{${parts.join(",")}}`;
+}
+
+function formatNumber(value: number): string {
+  if (value === Infinity) return "+Inf";
+  if (value === -Infinity) return "-Inf";
+  if (Number.isNaN(value)) return "NaN";
+  return String(value);
+}
+
+class Histogram {
+  readonly bounds: number[];
+  readonly counts: number[];
+  sum = 0;
+  count = 0;
+
+  constructor(bounds: number[]) {
+    this.bounds = bounds;
+    this.counts = new Array(bounds.length).fill(0);
+  }
+
+  observe(value: number): void {
+    this.sum += value;
+    this.count++;
+    for (let i = 0; i < this.bounds.length; i++) {
+      if (value <= this.bounds[i]) {
+        this.counts[i]++;
+        return;
+      }
+    }
+  }
+
+  render(name: string, labels: Record<string, string>, out: string[]): void {
+    let cumulative = 0;
+    for (let i = 0; i < this.bounds.length; i++) {
+      cumulative += this.counts[i];
+      out.push(
+        `${name}_bucket${labelText({ ...labels, le: formatNumber(this.bounds[i]) })} ${cumulative}`,
+      );
+    }
+    out.push(`${name}_bucket${labelText({ ...labels, le: "+Inf" })} ${this.count}`);
+    out.push(`${name}_sum${labelText(labels)} ${formatNumber(this.sum)}`);
+    out.push(`${name}_count${labelText(labels)} ${this.count}`);
+  }
+}
+
+/** A sliding 10 s window of token counts, in 1 s slots, for a tokens/s gauge. */
+class RateWindow {
+  #slots = new Float64Array(10);
+  #slotTimes = new Float64Array(10);
+
+  add(count: number, nowMs: number): void {
+    const second = Math.floor(nowMs / 1000);
+    const slot = second % 10;
+    if (this.#slotTimes[slot] !== second) {
+      this.#slotTimes[slot] = second;
+      this.#slots[slot] = 0;
+    }
+    this.#slots[slot] += count;
+  }
+
+  perSecond(nowMs: number): number {
+    const second = Math.floor(nowMs / 1000);
+    let total = 0;
+    for (let i = 0; i < 10; i++) {
+      if (second - this.#slotTimes[i] < 10) total += this.#slots[i];
+    }
+    return total / 10;
+  }
+}
+
+/** Per-model figures the metrics read at scrape time. */
+export interface QueueProbe {
+  /** Inputs waiting. */
+  depth(): number;
+  /** Batches running. */
+  running(): number;
+}
+
+/** The server's metrics registry. */
+export class Metrics {
+  #requests = new Map<string, number>();
+  #latency = new Map<string, Histogram>();
+  #batchSize = new Map<string, Histogram>();
+  #batchSeconds = new Map<string, Histogram>();
+  #tokens = new Map<string, number>();
+  #inputs = new Map<string, number>();
+  #rates = new Map<string, RateWindow>();
+  #rejected = new Map<string, number>();
+  #queues = new Map<string, QueueProbe>();
+  #inflight = 0;
+  #started = Date.now();
+
+  /** Registers a model's queue so its depth is reported. */
+  registerQueue(model: string, probe: QueueProbe): void {
+    this.#queues.set(model, probe);
+  }
+
+  /** Counts a request that started. */
+  requestStarted(): void {
+    this.#inflight++;
+  }
+
+  /** Records a finished request under its route template. */
+  requestFinished(route: string, method: string, status: number, seconds: number): void {
+    this.#inflight--;
+    const key = JSON.stringify([route, method, String(status)]);
+    this.#requests.set(key, (this.#requests.get(key) ?? 0) + 1);
+    let h = this.#latency.get(route);
+    if (h === undefined) this.#latency.set(route, h = new Histogram(LATENCY_BUCKETS));
+    h.observe(seconds);
+  }
+
+  /** Records a request refused for `reason` (e.g. `queue_full`). */
+  rejected(reason: string): void {
+    this.#rejected.set(reason, (this.#rejected.get(reason) ?? 0) + 1);
+  }
+
+  /** Records one batch of a model. */
+  batch(model: string, size: number, tokens: number, seconds: number): void {
+    let h = this.#batchSize.get(model);
+    if (h === undefined) this.#batchSize.set(model, h = new Histogram(BATCH_BUCKETS));
+    h.observe(size);
+    let d = this.#batchSeconds.get(model);
+    if (d === undefined) this.#batchSeconds.set(model, d = new Histogram(LATENCY_BUCKETS));
+    d.observe(seconds);
+    this.#tokens.set(model, (this.#tokens.get(model) ?? 0) + tokens);
+    this.#inputs.set(model, (this.#inputs.get(model) ?? 0) + size);
+    let r = this.#rates.get(model);
+    if (r === undefined) this.#rates.set(model, r = new RateWindow());
+    r.add(tokens, Date.now());
+  }
+
+  /** Requests in flight now. */
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  /** Total requests recorded with a given status class (e.g. 5 for 5xx). */
+  countStatusClass(statusClass: number): number {
+    let total = 0;
+    for (const [key, n] of this.#requests) {
+      const status = Number(JSON.parse(key)[2]);
+      if (Math.floor(status / 100) === statusClass) total += n;
+    }
+    return total;
+  }
+
+  /** The exposition text. */
+  render(): string {
+    const out: string[] = [];
+    const now = Date.now();
+    out.push(
+      "# HELP sparsebert_requests_total HTTP requests by route template, method and status.",
+    );
+    out.push("# TYPE sparsebert_requests_total counter");
+    for (const [key, n] of this.#requests) {
+      const [route, method, status] = JSON.parse(key) as string[];
+      out.push(`sparsebert_requests_total${labelText({ route, method, status })} ${n}`);
+    }
+    out.push("# HELP sparsebert_request_duration_seconds Request latency by route template.");
+    out.push("# TYPE sparsebert_request_duration_seconds histogram");
+    for (const [route, h] of this.#latency) {
+      h.render("sparsebert_request_duration_seconds", { route }, out);
+    }
+    out.push("# HELP sparsebert_requests_in_flight Requests being handled now.");
+    out.push("# TYPE sparsebert_requests_in_flight gauge");
+    out.push(`sparsebert_requests_in_flight ${this.#inflight}`);
+    out.push("# HELP sparsebert_rejected_total Requests refused before inference, by reason.");
+    out.push("# TYPE sparsebert_rejected_total counter");
+    for (const [reason, n] of this.#rejected) {
+      out.push(`sparsebert_rejected_total${labelText({ reason })} ${n}`);
+    }
+    out.push("# HELP sparsebert_batch_size Inputs per inference batch.");
+    out.push("# TYPE sparsebert_batch_size histogram");
+    for (const [model, h] of this.#batchSize) h.render("sparsebert_batch_size", { model }, out);
+    out.push("# HELP sparsebert_batch_duration_seconds Time one batch took in a worker.");
+    out.push("# TYPE sparsebert_batch_duration_seconds histogram");
+    for (const [model, h] of this.#batchSeconds) {
+      h.render("sparsebert_batch_duration_seconds", { model }, out);
+    }
+    out.push("# HELP sparsebert_queue_depth Inputs waiting to be batched.");
+    out.push("# TYPE sparsebert_queue_depth gauge");
+    for (const [model, q] of this.#queues) {
+      out.push(`sparsebert_queue_depth${labelText({ model })} ${q.depth()}`);
+    }
+    out.push("# HELP sparsebert_batches_running Batches running in workers now.");
+    out.push("# TYPE sparsebert_batches_running gauge");
+    for (const [model, q] of this.#queues) {
+      out.push(`sparsebert_batches_running${labelText({ model })} ${q.running()}`);
+    }
+    out.push("# HELP sparsebert_tokens_total Tokens run through the encoder (padding excluded).");
+    out.push("# TYPE sparsebert_tokens_total counter");
+    for (const [model, n] of this.#tokens) {
+      out.push(`sparsebert_tokens_total${labelText({ model })} ${n}`);
+    }
+    out.push("# HELP sparsebert_inputs_total Inputs (texts or sequences) run.");
+    out.push("# TYPE sparsebert_inputs_total counter");
+    for (const [model, n] of this.#inputs) {
+      out.push(`sparsebert_inputs_total${labelText({ model })} ${n}`);
+    }
+    out.push("# HELP sparsebert_tokens_per_second Tokens per second over the last 10 seconds.");
+    out.push("# TYPE sparsebert_tokens_per_second gauge");
+    for (const [model, r] of this.#rates) {
+      out.push(`sparsebert_tokens_per_second${labelText({ model })} ${r.perSecond(now)}`);
+    }
+    const memory = Deno.memoryUsage();
+    out.push("# HELP process_resident_memory_bytes Resident memory of the server process.");
+    out.push("# TYPE process_resident_memory_bytes gauge");
+    out.push(`process_resident_memory_bytes ${memory.rss}`);
+    out.push("# HELP sparsebert_heap_used_bytes JavaScript heap in use (main isolate).");
+    out.push("# TYPE sparsebert_heap_used_bytes gauge");
+    out.push(`sparsebert_heap_used_bytes ${memory.heapUsed}`);
+    out.push("# HELP process_start_time_seconds Start time of the server, Unix seconds.");
+    out.push("# TYPE process_start_time_seconds gauge");
+    out.push(`process_start_time_seconds ${Math.floor(this.#started / 1000)}`);
+    return out.join("\n") + "\n";
+  }
+}

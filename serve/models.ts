@@ -1,0 +1,428 @@
+/**
+ * A served model on the main thread: its tokenizer (limits are checked and texts tokenized
+ * here, so a bad input is refused before it queues), its batcher, and its worker instances.
+ *
+ * @module
+ */
+import { BertTokenizer } from "../models/tokenizer.ts";
+import type { ModelConfig } from "./config.ts";
+import type { LabelScore, ModelInfo, QaAnswer, QaPair, TokenEntity } from "./backend.ts";
+import {
+  Batcher,
+  CancelledError,
+  ClosedError,
+  OverloadedError,
+  QueueTimeoutError,
+  type Sized,
+} from "./batcher.ts";
+import { HttpError } from "./http.ts";
+import { QA_MAX_QUESTION } from "./pipeline_backend.ts";
+import { WorkerInstance } from "./instances.ts";
+import type { Metrics } from "./metrics.ts";
+
+/** A sequence of token ids ready to batch. */
+export interface TokenRow {
+  /** Token ids, special tokens included. */
+  ids: Int32Array;
+  /** Segment ids. */
+  typeIds: Int32Array;
+  /** Attention mask, or `null` for all ones. */
+  mask: Int32Array | null;
+}
+
+type Item = TokenRow | string | QaPair;
+
+/** Embeddings of one request and the tokens they took. */
+export interface EmbedResult {
+  /** One embedding per input. */
+  embeddings: Float32Array[];
+  /** Tokens run, special tokens included. */
+  tokens: number;
+}
+
+/** Options of {@linkcode ServedModel.start}. */
+export interface ServedModelOptions {
+  /** Kernel threads for the process (0: library default). */
+  threads: number;
+  /** Longest an input may wait in the queue. */
+  queueTimeoutMs: number;
+  /** Longest text in characters. */
+  maxTextChars: number;
+  /** Seconds for `Retry-After`. */
+  retryAfterS: number;
+  /** Metrics registry. */
+  metrics: Metrics;
+  /** Log line sink. */
+  log: (line: string) => void;
+}
+
+/** Options for tokenizing request texts. */
+export interface TokenizeOptions {
+  /** Cut texts over the limit instead of refusing them. */
+  truncate: boolean;
+  /** Field name used in error messages, e.g. `"input"`. */
+  param: string;
+  /** Whether the field held a single text (errors then name `input`, not `input[0]`). */
+  single: boolean;
+}
+
+const YIELD_EVERY_MS = 8;
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+/** One model being served. */
+export class ServedModel {
+  /** Its configuration. */
+  readonly config: ModelConfig;
+  /** The main thread's tokenizer (same file as the worker's pipeline). */
+  readonly tokenizer: BertTokenizer;
+  /** What instance 0 loaded. */
+  readonly info: ModelInfo;
+  #instances: WorkerInstance[];
+  #batcher: Batcher<Item, unknown>;
+  #options: ServedModelOptions;
+
+  private constructor(
+    config: ModelConfig,
+    tokenizer: BertTokenizer,
+    instances: WorkerInstance[],
+    options: ServedModelOptions,
+  ) {
+    this.config = config;
+    this.tokenizer = tokenizer;
+    this.#instances = instances;
+    this.info = instances[0].info;
+    this.#options = options;
+    this.#batcher = new Batcher<Item, unknown>({
+      maxBatch: config.maxBatch,
+      maxWaitMs: config.maxWaitMs,
+      buckets: config.buckets,
+      maxQueue: config.maxQueue,
+      queueTimeoutMs: options.queueTimeoutMs,
+      executors: instances.map((instance) => this.#executor(instance)),
+      onBatch: (r) => options.metrics.batch(config.name, r.size, r.tokens, r.seconds),
+    });
+    options.metrics.registerQueue(config.name, {
+      depth: () => this.#batcher.depth,
+      running: () => this.#batcher.running,
+    });
+  }
+
+  /**
+   * Loads the tokenizer and starts `config.instances` workers, each loading the model.
+   *
+   * @throws Error naming the model when the tokenizer or the model cannot be loaded.
+   */
+  static async start(config: ModelConfig, options: ServedModelOptions): Promise<ServedModel> {
+    const source = {
+      name: config.name,
+      task: config.task,
+      model: config.model,
+      fallback: config.fallback,
+      tokenizer: config.tokenizer,
+      kernel: config.kernel,
+      pooling: config.pooling,
+      normalize: config.normalize,
+      maxLength: config.maxLength,
+    };
+    const first = await WorkerInstance.start(source, {
+      threads: options.threads,
+      log: options.log,
+    });
+    const instances = [first];
+    try {
+      // The others load the model the first one ended up with, so all instances agree.
+      const pinned = { ...source, model: first.info.loaded, fallback: null };
+      for (let i = 1; i < config.instances; i++) {
+        instances.push(await WorkerInstance.start(pinned, { threads: options.threads }));
+      }
+      const tokenizer = await BertTokenizer.fromFile(first.info.tokenizerPath, {
+        maxLength: config.maxLength,
+      });
+      return new ServedModel(config, tokenizer, instances, options);
+    } catch (err) {
+      for (const instance of instances) instance.close();
+      throw err;
+    }
+  }
+
+  /** Inputs waiting in this model's queue. */
+  get queueDepth(): number {
+    return this.#batcher.depth;
+  }
+
+  /** Whether `count` more inputs fit in the queue now. */
+  hasRoom(count = 1): boolean {
+    return this.#batcher.hasRoom(count);
+  }
+
+  /** Longest sequence in tokens. */
+  get maxLength(): number {
+    return this.config.maxLength;
+  }
+
+  #executor(instance: WorkerInstance): (items: Item[], bucket: number) => Promise<unknown[]> {
+    const maxLength = this.config.maxLength;
+    switch (this.config.task) {
+      case "feature-extraction":
+        return async (items) => {
+          const rows = items as TokenRow[];
+          const seq = Math.max(...rows.map((r) => r.ids.length));
+          const batch = rows.length;
+          const inputIds = new Int32Array(batch * seq).fill(this.tokenizer.padTokenId);
+          const attentionMask = new Int32Array(batch * seq);
+          const tokenTypeIds = new Int32Array(batch * seq);
+          rows.forEach((r, i) => {
+            inputIds.set(r.ids, i * seq);
+            tokenTypeIds.set(r.typeIds, i * seq);
+            if (r.mask === null) attentionMask.fill(1, i * seq, i * seq + r.ids.length);
+            else attentionMask.set(r.mask, i * seq);
+          });
+          const out = await instance.embed({
+            inputIds,
+            attentionMask,
+            tokenTypeIds,
+            batch,
+            seq,
+          });
+          const hidden = out.length / batch;
+          return rows.map((_, i) => out.subarray(i * hidden, (i + 1) * hidden));
+        };
+      case "text-classification":
+        return (items) => instance.classify(items as string[], { maxLength });
+      case "question-answering":
+        return (items) => instance.answer(items as QaPair[], { maxLength });
+      case "token-classification":
+        return (items) => instance.classifyTokens(items as string[], { maxLength });
+    }
+  }
+
+  #name(options: TokenizeOptions, i: number): string {
+    return options.single ? options.param : `${options.param}[${i}]`;
+  }
+
+  #checkChars(text: string, name: string): void {
+    if (text.length > this.#options.maxTextChars) {
+      throw new HttpError(
+        422,
+        `${name} has ${text.length} characters, over the limit of ${this.#options.maxTextChars}`,
+        { param: name, code: "text_too_long" },
+      );
+    }
+  }
+
+  /**
+   * Tokenizes texts with the model's limits.
+   *
+   * @throws HttpError 422 naming the input and quoting the limit when a text is too long.
+   */
+  async tokenize(texts: string[], options: TokenizeOptions): Promise<TokenRow[]> {
+    const limit = this.config.maxLength;
+    const rows: TokenRow[] = [];
+    let slice = performance.now();
+    for (let i = 0; i < texts.length; i++) {
+      const name = this.#name(options, i);
+      this.#checkChars(texts[i], name);
+      let encoded = this.tokenizer.encode(texts[i], { maxLength: Number.MAX_SAFE_INTEGER });
+      if (encoded.ids.length > limit) {
+        if (!options.truncate) {
+          throw new HttpError(
+            422,
+            `${name} has ${encoded.ids.length} tokens, over the limit of ${limit} tokens of ` +
+              `model "${this.config.name}"; shorten it or send "truncate": true`,
+            { param: name, code: "context_length_exceeded" },
+          );
+        }
+        encoded = this.tokenizer.encode(texts[i], { maxLength: limit, truncation: true });
+      }
+      rows.push({
+        ids: Int32Array.from(encoded.ids),
+        typeIds: Int32Array.from(encoded.typeIds),
+        mask: null,
+      });
+      if (performance.now() - slice > YIELD_EVERY_MS) {
+        await yieldToEventLoop();
+        slice = performance.now();
+      }
+    }
+    return rows;
+  }
+
+  /**
+   * Checks texts for a text task: character limit, and the token limit unless truncating.
+   * Returns each text's token count (capped at the limit) for bucketing.
+   */
+  async checkTexts(texts: string[], options: TokenizeOptions): Promise<number[]> {
+    const rows = await this.tokenize(texts, options);
+    return rows.map((r) => r.ids.length);
+  }
+
+  /**
+   * Checks question/context pairs. Long contexts are split into windows with a doc stride by
+   * the pipeline, so only the question is held to a limit: the pipeline keeps its first
+   * {@linkcode QA_MAX_QUESTION} word pieces, which the server does only when asked to truncate.
+   * Returns each pair's token count (capped at the limit) for bucketing.
+   */
+  async checkPairs(pairs: QaPair[], options: TokenizeOptions): Promise<number[]> {
+    const limit = this.config.maxLength;
+    const special = this.tokenizer.numSpecialTokens(true);
+    const lengths: number[] = [];
+    let slice = performance.now();
+    for (let i = 0; i < pairs.length; i++) {
+      const name = this.#name(options, i);
+      const q = `${options.single ? "" : `${name}.`}question`;
+      const c = `${options.single ? "" : `${name}.`}context`;
+      this.#checkChars(pairs[i].question, q);
+      this.#checkChars(pairs[i].context, c);
+      const questionTokens = this.tokenizer.tokenize(pairs[i].question).length;
+      const contextTokens = this.tokenizer.tokenize(pairs[i].context).length;
+      if (questionTokens === 0 || contextTokens === 0) {
+        const which = questionTokens === 0 ? q : c;
+        throw new HttpError(400, `${which} has no tokens; send some text`, { param: which });
+      }
+      if (questionTokens > QA_MAX_QUESTION && !options.truncate) {
+        throw new HttpError(
+          422,
+          `${q} has ${questionTokens} tokens, over the limit of ${QA_MAX_QUESTION} question ` +
+            `tokens; shorten it or send "truncate": true`,
+          { param: q, code: "context_length_exceeded" },
+        );
+      }
+      lengths.push(
+        Math.min(limit, Math.min(questionTokens, QA_MAX_QUESTION) + contextTokens + special),
+      );
+      if (performance.now() - slice > YIELD_EVERY_MS) {
+        await yieldToEventLoop();
+        slice = performance.now();
+      }
+    }
+    return lengths;
+  }
+
+  /**
+   * Checks token id sequences given by the client: ids in the vocabulary, length within the
+   * limit, type ids and mask of 0/1, first token attended. `single` names the one row `param`
+   * rather than `param[0]`.
+   *
+   * @throws HttpError 400 or 422 naming the row.
+   */
+  checkTokenRows(rows: TokenRow[], param: string, single = false): void {
+    const vocab = this.tokenizer.vocabSize;
+    const limit = this.config.maxLength;
+    rows.forEach((row, r) => {
+      const name = single ? param : `${param}[${r}]`;
+      if (row.ids.length === 0) {
+        throw new HttpError(400, `${name} is empty; send at least one token`, { param: name });
+      }
+      if (row.ids.length > limit) {
+        throw new HttpError(
+          422,
+          `${name} has ${row.ids.length} tokens, over the limit of ${limit} tokens of model "${this.config.name}"`,
+          { param: name, code: "context_length_exceeded" },
+        );
+      }
+      for (let i = 0; i < row.ids.length; i++) {
+        const id = row.ids[i];
+        if (!(id >= 0 && id < vocab)) {
+          throw new HttpError(
+            400,
+            `${name}[${i}] is token id ${id}, outside the vocabulary 0..${vocab - 1}`,
+            { param: `${name}[${i}]` },
+          );
+        }
+        if (row.typeIds[i] !== 0 && row.typeIds[i] !== 1) {
+          throw new HttpError(
+            400,
+            `token_type_ids of ${name} has ${row.typeIds[i]} at ${i}; expected 0 or 1`,
+            { param: "token_type_ids" },
+          );
+        }
+        if (row.mask !== null && row.mask[i] !== 0 && row.mask[i] !== 1) {
+          throw new HttpError(
+            400,
+            `attention_mask of ${name} has ${row.mask[i]} at ${i}; expected 0 or 1`,
+            { param: "attention_mask" },
+          );
+        }
+      }
+      if (row.mask !== null && row.mask[0] !== 1) {
+        throw new HttpError(
+          400,
+          `attention_mask of ${name} starts with 0; the first token must be attended`,
+          { param: "attention_mask" },
+        );
+      }
+    });
+  }
+
+  #submit<R>(inputs: Sized<Item>[], signal: AbortSignal | undefined): Promise<R[]> {
+    return this.#batcher.submit(inputs, signal).catch((err) => {
+      throw this.#mapError(err);
+    }) as Promise<R[]>;
+  }
+
+  #mapError(err: unknown): Error {
+    const retry = { "retry-after": String(this.#options.retryAfterS) };
+    if (err instanceof OverloadedError) {
+      this.#options.metrics.rejected("queue_full");
+      return new HttpError(429, `Model "${this.config.name}" is overloaded: ${err.message}`, {
+        code: "queue_full",
+        headers: retry,
+      });
+    }
+    if (err instanceof QueueTimeoutError) {
+      this.#options.metrics.rejected("queue_timeout");
+      return new HttpError(503, err.message, { code: "queue_timeout", headers: retry });
+    }
+    if (err instanceof ClosedError) {
+      return new HttpError(503, err.message, { code: "shutting_down", headers: retry });
+    }
+    if (err instanceof CancelledError) {
+      return new HttpError(499, err.message, { code: "client_closed_request" });
+    }
+    if (err instanceof HttpError) return err;
+    return new HttpError(500, `Inference failed: ${(err as Error).message}`, {
+      code: "inference_failed",
+      cause: err,
+    });
+  }
+
+  /** Embeds token rows (already checked); one embedding per row. */
+  async embedRows(rows: TokenRow[], signal?: AbortSignal): Promise<EmbedResult> {
+    const inputs = rows.map((row) => ({ item: row, length: row.ids.length }));
+    const embeddings = await this.#submit<Float32Array>(inputs, signal);
+    return { embeddings, tokens: rows.reduce((s, r) => s + r.ids.length, 0) };
+  }
+
+  /** Classifies texts (lengths from {@linkcode checkTexts}); all classes, best first. */
+  classify(texts: string[], lengths: number[], signal?: AbortSignal): Promise<LabelScore[][]> {
+    return this.#submit(texts.map((t, i) => ({ item: t, length: lengths[i] })), signal);
+  }
+
+  /** Answers questions (lengths from {@linkcode checkPairs}). */
+  answer(pairs: QaPair[], lengths: number[], signal?: AbortSignal): Promise<QaAnswer[]> {
+    return this.#submit(pairs.map((p, i) => ({ item: p, length: lengths[i] })), signal);
+  }
+
+  /** Classifies the tokens of texts (lengths from {@linkcode checkTexts}). */
+  classifyTokens(
+    texts: string[],
+    lengths: number[],
+    signal?: AbortSignal,
+  ): Promise<TokenEntity[][]> {
+    return this.#submit(texts.map((t, i) => ({ item: t, length: lengths[i] })), signal);
+  }
+
+  /** Stops taking inputs and waits for queued and running batches to finish. */
+  drain(): Promise<void> {
+    return this.#batcher.close();
+  }
+
+  /** Stops the workers. */
+  close(): void {
+    this.#batcher[Symbol.dispose]();
+    for (const instance of this.#instances) instance.close();
+  }
+}

@@ -1,0 +1,285 @@
+/**
+ * The {@linkcode InferenceBackend} over the library's pipelines (`models/pipeline.ts`), as a
+ * worker runs it. Embeddings run the pipeline's encoder on the server's own padded batch (the
+ * main thread tokenized it) and pool it with the same kernel the feature-extraction pipeline
+ * uses; the text tasks call the pipelines; question answering merges the context windows of
+ * every pair in the batch into one encoder call.
+ *
+ * @module
+ */
+import { setThreads, threads } from "../ffi/library.ts";
+import { pool } from "../ops/pooling.ts";
+import { LinearI8 } from "../ops/linear_i8.ts";
+import { SparseLinearF32 } from "../ops/sparse_linear_f32.ts";
+import { SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
+import type { LinearFactory } from "../models/bert.ts";
+import { loadModel } from "../models/load.ts";
+import {
+  bestSpans,
+  type ClassificationResult,
+  type FeatureExtractionPipeline,
+  pipeline,
+  type PipelineBase,
+  type QuestionAnsweringPipeline,
+  type QuestionWindows,
+  type TextClassificationPipeline,
+  type TokenClassificationPipeline,
+} from "../models/pipeline.ts";
+import { BertTokenizer } from "../models/tokenizer.ts";
+import type {
+  InferenceBackend,
+  LabelScore,
+  ModelInfo,
+  ModelSource,
+  QaAnswer,
+  QaPair,
+  TextTaskOptions,
+  TokenBatch,
+  TokenEntity,
+} from "./backend.ts";
+import type { KernelChoice } from "./config.ts";
+
+/** Longest answer in word pieces and question word pieces kept (the pipeline's defaults). */
+export const QA_MAX_ANSWER = 15;
+/** Question word pieces the question-answering pipeline keeps. */
+export const QA_MAX_QUESTION = 64;
+
+/**
+ * The linear-layer factory for a kernel choice: `auto` and `dense-f32` keep the pipeline's
+ * default (dense fp32; an int8 ONNX file runs on its dequantized weights), the others build
+ * every layer with that op (the int8 ops quantize the weights per output channel).
+ */
+export function linearFactory(kernel: KernelChoice): LinearFactory | undefined {
+  switch (kernel) {
+    case "auto":
+    case "dense-f32":
+      return undefined;
+    case "dense-i8":
+      return (weight, spec) => new LinearI8(weight, { activation: spec.activation });
+    case "sparse-f32":
+      return (weight, spec) => new SparseLinearF32(weight, { activation: spec.activation });
+    case "sparse-i8":
+      return (weight, spec) => new SparseLinearI8(weight, { activation: spec.activation });
+  }
+}
+
+/** Options of {@linkcode buildPipeline}. */
+export interface BuildPipelineOptions {
+  /** Kernel choice. */
+  kernel: KernelChoice;
+  /** Longest sequence in tokens. */
+  maxLength: number;
+  /** `tokenizer.json` to use when the model has none next to it, or `null`. */
+  tokenizer: string | null;
+}
+
+/**
+ * Loads `model` and builds the pipeline of `task` the way the server does (tests use this to
+ * compute the expected results).
+ *
+ * @throws Error naming the model when it cannot be loaded or lacks what the task needs.
+ */
+export async function buildPipeline(
+  task: ModelSource["task"],
+  model: string,
+  options: BuildPipelineOptions,
+): Promise<PipelineBase> {
+  const loaded = await loadModel(model, { maxLength: options.maxLength });
+  if (options.tokenizer !== null) {
+    loaded.tokenizer = await BertTokenizer.fromFile(options.tokenizer, {
+      maxLength: options.maxLength,
+    });
+    loaded.weights.source.tokenizer = options.tokenizer;
+  }
+  return await pipeline(task, loaded, { linear: linearFactory(options.kernel) });
+}
+
+function countKernels(pipe: PipelineBase): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const l of pipe.encoder.linears()) counts[l.kind] = (counts[l.kind] ?? 0) + 1;
+  return counts;
+}
+
+class PipelineBackend implements InferenceBackend {
+  readonly info: ModelInfo;
+  #pipe: PipelineBase;
+  #source: ModelSource;
+
+  constructor(pipe: PipelineBase, source: ModelSource, info: ModelInfo) {
+    this.#pipe = pipe;
+    this.#source = source;
+    this.info = info;
+  }
+
+  #require<T extends PipelineBase>(task: ModelSource["task"]): T {
+    if (this.#pipe.task !== task) {
+      throw new Error(`Model "${this.#source.name}" is a ${this.#pipe.task} model, not ${task}`);
+    }
+    return this.#pipe as T;
+  }
+
+  embed(batch: TokenBatch): Promise<Float32Array> {
+    const pipe = this.#require<FeatureExtractionPipeline>("feature-extraction");
+    const { batch: rows, seq } = batch;
+    const hidden = pipe.encoder.forward({
+      inputIds: batch.inputIds,
+      attentionMask: batch.attentionMask,
+      tokenTypeIds: pipe.config.typeVocabSize > 0 ? batch.tokenTypeIds : null,
+      batch: rows,
+      seq,
+    });
+    const out = pool(
+      hidden,
+      {
+        batch: rows,
+        seq,
+        hidden: pipe.encoder.hiddenSize,
+        mask: Uint8Array.from(batch.attentionMask),
+      },
+      { mode: this.#source.pooling, normalize: this.#source.normalize },
+    );
+    return Promise.resolve(out);
+  }
+
+  async classify(texts: string[], _options: TextTaskOptions): Promise<LabelScore[][]> {
+    const pipe = this.#require<TextClassificationPipeline>("text-classification");
+    const topK = pipe.labels.length;
+    const out = await pipe(texts, { topK, truncation: true });
+    // With one label the pipeline returns one result per text, not one array per text.
+    return topK === 1
+      ? (out as ClassificationResult[]).map((r) => [r])
+      : out as ClassificationResult[][];
+  }
+
+  answer(pairs: QaPair[], _options: TextTaskOptions): Promise<QaAnswer[]> {
+    const pipe = this.#require<QuestionAnsweringPipeline>("question-answering");
+    const windows = pairs.map((p) => pipe.windows(p.question, p.context));
+    const seq = Math.max(...windows.map((w) => w.shape[1]));
+    const total = windows.reduce((s, w) => s + w.shape[0], 0);
+    const inputIds = new Int32Array(total * seq).fill(pipe.tokenizer.padTokenId);
+    const attentionMask = new Int32Array(total * seq);
+    const tokenTypeIds = new Int32Array(total * seq);
+    let row = 0;
+    for (const w of windows) {
+      const [n, s] = w.shape;
+      for (let r = 0; r < n; r++) {
+        inputIds.set(w.inputIds.subarray(r * s, (r + 1) * s), (row + r) * seq);
+        attentionMask.set(w.attentionMask.subarray(r * s, (r + 1) * s), (row + r) * seq);
+        tokenTypeIds.set(w.tokenTypeIds.subarray(r * s, (r + 1) * s), (row + r) * seq);
+      }
+      row += n;
+    }
+    const { data } = pipe.logits({ shape: [total, seq], inputIds, attentionMask, tokenTypeIds });
+    row = 0;
+    const answers = windows.map((w: QuestionWindows) => {
+      const n = w.shape[0];
+      const logits = data.subarray(row * seq * 2, (row + n) * seq * 2);
+      row += n;
+      const [best] = bestSpans(logits, { ...w, shape: [n, seq] }, {
+        topK: 1,
+        maxAnswer: QA_MAX_ANSWER,
+      });
+      return {
+        answer: pipe.tokenizer.decode(w.contextIds.slice(best.tokenStart, best.tokenEnd + 1)),
+        score: best.score,
+        tokenStart: best.tokenStart,
+        tokenEnd: best.tokenEnd,
+      };
+    });
+    return Promise.resolve(answers);
+  }
+
+  async classifyTokens(texts: string[], _options: TextTaskOptions): Promise<TokenEntity[][]> {
+    const pipe = this.#require<TokenClassificationPipeline>("token-classification");
+    return await pipe(texts, { truncation: true }) as TokenEntity[][];
+  }
+
+  dispose(): void {
+    this.#pipe.dispose();
+  }
+}
+
+async function warmUp(pipe: PipelineBase): Promise<void> {
+  switch (pipe.task) {
+    case "feature-extraction":
+      await (pipe as FeatureExtractionPipeline)(["warm up"], { pooling: "mean" });
+      break;
+    case "text-classification":
+      await (pipe as TextClassificationPipeline)(["warm up"]);
+      break;
+    case "token-classification":
+      await (pipe as TokenClassificationPipeline)(["warm up"]);
+      break;
+    case "question-answering":
+      await (pipe as QuestionAnsweringPipeline)("what?", "a warm up");
+      break;
+  }
+}
+
+/**
+ * Loads the model of `source` (its fallback when it fails and one is given), warms it up and
+ * returns the backend a worker serves.
+ *
+ * @throws Error naming the model (and the fallback's failure too) when nothing loads.
+ */
+export async function loadPipelineBackend(
+  source: ModelSource,
+  options: { threads: number },
+): Promise<InferenceBackend> {
+  if (options.threads > 0) setThreads(options.threads);
+  const started = performance.now();
+  const build = (model: string) =>
+    buildPipeline(source.task, model, {
+      kernel: source.kernel,
+      maxLength: source.maxLength,
+      tokenizer: source.tokenizer,
+    });
+  let loaded = source.model;
+  let fallbackReason: string | null = null;
+  let pipe: PipelineBase;
+  try {
+    pipe = await build(source.model);
+  } catch (err) {
+    if (source.fallback === null) {
+      throw new Error(`Cannot load model "${source.model}": ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    fallbackReason = (err as Error).message;
+    loaded = source.fallback;
+    try {
+      pipe = await build(source.fallback);
+    } catch (err2) {
+      throw new Error(
+        `Cannot load model "${source.model}" (${fallbackReason}) nor its fallback "${source.fallback}" (${
+          (err2 as Error).message
+        })`,
+        { cause: err2 },
+      );
+    }
+  }
+  try {
+    await warmUp(pipe);
+  } catch (err) {
+    pipe.dispose();
+    throw new Error(`Model "${loaded}" failed its warm-up call: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  const labels = "labels" in pipe ? [...(pipe.labels as readonly string[])] : null;
+  const info: ModelInfo = {
+    loaded,
+    fallbackReason,
+    hiddenSize: pipe.encoder.hiddenSize,
+    labels,
+    tokenizerPath: pipe.model.weights.source.tokenizer ?? "",
+    kernels: countKernels(pipe),
+    loadSeconds: (performance.now() - started) / 1000,
+    threads: threads(),
+  };
+  if (info.tokenizerPath === "") {
+    pipe.dispose();
+    throw new Error(`Model "${loaded}" has no tokenizer.json; set "tokenizer" for it`);
+  }
+  return new PipelineBackend(pipe, source, info);
+}

@@ -1,0 +1,127 @@
+/**
+ * Request-body helpers shared by the JSON routes: reading a JSON object body under the
+ * server's limits, and checking text inputs and flags with errors naming the field.
+ *
+ * @module
+ */
+import {
+  HttpError,
+  parseJson,
+  quote,
+  readBody,
+  rejectUnknownKeys,
+  requireJsonContentType,
+  requireObject,
+  typeName,
+} from "../http.ts";
+import type { RouteContext } from "../state.ts";
+
+/**
+ * Reads the request's JSON object body under the configured limits and rejects unknown keys.
+ *
+ * @throws HttpError 400, 408, 413 or 415.
+ */
+export async function readJsonObject(
+  context: RouteContext,
+  allowed: readonly string[],
+): Promise<Record<string, unknown>> {
+  requireJsonContentType(context.request);
+  const limits = context.state.config.limits;
+  const bytes = await readBody(context.request, {
+    maxBytes: limits.maxBodyBytes,
+    timeoutMs: limits.bodyTimeoutMs,
+  });
+  const body = requireObject(parseJson(bytes), "Request body");
+  rejectUnknownKeys(body, allowed);
+  return body;
+}
+
+/**
+ * A string or a non-empty array of strings, as a list; `single` tells which it was.
+ *
+ * @throws HttpError 400 naming the field or element; 422 over the input limit.
+ */
+export function textList(
+  value: unknown,
+  param: string,
+  maxInputs: number,
+): { texts: string[]; single: boolean } {
+  if (typeof value === "string") return { texts: [value], single: true };
+  if (!Array.isArray(value)) {
+    throw new HttpError(
+      400,
+      `"${param}" must be a string or an array of strings, got ${typeName(value)}`,
+      { param },
+    );
+  }
+  if (value.length === 0) {
+    throw new HttpError(400, `"${param}" is an empty array; send at least one text`, { param });
+  }
+  checkCount(value.length, param, maxInputs);
+  value.forEach((text, i) => {
+    if (typeof text !== "string") {
+      throw new HttpError(
+        400,
+        `"${param}[${i}]" must be a string, got ${typeName(text)} ${quote(text)}`,
+        { param: `${param}[${i}]` },
+      );
+    }
+  });
+  return { texts: value as string[], single: false };
+}
+
+/**
+ * Refuses more than `maxInputs` inputs.
+ *
+ * @throws HttpError 422 quoting the limit.
+ */
+export function checkCount(count: number, param: string, maxInputs: number): void {
+  if (count > maxInputs) {
+    throw new HttpError(
+      422,
+      `"${param}" has ${count} inputs, over the limit of ${maxInputs} per request`,
+      { param, code: "too_many_inputs" },
+    );
+  }
+}
+
+/**
+ * An optional boolean field.
+ *
+ * @throws HttpError 400 naming the field for another type.
+ */
+export function optionalBool(body: Record<string, unknown>, key: string, dflt: boolean): boolean {
+  const value = body[key];
+  if (value === undefined) return dflt;
+  if (typeof value !== "boolean") {
+    throw new HttpError(400, `"${key}" must be true or false, got ${quote(value)}`, {
+      param: key,
+    });
+  }
+  return value;
+}
+
+/**
+ * An optional integer field in `min..max`.
+ *
+ * @throws HttpError 400 naming the field.
+ */
+export function optionalInt(
+  body: Record<string, unknown>,
+  key: string,
+  range: { min: number; max: number; dflt: number },
+): number {
+  const value = body[key];
+  if (value === undefined) return range.dflt;
+  if (
+    typeof value !== "number" || !Number.isSafeInteger(value) || value < range.min ||
+    value > range.max
+  ) {
+    throw new HttpError(
+      400,
+      `"${key}" must be an integer in ${range.min}..${range.max}, got ${quote(value)}`,
+      { param: key },
+    );
+  }
+  return value;
+}

@@ -1,0 +1,180 @@
+/**
+ * Model quantization (`models/quantize.ts`, `deno task cli quantize`): the acceptance figure on
+ * all-MiniLM-L6-v2 (int8 dense, cosine to fp32 >= 0.99 on every text of the retrieval set),
+ * the saturation rule, the per-layer error report, and the errors of the API and the CLI.
+ * (`quantize_test.ts` is the kernel test of `ops/quantize.ts`.)
+ */
+import assert from "node:assert/strict";
+import { randomBatches } from "../models/calibrate.ts";
+import { evaluate } from "../models/evaluate.ts";
+import { analyzeOnnx, LAYER_LINEARS } from "../models/onnx_import.ts";
+import { quantizeAnalysis, quantizeModel } from "../models/quantize.ts";
+import { modelFiles } from "../models/registry.ts";
+import { ensureTestModel } from "../tools/write_test_model.ts";
+
+const CLI = new URL("../tools/cli.ts", import.meta.url).pathname;
+const MINILM = modelFiles("all-minilm-l6-v2");
+let haveMiniLM = true;
+try {
+  await Deno.stat(MINILM.onnx!);
+} catch {
+  haveMiniLM = false;
+  console.warn(`SKIP: ${MINILM.onnx} is not in the model cache; run "deno task models"`);
+}
+
+const TINY = {
+  preset: "bert-mini",
+  config: { vocabSize: 400, numLayers: 2, maxPositionEmbeddings: 64 },
+  seed: 3,
+};
+
+async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "sparsebert-quantize-" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test({
+  name: "quantize: all-MiniLM-L6-v2 int8 dense keeps cosine >= 0.99 to fp32 on every text",
+  ignore: !haveMiniLM,
+  fn: async () => {
+    await withDir(async (dir) => {
+      const out = `${dir}/model.onnx`;
+      const report = await quantizeModel(MINILM.onnx!, out);
+      assert.equal(report.granularity, "per-token");
+      assert.equal(report.activationQmax, 127);
+      assert.equal(report.weightBits, 8);
+      assert.equal(report.linears, 36);
+      await Deno.copyFile(MINILM.tokenizer, `${dir}/tokenizer.json`);
+      // sparsebert's pipeline on the int8 kernels when the kernel library loads, else ORT on
+      // both files; the report says which.
+      const r = await evaluate(MINILM.onnx!, out);
+      console.log(
+        `MiniLM int8 (${r.runtime}): cosine min ${r.cosine.min.toFixed(5)} mean ${
+          r.cosine.mean.toFixed(5)
+        }, recall@1 ${r.retrieval!.recallAt1.toFixed(3)}, recall@5 ${
+          r.retrieval!.recallAt5.toFixed(3)
+        }`,
+      );
+      assert.equal(r.cosine.count, 300);
+      assert.ok(r.cosine.min >= 0.99, JSON.stringify(r.cosine.worst));
+      assert.equal(r.variantInfo.int8, 36);
+      assert.ok(r.retrieval!.recallAt1 >= 0.95);
+      if (r.runtime === "sparsebert") assert.ok((r.kernels?.["dense-i8"] ?? 0) > 0);
+    });
+  },
+});
+
+Deno.test("quantize: weight ranges never saturate int16 pair sums", async () => {
+  const a = await analyzeOnnx((await ensureTestModel(TINY)).path);
+  const pairMax = async (opts: Parameters<typeof quantizeAnalysis>[2]): Promise<number> => {
+    const { model, report } = await quantizeAnalysis(a, "tiny.onnx", opts);
+    const back = await import("../models/onnx_import.ts").then((m) =>
+      m.analyzeOnnxModel(model, "q.onnx")
+    );
+    let maxW = 0;
+    for (const l of back.weights.layers) {
+      for (const k of LAYER_LINEARS) {
+        for (const v of l[k].quantized!.weight) maxW = Math.max(maxW, Math.abs(v));
+      }
+    }
+    return 2 * maxW * report.activationQmax;
+  };
+  assert.ok(await pairMax({ granularity: "per-token" }) <= 32767);
+  assert.ok(await pairMax({ granularity: "per-tensor" }) <= 32767);
+  const calibration = randomBatches({ vocabSize: 400, count: 4, seqLen: 16 });
+  assert.ok(await pairMax({ activations: "static", calibration }) <= 32767);
+  // Asking for the saturating combination works but warns.
+  const { report } = await quantizeAnalysis(a, "tiny.onnx", {
+    granularity: "per-tensor",
+    weightBits: 8,
+  });
+  assert.match(report.warnings[0], /can saturate/);
+});
+
+Deno.test("quantize: the error report compares each linear with fp32", async () => {
+  const a = await analyzeOnnx((await ensureTestModel(TINY)).path);
+  const calibration = randomBatches({ vocabSize: 400, count: 4, seqLen: 16 });
+  const fine = await quantizeAnalysis(a, "tiny.onnx", { calibration, errorTokens: 16 });
+  const coarse = await quantizeAnalysis(a, "tiny.onnx", {
+    calibration,
+    errorTokens: 16,
+    weightBits: 7,
+  });
+  assert.equal(fine.report.errors.length, 12);
+  for (const e of fine.report.errors) {
+    assert.equal(e.tokens, 16);
+    assert.ok(e.relativeError > 0 && e.relativeError < 0.05, `${e.linear}: ${e.relativeError}`);
+    assert.ok(e.maxAbsError > 0);
+  }
+  // Same activations, coarser weights: more error.
+  const mean = (r: typeof fine) =>
+    r.report.errors.reduce((s, e) => s + e.relativeError, 0) / r.report.errors.length;
+  assert.ok(mean(coarse) > mean(fine), `${mean(coarse)} vs ${mean(fine)}`);
+  // No calibration, no report.
+  assert.deepEqual((await quantizeAnalysis(a, "tiny.onnx")).report.errors, []);
+});
+
+async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, ...args],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+}
+
+Deno.test("quantize: bad input is one clear error; --json is quiet", async () => {
+  const { path } = await ensureTestModel(TINY);
+  const a = await analyzeOnnx(path);
+  await assert.rejects(
+    () => quantizeAnalysis(a, "tiny.onnx", { activations: "static" }),
+    /Static activation quantization needs calibration texts/,
+  );
+  await withDir(async (dir) => {
+    const out = `${dir}/q.onnx`;
+    const cases: [string[], RegExp][] = [
+      [["--out", out, "--activations", "sometimes"], /Unknown --activations "sometimes"/],
+      [["--out", out, "--granularity", "per-row"], /Unknown --granularity "per-row"/],
+      [["--out", out, "--weight-bits", "4"], /--weight-bits must be 7 or 8, got "4"/],
+      [["--out", out, "--activations", "static"], /needs --calibration FILE/],
+      [["--out", out, "--calibration", `${dir}/none.txt`], /Cannot read texts file ".*none.txt"/],
+      [["--out", out, "--activations", "static", "--granularity", "per-token"], /dynamic/],
+      [[], /--out is required/],
+    ];
+    for (const [args, pattern] of cases) {
+      const r = await cli("quantize", "--model", path, ...args);
+      assert.equal(r.code, 1, `${args.join(" ")}: ${r.stderr}`);
+      const lines = r.stderr.trim().split("\n");
+      assert.equal(lines.length, 1, r.stderr);
+      assert.match(lines[0], /^error: /);
+      assert.match(lines[0], pattern);
+    }
+    const help = await cli("quantize", "-h");
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /--activations A/);
+    const ok = await cli(
+      "quantize",
+      "--model",
+      path,
+      "--out",
+      out,
+      "--activations",
+      "static",
+      "--calibration",
+      "random",
+      "--json",
+    );
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(ok.stderr, "");
+    const report = JSON.parse(ok.stdout);
+    assert.equal(report.format, "QDQ");
+    assert.equal(report.errors.length, 12);
+    assert.ok(report.ortCheck.minCosine > 0.99, JSON.stringify(report.ortCheck));
+  });
+});

@@ -1,0 +1,81 @@
+/**
+ * Scalar reference of the dense int8 linear kernel: exact s32 sums and the fp32 epilogue
+ * (in f64), plus the u8 requantization.
+ *
+ * @module
+ */
+import { activate } from "./linear_f32.ts";
+import { roundHalfEven } from "./quantize.ts";
+
+/** Quantized activations as the reference takes them: values [m * k], per-token params. */
+export interface RefActivations {
+  m: number;
+  k: number;
+  q: Uint8Array;
+  scale: Float32Array;
+  zeroPoint: Int32Array;
+}
+
+/** An int8 weight [n, k] with per-channel scales and bias. */
+export interface RefWeight {
+  out: number;
+  in: number;
+  weight: Int8Array;
+  scale: Float32Array;
+  bias?: Float32Array | null;
+}
+
+/** Exact sums sum_k (q[t, k] - zero[t]) * w[c, k], [m, n]. */
+export function int8Exact(x: RefActivations, w: RefWeight): Int32Array {
+  const { m, k } = x;
+  const n = w.out;
+  const y = new Int32Array(m * n);
+  for (let t = 0; t < m; t++) {
+    for (let c = 0; c < n; c++) {
+      let s = 0;
+      for (let i = 0; i < k; i++) s += (x.q[t * k + i] - x.zeroPoint[t]) * w.weight[c * k + i];
+      y[t * n + c] = s;
+    }
+  }
+  return y;
+}
+
+/** Options of the reference epilogue. */
+export interface EpilogueOptions {
+  activation?: "none" | "gelu" | "gelu_tanh";
+  residual?: Float32Array;
+}
+
+/** act(exact * scale_x[t] * scale_w[c] + bias[c]) + residual, in f64. */
+export function int8Epilogue(
+  exact: Int32Array,
+  x: RefActivations,
+  w: RefWeight,
+  options: EpilogueOptions = {},
+): Float64Array {
+  const n = w.out;
+  const y = new Float64Array(exact.length);
+  for (let t = 0; t < x.m; t++) {
+    for (let c = 0; c < n; c++) {
+      let v = exact[t * n + c] * x.scale[t] * w.scale[c] + (w.bias ? w.bias[c] : 0);
+      v = activate(v, options.activation ?? "none");
+      if (options.residual) v += options.residual[t * n + c];
+      y[t * n + c] = v;
+    }
+  }
+  return y;
+}
+
+/** clamp(rne(y / scale) + zero, 0, qmax) of a reference fp32 output. */
+export function requantizeReference(
+  y: Float64Array,
+  scale: number,
+  zero: number,
+  qmax: number,
+): Uint8Array {
+  const inv = Math.fround(1 / scale);
+  return Uint8Array.from(
+    y,
+    (v) => Math.min(Math.max(roundHalfEven(Math.fround(v) * inv) + zero, 0), qmax),
+  );
+}

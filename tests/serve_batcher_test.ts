@@ -1,0 +1,233 @@
+// Unit tests of the cross-request batcher (serve/batcher.ts): the executors here are plain
+// functions that record the batches they get, since what is tested is the batching policy.
+import assert from "node:assert/strict";
+import {
+  Batcher,
+  CancelledError,
+  ClosedError,
+  OverloadedError,
+  QueueTimeoutError,
+} from "../serve/batcher.ts";
+
+interface Recorded {
+  items: number[];
+  bucket: number;
+}
+
+function recorder(delayMs = 0): {
+  batches: Recorded[];
+  executor: (items: number[], bucket: number) => Promise<number[]>;
+} {
+  const batches: Recorded[] = [];
+  return {
+    batches,
+    executor: async (items, bucket) => {
+      batches.push({ items: [...items], bucket });
+      if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
+      return items.map((x) => x * 10);
+    },
+  };
+}
+
+const sized = (values: number[], length = 10) => values.map((item) => ({ item, length }));
+
+Deno.test("batcher: inputs of concurrent requests are merged into one batch", async () => {
+  const r = recorder();
+  const b = new Batcher<number, number>({
+    maxBatch: 8,
+    maxWaitMs: 20,
+    buckets: [16, 64],
+    maxQueue: 100,
+    queueTimeoutMs: 5000,
+    executors: [r.executor],
+  });
+  const results = await Promise.all([
+    b.submit(sized([1, 2])),
+    b.submit(sized([3])),
+    b.submit(sized([4, 5, 6])),
+  ]);
+  assert.deepEqual(results, [[10, 20], [30], [40, 50, 60]]);
+  assert.equal(r.batches.length, 1);
+  assert.deepEqual(r.batches[0].items, [1, 2, 3, 4, 5, 6]);
+  await b.close();
+});
+
+Deno.test("batcher: a full bucket goes at once; batches never exceed maxBatch", async () => {
+  const r = recorder();
+  const b = new Batcher<number, number>({
+    maxBatch: 4,
+    maxWaitMs: 10_000,
+    buckets: [16],
+    maxQueue: 100,
+    queueTimeoutMs: 60_000,
+    executors: [r.executor],
+  });
+  const t0 = performance.now();
+  const out = await b.submit(sized([1, 2, 3, 4, 5, 6, 7, 8]));
+  assert.ok(performance.now() - t0 < 5000, "full batches must not wait for maxWaitMs");
+  assert.deepEqual(out, [10, 20, 30, 40, 50, 60, 70, 80]);
+  assert.deepEqual(r.batches.map((x) => x.items.length), [4, 4]);
+  await b.close();
+});
+
+Deno.test("batcher: inputs are grouped by sequence-length bucket", async () => {
+  const r = recorder();
+  const b = new Batcher<number, number>({
+    maxBatch: 16,
+    maxWaitMs: 5,
+    buckets: [16, 64, 128],
+    maxQueue: 100,
+    queueTimeoutMs: 5000,
+    executors: [r.executor],
+  });
+  await Promise.all([
+    b.submit([{ item: 1, length: 5 }, { item: 2, length: 100 }]),
+    b.submit([{ item: 3, length: 16 }, { item: 4, length: 17 }]),
+  ]);
+  const byBucket = new Map(r.batches.map((x) => [x.bucket, x.items.sort()]));
+  assert.deepEqual(byBucket.get(16), [1, 3]);
+  assert.deepEqual(byBucket.get(64), [4]);
+  assert.deepEqual(byBucket.get(128), [2]);
+  assert.throws(() => b.bucketOf(129), RangeError);
+  await b.close();
+});
+
+Deno.test("batcher: the wait for a batch to fill is bounded by maxWaitMs", async () => {
+  const r = recorder();
+  const b = new Batcher<number, number>({
+    maxBatch: 64,
+    maxWaitMs: 30,
+    buckets: [16],
+    maxQueue: 100,
+    queueTimeoutMs: 5000,
+    executors: [r.executor],
+  });
+  const t0 = performance.now();
+  await b.submit(sized([1]));
+  const waited = performance.now() - t0;
+  assert.ok(waited >= 25, `returned after ${waited} ms, before maxWaitMs`);
+  assert.ok(waited < 2000, `waited ${waited} ms, far over maxWaitMs`);
+  await b.close();
+});
+
+Deno.test("batcher: a full queue refuses whole requests and recovers", async () => {
+  const r = recorder(50);
+  const b = new Batcher<number, number>({
+    maxBatch: 2,
+    maxWaitMs: 0,
+    buckets: [16],
+    maxQueue: 4,
+    queueTimeoutMs: 5000,
+    executors: [r.executor],
+  });
+  const first = b.submit(sized([1, 2])); // runs at once
+  const queued = b.submit(sized([3, 4, 5])); // waits (3 of 4)
+  assert.equal(b.depth, 3);
+  await assert.rejects(b.submit(sized([6, 7])), OverloadedError);
+  assert.equal(b.depth, 3, "a refused request must queue nothing");
+  assert.equal(b.hasRoom(1), true);
+  assert.deepEqual(await first, [10, 20]);
+  assert.deepEqual(await queued, [30, 40, 50]);
+  assert.deepEqual(await b.submit(sized([8])), [80]);
+  await b.close();
+});
+
+Deno.test("batcher: an aborted request leaves the queue", async () => {
+  const r = recorder(40);
+  const b = new Batcher<number, number>({
+    maxBatch: 1,
+    maxWaitMs: 0,
+    buckets: [16],
+    maxQueue: 10,
+    queueTimeoutMs: 5000,
+    executors: [r.executor],
+  });
+  const running = b.submit(sized([1]));
+  const controller = new AbortController();
+  const cancelled = b.submit(sized([2, 3]), controller.signal);
+  assert.equal(b.depth, 2);
+  controller.abort();
+  await assert.rejects(cancelled, CancelledError);
+  assert.equal(b.depth, 0);
+  await running;
+  await b.close();
+  assert.deepEqual(r.batches.map((x) => x.items), [[1]]);
+});
+
+Deno.test("batcher: inputs waiting over queueTimeoutMs fail with QueueTimeoutError", async () => {
+  const b = new Batcher<number, number>({
+    maxBatch: 1,
+    maxWaitMs: 0,
+    buckets: [16],
+    maxQueue: 10,
+    queueTimeoutMs: 30,
+    executors: [async (items) => {
+      await new Promise((r) => setTimeout(r, 120));
+      return items;
+    }],
+  });
+  const running = b.submit(sized([1]));
+  const late = b.submit(sized([2]));
+  await assert.rejects(late, QueueTimeoutError);
+  assert.deepEqual(await running, [1]);
+  await b.close();
+});
+
+Deno.test("batcher: executor failures reject only that batch's requests", async () => {
+  let calls = 0;
+  const b = new Batcher<number, number>({
+    maxBatch: 1,
+    maxWaitMs: 0,
+    buckets: [16],
+    maxQueue: 10,
+    queueTimeoutMs: 5000,
+    executors: [(items) => {
+      calls++;
+      return calls === 1 ? Promise.reject(new Error("boom")) : Promise.resolve(items);
+    }],
+  });
+  await assert.rejects(b.submit(sized([1])), /boom/);
+  assert.deepEqual(await b.submit(sized([2])), [2]);
+  await b.close();
+});
+
+Deno.test("batcher: close drains queued inputs at once, then refuses new ones", async () => {
+  const r = recorder(10);
+  const b = new Batcher<number, number>({
+    maxBatch: 8,
+    maxWaitMs: 60_000,
+    buckets: [16],
+    maxQueue: 10,
+    queueTimeoutMs: 120_000,
+    executors: [r.executor, r.executor],
+  });
+  const pending = b.submit(sized([1, 2, 3]));
+  const t0 = performance.now();
+  await b.close();
+  assert.ok(performance.now() - t0 < 5000, "close must not wait for maxWaitMs");
+  assert.deepEqual(await pending, [10, 20, 30]);
+  await assert.rejects(b.submit(sized([4])), ClosedError);
+});
+
+Deno.test("batcher: several executors run batches concurrently", async () => {
+  let active = 0;
+  let peak = 0;
+  const executor = async (items: number[]) => {
+    active++;
+    peak = Math.max(peak, active);
+    await new Promise((r) => setTimeout(r, 30));
+    active--;
+    return items;
+  };
+  const b = new Batcher<number, number>({
+    maxBatch: 1,
+    maxWaitMs: 0,
+    buckets: [16],
+    maxQueue: 10,
+    queueTimeoutMs: 5000,
+    executors: [executor, executor, executor],
+  });
+  await Promise.all([1, 2, 3].map((i) => b.submit(sized([i]))));
+  assert.equal(peak, 3);
+  await b.close();
+});

@@ -1,0 +1,166 @@
+/**
+ * `deno task cli prune`: zero a fraction of the encoder's linear weights (magnitude or Wanda,
+ * unstructured or 4x1 blocks, per layer or global) and write the same ONNX graph with the zeros.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { analyzeOnnx } from "../models/onnx_import.ts";
+import { writeOnnxModel } from "../models/onnx_proto.ts";
+import { pruneAnalysis, type PruneReport, resolvePruneOptions } from "../models/prune.ts";
+import {
+  calibrationBatches,
+  checkTextsFile,
+  choiceOption,
+  copyTokenizer,
+  ensureParentDir,
+  numberOption,
+  reportError,
+  resolveModelPath,
+  terminalProgress,
+} from "./_model_tools.ts";
+
+/** One-line summary. */
+export const SUMMARY = "Prune encoder linears to a target sparsity (ONNX with zeros)";
+
+/** Help text. */
+export const HELP = `Usage: deno task cli prune --model IN --out OUT --sparsity S [options]
+
+Zeroes a fraction of the encoder's linear weights (Q, K, V, attention output, feed-forward)
+and writes the same ONNX graph with the zeros in its initializers, so every runtime runs the
+same weights. Int8 models keep their int8 weights (pruned entries become the zero point).
+
+Options:
+  --model IN            .onnx file, folder with model.onnx, or cached model name
+  --out OUT             output .onnx file (tokenizer.json is copied next to it)
+  --sparsity S          target fraction of zero units, 0 <= S < 1 (e.g. 0.9)
+  --pattern P           4x1 (default: 4 output channels x 1 input channel) | unstructured
+  --per-layer           every linear reaches the sparsity (default)
+  --global              one threshold over all encoder linears
+  --method M            magnitude (default) | wanda (|W| x input activation norm)
+  --calibration FILE    texts for wanda: one per line, or a JSON array / retrieval set;
+                        "random" for random token ids (models without a tokenizer)
+  --max-texts N         calibration texts used (default 64)
+  --threads N           ONNX Runtime threads for calibration (default 1)
+  --json                print the report as JSON (no progress)
+  -h, --help            show this help`;
+
+function formatReport(r: PruneReport): string {
+  const lines = [
+    `wrote ${r.output} (${
+      (r.bytes / 2 ** 20).toFixed(1)
+    } MiB): ${r.method}, ${r.pattern}, ${r.scope}, target ${r.sparsity}` +
+    (r.calibrationTokens ? `, ${r.calibrationTokens} calibration tokens` : ""),
+    "layer linear            shape         before(elem/4x1)  after(elem/4x1)",
+  ];
+  for (const l of r.linears) {
+    lines.push(
+      `${String(l.layer).padStart(5)} ${l.linear.padEnd(17)} ${
+        `[${l.shape[0]}, ${l.shape[1]}]`.padEnd(13)
+      } ${l.before.element.toFixed(3)}/${l.before.block4x1.toFixed(3)}       ${
+        l.after.element.toFixed(3)
+      }/${l.after.block4x1.toFixed(3)}`,
+    );
+  }
+  lines.push(
+    `total: element sparsity ${r.total.element.toFixed(4)}, 4x1 block sparsity ${
+      r.total.block4x1.toFixed(4)
+    }`,
+  );
+  return lines.join("\n");
+}
+
+/** Runs the command. */
+export async function main(args: string[]): Promise<number> {
+  let values;
+  try {
+    values = parseArgs({
+      args,
+      options: {
+        model: { type: "string" },
+        out: { type: "string" },
+        sparsity: { type: "string" },
+        pattern: { type: "string" },
+        "per-layer": { type: "boolean", default: false },
+        global: { type: "boolean", default: false },
+        method: { type: "string" },
+        calibration: { type: "string" },
+        "max-texts": { type: "string" },
+        threads: { type: "string" },
+        json: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }).values;
+  } catch (err) {
+    console.error(`error: ${(err as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const json = values.json;
+  const progress = terminalProgress(json);
+  try {
+    if (values["per-layer"] && values.global) {
+      throw new Error("Choose one of --per-layer and --global");
+    }
+    if (!values.out) throw new Error("--out is required");
+    const sparsity = numberOption("--sparsity", values.sparsity);
+    if (sparsity === undefined) throw new Error("--sparsity is required");
+    const method = choiceOption("--method", values.method, ["magnitude", "wanda"] as const);
+    if (method !== "wanda" && values.calibration !== undefined) {
+      throw new Error("--calibration is only used by --method wanda");
+    }
+    const options = {
+      sparsity,
+      scope: values.global ? "global" as const : "per-layer" as const,
+      pattern: choiceOption("--pattern", values.pattern, ["4x1", "unstructured"] as const),
+      method,
+      threads: numberOption("--threads", values.threads),
+      onProgress: progress.onProgress,
+    };
+    // Validate before the (slow) load; Wanda's calibration is checked after it.
+    resolvePruneOptions({ ...options, method: "magnitude" });
+    if (method === "wanda" && values.calibration === undefined) {
+      throw new Error("--method wanda needs --calibration FILE (or --calibration random)");
+    }
+    await checkTextsFile(values.calibration);
+    const input = await resolveModelPath(values.model);
+    const analysis = await analyzeOnnx(input);
+    const source = analysis.source;
+    const calibration = method === "wanda"
+      ? await calibrationBatches(values.calibration, analysis.weights, false, {
+        maxTexts: numberOption("--max-texts", values["max-texts"]),
+      })
+      : null;
+    const report = await pruneAnalysis(analysis, source, input, {
+      ...options,
+      calibration: calibration?.batches,
+    });
+    const external = source.graph.initializers.some((t) => t.externalData !== null);
+    const output = values.out;
+    const base = output.slice(output.lastIndexOf("/") + 1);
+    await ensureParentDir(output);
+    const written = await writeOnnxModel(output, source, {
+      externalData: external ? { location: `${base}.data` } : undefined,
+    });
+    const tokenizer = await copyTokenizer(analysis.weights, output);
+    progress.done();
+    const full: PruneReport & { calibration?: string; tokenizer?: string } = {
+      input,
+      output,
+      ...report,
+      bytes: written.bytes + written.externalBytes,
+    };
+    if (calibration) full.calibration = calibration.source;
+    if (tokenizer) full.tokenizer = tokenizer;
+    console.log(json ? JSON.stringify({ ok: true, ...full }, null, 2) : formatReport(full));
+    return 0;
+  } catch (err) {
+    progress.done();
+    return reportError(json, err);
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

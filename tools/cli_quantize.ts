@@ -1,0 +1,241 @@
+/**
+ * `deno task cli quantize`: int8 weights for the encoder's linears and int8 activations
+ * (dynamic per token / per tensor, or static from calibration texts), written as ONNX that
+ * ONNX Runtime and sparsebert's importer load, with a per-layer error report.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { OrtModel } from "../models/calibrate.ts";
+import { poolEmbeddings } from "../models/evaluate.ts";
+import { analyzeOnnx } from "../models/onnx_import.ts";
+import { writeOnnxModel } from "../models/onnx_proto.ts";
+import { quantizeAnalysis, type QuantizeReport } from "../models/quantize.ts";
+import {
+  calibrationBatches,
+  checkTextsFile,
+  choiceOption,
+  copyTokenizer,
+  ensureParentDir,
+  numberOption,
+  reportError,
+  resolveModelPath,
+  terminalProgress,
+} from "./_model_tools.ts";
+
+/** One-line summary. */
+export const SUMMARY = "Quantize encoder linears to int8 (ONNX), with per-layer error";
+
+/** Help text. */
+export const HELP = `Usage: deno task cli quantize --model IN --out OUT [options]
+
+Quantizes the encoder's linear weights to int8 (symmetric, one scale per output channel) and
+their input activations, and writes ONNX that ONNX Runtime and sparsebert load. Reports each
+linear's error (max abs and relative) on calibration inputs against fp32, and checks that ONNX
+Runtime runs the output.
+
+Schemes (none saturates the int16 pair sums of AVX2 u8 x s8 kernels):
+  dynamic, per-token (default)  u7 activations per token, 8-bit weights (sparsebert's kernels'
+                                default; written with standard ONNX ops + MatMulInteger)
+  dynamic, per-tensor           ORT quantize_dynamic layout (DynamicQuantizeLinear +
+                                MatMulInteger), u8 activations, 7-bit weights
+  static                        calibrated u8 scales, 7-bit weights; QDQ at opset >= 13,
+                                QuantizeLinear + MatMulInteger below
+
+Options:
+  --model IN              .onnx file, folder with model.onnx, or cached model name
+  --out OUT               output .onnx file (tokenizer.json is copied next to it)
+  --activations A         dynamic (default) | static
+  --granularity G         per-token (default) | per-tensor (dynamic only)
+  --weight-bits B         8 | 7 (default: 8 per-token, 7 otherwise)
+  --calibration FILE      texts (one per line, or JSON array / retrieval set), or "random";
+                          required for static; default for the error report: 32 texts of
+                          data/retrieval_set.json (random ids for models without a tokenizer)
+  --max-texts N           calibration texts used (default 32)
+  --error-tokens N        token rows per linear in the error report (default 64)
+  --requantize            re-quantize weights that are already int8 (default: keep them)
+  --no-check              skip the ONNX Runtime check of the output
+  --threads N             ONNX Runtime threads (default 1)
+  --json                  print the report as JSON (no progress)
+  -h, --help              show this help`;
+
+interface CliReport extends QuantizeReport {
+  calibration: string | null;
+  tokenizer?: string;
+  ortCheck?: { sequences: number; minCosine: number; meanCosine: number };
+}
+
+function formatReport(r: CliReport): string {
+  const lines = [
+    `wrote ${r.output} (${
+      (r.bytes / 2 ** 20).toFixed(1)
+    } MiB): ${r.activations} ${r.granularity} ` +
+    `u${
+      r.activationQmax === 127 ? 7 : 8
+    } activations, ${r.weightBits}-bit weights, ${r.format} layout, ` +
+    `${r.linears} linears (${r.keptInt8} kept their int8 weights)`,
+  ];
+  for (const w of r.warnings) lines.push(`warning: ${w}`);
+  if (r.errors.length) {
+    lines.push(`per-linear error on ${r.calibration}:`);
+    lines.push("layer linear            shape          max abs err   rel err   tokens");
+    for (const e of r.errors) {
+      lines.push(
+        `${String(e.layer).padStart(5)} ${e.linear.padEnd(17)} ${
+          `[${e.shape[0]}, ${e.shape[1]}]`.padEnd(14)
+        } ${e.maxAbsError.toExponential(3).padStart(11)} ${
+          e.relativeError.toExponential(2).padStart(9)
+        } ${String(e.tokens).padStart(8)}`,
+      );
+    }
+  }
+  if (r.ortCheck) {
+    lines.push(
+      `ONNX Runtime runs the output: pooled cosine to the input model on ${r.ortCheck.sequences} sequences min ${
+        r.ortCheck.minCosine.toFixed(5)
+      }, mean ${r.ortCheck.meanCosine.toFixed(5)}`,
+    );
+  }
+  return lines.join("\n");
+}
+
+/** Runs the command. */
+export async function main(args: string[]): Promise<number> {
+  let values;
+  try {
+    values = parseArgs({
+      args,
+      options: {
+        model: { type: "string" },
+        out: { type: "string" },
+        activations: { type: "string" },
+        granularity: { type: "string" },
+        "weight-bits": { type: "string" },
+        calibration: { type: "string" },
+        "max-texts": { type: "string" },
+        "error-tokens": { type: "string" },
+        requantize: { type: "boolean", default: false },
+        "no-check": { type: "boolean", default: false },
+        threads: { type: "string" },
+        json: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }).values;
+  } catch (err) {
+    console.error(`error: ${(err as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const json = values.json;
+  const progress = terminalProgress(json);
+  try {
+    if (!values.out) throw new Error("--out is required");
+    const activations = choiceOption(
+      "--activations",
+      values.activations,
+      [
+        "dynamic",
+        "static",
+      ] as const,
+    ) ?? "dynamic";
+    const granularity = choiceOption(
+      "--granularity",
+      values.granularity,
+      [
+        "per-token",
+        "per-tensor",
+      ] as const,
+    );
+    if (activations === "static" && granularity !== undefined) {
+      throw new Error("--granularity applies to dynamic activations only");
+    }
+    const bits = numberOption("--weight-bits", values["weight-bits"]);
+    if (bits !== undefined && bits !== 7 && bits !== 8) {
+      throw new Error(`--weight-bits must be 7 or 8, got "${values["weight-bits"]}"`);
+    }
+    if (activations === "static" && values.calibration === undefined) {
+      throw new Error("--activations static needs --calibration FILE (or --calibration random)");
+    }
+    const threads = numberOption("--threads", values.threads);
+    const errorTokens = numberOption("--error-tokens", values["error-tokens"]);
+    await checkTextsFile(values.calibration);
+    const input = await resolveModelPath(values.model);
+    const analysis = await analyzeOnnx(input);
+    const source = analysis.source;
+    const calibration = await calibrationBatches(values.calibration, analysis.weights, true, {
+      maxTexts: numberOption("--max-texts", values["max-texts"]) ?? 32,
+    });
+    const { model, report } = await quantizeAnalysis(analysis, input, {
+      activations,
+      granularity,
+      weightBits: bits as 7 | 8 | undefined,
+      calibration: calibration?.batches,
+      requantize: values.requantize,
+      errorTokens,
+      threads,
+      onProgress: progress.onProgress,
+    });
+    const output = values.out;
+    await ensureParentDir(output);
+    const external = source.graph.initializers.some((t) => t.externalData !== null);
+    const base = output.slice(output.lastIndexOf("/") + 1);
+    const written = await writeOnnxModel(output, model, {
+      externalData: external ? { location: `${base}.data` } : undefined,
+    });
+    const full: CliReport = {
+      input,
+      output,
+      ...report,
+      bytes: written.bytes + written.externalBytes,
+      calibration: calibration?.source ?? null,
+    };
+    const tokenizer = await copyTokenizer(analysis.weights, output);
+    if (tokenizer) full.tokenizer = tokenizer;
+    if (!values["no-check"] && calibration) {
+      full.ortCheck = await ortCheck(input, output, calibration.batches.slice(0, 2), threads);
+    }
+    progress.done();
+    console.log(json ? JSON.stringify({ ok: true, ...full }, null, 2) : formatReport(full));
+    return 0;
+  } catch (err) {
+    progress.done();
+    return reportError(json, err);
+  }
+}
+
+/** Loads the output in ONNX Runtime and compares mean-pooled outputs with the input model's. */
+async function ortCheck(
+  input: string,
+  output: string,
+  batches: import("../models/calibrate.ts").EncoderBatch[],
+  threads: number | undefined,
+): Promise<{ sequences: number; minCosine: number; meanCosine: number }> {
+  const a = await OrtModel.create(input, { threads });
+  const b = await OrtModel.create(output, { threads });
+  try {
+    const cos: number[] = [];
+    for (const batch of batches) {
+      const name = a.outputNames[0];
+      const ya = poolEmbeddings((await a.run(batch, [name]))[name].data, batch, "mean");
+      const yb = poolEmbeddings((await b.run(batch, [name]))[name].data, batch, "mean");
+      ya.forEach((v, i) => {
+        let d = 0;
+        for (let k = 0; k < v.length; k++) d += v[k] * yb[i][k];
+        cos.push(d);
+      });
+    }
+    return {
+      sequences: cos.length,
+      minCosine: Math.min(...cos),
+      meanCosine: cos.reduce((s, x) => s + x, 0) / cos.length,
+    };
+  } finally {
+    await a.release();
+    await b.release();
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
