@@ -33,6 +33,7 @@ import {
   type OnnxTensor,
   writeOnnxModel,
 } from "./onnx_proto.ts";
+import { columnSums } from "./onnx_dequantize.ts";
 import { measureSparsity, type WeightSparsity } from "./quantized.ts";
 import type { DenseWeight } from "./weights.ts";
 
@@ -263,6 +264,41 @@ function writeMask(t: OnnxTensor, dense: DenseWeight, mask: Uint8Array, path: st
   }
 }
 
+/**
+ * sparsebert's per-token int8 form subtracts `zp_row * colsum(W)` after the MatMulInteger:
+ * after pruning an int8 weight, its column-sum constant must follow.
+ */
+function updateColumnSums(source: OnnxModel, weight: OnnxTensor, path: string): void {
+  const g = source.graph;
+  for (const mm of g.nodes) {
+    if (mm.opType !== "MatMulInteger" || mm.inputs[1] !== weight.name) continue;
+    const sub = g.nodes.find((n) => n.opType === "Sub" && n.inputs[0] === mm.outputs[0]);
+    if (sub === undefined) continue;
+    const corr = g.nodes.find((n) => n.opType === "Mul" && n.outputs[0] === sub.inputs[1]);
+    const sums = g.initializers.find((t) => corr?.inputs.includes(t.name));
+    if (sums === undefined || sums.dataType !== DataType.INT32 || sums.rawData === null) {
+      throw new Error(
+        `Cannot prune "${path}": the zero point correction of weight "${weight.name}" has no int32 column sums`,
+      );
+    }
+    const raw = weight.rawData!;
+    const unsigned = weight.dataType === DataType.UINT8;
+    const values = unsigned
+      ? Int32Array.from(raw, (v) => v - 128)
+      : Int32Array.from(new Int8Array(raw.buffer, raw.byteOffset, raw.byteLength));
+    const zpTensor = g.initializers.find((t) => t.name === mm.inputs[3]);
+    let zp: Int32Array | null = null;
+    if (zpTensor) {
+      const z = zpTensor.rawData!;
+      zp = unsigned
+        ? Int32Array.from(z, (v) => v - 128)
+        : Int32Array.from(new Int8Array(z.buffer, z.byteOffset, z.byteLength));
+    }
+    const fresh = columnSums(values, [weight.dims[0], weight.dims[1]], zp);
+    sums.rawData = new Uint8Array(fresh.buffer);
+  }
+}
+
 /** Squared L2 norms of each linear input's features over the calibration tokens. */
 async function inputNorms(
   a: OnnxAnalysis,
@@ -357,7 +393,11 @@ export async function pruneAnalysis(
   options.onProgress?.("write", 0, targets.length);
   for (const [k, t] of targets.entries()) {
     const mask = applyUnits(t.dense, pattern, units[k]);
-    writeMask(inits.get(t.dense.initializer!.name)!, t.dense, mask, path);
+    const init = inits.get(t.dense.initializer!.name)!;
+    writeMask(init, t.dense, mask, path);
+    if (init.dataType === DataType.INT8 || init.dataType === DataType.UINT8) {
+      updateColumnSums(source, init, path);
+    }
     const after = measureSparsity(t.dense.weight, t.dense);
     t.dense.sparsity = after;
     const n = t.dense.out * t.dense.in;

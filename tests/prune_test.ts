@@ -181,14 +181,44 @@ Deno.test("prune: global and unstructured scopes, Wanda differs from magnitude",
 Deno.test("prune: int8 models keep their int8 weights, external data is written again", async () => {
   await withDir(async (dir) => {
     const { path } = await ensureTestModel(TINY);
-    const q = `${dir}/q.onnx`;
-    await quantizeModel(path, q, { granularity: "per-tensor" });
-    const out = `${dir}/qp.onnx`;
-    await pruneModel(q, out, { sparsity: 0.5, pattern: "4x1" });
-    const a = await analyzeOnnx(out);
-    for (const d of linears(a.weights)) {
-      assert.equal(d.quantized!.form, "MatMulInteger");
-      assert.ok(Math.abs(d.sparsity!.block4x1 - 0.5) < 1e-3);
+    for (const granularity of ["per-tensor", "per-token"] as const) {
+      const q = `${dir}/q-${granularity}.onnx`;
+      await quantizeModel(path, q, { granularity });
+      const out = `${dir}/qp-${granularity}.onnx`;
+      await pruneModel(q, out, { sparsity: 0.5, pattern: "4x1" });
+      // Re-importing checks the per-token form's column sums against the pruned weights.
+      const a = await analyzeOnnx(out);
+      for (const d of linears(a.weights)) {
+        assert.equal(d.quantized!.form, "MatMulInteger");
+        assert.equal(
+          d.quantized!.granularity,
+          granularity === "per-token" ? granularity : undefined,
+        );
+        assert.ok(Math.abs(d.sparsity!.block4x1 - 0.5) < 1e-3);
+      }
+      // ONNX Runtime on the pruned int8 file agrees with it on the pruned weights in fp32.
+      const fp32 = `${dir}/p-${granularity}.onnx`;
+      await pruneModel(path, fp32, { sparsity: 0.5, pattern: "4x1" });
+      const batch = randomBatches({ vocabSize: 400, count: 2, seqLen: 8 })[0];
+      const run = async (file: string) => {
+        const s = await OrtModel.create(file);
+        try {
+          return Object.values(await s.run(batch))[0].data;
+        } finally {
+          await s.release();
+        }
+      };
+      const x = await run(out);
+      const y = await run(fp32);
+      let dot = 0;
+      let nx = 0;
+      let ny = 0;
+      for (let i = 0; i < x.length; i++) {
+        dot += x[i] * y[i];
+        nx += x[i] * x[i];
+        ny += y[i] * y[i];
+      }
+      assert.ok(dot / Math.sqrt(nx * ny) > 0.995, `${granularity}: int8 pruned vs fp32 pruned`);
     }
     // External data in, external data out.
     const ext = `${dir}/ext.onnx`;

@@ -488,3 +488,72 @@ Deno.test("quantized import: unsupported quantized graphs fail naming the node",
     /expected a constant 2-D int8\/uint8 weight/,
   );
 });
+
+Deno.test("quantized import: static QOperator QLinearMatMul around a MatMul", async () => {
+  // Built from the static MatMulInteger layout (opset 11): QuantizeLinear -> MatMulInteger ->
+  // Cast -> Mul(x_scale * W_scale) becomes QuantizeLinear -> QLinearMatMul -> DequantizeLinear.
+  const fp32 = await tinyAnalysis(11);
+  const { model } = await quantizeAnalysis(fp32, "tiny.onnx", {
+    activations: "static",
+    calibration: batches,
+  });
+  const base = importOnnxModel(model, "static.onnx");
+  const g = model.graph;
+  const inits = new Map(g.initializers.map((t) => [t.name, t]));
+  const consumer = (v: string) => g.nodes.find((n) => n.inputs.includes(v))!;
+  const drop = new Set<OnnxNode>();
+  const extra: OnnxTensor[] = [];
+  const replace = new Map<OnnxNode, OnnxNode[]>();
+  for (const n of g.nodes) {
+    if (n.opType !== "MatMulInteger") continue;
+    const [xq, w, xzp, wzp] = n.inputs;
+    const q = g.nodes.find((m) => m.outputs[0] === xq)!;
+    const cast = consumer(n.outputs[0]);
+    const mul = consumer(cast.outputs[0]);
+    drop.add(cast);
+    drop.add(mul);
+    // W_scale = (x_scale * W_scale) / x_scale.
+    const xs = tensorToNumbers(inits.get(q.inputs[1])!)[0];
+    const ws = tensorToNumbers(inits.get(mul.inputs[1])!).map((v) => v / xs);
+    extra.push(makeTensor(`${w}_ws`, DataType.FLOAT, [ws.length], ws));
+    extra.push(makeTensor(`${w}_ys`, DataType.FLOAT, [], [0.05]));
+    extra.push(int8Raw(`${w}_yzp`, [], [128], true));
+    replace.set(n, [
+      {
+        name: `${n.name}_qlinear`,
+        opType: "QLinearMatMul",
+        domain: "",
+        inputs: [xq, q.inputs[1], xzp, w, `${w}_ws`, wzp, `${w}_ys`, `${w}_yzp`],
+        outputs: [`${w}_yq`],
+        attributes: [],
+      },
+      {
+        name: `${n.name}_dq`,
+        opType: "DequantizeLinear",
+        domain: "",
+        inputs: [`${w}_yq`, `${w}_ys`, `${w}_yzp`],
+        outputs: mul.outputs,
+        attributes: [],
+      },
+    ]);
+  }
+  const nodes = g.nodes.filter((n) => !drop.has(n)).flatMap((n) => replace.get(n) ?? [n]);
+  const converted: OnnxModel = {
+    ...model,
+    graph: { ...g, nodes, initializers: [...g.initializers, ...extra] },
+  };
+  const w = importOnnxModel(converted, "qlinear.onnx");
+  w.layers.forEach((l, i) => {
+    for (const k of LAYER_LINEARS) {
+      const q = l[k].quantized!;
+      const b = base.layers[i][k];
+      assert.equal(q.form, "QLinearMatMul");
+      assert.equal(q.activation, "static");
+      assert.equal(q.inputScale, b.quantized!.inputScale);
+      assert.deepEqual(q.weight, b.quantized!.weight);
+      for (let o = 0; o < q.scale.length; o++) {
+        assert.ok(Math.abs(q.scale[o] - b.quantized!.scale[o]) <= 1e-6 * b.quantized!.scale[o]);
+      }
+    }
+  });
+});

@@ -1,0 +1,332 @@
+/**
+ * Measuring a group of contestants interleaved (A B C A B C ...): every contestant is loaded
+ * first, warmed up, its iterations per turn calibrated to the round time, and then the rounds
+ * run with the order rotated each round and a settle pause before every turn (so that the
+ * previous runtime's spinning threads have gone idle). Latency runs pool the per-iteration
+ * latencies of all rounds; throughput runs give each configuration time-boxed turns.
+ *
+ * Failed contestants are kept with their stage and error, never dropped. A failure that would
+ * repeat identically (a runtime that does not import, a converter that has no int8 support, a
+ * runtime that aborts on an int8 layout) is remembered by {@linkcode FailureMemo} and not
+ * retried; the report says so.
+ *
+ * @module
+ */
+
+import { percentile } from "../_timing.ts";
+import {
+  type Contestant,
+  ContestantError,
+  type ContestantSpec,
+  type LoadInfo,
+  type OutputSummary,
+  type RunSample,
+  startContestant,
+  type StartOptions,
+} from "./contestants.ts";
+import { encoderMacs, type ModelDef, type RuntimeName, type Scenario } from "./matrix.ts";
+
+/** Latency statistics of one contestant (numpy-style linear percentiles). */
+export interface LatencySummary {
+  /** Timed iterations (all rounds, all instances). */
+  n: number;
+  /** Median latency (ms). */
+  p50: number;
+  /** 90th percentile (ms). */
+  p90: number;
+  /** 99th percentile (ms). */
+  p99: number;
+  /** Mean (ms). */
+  mean: number;
+  /** Fastest (ms). */
+  min: number;
+  /** Slowest (ms). */
+  max: number;
+  /** Items per second: items / wall time of the timed turns. */
+  itemsPerS: number;
+  /** Median of each round (ms). */
+  roundMediansMs: number[];
+  /** (max - min) of the round medians over the median, in percent: the run-to-run spread. */
+  spreadPct: number;
+}
+
+/** What happened to one contestant. */
+export interface ContestantResult {
+  /** `runtime:form` plus the instance config when not 1. */
+  id: string;
+  /** What was loaded. */
+  spec: ContestantSpec;
+  /** `ok`, `failed` (with stage and error) or `skipped` (with the reason in `error`). */
+  status: "ok" | "failed" | "skipped";
+  /** Where it failed. */
+  stage?: string;
+  /** The error, or why it was skipped. */
+  error?: string;
+  /** Tail of the runtime's stderr (failures). */
+  stderrTail?: string;
+  /** Versions and settings. */
+  info?: LoadInfo;
+  /** Statistics (ok only). */
+  stats?: LatencySummary;
+  /** Output summary of the last turn. */
+  output?: OutputSummary | null;
+}
+
+/** Id of a contestant in reports. */
+export function contestantId(spec: ContestantSpec): string {
+  const inst = spec.instances === 1 ? "" : ` ${spec.instances}x${spec.threads}`;
+  return `${spec.runtime}:${spec.form}${inst}`;
+}
+
+/** Summarizes latencies and the wall time they took. */
+export function summarize(
+  rounds: { latenciesMs: number[]; wallS: number; items: number }[],
+): LatencySummary {
+  const all = rounds.flatMap((r) => r.latenciesMs);
+  if (all.length === 0) throw new RangeError("No latencies to summarize");
+  const sorted = [...all].sort((a, b) => a - b);
+  const roundMedians = rounds.filter((r) => r.latenciesMs.length > 0).map((r) =>
+    percentile([...r.latenciesMs].sort((a, b) => a - b), 0.5)
+  );
+  const p50 = percentile(sorted, 0.5);
+  const wall = rounds.reduce((s, r) => s + r.wallS, 0);
+  const items = rounds.reduce((s, r) => s + r.items, 0);
+  const spread = roundMedians.length > 1
+    ? (Math.max(...roundMedians) - Math.min(...roundMedians)) / p50 * 100
+    : 0;
+  return {
+    n: all.length,
+    p50,
+    p90: percentile(sorted, 0.9),
+    p99: percentile(sorted, 0.99),
+    mean: all.reduce((s, v) => s + v, 0) / all.length,
+    min: sorted[0],
+    max: sorted[sorted.length - 1],
+    itemsPerS: wall > 0 ? items / wall : 0,
+    roundMediansMs: roundMedians,
+    spreadPct: spread,
+  };
+}
+
+/**
+ * Failures that would repeat identically, remembered for the rest of a run: a runtime that
+ * cannot start or import (every later contestant of it), and a runtime that cannot convert or
+ * aborts on an int8 layout (later contestants of that runtime and layout).
+ */
+export class FailureMemo {
+  #byKey = new Map<string, { id: string; stage: string; error: string }>();
+
+  #keys(spec: ContestantSpec): string[] {
+    return [`${spec.runtime}|*`, `${spec.runtime}|${spec.form}`];
+  }
+
+  /** The remembered failure that applies to `spec`, or null. */
+  lookup(spec: ContestantSpec): { id: string; stage: string; error: string } | null {
+    for (const k of this.#keys(spec)) {
+      const hit = this.#byKey.get(k);
+      if (hit) return hit;
+    }
+    return null;
+  }
+
+  /** Remembers `err` when it is of a kind that repeats. */
+  record(spec: ContestantSpec, err: ContestantError): void {
+    const entry = { id: contestantId(spec), stage: err.stage, error: err.message };
+    if (err.stage === "spawn" || err.stage === "import") {
+      this.#byKey.set(`${spec.runtime}|*`, entry);
+    } else if (
+      spec.form !== "fp32" &&
+      (err.stage === "convert" || err.stage === "exit" || err.stage === "load")
+    ) {
+      this.#byKey.set(`${spec.runtime}|${spec.form}`, entry);
+    }
+  }
+}
+
+/** Settings of {@linkcode measureGroup}. */
+export interface GroupOptions {
+  /** `latency`: calibrated iterations per turn; `throughput`: time-boxed turns. */
+  mode: "latency" | "throughput";
+  /** Rounds. */
+  rounds: number;
+  /** Latency mode: target time of one turn (ms). */
+  roundMs: number;
+  /** Throughput mode: seconds of one turn. */
+  turnSeconds: number;
+  /** Untimed iterations after loading. */
+  warmup: number;
+  /** Pause before each turn (ms). */
+  settleMs: number;
+  /** Contestant start settings. */
+  start: StartOptions;
+  /** Failures not to retry. */
+  memo: FailureMemo;
+  /** Progress lines. */
+  log: (line: string) => void;
+}
+
+function failed(spec: ContestantSpec, err: unknown): ContestantResult {
+  const e = err instanceof ContestantError ? err : null;
+  return {
+    id: contestantId(spec),
+    spec,
+    status: "failed",
+    stage: e?.stage ?? "harness",
+    error: (err as Error).message,
+    stderrTail: e?.stderr ? e.stderr.slice(-2000) : undefined,
+  };
+}
+
+/** Latency a single-instance contestant reaches most of the time, for the calibration. */
+function median(values: number[]): number {
+  return percentile([...values].sort((a, b) => a - b), 0.5);
+}
+
+/**
+ * Loads `specs`, measures them interleaved, closes them, and returns one result per spec (in
+ * the order given). Contestants listed in `preFailed` are reported without being started.
+ */
+export async function measureGroup(
+  specs: ContestantSpec[],
+  options: GroupOptions,
+  preFailed: Map<number, ContestantResult> = new Map(),
+): Promise<ContestantResult[]> {
+  const { log, memo } = options;
+  const results: ContestantResult[] = new Array(specs.length);
+  const live: { index: number; c: Contestant; n: number; warm: number; samples: RunSample[] }[] =
+    [];
+  try {
+    for (const [index, spec] of specs.entries()) {
+      const pre = preFailed.get(index);
+      if (pre) {
+        results[index] = pre;
+        continue;
+      }
+      const memoHit = memo.lookup(spec);
+      if (memoHit) {
+        results[index] = {
+          id: contestantId(spec),
+          spec,
+          status: "failed",
+          stage: memoHit.stage,
+          error: `${memoHit.error} (not retried: ${memoHit.id} failed the same way earlier in ` +
+            "this run)",
+        };
+        continue;
+      }
+      try {
+        const c = await startContestant(spec, options.start);
+        live.push({ index, c, n: 1, warm: 0, samples: [] });
+        log(`  loaded ${contestantId(spec)} in ${(c.info.loadMs / 1000).toFixed(1)} s`);
+      } catch (err) {
+        if (err instanceof ContestantError) memo.record(spec, err);
+        results[index] = failed(spec, err);
+        log(`  FAILED ${contestantId(spec)}: ${(err as Error).message.split("\n")[0]}`);
+      }
+    }
+    const drop = async (entry: typeof live[number], err: unknown): Promise<void> => {
+      results[entry.index] = { ...failed(entry.c.spec, err), info: entry.c.info };
+      log(`  FAILED ${contestantId(entry.c.spec)}: ${(err as Error).message.split("\n")[0]}`);
+      live.splice(live.indexOf(entry), 1);
+      await entry.c.close().catch(() => {});
+    };
+    // Warm-up and calibration: iterations per turn so that a turn takes about roundMs.
+    for (const entry of [...live]) {
+      try {
+        const s = await entry.c.run({
+          iterations: options.mode === "latency" ? 2 : 1,
+          warmup: options.warmup,
+          settleMs: options.settleMs,
+        });
+        const one = Math.max(median(s.latenciesMs), 0.01);
+        entry.n = Math.max(1, Math.min(10_000, Math.round(options.roundMs / one)));
+        // Re-warm after another runtime ran, unless one iteration is long enough to not care.
+        entry.warm = one < 200 ? 1 : 0;
+      } catch (err) {
+        await drop(entry, err);
+      }
+    }
+    for (let r = 0; r < options.rounds; r++) {
+      const order = live.map((_, i) => live[(i + r) % live.length]);
+      for (const entry of order) {
+        if (!live.includes(entry)) continue;
+        try {
+          const s = options.mode === "latency"
+            ? await entry.c.run({
+              iterations: entry.n,
+              warmup: entry.warm,
+              settleMs: options.settleMs,
+            })
+            : await entry.c.run({
+              seconds: options.turnSeconds,
+              warmup: 1,
+              settleMs: options.settleMs,
+            });
+          entry.samples.push(s);
+        } catch (err) {
+          await drop(entry, err);
+        }
+      }
+    }
+    for (const entry of live) {
+      const stats = summarize(entry.samples);
+      results[entry.index] = {
+        id: contestantId(entry.c.spec),
+        spec: entry.c.spec,
+        status: "ok",
+        info: entry.c.info,
+        stats,
+        output: entry.samples.at(-1)?.output ?? null,
+      };
+    }
+  } finally {
+    await Promise.all(live.map((e) => e.c.close().catch(() => {})));
+  }
+  return results;
+}
+
+/** Throughput assumed by the time estimate (fp32 FLOP/s per thread, conservative). */
+const EST_FLOPS_PER_THREAD = 40e9;
+
+/**
+ * Rough seconds a group will take: loading (about 1.5 s per process plus reading the file;
+ * DeepSparse also compiles), warm-up and calibration, and the rounds (a turn lasts at least one
+ * iteration). Used to skip steps that would end past the budget.
+ */
+export function estimateGroupSeconds(
+  model: ModelDef,
+  scenario: Scenario,
+  density: number,
+  specs: ContestantSpec[],
+  options: Pick<
+    GroupOptions,
+    "mode" | "rounds" | "roundMs" | "turnSeconds" | "warmup" | "settleMs"
+  >,
+): number {
+  let total = 0;
+  for (const spec of specs) {
+    const threads = spec.threads * spec.instances;
+    let iterS = (2 * encoderMacs(model, { ...scenario, batch: spec.batch }, density)) /
+      (EST_FLOPS_PER_THREAD * Math.min(threads, spec.threads));
+    if (spec.runtime === "deepsparse" && spec.form !== "fp32") iterS *= 6; // emulated int8
+    const params = model.layers *
+        (4 * model.hidden ** 2 + 2 * model.hidden * model.intermediate) +
+      30522 * model.hidden;
+    const mb = (params * (spec.form === "fp32" ? 4 : 1)) / 1e6;
+    const compile = spec.runtime === "deepsparse" ? 3 + mb / 15 : 0;
+    const load = spec.instances * (1.5 + mb / 150) + compile;
+    const warm = (options.warmup + 2) * iterS + options.settleMs / 1000;
+    const turn = options.mode === "latency"
+      ? Math.max(options.roundMs / 1000, iterS) + options.settleMs / 1000 +
+        (iterS < 0.2 ? iterS : 0)
+      : Math.max(options.turnSeconds, iterS) + iterS + options.settleMs / 1000;
+    total += load + warm + options.rounds * turn + 0.3;
+  }
+  return total;
+}
+
+/** Names a runtime for progress lines. */
+export function runtimeList(specs: ContestantSpec[]): string {
+  const seen = new Set<RuntimeName>(specs.map((s) => s.runtime));
+  return [...seen].join(", ");
+}
