@@ -24,6 +24,7 @@ export {
   threads,
 } from "./ffi/library.ts";
 export { NativeBuffer } from "./ffi/memory.ts";
+export { type KernelSymbols, symbols } from "./ffi/symbols.ts";
 export {
   type Activation,
   type ForwardOptions,
@@ -78,3 +79,29 @@ export {
   type TokenClassificationPipeline,
   type TokenClassificationResult,
 } from "./models/pipeline.ts";
+export {
+  type BertConfig,
+  type BertLayerWeights,
+  type BertWeights,
+  type DenseWeight,
+  type HeadWeights,
+  type NormWeight,
+  type OutputKind,
+  parameterCount,
+} from "./models/weights.ts";
+export {
+  type ActivationQuantization,
+  type QuantizedOnnxForm,
+  type QuantizedWeight,
+  type WeightInitializer,
+  type WeightSparsity,
+} from "./models/quantized.ts";
+export {
+  BertTokenizer,
+  type BertTokenizerOptions,
+  type EncodeBatchOptions,
+  type EncodedBatch,
+  type TextInput,
+} from "./models/tokenizer.ts";
+export { importOnnx, type ImportOnnxOptions } from "./models/onnx_import.ts";
+export { loadHfFolder, type LoadHfFolderOptions } from "./models/hf_folder.ts";

@@ -80,6 +80,8 @@ export class BertTokenizer {
   #label: string;
 
   /**
+   * Builds a tokenizer from parsed files; {@linkcode BertTokenizer.fromFile} reads them for you.
+   *
    * @param tokenizerJson Parsed tokenizer.json.
    * @param tokenizerConfig Parsed tokenizer_config.json, or `{}`.
    * @param options Defaults.
