@@ -427,6 +427,7 @@ test "spmm_i8 matches the naive sum on odd shapes" {
     try checkShape(17, 13, 29, 30, 3);
     try checkShape(33, 64, 100, 10, 4);
     try checkShape(16, 8, 40, 0, 5);
+    try checkShape(20, 12, 600, 30, 7);
 }
 
 test "spmm_i8 splits an uneven pattern over threads" {

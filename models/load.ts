@@ -9,7 +9,10 @@
  *
  * @module
  */
+import type { LinearFactory } from "./bert.ts";
+import { isCompiledModel, loadCompiled } from "./compiled.ts";
 import { loadHfFolder } from "./hf_folder.ts";
+import { type KernelChoiceOptions, KernelChooser, type KernelDecision } from "./kernel_choice.ts";
 import { importOnnx } from "./onnx_import.ts";
 import { ensureModel, modelNames, MODELS } from "./registry.ts";
 import { BertTokenizer } from "./tokenizer.ts";
@@ -25,6 +28,17 @@ export interface LoadedModel {
   path: string;
   /** The registry name, when loaded by name. */
   name: string | null;
+  /**
+   * Builds the encoder's linear layers: the packed layers of a compiled model, or the kernel
+   * chooser when `kernels` options were given. Absent: dense fp32.
+   */
+  linear?: LinearFactory;
+  /** How the encoder must fuse Q/K/V (set for compiled models). */
+  fuseQkv?: boolean;
+  /** The kernel chosen per linear layer and why (filled as the encoder is built). */
+  kernelDecisions?: KernelDecision[];
+  /** Writes new autotune timings to the cache (after the encoder is built). */
+  saveKernelCache?: () => Promise<void>;
 }
 
 /** Options of {@linkcode loadModel}. */
@@ -36,6 +50,10 @@ export interface LoadModelOptions {
   maxLength?: number;
   /** Called with progress lines while a registry model is fetched. */
   log?: (line: string) => void;
+  /** Choose kernels per layer (see `models/kernel_choice.ts`); ignored for compiled files. */
+  kernels?: KernelChoiceOptions;
+  /** Compiled models: hash every byte of the data on load (default false). */
+  verify?: boolean;
 }
 
 /**
@@ -69,6 +87,12 @@ export async function loadModel(
   } else if (kind === "dir") {
     weights = await loadFolder(pathOrName);
   } else if (kind === "file") {
+    if (await isCompiledModel(pathOrName)) {
+      return await loadCompiled(pathOrName, {
+        verify: options.verify,
+        maxLength: options.maxLength,
+      });
+    }
     weights = await loadFile(pathOrName);
   } else {
     throw new Error(
@@ -91,7 +115,14 @@ export async function loadModel(
       ? probe
       : await BertTokenizer.fromFile(weights.source.tokenizer, { maxLength });
   }
-  return { weights, tokenizer, path, name };
+  const loaded: LoadedModel = { weights, tokenizer, path, name };
+  if (options.kernels !== undefined) {
+    const chooser = new KernelChooser({ log: options.log, ...options.kernels });
+    loaded.linear = chooser.factory;
+    loaded.kernelDecisions = chooser.decisions;
+    loaded.saveKernelCache = () => chooser.saveCache();
+  }
+  return loaded;
 }
 
 async function statKind(path: string): Promise<"file" | "dir" | null> {

@@ -26,6 +26,7 @@ import type { LinearOp } from "../ops/linear.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
 import { l2NormalizeRows, pool } from "../ops/pooling.ts";
 import { BertEncoder, type LinearFactory } from "./bert.ts";
+import type { KernelChoiceOptions } from "./kernel_choice.ts";
 import { type LoadedModel, loadModel } from "./load.ts";
 import type { BertTokenizer, EncodedBatch } from "./tokenizer.ts";
 import type { BertConfig, BertWeights, HeadWeights } from "./weights.ts";
@@ -54,6 +55,8 @@ export interface PipelineOptions {
   linear?: LinearFactory;
   /** Fuse the Q/K/V projections into one GEMM (default true). */
   fuseQkv?: boolean;
+  /** Choose kernels per layer when `model` is a path or name (see `models/kernel_choice.ts`). */
+  kernels?: KernelChoiceOptions;
   /** Longest tokenized input; default the smaller of the tokenizer's and the model's limits. */
   maxLength?: number;
   /** Sets the process-wide kernel thread count. */
@@ -264,7 +267,11 @@ export async function pipeline<T extends PipelineTask>(
   }
   if (options.threads !== undefined) setThreads(options.threads);
   const loaded = typeof model === "string"
-    ? await loadModel(model, { maxLength: options.maxLength, log: options.log })
+    ? await loadModel(model, {
+      maxLength: options.maxLength,
+      log: options.log,
+      kernels: options.kernels,
+    })
     : model;
   if (loaded.tokenizer === null) {
     throw new Error(`Model "${loaded.path}" has no tokenizer.json; a pipeline needs one`);
@@ -288,7 +295,11 @@ export async function pipeline<T extends PipelineTask>(
   }
   let encoder: BertEncoder;
   try {
-    encoder = new BertEncoder(weights, { linear: options.linear, fuseQkv: options.fuseQkv });
+    encoder = new BertEncoder(weights, {
+      linear: options.linear ?? loaded.linear,
+      fuseQkv: options.fuseQkv ?? loaded.fuseQkv,
+    });
+    await loaded.saveKernelCache?.();
   } catch (error) {
     head?.[Symbol.dispose]();
     throw error;

@@ -18,6 +18,7 @@ import {
   RUNTIME_LABELS,
   type RuntimeName,
   RUNTIMES,
+  variantKey,
 } from "../bench/compare/matrix.ts";
 import {
   renderMarkdown,
@@ -26,7 +27,7 @@ import {
   writeAtomic,
   writeJson,
 } from "../bench/compare/report.ts";
-import { type ComparisonResult, runComparison } from "../bench/compare/run.ts";
+import { type ComparisonResult, estimatePlan, runComparison } from "../bench/compare/run.ts";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(/\/$/, "");
 
@@ -65,6 +66,9 @@ Options:
   --no-doc             do not touch the markdown file
   --models-dir DIR     cache of the model files (default .cache/bench-models)
   --venv-root DIR      Python venvs of the peers (default .cache/venv)
+  --variants LIST      only these variants (comma-separated keys: fp32-dense, int8-dense,
+                       fp32-s90-4x1, int8-s80-unstructured, ...)
+  --dry-run            print the plan's steps and time estimates, run nothing
   --json               print the JSON result on stdout (progress stays on stderr)
   -h, --help           show this help
 
@@ -93,6 +97,8 @@ export interface CompareCli {
   venvRoot?: string;
   /** Print JSON. */
   json: boolean;
+  /** Only print the plan's steps and their time estimates. */
+  dryRun: boolean;
   /** Show help. */
   help: boolean;
 }
@@ -123,6 +129,8 @@ export function parseCompareArgs(args: string[]): CompareCli {
       torch: { type: "boolean", default: false },
       runtimes: { type: "string" },
       models: { type: "string" },
+      variants: { type: "string" },
+      "dry-run": { type: "boolean", default: false },
       "bound-ms": { type: "string" },
       "budget-min": { type: "string" },
       "sparse-threshold": { type: "string" },
@@ -170,6 +178,22 @@ export function parseCompareArgs(args: string[]): CompareCli {
       plan.chart = { model: plan.latency[0].model, scenario: plan.latency[0].scenarios[0] };
     }
   }
+  if (values.variants !== undefined) {
+    const keep = values.variants.split(",").map((x) => x.trim()).filter((x) => x !== "");
+    const known = new Set(
+      [...plan.latency, ...plan.bound].flatMap((b) => b.variants.map(variantKey)),
+    );
+    for (const k of keep) {
+      if (!known.has(k)) {
+        throw new Error(`Variant '${k}' is not in the plan (it has ${[...known].join(", ")})`);
+      }
+    }
+    for (const b of [...plan.latency, ...plan.bound]) {
+      b.variants = b.variants.filter((x) => keep.includes(variantKey(x)));
+    }
+    plan.latency = plan.latency.filter((b) => b.variants.length > 0);
+    plan.bound = plan.bound.filter((b) => b.variants.length > 0);
+  }
   if (values["budget-min"] !== undefined) {
     plan.budgetS = positive("--budget-min", values["budget-min"]) * 60;
   }
@@ -208,6 +232,7 @@ export function parseCompareArgs(args: string[]): CompareCli {
     modelsDir: values["models-dir"] !== undefined ? abs(values["models-dir"]) : undefined,
     venvRoot: values["venv-root"] !== undefined ? abs(values["venv-root"]) : undefined,
     json: values.json,
+    dryRun: values["dry-run"],
     help: values.help,
   };
 }
@@ -303,6 +328,27 @@ async function main(): Promise<number> {
   }
   if (cli.help) {
     console.log(HELP);
+    return 0;
+  }
+  if (cli.dryRun) {
+    const steps = estimatePlan(cli.plan, cli.runtimes);
+    let total = 0;
+    for (const s of steps) {
+      total += s.estimateS;
+      console.log(
+        `${String(Math.round(s.estimateS)).padStart(6)} s  ${String(s.contestants).padStart(2)} ` +
+          `contestants  ${s.label}`,
+      );
+    }
+    console.log(
+      `${String(Math.round(total)).padStart(6)} s  total estimate (${
+        (total / 60).toFixed(1)
+      } min; ` +
+        `budget ${
+          Number.isFinite(cli.plan.budgetS) ? `${(cli.plan.budgetS / 60).toFixed(1)} min` : "none"
+        }; ` +
+        "model preparation excluded)",
+    );
     return 0;
   }
   const command = `deno task bench:compare ${Deno.args.join(" ")}`.trim();

@@ -125,8 +125,8 @@ async function main(): Promise<number> {
   const noOrt = values["no-ort"];
   const shapes = values.quick ? [SHAPES[1], SHAPES[2]] : SHAPES;
   const sparsities = values.quick ? [0, 0.7, 0.9] : SPARSITIES;
-  const rounds = values.quick ? 3 : 5;
-  const roundMs = values.quick ? 60 : 100;
+  const rounds = values.quick ? 5 : 7;
+  const roundMs = values.quick ? 80 : 120;
   const log = (line: string) => values.json || console.log(line);
 
   const peakBefore = probePeakI8();

@@ -22,6 +22,7 @@ const COMMANDS: Record<string, () => Promise<CliCommand>> = {
   prune: () => import("./cli_prune.ts"),
   quantize: () => import("./cli_quantize.ts"),
   evaluate: () => import("./cli_evaluate.ts"),
+  compile: () => import("./cli_compile.ts"),
 };
 
 /** Registers more commands (used by modules that add subcommands). */

@@ -5,6 +5,13 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { BertEncoder } from "../models/bert.ts";
+import {
+  KERNEL_KINDS,
+  type KernelDecision,
+  type KernelKind,
+  type Precision,
+} from "../models/kernel_choice.ts";
 import { loadModel } from "../models/load.ts";
 import { measureSparsity } from "../models/quantized.ts";
 import { type BertWeights, type DenseWeight, parameterCount } from "../models/weights.ts";
@@ -17,10 +24,14 @@ export const HELP = `Usage: deno task cli inspect --model PATH|NAME [--json]
 
 Loads a model (an .onnx file, a Hugging Face folder or a known model name) and prints its
 architecture, every linear layer with its shape, int8 form and sparsity (fraction of zero
-weights and of zero 4x1 blocks), the heads and the parameter count.
+weights and of zero 4x1 blocks), the heads and the parameter count, and the kernel chosen for
+every linear layer and why (for a compiled .sbert file: the choice stored in it; otherwise
+chosen now, with the autotune cached in .cache/autotune.json).
 
 Options:
   --model M   model file, folder or registry name (required)
+  --kernels K     kernel choice to show: auto (default) | ${KERNEL_KINDS.join(" | ")}
+  --precision P   auto (default) | fp32 | int8
   --json      print one JSON object
   -h, --help  show this help`;
 
@@ -58,6 +69,8 @@ export interface InspectReport {
   pooler: boolean;
   /** Zero fraction over all encoder linear weights: elements and 4x1 blocks. */
   sparsity: { encoder: number; encoderBlocks: number };
+  /** The kernel of every encoder linear layer and why. */
+  kernels?: KernelDecision[];
 }
 
 /** Builds the report of loaded weights. */
@@ -119,6 +132,8 @@ export async function main(args: string[]): Promise<number> {
       options: {
         model: { type: "string" },
         json: { type: "boolean", default: false },
+        kernels: { type: "string", default: "auto" },
+        precision: { type: "string", default: "auto" },
         help: { type: "boolean", short: "h", default: false },
       },
     }).values;
@@ -132,8 +147,22 @@ export async function main(args: string[]): Promise<number> {
   }
   try {
     if (values.model === undefined) throw new Error("--model is required (a file, folder or name)");
-    const { weights, path } = await loadModel(values.model);
+    const model = await loadModel(values.model, {
+      kernels: {
+        kernels: values.kernels as "auto" | KernelKind,
+        precision: values.precision as Precision,
+      },
+    });
+    const { weights, path } = model;
     const report = inspectWeights(weights, path);
+    if (model.fuseQkv !== undefined) {
+      // A compiled file: its layers are packed; report the choice stored in it.
+      report.linears = report.linears.filter((l) => l.layer === null);
+    } else {
+      new BertEncoder(weights, { linear: model.linear })[Symbol.dispose]();
+      await model.saveKernelCache?.();
+    }
+    report.kernels = model.kernelDecisions;
     if (values.json) {
       console.log(JSON.stringify(report, null, 2));
       return 0;
@@ -166,6 +195,13 @@ export async function main(args: string[]): Promise<number> {
         `${String(l.layer ?? "-").padStart(5)}  ${l.name.padEnd(18)}  ${
           `[${l.shape[0]}, ${l.shape[1]}]`.padEnd(13)
         }  ${pct(l.sparsity)}  ${pct(l.blockSparsity)}      ${l.int8 ? "yes" : "no"}`,
+      );
+    }
+    console.log("");
+    console.log("layer  linear             kernel      why");
+    for (const d of report.kernels ?? []) {
+      console.log(
+        `${String(d.layer).padStart(5)}  ${d.role.padEnd(17)}  ${d.kind.padEnd(10)}  ${d.reason}`,
       );
     }
     return 0;

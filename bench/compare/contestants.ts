@@ -198,14 +198,41 @@ function summaryFromPeer(
     : null;
 }
 
+/**
+ * A private copy of a model file (and its external data) for DeepSparse: deepsparse 1.8.0's
+ * `compile_model(..., input_shapes=...)` rewrites the ONNX file IN PLACE with the fixed shapes
+ * (`override_onnx_input_shapes(..., inplace=True)` in deepsparse/engine.py), which would leave
+ * every later runtime a static-shape graph. Returns the copy's path and its folder.
+ */
+export async function privateCopy(path: string): Promise<{ path: string; dir: string }> {
+  const slash = path.lastIndexOf("/");
+  const parent = slash > 0 ? path.slice(0, slash) : ".";
+  const base = path.slice(slash + 1);
+  const dir = await Deno.makeTempDir({ dir: parent, prefix: ".deepsparse-copy-" });
+  try {
+    await Deno.copyFile(path, `${dir}/${base}`);
+    try {
+      await Deno.copyFile(`${path}.data`, `${dir}/${base}.data`);
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
+  } catch (err) {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    throw err;
+  }
+  return { path: `${dir}/${base}`, dir };
+}
+
 class PythonContestant implements Contestant {
   readonly spec: ContestantSpec;
   readonly info: LoadInfo;
   #peer: PythonPeer;
+  #scratch: string | null;
 
-  private constructor(spec: ContestantSpec, peer: PythonPeer) {
+  private constructor(spec: ContestantSpec, peer: PythonPeer, scratch: string | null) {
     this.spec = spec;
     this.#peer = peer;
+    this.#scratch = scratch;
     const i = peer.info;
     this.info = {
       versions: i.versions,
@@ -220,10 +247,17 @@ class PythonContestant implements Contestant {
     runtime: PeerRuntime,
     options: StartOptions,
   ): Promise<PythonContestant> {
+    let model = spec.path;
+    let scratch: string | null = null;
     try {
+      if (runtime === "deepsparse") {
+        const copy = await privateCopy(spec.path);
+        model = copy.path;
+        scratch = copy.dir;
+      }
       const peer = await PythonPeer.start({
         runtime,
-        model: spec.path,
+        model,
         batch: spec.batch,
         seq: spec.seq,
         threads: spec.threads,
@@ -232,8 +266,9 @@ class PythonContestant implements Contestant {
         venvRoot: options.venvRoot,
         startTimeoutMs: options.startTimeoutMs ?? 600_000,
       });
-      return new PythonContestant(spec, peer);
+      return new PythonContestant(spec, peer, scratch);
     } catch (err) {
+      if (scratch !== null) await Deno.remove(scratch, { recursive: true }).catch(() => {});
       throw fromPeerError(spec.runtime, err);
     }
   }
@@ -260,6 +295,10 @@ class PythonContestant implements Contestant {
 
   async close(): Promise<void> {
     await this.#peer.close();
+    if (this.#scratch !== null) {
+      await Deno.remove(this.#scratch, { recursive: true }).catch(() => {});
+      this.#scratch = null;
+    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -59,6 +59,8 @@ export interface ModelStoreOptions {
 
 interface Sidecar {
   key: string;
+  /** The file's own identity when written: a file changed since is prepared again. */
+  file: string;
   bytes: number;
   made: Record<string, unknown>;
 }
@@ -235,7 +237,7 @@ export class ModelStore {
     if (existing !== null) {
       try {
         const side = JSON.parse(await Deno.readTextFile(sidecarPath)) as Sidecar;
-        if (side.key === key) {
+        if (side.key === key && side.file === await identity(path)) {
           return { form, path, bytes: side.bytes, prepMs: 0, cached: true, made: side.made };
         }
       } catch {
@@ -252,7 +254,7 @@ export class ModelStore {
       if (ext !== null) await Deno.rename(`${tmp}/${name}.data`, `${path}.data`);
       await Deno.rename(`${tmp}/${name}`, path);
       const bytes = (await Deno.stat(path)).size + (ext?.size ?? 0);
-      const side: Sidecar = { key, bytes, made };
+      const side: Sidecar = { key, file: await identity(path), bytes, made };
       await Deno.writeTextFile(sidecarPath, JSON.stringify(side, null, 2) + "\n");
       return { form, path, bytes, prepMs: performance.now() - t0, cached: false, made };
     } finally {

@@ -269,6 +269,101 @@ function skippedResults(specs: ContestantSpec[], why: string): ContestantResult[
   return specs.map((spec) => ({ id: contestantId(spec), spec, status: "skipped", error: why }));
 }
 
+/** The contestants of a latency group: every runtime x every form it gets for `v`. */
+function latencySpecs(
+  runtimes: RuntimeName[],
+  v: Variant,
+  scenario: Scenario,
+  files: Map<ModelForm, PreparedFile>,
+): ContestantSpec[] {
+  return runtimes.flatMap((runtime) =>
+    formsFor(runtime, v).map((form) => ({
+      runtime,
+      form,
+      path: files.get(form)?.path ?? "",
+      batch: scenario.batch,
+      seq: scenario.seq,
+      threads: scenario.threads,
+      instances: 1,
+    }))
+  );
+}
+
+/** One step of a plan with its time estimate (see {@linkcode estimatePlan}). */
+export interface PlanStep {
+  /** What it measures. */
+  label: string;
+  /** Contestants (processes or process groups) it loads. */
+  contestants: number;
+  /** Estimated seconds, model preparation excluded. */
+  estimateS: number;
+}
+
+/**
+ * The steps of a plan in run order with their estimated seconds (model preparation excluded:
+ * it happens once and is cached). The estimate assumes 40 GFLOP/s per thread; use it to size
+ * a plan, the budget check at run time uses the same numbers.
+ */
+export function estimatePlan(plan: Plan, runtimes: RuntimeName[]): PlanStep[] {
+  checkPlan(plan);
+  const steps: PlanStep[] = [];
+  const base = {
+    rounds: plan.rounds,
+    roundMs: plan.roundMs,
+    warmup: plan.warmup,
+    settleMs: plan.settleMs,
+  };
+  for (const block of plan.latency) {
+    const model = modelDef(block.model);
+    for (const scenario of block.scenarios) {
+      for (const v of block.variants) {
+        const specs = latencySpecs(runtimes, v, scenario, new Map());
+        steps.push({
+          label: `${model.key} ${variantLabel(v)} ${scenarioKey(scenario)}`,
+          contestants: specs.length,
+          estimateS: estimateGroupSeconds(model, scenario, density(v), specs, {
+            ...base,
+            mode: "latency",
+            turnSeconds: 0,
+          }),
+        });
+      }
+    }
+  }
+  for (const block of plan.bound) {
+    const model = modelDef(block.model);
+    const rounds = Math.max(1, Math.min(2, plan.rounds));
+    for (const v of block.variants) {
+      for (const batch of block.batches) {
+        for (const config of block.configs) {
+          const scenario = { seq: block.seq, batch, threads: config.threads };
+          const specs = runtimes.map((runtime) => ({
+            runtime,
+            form: formsFor(runtime, v)[0],
+            path: "",
+            batch,
+            seq: block.seq,
+            threads: config.threads,
+            instances: config.instances,
+          }));
+          steps.push({
+            label: `bound ${model.key} ${variantLabel(v)} s${block.seq} b${batch} ` +
+              `${config.instances}x${config.threads}`,
+            contestants: specs.length,
+            estimateS: estimateGroupSeconds(model, scenario, density(v), specs, {
+              ...base,
+              rounds,
+              mode: "throughput",
+              turnSeconds: plan.boundSeconds / rounds,
+            }),
+          });
+        }
+      }
+    }
+  }
+  return steps;
+}
+
 /** Prepares the files of one variant for `runtimes`; failures pre-fail the contestants. */
 async function prepareGroup(
   store: ModelStore,
@@ -341,17 +436,7 @@ export async function runComparison(options: CompareOptions): Promise<Comparison
         const probe = v.precision === "fp32" && v.sparsity === 0 &&
           !peakProbed.has(scenario.threads);
         const specsOf = (files: Map<ModelForm, PreparedFile>): ContestantSpec[] =>
-          runtimes.flatMap((runtime) =>
-            formsFor(runtime, v).map((form) => ({
-              runtime,
-              form,
-              path: files.get(form)?.path ?? "",
-              batch: scenario.batch,
-              seq: scenario.seq,
-              threads: scenario.threads,
-              instances: 1,
-            }))
-          );
+          latencySpecs(runtimes, v, scenario, files);
         const opts: GroupOptions = {
           ...groupBase,
           mode: "latency",

@@ -285,12 +285,15 @@ export async function measureGroup(
   return results;
 }
 
-/** Throughput assumed by the time estimate (fp32 FLOP/s per thread, conservative). */
-const EST_FLOPS_PER_THREAD = 40e9;
+/**
+ * Throughput assumed by the time estimate: FLOP/s per thread of a dense fp32 encoder (BERT-Base
+ * ran at about 78 per thread on the 2-core Zen 3 machine; this leaves margin).
+ */
+const EST_FLOPS_PER_THREAD = 60e9;
 
 /**
- * Rough seconds a group will take: loading (about 1.5 s per process plus reading the file;
- * DeepSparse also compiles), warm-up and calibration, and the rounds (a turn lasts at least one
+ * Rough seconds a group will take: loading (about 1.2 s per process plus 300 MB/s of model;
+ * DeepSparse also compiles, about 40 MB/s), warm-up and calibration, and the rounds (a turn lasts at least one
  * iteration). Used to skip steps that would end past the budget.
  */
 export function estimateGroupSeconds(
@@ -306,15 +309,18 @@ export function estimateGroupSeconds(
   let total = 0;
   for (const spec of specs) {
     const threads = spec.threads * spec.instances;
-    let iterS = (2 * encoderMacs(model, { ...scenario, batch: spec.batch }, density)) /
+    // DeepSparse's int8 is emulated on AVX2 and gains nothing from sparsity (measured about 3x
+    // its dense fp32 time at any sparsity).
+    const emulated = spec.runtime === "deepsparse" && spec.form !== "fp32";
+    const work = 2 * encoderMacs(model, { ...scenario, batch: spec.batch }, emulated ? 1 : density);
+    const iterS = (emulated ? 3 : 1) * work /
       (EST_FLOPS_PER_THREAD * Math.min(threads, spec.threads));
-    if (spec.runtime === "deepsparse" && spec.form !== "fp32") iterS *= 6; // emulated int8
     const params = model.layers *
         (4 * model.hidden ** 2 + 2 * model.hidden * model.intermediate) +
       30522 * model.hidden;
     const mb = (params * (spec.form === "fp32" ? 4 : 1)) / 1e6;
-    const compile = spec.runtime === "deepsparse" ? 3 + mb / 15 : 0;
-    const load = spec.instances * (1.5 + mb / 150) + compile;
+    const compile = spec.runtime === "deepsparse" ? 2 + mb / 40 : 0;
+    const load = spec.instances * (1.2 + mb / 300) + compile;
     const warm = (options.warmup + 2) * iterS + options.settleMs / 1000;
     const turn = options.mode === "latency"
       ? Math.max(options.roundMs / 1000, iterS) + options.settleMs / 1000 +

@@ -1,0 +1,391 @@
+/**
+ * Linear ops over weights that are already packed: the bytes the `ops/*` constructors write
+ * into native memory, produced here by the same kernel pack calls ({@linkcode packLinear}) and
+ * run here from any native region ({@linkcode PackedLinear}), e.g. a slice of a compiled model
+ * file read into memory. Nothing is repacked at load.
+ *
+ * The packing mirrors `ops/linear_f32.ts`, `ops/linear_i8.ts`, `ops/sparse_linear_f32.ts` and
+ * `ops/sparse_linear_i8.ts` call for call, so a {@linkcode PackedLinear} computes the same bits
+ * as the op of the same kind built from the same weight (tested in `tests/compiled_test.ts`).
+ *
+ * @module
+ */
+import { kernels } from "../ffi/library.ts";
+import { NativeBuffer } from "../ffi/memory.ts";
+import {
+  type Activation,
+  ACTIVATION_CODE,
+  checkForward,
+  type ForwardOptions,
+  type LinearOp,
+} from "../ops/linear.ts";
+import {
+  type ActivationQuantization,
+  checkStatus,
+  quantizeActivations,
+  type QuantizedActivations,
+  type QuantizedLinearWeight,
+  quantizeWeights,
+} from "../ops/quantize.ts";
+import type { DenseWeight } from "./weights.ts";
+
+/** The four linear kernel families. */
+export type KernelKind = "dense-f32" | "dense-i8" | "sparse-f32" | "sparse-i8";
+
+/** Every {@linkcode KernelKind}. */
+export const KERNEL_KINDS: readonly KernelKind[] = Object.freeze([
+  "dense-f32",
+  "dense-i8",
+  "sparse-f32",
+  "sparse-i8",
+]);
+
+/** The int8 form of a weight as the int8 ops take it, and how to quantize its activations. */
+export interface Int8Form {
+  /** Symmetric per-channel int8 weight with bias, or the fp32 weight (the op quantizes it). */
+  weight: QuantizedLinearWeight | DenseWeight;
+  /** Activation quantization for the op. */
+  activationQuantization: ActivationQuantization;
+}
+
+/**
+ * The int8 form of `weight`: its own symmetric int8 values when it has them (per-tensor scales
+ * broadcast per channel), else the fp32 weight (quantized per channel by the op). Asymmetric
+ * int8 weights are re-quantized from their dequantized values (the kernels take symmetric).
+ * Activations run per token unless the model was made for 7-bit per-tensor activations.
+ */
+export function int8Form(weight: DenseWeight): Int8Form {
+  const q = weight.quantized;
+  if (q === undefined) return { weight, activationQuantization: "per-token" };
+  const activationQuantization = q.granularity === "per-tensor" && q.activationQmax === 127
+    ? "per-tensor"
+    : "per-token";
+  if (q.zeroPoint !== null) return { weight, activationQuantization };
+  const scale = q.scale.length === weight.out
+    ? q.scale
+    : new Float32Array(weight.out).fill(q.scale[0]);
+  return {
+    weight: { out: weight.out, in: weight.in, weight: q.weight, scale, bias: weight.bias },
+    activationQuantization,
+  };
+}
+
+/** A packed weight: the native bytes a {@linkcode PackedLinear} runs from. */
+export interface PackedWeight {
+  /** Kernel family the bytes are packed for. */
+  kind: KernelKind;
+  /** Output features. */
+  out: number;
+  /** Input features. */
+  in: number;
+  /** Activation quantization (int8 kinds only). */
+  activationQuantization?: ActivationQuantization;
+  /** The packed bytes (64-byte aligned native memory, owned by the caller). */
+  buffer: NativeBuffer;
+}
+
+/**
+ * Packs `weight` for `kind` with the kernels' pack calls, exactly as the op of that kind does.
+ *
+ * @throws RangeError when the weight is too large for the format.
+ */
+export function packLinear(kind: KernelKind, weight: DenseWeight): PackedWeight {
+  const lib = kernels().symbols;
+  const n = BigInt(weight.out);
+  const k = BigInt(weight.in);
+  const tooLarge = (): RangeError =>
+    new RangeError(`Weight [${weight.out}, ${weight.in}] is too large to pack as ${kind}`);
+  if (kind === "dense-f32") {
+    const floats = Number(lib.sb_linear_f32_packed_len(n, k));
+    const buffer = new NativeBuffer(floats * 4);
+    lib.sb_linear_f32_pack(weight.weight, weight.bias ?? null, n, k, buffer.pointer);
+    return { kind, out: weight.out, in: weight.in, buffer };
+  }
+  if (kind === "sparse-f32") {
+    const bytes = Number(lib.sb_spmm_f32_packed_len(weight.weight, n, k));
+    if (bytes === 0) throw tooLarge();
+    const buffer = new NativeBuffer(bytes);
+    const status = lib.sb_spmm_f32_pack(
+      weight.weight,
+      weight.bias ?? null,
+      n,
+      k,
+      buffer.pointer,
+      BigInt(bytes),
+    );
+    checkStatus(status, "Packing the sparse fp32 weight");
+    return { kind, out: weight.out, in: weight.in, buffer };
+  }
+  if (kind !== "dense-i8" && kind !== "sparse-i8") {
+    throw new RangeError(`Unknown kernel kind "${kind}"`);
+  }
+  const form = int8Form(weight);
+  const q = form.weight.weight instanceof Int8Array
+    ? form.weight as QuantizedLinearWeight
+    : quantizeWeights(form.weight as DenseWeight);
+  const bytes = kind === "dense-i8"
+    ? Number(lib.sb_gemm_i8_packed_len(n, k))
+    : Number(lib.sb_spmm_i8_packed_len(q.weight, n, k));
+  if (bytes === 0) throw tooLarge();
+  const buffer = new NativeBuffer(bytes);
+  const pack = kind === "dense-i8" ? lib.sb_gemm_i8_pack : lib.sb_spmm_i8_pack;
+  const status = pack(q.weight, q.scale, q.bias ?? null, n, k, buffer.pointer, BigInt(bytes));
+  checkStatus(status, `Packing the ${kind} weight`);
+  return {
+    kind,
+    out: weight.out,
+    in: weight.in,
+    activationQuantization: form.activationQuantization,
+    buffer,
+  };
+}
+
+/** A reference-counted native region shared by several {@linkcode PackedLinear} ops. */
+export class SharedRegion implements Disposable {
+  #buffer: NativeBuffer;
+  #refs = 1;
+
+  /** Takes ownership of `buffer`; the creator holds the first reference. */
+  constructor(buffer: NativeBuffer) {
+    this.#buffer = buffer;
+  }
+
+  /** The region's base pointer; throws once freed. */
+  get pointer(): Deno.PointerObject {
+    if (this.#refs <= 0) throw new Error("Packed weights used after they were freed");
+    return this.#buffer.pointer;
+  }
+
+  /** Bytes in the region. */
+  get bytes(): number {
+    return this.#buffer.bytes;
+  }
+
+  /** The whole region as bytes (for reading it in). */
+  u8(): Uint8Array {
+    return this.#buffer.u8();
+  }
+
+  /** Adds a reference. */
+  retain(): void {
+    if (this.#refs <= 0) throw new Error("Packed weights used after they were freed");
+    this.#refs++;
+  }
+
+  /** Drops a reference; the memory is freed with the last one. */
+  [Symbol.dispose](): void {
+    if (this.#refs <= 0) return;
+    if (--this.#refs === 0) this.#buffer[Symbol.dispose]();
+  }
+}
+
+/** Where a {@linkcode PackedLinear}'s bytes are: a region and a 64-byte aligned slice of it. */
+export interface PackedSlice {
+  /** The owning region (retained by the op). */
+  region: SharedRegion;
+  /** Byte offset in the region (a multiple of 64). */
+  offset: number;
+  /** Bytes of the packed weight. */
+  bytes: number;
+}
+
+/** Shape and kernel of a {@linkcode PackedLinear}. */
+export interface PackedLinearOptions {
+  /** Kernel family the bytes were packed for. */
+  kind: KernelKind;
+  /** Output features. */
+  out: number;
+  /** Input features. */
+  in: number;
+  /** Activation fused into the epilogue; default `"none"`. */
+  activation?: Activation;
+  /** Activation quantization of the int8 kinds; default `"per-token"`. */
+  activationQuantization?: ActivationQuantization;
+}
+
+/**
+ * A linear op running one of the four kernels from already packed bytes. Same interface and
+ * results as the `ops/*` op of the same kind.
+ */
+export class PackedLinear implements LinearOp {
+  /** Kernel family. */
+  readonly kind: KernelKind;
+  /** Input features K. */
+  readonly inFeatures: number;
+  /** Output features N. */
+  readonly outFeatures: number;
+  /** Activation fused into the epilogue. */
+  readonly activation: Activation;
+  /** Activation quantization (int8 kinds). */
+  readonly activationQuantization: ActivationQuantization;
+  #slice: PackedSlice | null;
+  #pointer: Deno.PointerObject;
+  #f32 = new Float32Array(0);
+  #q: QuantizedActivations | undefined;
+
+  /**
+   * Runs from `slice` (retained until disposal).
+   *
+   * @throws RangeError on an unknown kind or activation, a bad shape or a misaligned slice.
+   */
+  constructor(slice: PackedSlice, options: PackedLinearOptions) {
+    const { kind, out, in: inFeatures } = options;
+    if (!KERNEL_KINDS.includes(kind)) throw new RangeError(`Unknown kernel kind "${kind}"`);
+    if (!Number.isInteger(out) || out < 1 || !Number.isInteger(inFeatures) || inFeatures < 1) {
+      throw new RangeError(`A packed linear needs positive sizes, got [${out}, ${inFeatures}]`);
+    }
+    this.activation = options.activation ?? "none";
+    if (!(this.activation in ACTIVATION_CODE)) {
+      throw new RangeError(`Unknown activation "${this.activation}"`);
+    }
+    this.activationQuantization = options.activationQuantization ?? "per-token";
+    if (
+      this.activationQuantization !== "per-token" && this.activationQuantization !== "per-tensor"
+    ) {
+      throw new RangeError(`Unknown activation quantization "${this.activationQuantization}"`);
+    }
+    const { region, offset, bytes } = slice;
+    if (
+      !Number.isInteger(offset) || offset % 64 !== 0 || !Number.isInteger(bytes) || bytes < 1 ||
+      offset + bytes > region.bytes
+    ) {
+      throw new RangeError(
+        `Packed slice [${offset}, ${
+          offset + bytes
+        }) is misaligned or outside its ${region.bytes}-byte region`,
+      );
+    }
+    if (kind === "dense-f32") {
+      const need = 4 * Number(
+        kernels().symbols.sb_linear_f32_packed_len(
+          BigInt(out),
+          BigInt(inFeatures),
+        ),
+      );
+      if (need !== bytes) {
+        throw new RangeError(
+          `A dense-f32 [${out}, ${inFeatures}] weight packs to ${need} bytes, got ${bytes}`,
+        );
+      }
+    } else if (kind === "dense-i8") {
+      const need = Number(kernels().symbols.sb_gemm_i8_packed_len(BigInt(out), BigInt(inFeatures)));
+      if (need !== bytes) {
+        throw new RangeError(
+          `A dense-i8 [${out}, ${inFeatures}] weight packs to ${need} bytes, got ${bytes}`,
+        );
+      }
+    }
+    this.kind = kind;
+    this.outFeatures = out;
+    this.inFeatures = inFeatures;
+    region.retain();
+    this.#slice = slice;
+    this.#pointer = Deno.UnsafePointer.create(
+      Deno.UnsafePointer.value(region.pointer) + BigInt(offset),
+    )!;
+  }
+
+  /** Bytes of packed weights. */
+  get packedBytes(): number {
+    return this.#slice?.bytes ?? 0;
+  }
+
+  /** Y [m, out] = act(X [m, in] W^T + b) + residual. */
+  forward(x: Float32Array, m: number, options: ForwardOptions = {}): Float32Array {
+    const slice = this.#slice;
+    if (slice === null) throw new Error(`The ${this.kind} linear was used after it was disposed`);
+    const out = checkForward(this, x, m, options);
+    const lib = kernels().symbols;
+    const act = ACTIVATION_CODE[this.activation];
+    const residual = options.residual ?? null;
+    const bytes = BigInt(slice.bytes);
+    const what = `${this.kind} linear [${m}, ${this.inFeatures}] -> ${this.outFeatures}`;
+    switch (this.kind) {
+      case "dense-f32":
+        lib.sb_linear_f32(
+          x,
+          BigInt(m),
+          BigInt(this.inFeatures),
+          this.#pointer,
+          BigInt(this.outFeatures),
+          residual,
+          out,
+          act,
+        );
+        break;
+      case "sparse-f32": {
+        const floats = Number(lib.sb_pack_f32_len(BigInt(m), BigInt(this.inFeatures)));
+        if (this.#f32.length < floats) this.#f32 = new Float32Array(floats);
+        lib.sb_pack_f32(x, BigInt(m), BigInt(this.inFeatures), this.#f32);
+        checkStatus(
+          lib.sb_spmm_f32(this.#pointer, bytes, this.#f32, BigInt(m), residual, out, act),
+          what,
+        );
+        break;
+      }
+      case "dense-i8": {
+        const q = this.#quantize(x, m, "rows");
+        checkStatus(
+          lib.sb_gemm_i8(
+            this.#pointer,
+            bytes,
+            q.data,
+            BigInt(q.stride),
+            BigInt(m),
+            q.scale,
+            q.zeroPoint,
+            residual,
+            out,
+            0,
+            1,
+            0,
+            127,
+            act,
+          ),
+          what,
+        );
+        break;
+      }
+      case "sparse-i8": {
+        const q = this.#quantize(x, m, "packed");
+        checkStatus(
+          lib.sb_spmm_i8(
+            this.#pointer,
+            bytes,
+            q.data,
+            BigInt(m),
+            q.scale,
+            q.zeroPoint,
+            residual,
+            out,
+            0,
+            1,
+            0,
+            127,
+            act,
+          ),
+          what,
+        );
+        break;
+      }
+    }
+    return out;
+  }
+
+  #quantize(x: Float32Array, m: number, layout: "rows" | "packed"): QuantizedActivations {
+    this.#q = quantizeActivations(x, m, this.inFeatures, {
+      mode: this.activationQuantization,
+      layout,
+      into: this.#q,
+    });
+    return this.#q;
+  }
+
+  /** Releases this op's reference to the packed region. Idempotent. */
+  [Symbol.dispose](): void {
+    if (this.#slice === null) return;
+    const region = this.#slice.region;
+    this.#slice = null;
+    region[Symbol.dispose]();
+  }
+}
