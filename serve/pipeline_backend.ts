@@ -45,9 +45,10 @@ export const QA_MAX_ANSWER = 15;
 export const QA_MAX_QUESTION = 64;
 
 /**
- * The linear-layer factory for a kernel choice: `auto` and `dense-f32` keep the pipeline's
- * default (dense fp32; an int8 ONNX file runs on its dequantized weights), the others build
- * every layer with that op (the int8 ops quantize the weights per output channel).
+ * The linear-layer factory for a forced kernel choice: `dense-f32` keeps the pipeline's default
+ * (dense fp32; an int8 ONNX file runs on its dequantized weights), the others build every layer
+ * with that op (the int8 ops quantize the weights per output channel). `auto` is handled by the
+ * per-layer chooser in {@linkcode buildPipeline}.
  */
 export function linearFactory(kernel: KernelChoice): LinearFactory | undefined {
   switch (kernel) {
@@ -84,14 +85,22 @@ export async function buildPipeline(
   model: string,
   options: BuildPipelineOptions,
 ): Promise<PipelineBase> {
-  const loaded = await loadModel(model, { maxLength: options.maxLength });
+  // `auto`: the per-layer chooser (int8 kernels where the file has int8 weights, sparse
+  // kernels where they measure faster); a compiled model brings its own choice.
+  const loaded = await loadModel(model, {
+    maxLength: options.maxLength,
+    kernels: options.kernel === "auto" ? { precision: "auto" } : undefined,
+  });
   if (options.tokenizer !== null) {
     loaded.tokenizer = await BertTokenizer.fromFile(options.tokenizer, {
       maxLength: options.maxLength,
     });
     loaded.weights.source.tokenizer = options.tokenizer;
   }
-  return await pipeline(task, loaded, { linear: linearFactory(options.kernel) });
+  const linear = options.kernel === "auto" ? loaded.linear : linearFactory(options.kernel);
+  const pipe = await pipeline(task, loaded, { linear });
+  await loaded.saveKernelCache?.();
+  return pipe;
 }
 
 function countKernels(pipe: PipelineBase): Record<string, number> {
