@@ -33,6 +33,26 @@ export {
   type LinearWeight,
 } from "./ops/linear.ts";
 export { LinearF32 } from "./ops/linear_f32.ts";
+export { LinearI8, type LinearI8Options, type RequantizeOptions } from "./ops/linear_i8.ts";
+export { SparseLinearI8 } from "./ops/sparse_linear_i8.ts";
+export { SparseLinearF32 } from "./ops/sparse_linear_f32.ts";
+export {
+  ACTIVATION_QMAX,
+  packActivations,
+  quantizeActivations,
+  type QuantizedActivations,
+  type QuantizedLinearWeight,
+  type QuantizeOptions,
+  quantizeWeights,
+} from "./ops/quantize.ts";
+export {
+  pruneBlocks4x1,
+  pruneUnstructured,
+  randomBlockSparse,
+  type RandomPatternOptions,
+  type SparsityStats,
+  sparsityStats,
+} from "./ops/sparsity.ts";
 export { layerNorm, type LayerNormOptions, type LayerNormWeight } from "./ops/layernorm.ts";
 export {
   Attention,

@@ -211,11 +211,11 @@ pub fn quantizeRows(
 }
 
 fn tensorParams(ctx: *Ctx) Error!Params {
-    // The range pass splits by rows over the same threads as the work pass.
+    // The range pass splits by rows; slots no thread ran keep the neutral range.
+    @memset(ctx.ranges, Range{ .min = 0, .max = 0, .nan = false });
     pool.parallel(Ctx, ctx, rangeWork);
     var total = Range{ .min = 0, .max = 0, .nan = false };
-    const used = @min(pool.threadCount(), ctx.m);
-    for (ctx.ranges[0..@max(used, 1)]) |r| {
+    for (ctx.ranges) |r| {
         total.min = @min(total.min, r.min);
         total.max = @max(total.max, r.max);
         total.nan = total.nan or r.nan;

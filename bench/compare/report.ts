@@ -120,6 +120,10 @@ export function bestOf(g: LatencyGroupResult, runtime: RuntimeName): ContestantR
   return ok[0] ?? null;
 }
 
+function formLabel(form: ModelForm): string {
+  return form === "fp32" ? "fp32" : `int8 (${shortForm(form)})`;
+}
+
 function shortForm(form: ModelForm): string {
   return form === "fp32" ? "" : form.replace("int8-", "");
 }
@@ -295,23 +299,32 @@ export function renderMarkdown(
   if (r.bound.length > 0) {
     out.push("");
     out.push("### Throughput under a latency bound");
+    out.push("");
+    out.push(
+      "The most items/s with p90 within the stated bound per call, trying instances x threads " +
+        "per instance (processes for sparsebert and ORT (node), streams of one process for the " +
+        "Python peers), each runtime on its fastest precision and layout for those weights " +
+        "from the latency tables.",
+    );
     for (const b of r.bound) {
+      const batches = [...new Set(b.contestants.map((c) => c.spec.batch))].join(", ");
       out.push("");
       out.push(
-        `**${modelDef(b.model).label.split(" (")[0]}**, ${
-          variantLabel(b.variant)
-        }, seq ${b.seq}: ` +
-          `the most items/s with p90 <= ${b.boundMs} ms per call, trying instances x threads ` +
-          `(and batch sizes ${[...new Set(b.contestants.map((c) => c.spec.batch))].join(", ")}).` +
+        `**${modelDef(b.model).label.split(" (")[0]}**, ${b.weights}, seq ${b.seq}, batch ` +
+          `${batches}: p90 bound ${b.boundMs} ms.` +
           (b.skipped ? ` Partly skipped: ${b.skipped}.` : ""),
       );
       out.push("");
-      out.push("| runtime | best under bound | items/s | p90 ms | every configuration tried |");
+      out.push(
+        "| runtime | best within the bound | items/s | p90 ms | every configuration tried |",
+      );
       out.push("| --- | --- | --- | --- | --- |");
       for (const rt of ran) {
         const best = b.best[rt];
         const tried = b.contestants.filter((c) => c.spec.runtime === rt).map((c) => {
-          const conf = `${c.spec.instances}x${c.spec.threads} b${c.spec.batch}`;
+          const conf = `${c.spec.instances}x${c.spec.threads} b${c.spec.batch} ${
+            formLabel(c.spec.form)
+          }`;
           if (c.status === "ok") {
             return `${conf}: ${rate(c.stats!.itemsPerS)}/s p90 ${ms(c.stats!.p90)}`;
           }
@@ -320,16 +333,12 @@ export function renderMarkdown(
           if (!footnotes.has(key)) footnotes.set(key, footnotes.size + 1);
           return `${conf}: failed [${footnotes.get(key)}]`;
         });
+        const bestText = best
+          ? `${best.instances}x${best.threads}, batch ${best.batch}, ${formLabel(best.form)}`
+          : "none within the bound";
         out.push(
-          `| ${RUNTIME_LABELS[rt]} | ${
-            best
-              ? `${best.instances}x${best.threads}, batch ${best.batch}${
-                best.form === "fp32" ? "" : ` (${shortForm(best.form)})`
-              }`
-              : "none within the bound"
-          } | ${best ? rate(best.itemsPerS) : "-"} | ${best ? ms(best.p90) : "-"} | ${
-            escapeCell(tried.join("; "))
-          } |`,
+          `| ${RUNTIME_LABELS[rt]} | ${bestText} | ${best ? rate(best.itemsPerS) : "-"} | ` +
+            `${best ? ms(best.p90) : "-"} | ${escapeCell(tried.join("; "))} |`,
         );
       }
     }

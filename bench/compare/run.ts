@@ -17,8 +17,11 @@ import { physicalCores } from "../../ffi/library.ts";
 import { readPeerSetupStatus } from "../peers/mod.ts";
 import type { ContestantSpec } from "./contestants.ts";
 import {
+  type BoundBlock,
   checkPlan,
+  type InstanceConfig,
   INT8_FORMS,
+  type LatencyBlock,
   MODEL_FORMS,
   type ModelDef,
   modelDef,
@@ -109,6 +112,8 @@ export interface BoundGroupResult {
   variant: Variant;
   /** Variant key. */
   variantKey: string;
+  /** The weights, e.g. `90% 4x1 weights` (each runtime runs its fastest precision on them). */
+  weights: string;
   /** Sequence length. */
   seq: number;
   /** p90 bound per call (ms). */
@@ -250,10 +255,6 @@ function formsFor(runtime: RuntimeName, v: Variant): readonly ModelForm[] {
   return v.precision === "fp32" ? ["fp32"] : INT8_FORMS[runtime];
 }
 
-function density(v: Variant): number {
-  return 1 - v.sparsity;
-}
-
 function fileRecord(f: PreparedFile): FileRecord {
   return {
     form: f.form,
@@ -269,24 +270,164 @@ function skippedResults(specs: ContestantSpec[], why: string): ContestantResult[
   return specs.map((spec) => ({ id: contestantId(spec), spec, status: "skipped", error: why }));
 }
 
-/** The contestants of a latency group: every runtime x every form it gets for `v`. */
-function latencySpecs(
+/** A contestant to be, with the variant whose file it loads. */
+interface Entry {
+  /** The spec (path filled in once the file is prepared). */
+  spec: ContestantSpec;
+  /** The variant of the file. */
+  variant: Variant;
+}
+
+/** One step of a run, in run order. */
+type Step =
+  | { kind: "latency"; block: LatencyBlock; scenario: Scenario; variant: Variant }
+  | { kind: "bound"; block: BoundBlock };
+
+/** Latency steps in plan order; each bound block right after its model's last latency step. */
+function planSteps(plan: Plan): Step[] {
+  const steps: Step[] = [];
+  for (const block of plan.latency) {
+    for (const scenario of block.scenarios) {
+      for (const variant of block.variants) {
+        steps.push({ kind: "latency", block, scenario, variant });
+      }
+    }
+  }
+  for (const block of plan.bound) {
+    let at = -1;
+    steps.forEach((s, i) => {
+      if (s.kind === "latency" && s.block.model === block.model) at = i;
+    });
+    if (at < 0) steps.push({ kind: "bound", block });
+    else {
+      while (at + 1 < steps.length && steps[at + 1].kind === "bound") at++;
+      steps.splice(at + 1, 0, { kind: "bound", block });
+    }
+  }
+  return steps;
+}
+
+/** The fastest ok contestant of `runtime` among `groups`, or null. */
+function fastest(groups: LatencyGroupResult[], runtime: RuntimeName): ContestantResult | null {
+  let best: ContestantResult | null = null;
+  for (const g of groups) {
+    for (const c of g.contestants) {
+      if (c.spec.runtime !== runtime || c.status !== "ok") continue;
+      if (best === null || c.stats!.p50 < best.stats!.p50) best = c;
+    }
+  }
+  return best;
+}
+
+/**
+ * The int8 layouts a runtime gets in a latency group: every one it accepts, or with `best`
+ * its fastest on an earlier int8 group of the model (same variant and scenario, else same
+ * variant, else same scenario, else any).
+ */
+function int8FormsFor(
+  latency: LatencyGroupResult[],
+  block: LatencyBlock,
+  runtime: RuntimeName,
+  v: Variant,
+  scenario: Scenario,
+): readonly ModelForm[] {
+  const all = INT8_FORMS[runtime];
+  if (block.forms !== "best" || all.length === 1) return all;
+  const int8 = latency.filter((g) =>
+    g.model === block.model && g.variant.precision === "int8" && !g.skipped
+  );
+  const key = variantKey(v);
+  const sk = scenarioKey(scenario);
+  const tiers = [
+    int8.filter((g) => g.variantKey === key && g.scenarioKey === sk),
+    int8.filter((g) => g.variantKey === key),
+    int8.filter((g) => g.scenarioKey === sk),
+    int8,
+  ];
+  for (const groups of tiers) {
+    const c = fastest(groups, runtime);
+    if (c) return [c.spec.form];
+  }
+  return all;
+}
+
+/** Entries of a latency group: every runtime x every layout it gets for `v`. */
+function latencyEntries(
+  latency: LatencyGroupResult[],
+  block: LatencyBlock,
   runtimes: RuntimeName[],
   v: Variant,
   scenario: Scenario,
-  files: Map<ModelForm, PreparedFile>,
-): ContestantSpec[] {
-  return runtimes.flatMap((runtime) =>
-    formsFor(runtime, v).map((form) => ({
-      runtime,
-      form,
-      path: files.get(form)?.path ?? "",
-      batch: scenario.batch,
-      seq: scenario.seq,
-      threads: scenario.threads,
-      instances: 1,
-    }))
+): Entry[] {
+  return runtimes.flatMap((runtime) => {
+    const forms = v.precision === "fp32"
+      ? ["fp32" as const]
+      : int8FormsFor(latency, block, runtime, v, scenario);
+    return forms.map((form) => ({
+      variant: v,
+      spec: {
+        runtime,
+        form,
+        path: "",
+        batch: scenario.batch,
+        seq: scenario.seq,
+        threads: scenario.threads,
+        instances: 1,
+      },
+    }));
+  });
+}
+
+/**
+ * The precision and layout a runtime runs in the bound search on the weights of `w`: its
+ * fastest in the latency groups of the same model, weights, sequence length and batch (at the
+ * highest thread count measured), else `w`'s precision with its first layout.
+ */
+function boundChoice(
+  latency: LatencyGroupResult[],
+  model: string,
+  w: Variant,
+  seq: number,
+  batch: number,
+  runtime: RuntimeName,
+): { variant: Variant; form: ModelForm } {
+  const same = latency.filter((g) =>
+    g.model === model && g.variant.sparsity === w.sparsity && g.variant.pattern === w.pattern &&
+    g.scenario.seq === seq && g.scenario.batch === batch && !g.skipped
   );
+  const threads = Math.max(0, ...same.map((g) => g.scenario.threads));
+  const c = fastest(same.filter((g) => g.scenario.threads === threads), runtime);
+  if (c) {
+    const precision = c.spec.form === "fp32" ? "fp32" : "int8";
+    return { variant: { ...w, precision }, form: c.spec.form };
+  }
+  return { variant: w, form: formsFor(runtime, w)[0] };
+}
+
+/** Entries of one bound configuration. */
+function boundEntries(
+  latency: LatencyGroupResult[],
+  block: BoundBlock,
+  runtimes: RuntimeName[],
+  w: Variant,
+  batch: number,
+  config: InstanceConfig,
+): Entry[] {
+  return runtimes.map((runtime) => {
+    const choice = boundChoice(latency, block.model, w, block.seq, batch, runtime);
+    return {
+      variant: choice.variant,
+      spec: {
+        runtime,
+        form: choice.form,
+        path: "",
+        batch,
+        seq: block.seq,
+        threads: config.threads,
+        instances: config.instances,
+      },
+    };
+  });
 }
 
 /** One step of a plan with its time estimate (see {@linkcode estimatePlan}). */
@@ -299,101 +440,176 @@ export interface PlanStep {
   estimateS: number;
 }
 
-/**
- * The steps of a plan in run order with their estimated seconds (model preparation excluded:
- * it happens once and is cached). The estimate assumes 40 GFLOP/s per thread; use it to size
- * a plan, the budget check at run time uses the same numbers.
- */
-export function estimatePlan(plan: Plan, runtimes: RuntimeName[]): PlanStep[] {
-  checkPlan(plan);
-  const steps: PlanStep[] = [];
-  const base = {
-    rounds: plan.rounds,
-    roundMs: plan.roundMs,
+function latencyOptions(plan: Plan, block: LatencyBlock): Pick<
+  GroupOptions,
+  "mode" | "rounds" | "roundMs" | "turnSeconds" | "warmup" | "settleMs"
+> {
+  return {
+    mode: "latency",
+    rounds: block.rounds ?? plan.rounds,
+    roundMs: block.roundMs ?? plan.roundMs,
+    turnSeconds: 0,
     warmup: plan.warmup,
     settleMs: plan.settleMs,
   };
-  for (const block of plan.latency) {
-    const model = modelDef(block.model);
-    for (const scenario of block.scenarios) {
-      for (const v of block.variants) {
-        const specs = latencySpecs(runtimes, v, scenario, new Map());
-        steps.push({
-          label: `${model.key} ${variantLabel(v)} ${scenarioKey(scenario)}`,
-          contestants: specs.length,
-          estimateS: estimateGroupSeconds(model, scenario, density(v), specs, {
-            ...base,
-            mode: "latency",
-            turnSeconds: 0,
-          }),
-        });
-      }
+}
+
+function boundOptions(plan: Plan): Pick<
+  GroupOptions,
+  "mode" | "rounds" | "roundMs" | "turnSeconds" | "warmup" | "settleMs"
+> {
+  const rounds = Math.max(1, Math.min(2, plan.rounds));
+  return {
+    mode: "throughput",
+    rounds,
+    roundMs: plan.roundMs,
+    turnSeconds: plan.boundSeconds / rounds,
+    warmup: plan.warmup,
+    settleMs: plan.settleMs,
+  };
+}
+
+function density(v: Variant): number {
+  return 1 - v.sparsity;
+}
+
+/**
+ * The steps of a plan in run order with their estimated seconds (model preparation excluded:
+ * it happens once and is cached). Groups with `forms: "best"` are estimated with every layout.
+ */
+export function estimatePlan(plan: Plan, runtimes: RuntimeName[]): PlanStep[] {
+  checkPlan(plan);
+  const out: PlanStep[] = [];
+  for (const step of planSteps(plan)) {
+    const model = modelDef(step.block.model);
+    if (step.kind === "latency") {
+      const { block, scenario, variant: v } = step;
+      const specs = latencyEntries([], { ...block, forms: "all" }, runtimes, v, scenario).map((e) =>
+        e.spec
+      );
+      const best = block.forms === "best" && v.precision === "int8"
+        ? runtimes.map((r) => specs.find((s) => s.runtime === r)!).filter(Boolean)
+        : specs;
+      out.push({
+        label: `${model.key} ${variantLabel(v)} ${scenarioKey(scenario)}`,
+        contestants: best.length,
+        estimateS: estimateGroupSeconds(
+          model,
+          scenario,
+          density(v),
+          best,
+          latencyOptions(plan, block),
+        ),
+      });
+      continue;
     }
-  }
-  for (const block of plan.bound) {
-    const model = modelDef(block.model);
-    const rounds = Math.max(1, Math.min(2, plan.rounds));
-    for (const v of block.variants) {
+    const { block } = step;
+    for (const w of block.variants) {
       for (const batch of block.batches) {
         for (const config of block.configs) {
-          const scenario = { seq: block.seq, batch, threads: config.threads };
-          const specs = runtimes.map((runtime) => ({
-            runtime,
-            form: formsFor(runtime, v)[0],
-            path: "",
-            batch,
-            seq: block.seq,
-            threads: config.threads,
-            instances: config.instances,
-          }));
-          steps.push({
-            label: `bound ${model.key} ${variantLabel(v)} s${block.seq} b${batch} ` +
+          const specs = boundEntries([], block, runtimes, w, batch, config).map((e) => e.spec);
+          out.push({
+            label: `bound ${model.key} ${weightsLabel(w)} s${block.seq} b${batch} ` +
               `${config.instances}x${config.threads}`,
             contestants: specs.length,
-            estimateS: estimateGroupSeconds(model, scenario, density(v), specs, {
-              ...base,
-              rounds,
-              mode: "throughput",
-              turnSeconds: plan.boundSeconds / rounds,
-            }),
+            estimateS: estimateGroupSeconds(
+              model,
+              { seq: block.seq, batch, threads: config.threads },
+              density(w),
+              specs,
+              boundOptions(plan),
+            ),
           });
         }
       }
     }
   }
-  return steps;
+  return out;
 }
 
-/** Prepares the files of one variant for `runtimes`; failures pre-fail the contestants. */
-async function prepareGroup(
+/** `dense weights` or `90% 4x1 weights`. */
+export function weightsLabel(w: Variant): string {
+  return w.sparsity === 0
+    ? "dense weights"
+    : `${Math.round(w.sparsity * 100)}% ${w.pattern} weights`;
+}
+
+/** Prepares the file of every entry; failures pre-fail the contestants that need the file. */
+async function prepareEntries(
   store: ModelStore,
   model: ModelDef,
-  v: Variant,
-  specsOf: (files: Map<ModelForm, PreparedFile>) => ContestantSpec[],
-  runtimes: RuntimeName[],
+  entries: Entry[],
   errors: string[],
 ): Promise<{ specs: ContestantSpec[]; files: FileRecord[]; pre: Map<number, ContestantResult> }> {
-  const forms = [...new Set(runtimes.flatMap((r) => formsFor(r, v)))];
-  const files = new Map<ModelForm, PreparedFile>();
-  const formErrors = new Map<ModelForm, string>();
-  for (const form of forms) {
-    try {
-      files.set(form, await store.file(model, v, form));
-    } catch (err) {
-      const msg = (err as Error).message;
-      formErrors.set(form, msg);
-      if (!errors.includes(msg)) errors.push(msg);
+  const files = new Map<string, PreparedFile>();
+  const failures = new Map<string, string>();
+  const pre = new Map<number, ContestantResult>();
+  const specs: ContestantSpec[] = [];
+  for (const [i, e] of entries.entries()) {
+    const key = `${variantKey(e.variant)}|${e.spec.form}`;
+    if (!files.has(key) && !failures.has(key)) {
+      try {
+        files.set(key, await store.file(model, e.variant, e.spec.form));
+      } catch (err) {
+        const msg = (err as Error).message;
+        failures.set(key, msg);
+        if (!errors.includes(msg)) errors.push(msg);
+      }
+    }
+    const spec = { ...e.spec, path: files.get(key)?.path ?? "" };
+    specs.push(spec);
+    const failure = failures.get(key);
+    if (failure !== undefined) {
+      pre.set(i, {
+        id: contestantId(spec),
+        spec,
+        status: "failed",
+        stage: "prepare",
+        error: failure,
+      });
     }
   }
-  const specs = specsOf(files);
-  const pre = new Map<number, ContestantResult>();
-  specs.forEach((spec, i) => {
-    const e = formErrors.get(spec.form);
-    if (e !== undefined) {
-      pre.set(i, { id: contestantId(spec), spec, status: "failed", stage: "prepare", error: e });
-    }
-  });
   return { specs, files: [...files.values()].map(fileRecord), pre };
+}
+
+/**
+ * Prepares every model file a plan can need (every layout of every variant), without
+ * measuring anything, so that a first run's preparation does not eat its time budget.
+ * Returns the files, and the failures as messages.
+ */
+export async function prepareModels(
+  plan: Plan,
+  runtimes: RuntimeName[],
+  options: { modelsDir?: string; log?: (line: string) => void } = {},
+): Promise<{ files: FileRecord[]; errors: string[] }> {
+  checkPlan(plan);
+  const store = new ModelStore({ dir: options.modelsDir, log: options.log });
+  const files: FileRecord[] = [];
+  const errors: string[] = [];
+  const seen = new Set<string>();
+  const wants: [string, Variant][] = [
+    ...plan.latency.flatMap((b) => b.variants.map((v) => [b.model, v] as [string, Variant])),
+    ...plan.bound.flatMap((b) =>
+      b.variants.flatMap((w) => [
+        [b.model, { ...w, precision: "fp32" }] as [string, Variant],
+        [b.model, { ...w, precision: "int8" }] as [string, Variant],
+      ])
+    ),
+  ];
+  for (const [key, v] of wants) {
+    const model = modelDef(key);
+    for (const form of new Set(runtimes.flatMap((r) => formsFor(r, v)))) {
+      const id = `${key}|${variantKey(v)}|${form}`;
+      if (seen.has(id)) continue;
+      seen.add(id);
+      try {
+        files.push(fileRecord(await store.file(model, v, form)));
+      } catch (err) {
+        errors.push((err as Error).message);
+      }
+    }
+  }
+  return { files, errors };
 }
 
 /** Runs a plan. Never throws for a runtime's failure: failures are in the result. */
@@ -417,139 +633,100 @@ export async function runComparison(options: CompareOptions): Promise<Comparison
   const preparationErrors: string[] = [];
   const machine = await machineInfo();
   const setup = await readPeerSetupStatus(options.venvRoot).catch(() => null);
-  const groupBase = {
-    warmup: plan.warmup,
-    settleMs: plan.settleMs,
-    memo,
-    log,
-  };
   const latency: LatencyGroupResult[] = [];
   const bound: BoundGroupResult[] = [];
   const peakProbed = new Set<number>();
+  const overBudget = (estimate: number): string | null =>
+    elapsed() + estimate > plan.budgetS
+      ? `time budget: ${Math.round(elapsed())} s spent, this step needs about ` +
+        `${Math.round(estimate)} s of the ${Math.round(plan.budgetS)} s budget`
+      : null;
 
-  for (const block of plan.latency) {
-    const model = modelDef(block.model);
-    for (const scenario of block.scenarios) {
-      for (const v of block.variants) {
-        const t0 = performance.now();
-        const head = `${model.key} ${variantLabel(v)} ${scenarioKey(scenario)}`;
-        const probe = v.precision === "fp32" && v.sparsity === 0 &&
-          !peakProbed.has(scenario.threads);
-        const specsOf = (files: Map<ModelForm, PreparedFile>): ContestantSpec[] =>
-          latencySpecs(runtimes, v, scenario, files);
-        const opts: GroupOptions = {
-          ...groupBase,
-          mode: "latency",
-          rounds: plan.rounds,
-          roundMs: plan.roundMs,
-          turnSeconds: 0,
-          start: { venvRoot: options.venvRoot, sparseThreshold, probePeak: probe },
-        };
-        const estimate = estimateGroupSeconds(
-          model,
-          scenario,
-          density(v),
-          specsOf(new Map()),
-          opts,
-        );
-        const result: LatencyGroupResult = {
-          model: model.key,
-          variant: v,
-          variantKey: variantKey(v),
-          scenario,
-          scenarioKey: scenarioKey(scenario),
-          files: [],
-          contestants: [],
-          elapsedS: 0,
-        };
-        if (elapsed() + estimate > plan.budgetS) {
-          result.skipped = `time budget: ${Math.round(elapsed())} s spent, this group needs ` +
-            `about ${Math.round(estimate)} s of the ${Math.round(plan.budgetS)} s budget`;
-          result.contestants = skippedResults(specsOf(new Map()), result.skipped);
-          log(`skip ${head}: ${result.skipped}`);
-          latency.push(result);
-          continue;
-        }
-        log(`${head} (about ${Math.round(estimate)} s)`);
-        const prep = await prepareGroup(store, model, v, specsOf, runtimes, preparationErrors);
-        result.files = prep.files;
-        result.contestants = await measureGroup(prep.specs, opts, prep.pre);
-        if (probe) {
-          const sb = result.contestants.find((c) => c.spec.runtime === "sparsebert");
-          if (sb?.info?.config.peak_f32_gflops !== undefined) peakProbed.add(scenario.threads);
-        }
-        result.elapsedS = (performance.now() - t0) / 1000;
-        latency.push(result);
-      }
-    }
-  }
-
-  for (const block of plan.bound) {
-    const model = modelDef(block.model);
-    const boundMs = options.boundMs ?? block.boundMs ?? model.boundMs;
-    for (const v of block.variants) {
+  for (const step of planSteps(plan)) {
+    const model = modelDef(step.block.model);
+    if (step.kind === "latency") {
+      const { block, scenario, variant: v } = step;
       const t0 = performance.now();
-      const result: BoundGroupResult = {
+      const head = `${model.key} ${variantLabel(v)} ${scenarioKey(scenario)}`;
+      const probe = v.precision === "fp32" && v.sparsity === 0 &&
+        !peakProbed.has(scenario.threads);
+      const entries = latencyEntries(latency, block, runtimes, v, scenario);
+      const opts: GroupOptions = {
+        ...latencyOptions(plan, block),
+        memo,
+        log,
+        start: { venvRoot: options.venvRoot, sparseThreshold, probePeak: probe },
+      };
+      const specs0 = entries.map((e) => e.spec);
+      const estimate = estimateGroupSeconds(model, scenario, density(v), specs0, opts);
+      const result: LatencyGroupResult = {
         model: model.key,
         variant: v,
         variantKey: variantKey(v),
+        scenario,
+        scenarioKey: scenarioKey(scenario),
+        files: [],
+        contestants: [],
+        elapsedS: 0,
+      };
+      const skip = overBudget(estimate);
+      if (skip !== null) {
+        result.skipped = skip;
+        result.contestants = skippedResults(specs0, skip);
+        log(`skip ${head}: ${skip}`);
+        latency.push(result);
+        continue;
+      }
+      log(`${head} (about ${Math.round(estimate)} s)`);
+      const prep = await prepareEntries(store, model, entries, preparationErrors);
+      result.files = prep.files;
+      result.contestants = await measureGroup(prep.specs, opts, prep.pre);
+      if (probe) {
+        const sb = result.contestants.find((c) => c.spec.runtime === "sparsebert");
+        if (sb?.info?.config.peak_f32_gflops !== undefined) peakProbed.add(scenario.threads);
+      }
+      result.elapsedS = (performance.now() - t0) / 1000;
+      latency.push(result);
+      continue;
+    }
+    const { block } = step;
+    const boundMs = options.boundMs ?? block.boundMs ?? model.boundMs;
+    for (const w of block.variants) {
+      const t0 = performance.now();
+      const result: BoundGroupResult = {
+        model: model.key,
+        variant: w,
+        variantKey: variantKey(w),
+        weights: weightsLabel(w),
         seq: block.seq,
         boundMs,
         contestants: [],
         best: {},
         elapsedS: 0,
       };
-      const rounds = Math.max(1, Math.min(2, plan.rounds));
       for (const batch of block.batches) {
         for (const config of block.configs) {
-          const scenario = { seq: block.seq, batch, threads: config.threads };
-          const specsOf = (files: Map<ModelForm, PreparedFile>): ContestantSpec[] =>
-            runtimes.map((runtime) => {
-              const form = bestForm(latency, model.key, v, scenario, runtime);
-              return {
-                runtime,
-                form,
-                path: files.get(form)?.path ?? "",
-                batch,
-                seq: block.seq,
-                threads: config.threads,
-                instances: config.instances,
-              };
-            });
+          const entries = boundEntries(latency, block, runtimes, w, batch, config);
           const opts: GroupOptions = {
-            ...groupBase,
-            mode: "throughput",
-            rounds,
-            roundMs: plan.roundMs,
-            turnSeconds: plan.boundSeconds / rounds,
+            ...boundOptions(plan),
+            memo,
+            log,
             start: { venvRoot: options.venvRoot, sparseThreshold },
           };
-          const estimate = estimateGroupSeconds(
-            model,
-            scenario,
-            density(v),
-            specsOf(new Map()),
-            opts,
-          );
-          const head = `bound ${model.key} ${variantLabel(v)} s${block.seq} b${batch} ` +
+          const specs0 = entries.map((e) => e.spec);
+          const scenario = { seq: block.seq, batch, threads: config.threads };
+          const estimate = estimateGroupSeconds(model, scenario, density(w), specs0, opts);
+          const head = `bound ${model.key} ${weightsLabel(w)} s${block.seq} b${batch} ` +
             `${config.instances}x${config.threads}`;
-          if (elapsed() + estimate > plan.budgetS) {
-            const why = `time budget: ${Math.round(elapsed())} s spent, this step needs about ` +
-              `${Math.round(estimate)} s of the ${Math.round(plan.budgetS)} s budget`;
-            result.contestants.push(...skippedResults(specsOf(new Map()), why));
-            result.skipped ??= why;
-            log(`skip ${head}: ${why}`);
+          const skip = overBudget(estimate);
+          if (skip !== null) {
+            result.contestants.push(...skippedResults(specs0, skip));
+            result.skipped ??= skip;
+            log(`skip ${head}: ${skip}`);
             continue;
           }
           log(`${head} (about ${Math.round(estimate)} s)`);
-          const prep = await prepareGroup(
-            store,
-            model,
-            v,
-            specsOf,
-            runtimes,
-            preparationErrors,
-          );
+          const prep = await prepareEntries(store, model, entries, preparationErrors);
           result.contestants.push(...await measureGroup(prep.specs, opts, prep.pre));
         }
       }
@@ -628,27 +805,6 @@ export async function runComparison(options: CompareOptions): Promise<Comparison
     sparsebertMissing,
     preparationErrors,
   };
-}
-
-/** The form of a runtime with the lowest p50 in a latency group of the same model/variant. */
-function bestForm(
-  latency: LatencyGroupResult[],
-  model: string,
-  v: Variant,
-  scenario: Scenario,
-  runtime: RuntimeName,
-): ModelForm {
-  const forms = formsFor(runtime, v);
-  if (forms.length === 1) return forms[0];
-  const candidates = latency
-    .filter((g) =>
-      g.model === model && g.variantKey === variantKey(v) && g.scenario.seq === scenario.seq &&
-      g.scenario.batch === scenario.batch
-    )
-    .flatMap((g) => g.contestants)
-    .filter((c) => c.spec.runtime === runtime && c.status === "ok")
-    .sort((a, b) => a.stats!.p50 - b.stats!.p50);
-  return candidates[0]?.spec.form ?? forms[0];
 }
 
 /**

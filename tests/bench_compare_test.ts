@@ -1,0 +1,291 @@
+/**
+ * The side-by-side benchmark harness (bench/compare, tools/bench_compare.ts): its pure parts
+ * (token ids, doc section replacement, command line, plans), and the `--quick` run end to end
+ * on the tiny generated model: the JSON, markdown and SVG are written, every runtime is present
+ * with results or with its failure stated, and the runtimes agree on the outputs. No timing is
+ * asserted.
+ */
+
+import assert from "node:assert/strict";
+import { bertInputIds } from "../bench/peers/ort_node.ts";
+import { lcgInputIds, outputSummary } from "../bench/compare/deno_runner.ts";
+import { privateCopy } from "../bench/compare/contestants.ts";
+import {
+  checkPlan,
+  planFor,
+  type RuntimeName,
+  RUNTIMES,
+  variant,
+  variantKey,
+} from "../bench/compare/matrix.ts";
+import {
+  BEGIN_MARKER,
+  DOC_HEADING,
+  END_MARKER,
+  renderSvg,
+  replaceDocSection,
+} from "../bench/compare/report.ts";
+import { estimatePlan, runComparison } from "../bench/compare/run.ts";
+import { type ContestantResult, summarize } from "../bench/compare/scenario.ts";
+import { parseCompareArgs, writeOutputs } from "../tools/bench_compare.ts";
+import { readOnnxModel } from "../models/onnx_proto.ts";
+
+Deno.test("the Deno runner's token ids are the peers' token ids", () => {
+  for (const [batch, seq, seed] of [[1, 7, 1], [3, 64, 5], [8, 128, 0]]) {
+    const ours = lcgInputIds(batch, seq, seed);
+    const peers = bertInputIds(batch, seq, seed);
+    assert.equal(ours.length, peers.length);
+    for (let i = 0; i < ours.length; i++) assert.equal(BigInt(ours[i]), peers[i], `id ${i}`);
+    assert.ok(ours.every((v) => v >= 1000 && v < 2000));
+  }
+});
+
+Deno.test("output summaries count non-finite values and keep JSON-safe numbers", () => {
+  const s = outputSummary(new Float32Array([1, -3, NaN, Infinity, 2]), [1, 5]);
+  assert.equal(s.non_finite, 2);
+  assert.equal(s.mean, 0 / 5);
+  assert.equal(s.mean_abs, 6 / 5);
+  assert.deepEqual(s.first, [1, -3, null, null]);
+});
+
+Deno.test("latency summary: numpy-linear percentiles, items/s from wall time, spread", () => {
+  const s = summarize([
+    { latenciesMs: [10, 20, 30], wallS: 0.06, items: 3 },
+    { latenciesMs: [40], wallS: 0.04, items: 1 },
+  ]);
+  assert.equal(s.n, 4);
+  assert.equal(s.p50, 25);
+  assert.ok(Math.abs(s.p90 - 37) < 1e-9);
+  assert.equal(s.min, 10);
+  assert.equal(s.max, 40);
+  assert.ok(Math.abs(s.itemsPerS - 40) < 1e-9);
+  assert.deepEqual(s.roundMediansMs, [20, 40]);
+  assert.equal(s.spreadPct, 80);
+  assert.throws(() => summarize([{ latenciesMs: [], wallS: 0, items: 0 }]), /No latencies/);
+});
+
+const DOC = `# Benchmarks
+
+## Encoders end to end (issue 3)
+
+Some text.
+
+${DOC_HEADING}
+
+## Server (issue 7)
+
+Server text.
+`;
+
+Deno.test("the docs section is replaced between markers, the rest untouched", () => {
+  const once = replaceDocSection(DOC, "first body");
+  assert.ok(once.includes(`${DOC_HEADING}\n\n${BEGIN_MARKER}\nfirst body\n${END_MARKER}\n`));
+  assert.ok(once.startsWith("# Benchmarks\n\n## Encoders end to end (issue 3)\n\nSome text.\n"));
+  assert.ok(once.endsWith("## Server (issue 7)\n\nServer text.\n"));
+  const twice = replaceDocSection(once, "second body\nline 2");
+  assert.equal(twice, once.replace("first body", "second body\nline 2"));
+  assert.equal(replaceDocSection(twice, "first body"), once);
+  // Text a person wrote after the generated block stays.
+  const withNote = once.replace(`${END_MARKER}\n`, `${END_MARKER}\n\nA note.\n`);
+  assert.ok(replaceDocSection(withNote, "x").includes(`${END_MARKER}\n\nA note.\n`));
+  assert.throws(() => replaceDocSection("# Benchmarks\n", "x"), /has no '## Comparison/);
+  const broken = DOC.replace(DOC_HEADING, `${DOC_HEADING}\n${END_MARKER}\n${BEGIN_MARKER}`);
+  assert.throws(() => replaceDocSection(broken, "x"), /begin marker without an end marker/);
+});
+
+Deno.test("the command line: plans, defaults and clear errors", () => {
+  const quick = parseCompareArgs(["--quick"]);
+  assert.equal(quick.plan.name, "quick");
+  assert.equal(quick.doc, null, "quick mode leaves docs/ alone");
+  assert.equal(quick.svg, null);
+  assert.ok(!quick.runtimes.includes("torch"));
+  const def = parseCompareArgs([]);
+  assert.equal(def.plan.name, "default");
+  assert.ok(def.doc?.endsWith("/docs/BENCHMARKS.md"));
+  assert.ok(def.svg?.endsWith("/docs/compare_latency.svg"));
+  assert.ok(parseCompareArgs(["--torch"]).runtimes.includes("torch"));
+  assert.deepEqual(parseCompareArgs(["--runtimes", "sparsebert,ort-node"]).runtimes, [
+    "sparsebert",
+    "ort-node",
+  ]);
+  const some = parseCompareArgs(["--models", "bert-base", "--variants", "int8-s90-4x1"]);
+  assert.deepEqual(some.plan.latency.map((b) => b.model), ["bert-base"]);
+  assert.deepEqual(some.plan.latency.flatMap((b) => b.variants.map(variantKey)), [
+    "int8-s90-4x1",
+  ]);
+  assert.equal(parseCompareArgs(["--budget-min", "2"]).plan.budgetS, 120);
+  assert.throws(() => parseCompareArgs(["--quick", "--full"]), /not both/);
+  assert.throws(() => parseCompareArgs(["--runtimes", "tensorflow"]), /'tensorflow'/);
+  assert.throws(() => parseCompareArgs(["--runtimes", "torch"]), /--torch/);
+  assert.throws(() => parseCompareArgs(["--budget-min", "-1"]), /'-1'/);
+  assert.throws(() => parseCompareArgs(["--models", "gpt2"]), /'gpt2'/);
+  assert.throws(() => parseCompareArgs(["--sparse-threshold", "2"]), /'2'/);
+});
+
+Deno.test("plans: every plan is valid, quick fits its budget, default names its scenarios", () => {
+  for (const name of ["quick", "default", "full"] as const) checkPlan(planFor(name));
+  const quick = planFor("quick");
+  const total = estimatePlan(quick, RUNTIMES.filter((r) => r !== "torch"))
+    .reduce((s, x) => s + x.estimateS, 0);
+  assert.ok(total < quick.budgetS, `quick estimate ${total} s over its ${quick.budgetS} s budget`);
+  const def = planFor("default");
+  const base = def.latency.filter((b) => b.model === "bert-base");
+  const keys = base.flatMap((b) => b.variants.map(variantKey));
+  for (const k of ["fp32-dense", "int8-dense", "int8-s90-4x1", "int8-s70-4x1"]) {
+    assert.ok(keys.includes(k), k);
+  }
+  assert.equal(def.chart.model, "bert-base");
+  assert.throws(() => variant("int8", 1), /\[0, 1\)/);
+  assert.throws(
+    () => checkPlan({ ...quick, latency: [{ ...quick.latency[0], model: "nope" }] }),
+    /Unknown model 'nope'/,
+  );
+  assert.throws(
+    () =>
+      checkPlan({
+        ...quick,
+        latency: [{ ...quick.latency[0], scenarios: [{ seq: 4096, batch: 1, threads: 1 }] }],
+      }),
+    /'4096'/,
+  );
+});
+
+Deno.test("DeepSparse gets a private copy of the model file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/m.onnx`, "graph");
+    await Deno.writeTextFile(`${dir}/m.onnx.data`, "weights");
+    const copy = await privateCopy(`${dir}/m.onnx`);
+    assert.notEqual(copy.path, `${dir}/m.onnx`);
+    assert.equal(await Deno.readTextFile(copy.path), "graph");
+    assert.equal(await Deno.readTextFile(`${copy.path}.data`), "weights");
+    await Deno.writeTextFile(copy.path, "rewritten");
+    assert.equal(await Deno.readTextFile(`${dir}/m.onnx`), "graph");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "bench:compare --quick: JSON, markdown and SVG, every peer present or its failure stated",
+  // The peers are child processes that exit before the run returns; their pipes are closed.
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "bench_compare_test_" });
+    try {
+      const doc = `${dir}/BENCHMARKS.md`;
+      await Deno.writeTextFile(doc, DOC);
+      const cli = parseCompareArgs([
+        "--quick",
+        "--results-dir",
+        `${dir}/results`,
+        "--doc",
+        doc,
+        "--svg",
+        `${dir}/chart.svg`,
+      ]);
+      const result = await runComparison({
+        plan: cli.plan,
+        command: "deno test tests/bench_compare_test.ts",
+        runtimes: cli.runtimes,
+      });
+      const files = await writeOutputs(result, cli);
+
+      // The JSON round-trips and holds what the markdown shows.
+      const json = JSON.parse(await Deno.readTextFile(files.json));
+      assert.equal(json.schema, "sparsebert-bench-compare/1");
+      assert.equal(json.latency.length, result.latency.length);
+      assert.ok(json.machine.cpu);
+
+      // Every runtime run is in every latency group, with results or a stated failure.
+      const ran: RuntimeName[] = result.runtimes.filter((r) => r.run).map((r) => r.name);
+      assert.deepEqual(ran, RUNTIMES.filter((r) => r !== "torch"));
+      assert.ok(result.runtimes.find((r) => r.name === "torch")?.reason?.includes("--torch"));
+      assert.ok(result.latency.length >= 4);
+      for (const g of result.latency) {
+        assert.equal(g.skipped, undefined, `${g.variantKey} skipped: ${g.skipped}`);
+        for (const rt of ran as RuntimeName[]) {
+          const mine: ContestantResult[] = g.contestants.filter((c) => c.spec.runtime === rt);
+          assert.ok(mine.length > 0, `${rt} missing from ${g.variantKey}`);
+          for (const c of mine) {
+            if (c.status === "ok") {
+              const s = c.stats!;
+              assert.ok(s.n > 0 && s.p50 > 0 && s.p50 <= s.p90 && s.p90 <= s.p99, c.id);
+              assert.ok(s.itemsPerS > 0, c.id);
+              assert.equal(c.info!.inputIdsSum, result.latency[0].contestants[0].info!.inputIdsSum);
+            } else {
+              assert.ok(c.error && c.error.length > 0, `${c.id} failed without an error`);
+              assert.ok(c.stage, `${c.id} failed without a stage`);
+            }
+          }
+        }
+        // sparsebert is ours: it must run every configuration of the plan.
+        const sb = g.contestants.find((c) => c.spec.runtime === "sparsebert")!;
+        assert.equal(sb.status, "ok", `sparsebert ${g.variantKey}: ${sb.error}`);
+        const kinds = Object.keys(sb.info!.config.kernels as Record<string, number>);
+        const sparse = g.variant.sparsity >= 0.5;
+        const expected = `${sparse ? "sparse" : "dense"}-${
+          g.variant.precision === "fp32" ? "f32" : "i8"
+        }`;
+        assert.deepEqual(kinds, [expected], `${g.variantKey} kernels`);
+      }
+      assert.deepEqual(result.sparsebertMissing, []);
+
+      // The runtimes computed the same thing: sparsebert against onnxruntime-node on the same
+      // file (fp32, and the int8 per-token layout whose integer math is exact in both).
+      for (const g of result.latency) {
+        const form = g.variant.precision === "fp32" ? "fp32" : "int8-pt";
+        const sb = g.contestants.find((c) => c.spec.runtime === "sparsebert")!;
+        const ort = g.contestants.find((c) =>
+          c.spec.runtime === "ort-node" && c.spec.form === form && c.status === "ok"
+        );
+        if (!ort) continue;
+        const a = sb.output!.first;
+        const b = ort.output!.first;
+        assert.equal(a.length, 4);
+        const tol = g.variant.precision === "fp32" ? 1e-3 : 2e-2;
+        a.forEach((v, i) => assert.ok(Math.abs(v! - b[i]!) <= tol, `${g.variantKey} [${i}]`));
+        assert.equal(sb.output!.nonFinite, 0);
+      }
+
+      // DeepSparse got a private copy: the shared model files keep their dynamic shapes.
+      for (const g of result.latency) {
+        for (const f of g.files) {
+          const model = await readOnnxModel(f.path, { loadExternalData: false });
+          const inputs = model.graph.inputs.filter((i) =>
+            ["input_ids", "attention_mask", "token_type_ids"].includes(i.name)
+          );
+          assert.ok(inputs.length >= 2, `${f.path} inputs`);
+          for (const input of inputs) {
+            assert.ok(
+              input.shape?.some((d) => typeof d === "string"),
+              `${f.path} input ${input.name} lost its dynamic shape`,
+            );
+          }
+        }
+      }
+
+      // Throughput under the bound: every runtime has a verdict (a best config or none).
+      assert.ok(result.bound.length >= 1);
+      for (const b of result.bound) {
+        for (const rt of ran) assert.ok(rt in b.best, `${rt} missing from the bound search`);
+      }
+
+      const md = await Deno.readTextFile(doc);
+      assert.ok(md.includes(BEGIN_MARKER) && md.includes(END_MARKER));
+      assert.ok(md.includes("## Server (issue 7)\n\nServer text.\n"), "other sections kept");
+      for (const label of ["sparsebert", "ORT (node)", "ORT (Python)", "OpenVINO", "DeepSparse"]) {
+        assert.ok(md.includes(`| ${label} `), `markdown lacks ${label}`);
+      }
+      assert.ok(md.includes("PyTorch not run"));
+      assert.ok(md.includes("### Throughput under a latency bound"));
+      assert.ok(md.includes("](chart.svg)"));
+      const svg = await Deno.readTextFile(files.svg);
+      assert.ok(svg.startsWith("<svg") && svg.trimEnd().endsWith("</svg>"));
+      assert.ok(svg.includes("<polyline"), "the chart has lines");
+      assert.equal(renderSvg(result), svg);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
