@@ -22,6 +22,7 @@ import {
   BEGIN_MARKER,
   DOC_HEADING,
   END_MARKER,
+  formatMarkdown,
   renderSvg,
   replaceDocSection,
 } from "../bench/compare/report.ts";
@@ -79,7 +80,7 @@ Server text.
 
 Deno.test("the docs section is replaced between markers, the rest untouched", () => {
   const once = replaceDocSection(DOC, "first body");
-  assert.ok(once.includes(`${DOC_HEADING}\n\n${BEGIN_MARKER}\nfirst body\n${END_MARKER}\n`));
+  assert.ok(once.includes(`${DOC_HEADING}\n\n${BEGIN_MARKER}\n\nfirst body\n\n${END_MARKER}\n`));
   assert.ok(once.startsWith("# Benchmarks\n\n## Encoders end to end (issue 3)\n\nSome text.\n"));
   assert.ok(once.endsWith("## Server (issue 7)\n\nServer text.\n"));
   const twice = replaceDocSection(once, "second body\nline 2");
@@ -117,7 +118,8 @@ Deno.test("the command line: plans, defaults and clear errors", () => {
   assert.throws(() => parseCompareArgs(["--quick", "--full"]), /not both/);
   assert.throws(() => parseCompareArgs(["--runtimes", "tensorflow"]), /'tensorflow'/);
   assert.throws(() => parseCompareArgs(["--runtimes", "torch"]), /--torch/);
-  assert.throws(() => parseCompareArgs(["--budget-min", "-1"]), /'-1'/);
+  assert.throws(() => parseCompareArgs(["--budget-min", "0"]), /'0'/);
+  assert.throws(() => parseCompareArgs(["--budget-min=-1"]), /'-1'/);
   assert.throws(() => parseCompareArgs(["--models", "gpt2"]), /'gpt2'/);
   assert.throws(() => parseCompareArgs(["--sparse-threshold", "2"]), /'2'/);
 });
@@ -272,6 +274,7 @@ Deno.test({
       }
 
       const md = await Deno.readTextFile(doc);
+      assert.equal(await formatMarkdown(md), md, "the doc stays deno-fmt clean");
       assert.ok(md.includes(BEGIN_MARKER) && md.includes(END_MARKER));
       assert.ok(md.includes("## Server (issue 7)\n\nServer text.\n"), "other sections kept");
       for (const label of ["sparsebert", "ORT (node)", "ORT (Python)", "OpenVINO", "DeepSparse"]) {

@@ -21,6 +21,7 @@ import {
   variantKey,
 } from "../bench/compare/matrix.ts";
 import {
+  formatMarkdown,
   renderMarkdown,
   renderSvg,
   updateDoc,
@@ -282,18 +283,16 @@ export async function writeOutputs(
   const base = json.replace(/\.json$/, "");
   const svg = cli.svg ?? `${base}.svg`;
   await writeAtomic(svg, renderSvg(result));
+  // Links are relative to where the markdown lands; the copy next to the JSON sits with the
+  // quick-mode SVG, and with a docs run its chart link points at docs/.
   const mdTarget = cli.doc ?? `${base}.md`;
   const links = {
     json: json.startsWith(`${ROOT}/`) ? json.slice(ROOT.length + 1) : json,
     svg: relative(dirOf(mdTarget), svg),
   };
   const body = renderMarkdown(result, links);
-  if (cli.doc !== null) {
-    await updateDoc(cli.doc, body);
-    await writeAtomic(`${base}.md`, body);
-  } else {
-    await writeAtomic(mdTarget, body);
-  }
+  if (cli.doc !== null) await updateDoc(cli.doc, body);
+  await writeAtomic(`${base}.md`, await formatMarkdown(body));
   return { json, markdown: mdTarget, svg };
 }
 

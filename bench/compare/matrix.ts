@@ -361,6 +361,12 @@ export interface Plan {
   warmup: number;
   /** Pause before each turn so that the previous runtime's threads go idle (ms). */
   settleMs: number;
+  /**
+   * Timed seconds after which a contestant takes no more turns in a group (it keeps 2 rounds
+   * at least): bounds the time a very slow runtime (DeepSparse's emulated int8 on BERT-Large)
+   * adds to a group.
+   */
+  maxContestantS: number;
   /** Seconds of each configuration's turn in the bound search (split over rounds). */
   boundSeconds: number;
   /** Wall-clock budget (s): a step estimated to end past it is skipped and reported. */
@@ -425,6 +431,7 @@ export function planFor(name: Plan["name"]): Plan {
       roundMs: 100,
       warmup: 2,
       settleMs: 50,
+      maxContestantS: 5,
       boundSeconds: 0.4,
       budgetS: 170,
       chart: { model: "bert-tiny", scenario: { seq: 64, batch: 1, threads: 1 } },
@@ -477,6 +484,7 @@ export function planFor(name: Plan["name"]): Plan {
       roundMs: 300,
       warmup: 2,
       settleMs: 200,
+      maxContestantS: 20,
       boundSeconds: 2,
       budgetS: 18.5 * 60,
       chart: { model: "bert-base", scenario: PRIMARY },
@@ -506,6 +514,7 @@ export function planFor(name: Plan["name"]): Plan {
       roundMs: 500,
       warmup: 3,
       settleMs: 200,
+      maxContestantS: 60,
       boundSeconds: 4,
       budgetS: Infinity,
       chart: { model: "bert-base", scenario: PRIMARY },
@@ -548,7 +557,10 @@ export function checkPlan(plan: Plan): void {
     }
   }
   checkCount("Rounds", plan.rounds, 1000);
-  if (!(plan.roundMs > 0) || !(plan.boundSeconds > 0) || !(plan.budgetS > 0)) {
-    throw new RangeError("Round time, bound-search time and budget must be positive");
+  if (
+    !(plan.roundMs > 0) || !(plan.boundSeconds > 0) || !(plan.budgetS > 0) ||
+    !(plan.maxContestantS > 0)
+  ) {
+    throw new RangeError("Round time, bound-search time, time cap and budget must be positive");
   }
 }

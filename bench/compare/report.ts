@@ -66,7 +66,7 @@ export function replaceDocSection(doc: string, body: string): string {
   const section = lines.slice(headingAt + 1, end);
   const b = section.findIndex((l) => l.trim() === BEGIN_MARKER);
   const e = section.findIndex((l) => l.trim() === END_MARKER);
-  const block = [BEGIN_MARKER, body.trimEnd(), END_MARKER];
+  const block = [BEGIN_MARKER, "", body.trim(), "", END_MARKER];
   let next: string[];
   if (b < 0 && e < 0) {
     const rest = section.slice(section[0]?.trim() === "" ? 1 : 0);
@@ -82,10 +82,41 @@ export function replaceDocSection(doc: string, body: string): string {
   return [...lines.slice(0, headingAt + 1), ...next, ...lines.slice(end)].join("\n");
 }
 
-/** Reads `path`, replaces the section, and writes it back atomically. */
+const ROOT = decodeURIComponent(new URL("../../", import.meta.url).pathname).replace(/\/$/, "");
+
+/**
+ * Formats markdown the way `deno fmt` does in this repository (so that `deno task check` stays
+ * clean after a run): the text goes through `deno fmt --ext md -` with the repository's config.
+ *
+ * @throws Error with the formatter's message when it fails.
+ */
+export async function formatMarkdown(text: string): Promise<string> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["fmt", "--config", `${ROOT}/deno.json`, "--ext", "md", "-"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(text));
+  await writer.close();
+  const out = await child.output();
+  if (!out.success) {
+    throw new Error(
+      `deno fmt could not format the report: ${new TextDecoder().decode(out.stderr).trim()}`,
+    );
+  }
+  return new TextDecoder().decode(out.stdout);
+}
+
+/**
+ * Reads `path`, replaces the section with `body` (formatted by {@linkcode formatMarkdown}),
+ * and writes it back atomically. The rest of the file is kept byte for byte.
+ */
 export async function updateDoc(path: string, body: string): Promise<void> {
+  const formatted = await formatMarkdown(body);
   const doc = await Deno.readTextFile(path);
-  await writeAtomic(path, replaceDocSection(doc, body));
+  await writeAtomic(path, replaceDocSection(doc, formatted));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -140,7 +171,7 @@ function cell(g: LatencyGroupResult, runtime: RuntimeName, footnotes: Map<string
   }
   if (mine.every((c) => c.status === "skipped")) return "skipped";
   const f = mine.find((c) => c.status === "failed")!;
-  const key = `${RUNTIME_LABELS[runtime]} ${f.spec.form}: ${f.stage}: ${firstLine(f.error)}`;
+  const key = `${RUNTIME_LABELS[runtime]}: ${f.stage}: ${firstLine(f.error)}`;
   if (!footnotes.has(key)) footnotes.set(key, footnotes.size + 1);
   return `failed [${footnotes.get(key)}]`;
 }
@@ -197,8 +228,9 @@ export function renderMarkdown(
   out.push(
     "- Method: every runtime is its own process on the same ONNX file, same token ids " +
       "(seeded), same thread count; runtimes take turns A B C A B C (order rotated each round, " +
-      `${r.planDetail.settleMs} ms pause before each turn), ${r.planDetail.rounds} rounds of ` +
-      `about ${r.planDetail.roundMs} ms each after ${r.planDetail.warmup} warm-up iterations. ` +
+      `${r.planDetail.settleMs} ms pause before each turn, one untimed iteration first when an ` +
+      `iteration is under 200 ms), ${r.planDetail.warmup} warm-up iterations after loading, ` +
+      "rounds and turn time as stated per table. " +
       "Cells: p50 / p90 / p99 latency in ms over all rounds · items/s of one instance; " +
       "int8 cells name the fastest int8 layout the runtime accepts (see below). Spread (JSON, " +
       "detail table) is the range of the round medians over the median.",
@@ -247,7 +279,16 @@ export function renderMarkdown(
   for (const groups of byTable.values()) {
     const g0 = groups[0];
     out.push("");
-    out.push(`**${modelDef(g0.model).label}**, ${scenarioLabel(g0.scenario)}`);
+    const span = (xs: number[]): string => {
+      const lo = Math.min(...xs);
+      const hi = Math.max(...xs);
+      return lo === hi ? `${lo}` : `${lo} to ${hi}`;
+    };
+    out.push(
+      `**${modelDef(g0.model).label}**, ${scenarioLabel(g0.scenario)} ` +
+        `(${span(groups.map((g) => g.rounds))} rounds, turns of about ` +
+        `${span(groups.map((g) => g.roundMs))} ms)`,
+    );
     out.push("");
     out.push(`| variant | ${ran.map((x) => RUNTIME_LABELS[x]).join(" | ")} |`);
     out.push(`| --- | ${ran.map(() => "---").join(" | ")} |`);
@@ -329,7 +370,7 @@ export function renderMarkdown(
             return `${conf}: ${rate(c.stats!.itemsPerS)}/s p90 ${ms(c.stats!.p90)}`;
           }
           if (c.status === "skipped") return `${conf}: skipped`;
-          const key = `${RUNTIME_LABELS[rt]} ${c.spec.form}: ${c.stage}: ${firstLine(c.error)}`;
+          const key = `${RUNTIME_LABELS[rt]}: ${c.stage}: ${firstLine(c.error)}`;
           if (!footnotes.has(key)) footnotes.set(key, footnotes.size + 1);
           return `${conf}: failed [${footnotes.get(key)}]`;
         });
@@ -455,18 +496,21 @@ export function renderSvg(r: ComparisonResult): string {
       }
     }
   }
-  const W = 880;
-  const H = 420;
+  const W = 900;
+  const H = 430;
   const panelW = 340;
-  const top = 60;
+  const top = 70;
   const plotH = 280;
-  const left = [70, 70 + panelW + 60];
+  const left = [75, 75 + panelW + 90];
+  // Sparsity levels as evenly spaced categories (0%, 70%, 80%, 90% are not evenly spaced).
+  const levels = [...new Set([0, ...groups.map((g) => g.variant.sparsity)])].sort((a, b) => a - b);
+  const xOf = (panel: number, s: number): number =>
+    left[panel] + ((levels.indexOf(s) + 0.5) / levels.length) * panelW;
   const ys = series.flatMap((s) => s.pts.map((p) => p.y));
   const lo = ys.length ? Math.pow(10, Math.floor(Math.log10(Math.min(...ys)))) : 1;
   const hi = ys.length ? Math.pow(10, Math.ceil(Math.log10(Math.max(...ys)))) : 10;
   const yOf = (v: number): number =>
     top + plotH - (Math.log10(v / lo) / Math.log10(hi / lo || 10)) * plotH;
-  const xOf = (panel: number, s: number): number => left[panel] + (s / 0.9) * panelW;
   const o: string[] = [];
   o.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
@@ -515,10 +559,14 @@ export function renderSvg(r: ComparisonResult): string {
         );
       }
     }
-    for (const s of [0, 0.7, 0.8, 0.9]) {
+    for (const s of levels) {
       const x = xOf(panel, s);
       o.push(`<line x1="${x}" x2="${x}" y1="${top}" y2="${top + plotH}" stroke="#eee"/>`);
-      o.push(`<text x="${x}" y="${top + plotH + 16}" text-anchor="middle">${s * 100}%</text>`);
+      o.push(
+        `<text x="${x}" y="${top + plotH + 16}" text-anchor="middle">${
+          Math.round(s * 100)
+        }%</text>`,
+      );
     }
     o.push(
       `<text x="${x0 + panelW / 2}" y="${
@@ -526,8 +574,8 @@ export function renderSvg(r: ComparisonResult): string {
       }" text-anchor="middle">sparsity of the encoder linears</text>`,
     );
     o.push(
-      `<text x="${x0 - 48}" y="${top + plotH / 2}" text-anchor="middle" transform="rotate(-90 ${
-        x0 - 48
+      `<text x="${x0 - 52}" y="${top + plotH / 2}" text-anchor="middle" transform="rotate(-90 ${
+        x0 - 52
       } ${top + plotH / 2})">p50 ms</text>`,
     );
     for (const s of series.filter((s) => s.precision === precision)) {
@@ -543,9 +591,9 @@ export function renderSvg(r: ComparisonResult): string {
             `fill="${s.pattern === "unstructured" ? "white" : COLORS[s.runtime]}" ` +
             `stroke="${COLORS[s.runtime]}"><title>${
               esc(
-                `${RUNTIME_LABELS[s.runtime]} ${precision} ${p.x * 100}% ${s.pattern}: ${
-                  ms(p.y)
-                } ms`,
+                `${RUNTIME_LABELS[s.runtime]} ${precision} ${
+                  Math.round(p.x * 100)
+                }% ${s.pattern}: ${ms(p.y)} ms`,
               )
             }</title></circle>`,
         );
@@ -554,7 +602,7 @@ export function renderSvg(r: ComparisonResult): string {
   });
   const shown = RUNTIMES.filter((rt) => series.some((s) => s.runtime === rt));
   shown.forEach((rt, i) => {
-    const x = 70 + i * 135;
+    const x = 75 + i * 135;
     const y = H - 26;
     o.push(
       `<line x1="${x}" x2="${x + 22}" y1="${y}" y2="${y}" stroke="${

@@ -94,6 +94,10 @@ export interface LatencyGroupResult {
   scenario: Scenario;
   /** Scenario key. */
   scenarioKey: string;
+  /** Interleaved rounds. */
+  rounds: number;
+  /** Target time of one turn (ms). */
+  roundMs: number;
   /** Files used, by form. */
   files: FileRecord[];
   /** One entry per (runtime, form). */
@@ -442,7 +446,7 @@ export interface PlanStep {
 
 function latencyOptions(plan: Plan, block: LatencyBlock): Pick<
   GroupOptions,
-  "mode" | "rounds" | "roundMs" | "turnSeconds" | "warmup" | "settleMs"
+  "mode" | "rounds" | "roundMs" | "turnSeconds" | "warmup" | "settleMs" | "maxContestantS"
 > {
   return {
     mode: "latency",
@@ -451,12 +455,13 @@ function latencyOptions(plan: Plan, block: LatencyBlock): Pick<
     turnSeconds: 0,
     warmup: plan.warmup,
     settleMs: plan.settleMs,
+    maxContestantS: plan.maxContestantS,
   };
 }
 
 function boundOptions(plan: Plan): Pick<
   GroupOptions,
-  "mode" | "rounds" | "roundMs" | "turnSeconds" | "warmup" | "settleMs"
+  "mode" | "rounds" | "roundMs" | "turnSeconds" | "warmup" | "settleMs" | "maxContestantS"
 > {
   const rounds = Math.max(1, Math.min(2, plan.rounds));
   return {
@@ -466,6 +471,7 @@ function boundOptions(plan: Plan): Pick<
     turnSeconds: plan.boundSeconds / rounds,
     warmup: plan.warmup,
     settleMs: plan.settleMs,
+    maxContestantS: plan.maxContestantS,
   };
 }
 
@@ -665,6 +671,8 @@ export async function runComparison(options: CompareOptions): Promise<Comparison
         variantKey: variantKey(v),
         scenario,
         scenarioKey: scenarioKey(scenario),
+        rounds: opts.rounds,
+        roundMs: opts.roundMs,
         files: [],
         contestants: [],
         elapsedS: 0,

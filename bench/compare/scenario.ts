@@ -134,10 +134,7 @@ export class FailureMemo {
     const entry = { id: contestantId(spec), stage: err.stage, error: err.message };
     if (err.stage === "spawn" || err.stage === "import") {
       this.#byKey.set(`${spec.runtime}|*`, entry);
-    } else if (
-      spec.form !== "fp32" &&
-      (err.stage === "convert" || err.stage === "exit" || err.stage === "load")
-    ) {
+    } else if (spec.form !== "fp32" && (err.stage === "convert" || err.stage === "exit")) {
       this.#byKey.set(`${spec.runtime}|${spec.form}`, entry);
     }
   }
@@ -157,6 +154,8 @@ export interface GroupOptions {
   warmup: number;
   /** Pause before each turn (ms). */
   settleMs: number;
+  /** Timed seconds after which a contestant takes no more turns (2 rounds at least). */
+  maxContestantS: number;
   /** Contestant start settings. */
   start: StartOptions;
   /** Failures not to retry. */
@@ -258,6 +257,13 @@ export async function measureGroup(
       const order = live.map((_, i) => live[(i + r) % live.length]);
       for (const entry of order) {
         if (!live.includes(entry)) continue;
+        // A slow contestant stops taking turns once it has spent its time cap (2 rounds at
+        // least), so that one slow runtime cannot stretch a group to hours.
+        const spent = entry.samples.reduce(
+          (t, x) => t + x.latenciesMs.reduce((a, b) => a + b, 0),
+          0,
+        );
+        if (entry.samples.length >= 2 && spent / 1000 >= options.maxContestantS) continue;
         try {
           const s = options.mode === "latency"
             ? await entry.c.run({
@@ -311,18 +317,17 @@ export function estimateGroupSeconds(
   specs: ContestantSpec[],
   options: Pick<
     GroupOptions,
-    "mode" | "rounds" | "roundMs" | "turnSeconds" | "warmup" | "settleMs"
+    "mode" | "rounds" | "roundMs" | "turnSeconds" | "warmup" | "settleMs" | "maxContestantS"
   >,
 ): number {
   let total = 0;
   for (const spec of specs) {
-    const threads = spec.threads * spec.instances;
     // DeepSparse's int8 is emulated on AVX2 and gains nothing from sparsity (measured 3x to 10x
     // its dense fp32 time at any sparsity).
     const emulated = spec.runtime === "deepsparse" && spec.form !== "fp32";
     const work = 2 * encoderMacs(model, { ...scenario, batch: spec.batch }, emulated ? 1 : density);
     const iterS = (emulated ? 6 : 1) * work /
-      (EST_FLOPS_PER_THREAD * Math.min(threads, spec.threads));
+      (EST_FLOPS_PER_THREAD * spec.threads);
     const params = model.layers *
         (4 * model.hidden ** 2 + 2 * model.hidden * model.intermediate) +
       30522 * model.hidden;
@@ -335,7 +340,14 @@ export function estimateGroupSeconds(
       ? Math.max(options.roundMs / 1000, iterS) + options.settleMs / 1000 +
         (iterS < 0.2 ? iterS : 0)
       : Math.max(options.turnSeconds, iterS) + iterS + options.settleMs / 1000;
-    total += load + warm + options.rounds * turn + 0.3;
+    const turnWork = options.mode === "latency"
+      ? Math.max(options.roundMs / 1000, iterS)
+      : Math.max(options.turnSeconds, iterS);
+    const rounds = Math.min(
+      options.rounds,
+      Math.max(2, Math.ceil(options.maxContestantS / turnWork)),
+    );
+    total += load + warm + rounds * turn + 0.3;
   }
   return total;
 }
