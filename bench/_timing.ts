@@ -55,6 +55,11 @@ export interface InterleaveOptions {
   roundMs?: number;
   /** Warm-up iterations per contender before the first round; default 3. */
   warmup?: number;
+  /**
+   * Pause before each contender's round, in ms; default 100. Runtimes whose idle threads spin
+   * after a call (ONNX Runtime's do) would otherwise steal cores from the next contender.
+   */
+  settleMs?: number;
 }
 
 /**
@@ -65,7 +70,7 @@ export async function interleave(
   contenders: readonly Contender[],
   options: InterleaveOptions = {},
 ): Promise<Map<string, Stats>> {
-  const { rounds = 7, roundMs = 150, warmup = 3 } = options;
+  const { rounds = 7, roundMs = 150, warmup = 3, settleMs = 100 } = options;
   const iterations = new Map<string, number>();
   for (const c of contenders) {
     for (let i = 0; i < warmup; i++) await c.run();
@@ -78,6 +83,8 @@ export async function interleave(
   for (let r = 0; r < rounds; r++) {
     for (const c of contenders) {
       const n = iterations.get(c.name)!;
+      await new Promise((resolve) => setTimeout(resolve, settleMs));
+      await c.run(); // one untimed call wakes this contender's threads
       const t0 = performance.now();
       for (let i = 0; i < n; i++) await c.run();
       samples.get(c.name)!.push((performance.now() - t0) / n);
