@@ -12,7 +12,7 @@ import { importOnnx } from "../models/onnx_import.ts";
 import { modelFiles } from "../models/registry.ts";
 import type { BertConfig } from "../models/weights.ts";
 import { ensureTestModel } from "../tools/write_test_model.ts";
-import { ortSessionOptions } from "./_ort_one_op.ts";
+import { loadOrtSession } from "./peers/ort_node.ts";
 
 /** Models the encoder benchmarks know. */
 export const ENCODER_BENCH_MODELS = ["minilm", "bert-base"] as const;
@@ -66,7 +66,7 @@ export async function encoderPair(
   const encoder = new BertEncoder(weights, options);
   encoder.plan(batch, seq);
   const out = new Float32Array(rows * c.hiddenSize);
-  const session = await ort.InferenceSession.create(path, ortSessionOptions(threads));
+  const session = await loadOrtSession(path, { threads });
   const int64 = (a: Int32Array) =>
     new ort.Tensor("int64", BigInt64Array.from(a, (v) => BigInt(v)), [batch, seq]);
   const all: Record<string, Int32Array> = {

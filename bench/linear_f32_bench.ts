@@ -10,7 +10,8 @@
 import * as ort from "onnxruntime-node";
 import { setThreads } from "../ffi/library.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
-import { ortMatMulSession } from "./_ort_one_op.ts";
+import { loadOrtSession, matMulModel } from "./peers/ort_node.ts";
+import { transpose2d } from "../models/weights.ts";
 
 const THREADS = Number(Deno.env.get("SPARSEBERT_THREADS") ?? 2);
 setThreads(THREADS);
@@ -34,8 +35,9 @@ for (const [m, k, n] of SHAPES) {
   const x = filled(m * k, 2);
   const ours = new LinearF32({ out: n, in: k, weight });
   const y = new Float32Array(m * n);
-  const session = await ortMatMulSession(weight, n, k, THREADS);
-  const feeds = { x: new ort.Tensor("float32", x, [m, k]) };
+  const model = matMulModel({ m: null, k, n, weights: transpose2d(weight, n, k) });
+  const session = await loadOrtSession(model, { threads: THREADS });
+  const feeds = { X: new ort.Tensor("float32", x, [m, k]) };
   Deno.bench(`ours ${m}x${k}x${n}`, { group, baseline: true }, () => {
     ours.forward(x, m, { out: y });
   });

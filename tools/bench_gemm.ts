@@ -12,7 +12,8 @@ import * as ort from "onnxruntime-node";
 import { setThreads } from "../ffi/library.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
 import { environment, fmt, interleave, probePeakF32, type Stats } from "../bench/_timing.ts";
-import { ortMatMulSession } from "../bench/_ort_one_op.ts";
+import { loadOrtSession, matMulModel } from "../bench/peers/ort_node.ts";
+import { transpose2d } from "../models/weights.ts";
 
 const HELP = `Usage: deno task bench:gemm [options]
 
@@ -67,8 +68,10 @@ async function benchShape(
   const x = seeded(m * k, 2);
   using ours = new LinearF32({ out: n, in: k, weight });
   const y = new Float32Array(m * n);
-  const session = await ortMatMulSession(weight, n, k, threads);
-  const feeds = { x: new ort.Tensor("float32", x, [m, k]) };
+  // ORT gets the weight as a MatMul initializer [K, N], the layout Hugging Face exports use.
+  const model = matMulModel({ m: null, k, n, weights: transpose2d(weight, n, k) });
+  const session = await loadOrtSession(model, { threads });
+  const feeds = { X: new ort.Tensor("float32", x, [m, k]) };
   const results = await interleave([
     { name: "ours", run: () => ours.forward(x, m, { out: y }) },
     { name: "ort", run: () => session.run(feeds) },
