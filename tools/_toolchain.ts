@@ -17,7 +17,7 @@ export const ZIG_DIR = `${ROOT}/.tools/zig`;
 /** The pinned Zig binary. */
 export const ZIG_BIN = `${ZIG_DIR}/ziglang/zig`;
 /** Where the local Deno is installed. */
-export const DENO_DIR = `${ROOT}/.tools/deno`;
+export const DENO_DIR = `${ROOT}/.tools`;
 
 /** Runs a command, streaming its output unless `quiet`; throws with its stderr on failure. */
 export async function run(
@@ -109,7 +109,7 @@ export async function ensureLocalDeno(log: (line: string) => void): Promise<stri
     await Deno.stat(bin);
     return bin;
   } catch {
-    log(`Installing Deno ${DENO_VERSION} from npm into .tools/deno ...`);
+    log(`Installing Deno ${DENO_VERSION} from npm into .tools/node_modules ...`);
   }
   await run("npm", [
     "install",

