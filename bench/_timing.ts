@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { kernels } from "../ffi/library.ts";
+import { cpuModel, kernels } from "../ffi/library.ts";
 
 /** Summary statistics of a set of samples (milliseconds). */
 export interface Stats {
@@ -113,16 +113,10 @@ export function fmt(value: number, decimals: number, width: number): string {
 
 /** Versions and machine facts recorded with every benchmark result. */
 export function environment(): Record<string, unknown> {
-  let cpu = "unknown";
-  try {
-    cpu = Deno.readTextFileSync("/proc/cpuinfo").split("\n").find((l) =>
-      l.startsWith("model name")
-    )?.split(":")[1]?.trim() ?? cpu;
-  } catch { /* not Linux */ }
   const lib = kernels();
   return {
     date: new Date().toISOString(),
-    cpu,
+    cpu: cpuModel() ?? "unknown",
     logicalCpus: navigator.hardwareConcurrency,
     isa: lib.isa,
     deno: Deno.version.deno,

@@ -210,6 +210,18 @@ export function kernels(): KernelLibrary {
   return shared;
 }
 
+/** The CPU's model name from /proc/cpuinfo, or null where it cannot be read. */
+export function cpuModel(): string | null {
+  try {
+    const line = Deno.readTextFileSync("/proc/cpuinfo").split("\n").find((l) =>
+      l.startsWith("model name")
+    );
+    return line?.split(":")[1]?.trim() ?? null;
+  } catch {
+    return null; // not Linux, or no --allow-read
+  }
+}
+
 /** Physical cores of this machine (Linux topology), falling back to logical CPUs. */
 export function physicalCores(): number {
   try {

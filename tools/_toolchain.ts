@@ -70,7 +70,8 @@ async function writeAll(sink: Sink, data: Uint8Array): Promise<void> {
   while (written < data.length) written += await sink.write(data.subarray(written));
 }
 
-async function zigVersion(): Promise<string | null> {
+/** Version the installed pinned Zig reports, or null when it is missing or broken. */
+export async function zigVersion(): Promise<string | null> {
   try {
     const out = await new Deno.Command(ZIG_BIN, { args: ["version"], stdout: "piped" }).output();
     return out.success ? new TextDecoder().decode(out.stdout).trim() : null;

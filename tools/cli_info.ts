@@ -5,6 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import {
+  cpuModel,
   cpuSupports,
   defaultLibraryDir,
   describeFeatures,
@@ -13,7 +14,7 @@ import {
   libraryFileName,
   threads,
 } from "../ffi/library.ts";
-import { ZIG_BIN, ZIG_VERSION } from "./_toolchain.ts";
+import { ZIG_VERSION, zigVersion } from "./_toolchain.ts";
 
 /** One-line summary. */
 export const SUMMARY = "CPU features, kernel variants built and loaded, threads, versions";
@@ -38,26 +39,6 @@ export interface InfoReport {
   loaded: { isa: string; path: string };
   threads: number;
   versions: { deno: string; zig: string | null; zigRequired: string };
-}
-
-async function zigVersion(): Promise<string | null> {
-  try {
-    const out = await new Deno.Command(ZIG_BIN, { args: ["version"], stdout: "piped" }).output();
-    return new TextDecoder().decode(out.stdout).trim() || null;
-  } catch {
-    return null;
-  }
-}
-
-function cpuModel(): string | null {
-  try {
-    const line = Deno.readTextFileSync("/proc/cpuinfo").split("\n").find((l) =>
-      l.startsWith("model name")
-    );
-    return line?.split(":")[1]?.trim() ?? null;
-  } catch {
-    return null;
-  }
 }
 
 /** Collects the report. */
