@@ -189,6 +189,7 @@ export fn sb_quantize_weights_i8(w: [*]const f32, n: usize, k: usize, q: [*]i8, 
 export fn sb_quantize_rows(x: [*]const f32, m: usize, k: usize, mode: u32, qmax: u32, q: [*]u8, ldq: usize, scale: [*]f32, zero: [*]i32) i32 {
     const md = enumCode(quantize.Mode, mode) orelse return -3;
     if (qmax != 127 and qmax != 255) return -3;
+    if (md == .ort_u8 and qmax != 255) return -3;
     quantize.quantizeRows(x, m, k, md, qmax, q, ldq, scale, zero) catch |e| return status(e);
     return 0;
 }
@@ -199,6 +200,7 @@ export fn sb_quantize_packed_len(m: usize, k: usize) usize {
 
 export fn sb_quantize_packed(x: [*]const f32, m: usize, k: usize, mode: u32, packed_x: [*]u8, scale: [*]f32, zero: [*]i32) i32 {
     const md = enumCode(quantize.Mode, mode) orelse return -3;
+    if (md == .ort_u8) return -3;
     quantize.quantizePacked(x, m, k, md, packed_x, scale, zero) catch |e| return status(e);
     return 0;
 }
@@ -299,7 +301,9 @@ export fn sb_gemm_i8(
     out_zero: i32,
     out_qmax: u32,
     activation: u32,
+    act_max: u32,
 ) i32 {
+    if (act_max != int8.act_max and act_max != 255) return -3;
     if (output == @intFromEnum(int8.Output.u8) and
         (!(out_scale > 0) or !std.math.isFinite(out_scale) or (out_qmax != 127 and out_qmax != 255) or
             out_zero < 0 or out_zero > out_qmax)) return -3;
@@ -315,6 +319,7 @@ export fn sb_gemm_i8(
         .output = enumCode(int8.Output, output) orelse return -3,
         .requant = .{ .inv_scale = 1 / out_scale, .zero = out_zero, .qmax = @intCast(@min(out_qmax, 255)) },
         .activation = enumCode(vmath.Activation, activation) orelse return -3,
+        .act_max = @intCast(act_max),
     };
     gemm_i8.forward(&args);
     return 0;

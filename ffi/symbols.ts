@@ -153,6 +153,7 @@ export const symbols = {
       "i32", // output zero point (u8)
       "u32", // output qmax (u8)
       "u32", // activation
+      "u32", // largest activation code: 127, or 255 (ORT's u8 numerics)
     ],
     result: "i32",
   },

@@ -148,7 +148,7 @@ pub fn pack(
 
 pub const Args = struct {
     w: View,
-    /// u8 activations [m][ldx], values <= 127, ldx >= activationStride(k) with zero padding.
+    /// u8 activations [m][ldx], values <= act_max, ldx >= activationStride(k) with zero padding.
     x: [*]const u8,
     ldx: usize,
     m: usize,
@@ -161,6 +161,10 @@ pub const Args = struct {
     output: int8.Output,
     requant: int8.Requant,
     activation: vmath.Activation,
+    /// 127 (exact everywhere), or 255 for ONNX Runtime's u8 activations: then the AVX2 path's
+    /// `vpmaddubsw` pair sums saturate in int16 exactly as ORT's own AVX2 U8S8 kernel does (the
+    /// same pairs of consecutive k), and the VNNI and baseline paths stay exact, as ORT's do.
+    act_max: u8 = int8.act_max,
 };
 
 /// Runs the layer on the worker pool.
@@ -169,7 +173,7 @@ pub fn forward(args: *const Args) void {
     assert(args.m >= 1 and h.n >= 1 and h.k >= 1);
     assert(args.ldx >= 4 * @as(usize, h.k4));
     if (std.debug.runtime_safety) {
-        for (0..args.m) |t| for (args.x[t * args.ldx ..][0 .. 4 * @as(usize, h.k4)]) |v| assert(v <= int8.act_max);
+        for (0..args.m) |t| for (args.x[t * args.ldx ..][0 .. 4 * @as(usize, h.k4)]) |v| assert(v <= args.act_max);
     }
     switch (args.output) {
         inline else => |out| switch (args.activation) {

@@ -11,10 +11,11 @@
 //!
 //! Layouts:
 //!   rows     u8 [m][ldq], token-major, for the dense int8 GEMM (ldq >= k, padding zeroed).
-//!   packed   for `spmm_i8`: chunks of 16 tokens; per chunk and input channel k, 64 bytes:
-//!            16 x u16 `q` then 16 x u16 `q << 8`. Tokens sit in the order 0-3, 8-11, 4-7,
-//!            12-15 so that the kernel's 16-bit unpacks return them in natural order.
-//!            A kernel forms (x[k0], x[k1]) byte pairs with one OR: lo[k0] | hi[k1].
+//!   packed   for `spmm_i8`: chunks of 16 tokens; per chunk and input channel k, 32 bytes:
+//!            16 x u16 `q`. Tokens sit in the order 0-3, 8-11, 4-7, 12-15 so that the
+//!            kernel's 16-bit unpacks return them in natural order. A kernel forms
+//!            (x[k0], x[k1]) byte pairs with a shift and an OR: row[k0] | row[k1] << 8. (Half
+//!            the bytes of storing `q << 8` as well: a 768-channel chunk stays in L1.)
 //!   f32 packed  for `spmm_f32`: chunks of 16 tokens; per chunk and k, 16 f32 (natural order).
 const std = @import("std");
 const assert = std.debug.assert;
@@ -23,9 +24,13 @@ const pool = @import("pool.zig");
 /// Tokens per chunk of the packed layouts.
 pub const chunk_tokens: usize = 16;
 /// Bytes per (chunk, input channel) of the packed u8 layout.
-pub const packed_row_bytes: usize = 64;
+pub const packed_row_bytes: usize = 32;
 
-pub const Mode = enum(u32) { per_tensor = 0, per_token = 1 };
+/// `ort_u8` is ONNX Runtime's DynamicQuantizeLinear: per tensor, qmax 255, zero point
+/// rne(clamp(-min / scale, 0, 255)), q = clamp(rne(x / scale) + zero, 0, 255), divisions where
+/// the other modes multiply by 1 / scale, so that an ORT `quantize_dynamic` model can be run
+/// with ORT's exact activation codes (rows layout only).
+pub const Mode = enum(u32) { per_tensor = 0, per_token = 1, ort_u8 = 2 };
 
 pub const Error = error{NonFinite};
 
@@ -59,6 +64,17 @@ pub const Params = struct {
     scale: f32,
     inv: f32,
     zero: i32,
+    /// Quantize as x / scale (ORT) instead of x * inv.
+    divide: bool = false,
+
+    /// ONNX Runtime's DynamicQuantizeLinear parameters of a range (u8).
+    pub fn ort(min_value: f32, max_value: f32) Params {
+        assert(min_value <= 0 and max_value >= 0);
+        if (max_value == min_value) return .{ .scale = 1, .inv = 1, .zero = 0, .divide = true };
+        const scale = (max_value - min_value) / 255.0;
+        const zero = rne(std.math.clamp(-min_value / scale, 0.0, 255.0));
+        return .{ .scale = scale, .inv = 1.0 / scale, .zero = zero, .divide = true };
+    }
 
     pub fn of(min_value: f32, max_value: f32, qmax: u32) Params {
         assert(qmax == 127 or qmax == 255);
@@ -83,7 +99,10 @@ inline fn rneVec(v: F8) I8v {
 }
 
 inline fn quantizeVec(v: F8, p: Params, qmax: i32) I8v {
-    const q = rneVec(v * @as(F8, @splat(p.inv))) + @as(I8v, @splat(p.zero));
+    const scaled = if (p.divide) v / @as(F8, @splat(p.scale)) else v * @as(F8, @splat(p.inv));
+    // Clamp before rounding so that huge quotients stay within the magic-number range.
+    const bounded = std.math.clamp(scaled, @as(F8, @splat(-1024.0)), @as(F8, @splat(1024.0)));
+    const q = rneVec(bounded) + @as(I8v, @splat(p.zero));
     return std.math.clamp(q, @as(I8v, @splat(0)), @as(I8v, @splat(qmax)));
 }
 
@@ -110,10 +129,16 @@ fn range(x: [*]const f32, count: usize) Range {
     return r;
 }
 
-fn checked(r: Range, qmax: u32) Error!Params {
+fn checked(r: Range, qmax: u32, mode: Mode) Error!Params {
     if (r.nan or !std.math.isFinite(r.min) or !std.math.isFinite(r.max)) return error.NonFinite;
     if (!std.math.isFinite(r.max - r.min)) return error.NonFinite;
-    return Params.of(r.min, r.max, qmax);
+    return if (mode == .ort_u8) Params.ort(r.min, r.max) else Params.of(r.min, r.max, qmax);
+}
+
+/// The scalar quantization of one value (tails and references).
+fn quantizeOne(x: f32, p: Params, qmax: i32) u8 {
+    const scaled = if (p.divide) x / p.scale else x * p.inv;
+    return @intCast(std.math.clamp(rne(std.math.clamp(scaled, -1024.0, 1024.0)) + p.zero, 0, qmax));
 }
 
 const Ctx = struct {
@@ -142,8 +167,8 @@ fn rangeWork(ctx: *const Ctx, ith: u32, nth: u32) void {
 /// Per-token parameters of token `t`, or the tensor's. Stores them in the outputs.
 fn tokenParams(ctx: *const Ctx, t: usize) ?Params {
     const p = switch (ctx.mode) {
-        .per_tensor => ctx.tensor,
-        .per_token => checked(range(ctx.x + t * ctx.k, ctx.k), ctx.qmax) catch {
+        .per_tensor, .ort_u8 => ctx.tensor,
+        .per_token => checked(range(ctx.x + t * ctx.k, ctx.k), ctx.qmax, ctx.mode) catch {
             ctx.failed.store(true, .monotonic);
             return null;
         },
@@ -167,9 +192,7 @@ fn rowsWork(ctx: *const Ctx, ith: u32, nth: u32) void {
             const qv: @Vector(8, u8) = @intCast(quantizeVec(v, p, qmax));
             q[i..][0..8].* = qv;
         }
-        while (i < ctx.k) : (i += 1) {
-            q[i] = @intCast(std.math.clamp(rne(x[i] * p.inv) + p.zero, 0, qmax));
-        }
+        while (i < ctx.k) : (i += 1) q[i] = quantizeOne(x[i], p, qmax);
         @memset(q[ctx.k..ctx.ldq], 0);
     }
 }
@@ -189,6 +212,7 @@ pub fn quantizeRows(
 ) Error!void {
     assert(m >= 1 and k >= 1 and ldq >= k);
     assert(qmax == 127 or qmax == 255);
+    assert(mode != .ort_u8 or qmax == 255);
     var ranges: [pool.max_threads]Range = undefined;
     var failed = std.atomic.Value(bool).init(false);
     var ctx = Ctx{
@@ -205,7 +229,7 @@ pub fn quantizeRows(
         .ranges = &ranges,
         .failed = &failed,
     };
-    if (mode == .per_tensor) ctx.tensor = try tensorParams(&ctx);
+    if (mode != .per_token) ctx.tensor = try tensorParams(&ctx);
     pool.parallel(Ctx, &ctx, rowsWork);
     if (failed.load(.monotonic)) return error.NonFinite;
 }
@@ -220,7 +244,7 @@ fn tensorParams(ctx: *Ctx) Error!Params {
         total.max = @max(total.max, r.max);
         total.nan = total.nan or r.nan;
     }
-    return checked(total, ctx.qmax);
+    return checked(total, ctx.qmax, ctx.mode);
 }
 
 /// 8x8 transpose: out[c][r] = in[r][c].
@@ -261,9 +285,8 @@ inline fn storePacked(dst: [*]u8, k0: usize, width: usize, rows: [16]U16x8) void
     const b = transpose8(u16, rows[8..16].*);
     for (0..width) |c| {
         const lo: @Vector(16, u16) = std.simd.join(a[c], b[c]);
-        const row: *align(1) [32]u16 = @ptrCast(dst + (k0 + c) * packed_row_bytes);
-        row[0..16].* = lo;
-        row[16..32].* = lo << @splat(8);
+        const row: *align(1) [16]u16 = @ptrCast(dst + (k0 + c) * packed_row_bytes);
+        row.* = lo;
     }
 }
 
@@ -303,9 +326,7 @@ fn packedWork(ctx: *const Ctx, ith: u32, nth: u32) void {
                     const v: F8 = x[c..][0..8].*;
                     row[c..][0..8].* = @as(@Vector(8, u8), @intCast(quantizeVec(v, params[p], qmax)));
                 }
-                while (c < width) : (c += 1) {
-                    row[c] = @intCast(std.math.clamp(rne(x[c] * params[p].inv) + params[p].zero, 0, qmax));
-                }
+                while (c < width) : (c += 1) row[c] = quantizeOne(x[c], params[p], qmax);
             }
             var k0: usize = 0;
             while (k0 < width) : (k0 += 8) {
@@ -335,6 +356,7 @@ pub fn quantizePacked(
     zero: [*]i32,
 ) Error!void {
     assert(m >= 1 and k >= 1);
+    assert(mode != .ort_u8); // 8-bit codes: rows layout only
     var ranges: [pool.max_threads]Range = undefined;
     var failed = std.atomic.Value(bool).init(false);
     var ctx = Ctx{
@@ -523,8 +545,6 @@ test "quantizeRows and quantizePacked agree with the scalar formula" {
                 const row = packed_x[chunk * k * packed_row_bytes + c * packed_row_bytes ..];
                 try std.testing.expectEqual(@as(u8, want), row[2 * pos]);
                 try std.testing.expectEqual(@as(u8, 0), row[2 * pos + 1]);
-                try std.testing.expectEqual(@as(u8, 0), row[32 + 2 * pos]);
-                try std.testing.expectEqual(@as(u8, want), row[32 + 2 * pos + 1]);
             }
             for (k..16) |c| try std.testing.expectEqual(@as(u8, 0), q[t * 16 + c]);
         }

@@ -12,7 +12,7 @@
 //!   | scale f32[rows] | wsum i32[rows] | bias f32[rows]      (rows = 4 * block_rows)
 //! `wsum[c]` is the sum of channel c's weights, used to fold the activation zero point in.
 //! `group_k` stores k * `k_unit` (8): the kernel's byte offset into a packed activation chunk
-//! (64 bytes per k) is then one scaled-index address, with no shift in the hot loop. Hence
+//! (32 bytes per k) is then one scaled-index address, with no shift in the hot loop. Hence
 //! k <= 8191.
 //!
 //! fp32 unstructured (`spmm_f32`): CSR, one output channel per row, entries in k order.

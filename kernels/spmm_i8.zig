@@ -4,10 +4,10 @@
 //!
 //! Micro-kernel: one block row (4 output channels) x one chunk (16 tokens), 8 ymm
 //! accumulators. Per group of 4 kept blocks (input channels k0..k3):
-//!   ab = lo[k0] | hi[k1]; cd = lo[k2] | hi[k3]      (u16 lanes: byte pairs of two channels)
+//!   ab = x[k0] | x[k1] << 8; cd = x[k2] | x[k3] << 8 (u16 lanes: byte pairs of two channels)
 //!   a0, a1 = unpack lo/hi 16-bit (ab, cd)           (dwords: 4 channels for 8 tokens each)
 //!   per channel r: w = broadcast(dword r); acc[r] += dot4(a0, w), dot4(a1, w)
-//! That is 8 dot-product steps (256 MACs) against 4 loads, 2 ORs and 2 shuffles; the
+//! That is 8 dot-product steps (256 MACs) against 4 loads, 2 shifts, 2 ORs and 2 shuffles; the
 //! multiplies stay the bottleneck (2 per step on AVX2, 1 with VNNI).
 //!
 //! Epilogue (per channel c, token t), exact in s32 up to the float conversion:
@@ -155,8 +155,9 @@ inline fn loadRow(p: [*]const u8) U16x16 {
 inline fn step(acc: *[4][2]I32x8, xc: [*]const u8, ks: [*]const u16, w: [*]const i8) void {
     const lo16 = @Vector(16, i32){ 0, -1, 1, -2, 2, -3, 3, -4, 8, -9, 9, -10, 10, -11, 11, -12 };
     const hi16 = @Vector(16, i32){ 4, -5, 5, -6, 6, -7, 7, -8, 12, -13, 13, -14, 14, -15, 15, -16 };
-    const ab = loadRow(xc + @as(usize, ks[0]) * k_scale) | loadRow(xc + @as(usize, ks[1]) * k_scale + 32);
-    const cd = loadRow(xc + @as(usize, ks[2]) * k_scale) | loadRow(xc + @as(usize, ks[3]) * k_scale + 32);
+    const eight: U16x16 = @splat(8);
+    const ab = loadRow(xc + @as(usize, ks[0]) * k_scale) | loadRow(xc + @as(usize, ks[1]) * k_scale) << eight;
+    const cd = loadRow(xc + @as(usize, ks[2]) * k_scale) | loadRow(xc + @as(usize, ks[3]) * k_scale) << eight;
     const a0: int8.U8x32 = @bitCast(@shuffle(u16, ab, cd, lo16));
     const a1: int8.U8x32 = @bitCast(@shuffle(u16, ab, cd, hi16));
     inline for (0..4) |r| {

@@ -187,7 +187,7 @@ export async function compileModel(
     const pack = (weight: DenseWeight, spec: LinearSpec): void => {
       chooser.build(weight, spec)[Symbol.dispose]();
       const kind = chooser.decisions[chooser.decisions.length - 1].kind;
-      const p = packLinear(kind, weight);
+      const p = packLinear(kind, weight, options.kernels?.int8Activations);
       const section = `layers.${spec.layer}.${spec.role}`;
       packed.push({ name: section, buffer: p.buffer });
       const entry: LinearEntry = {

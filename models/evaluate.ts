@@ -23,6 +23,7 @@ import {
 import { analyzeOnnx, type OnnxAnalysis } from "./onnx_import.ts";
 import { BertTokenizer } from "./tokenizer.ts";
 import type { DenseWeight } from "./weights.ts";
+import type { Int8Activations } from "./packed_linear.ts";
 
 /** One labelled text of a retrieval set. */
 export interface RetrievalItem {
@@ -196,6 +197,11 @@ export interface EvaluateOptions {
    * and the rest on dense fp32; `fp32` runs everything on dense fp32 (dequantized weights).
    */
   kernels?: "auto" | "fp32";
+  /**
+   * Activation quantization of the int8 layers (`kernels: "auto"`): `"per-token"` (default) or
+   * `"ort"`, ONNX Runtime's u8 per-tensor numerics for `quantize_dynamic` layers.
+   */
+  int8Activations?: Int8Activations;
   /** Per-layer output errors (default: only for models without a tokenizer). */
   layers?: boolean;
   /** Texts per batch (default 16). */
@@ -324,34 +330,13 @@ export function retrievalStats(
 }
 
 /**
- * A linear factory for evaluation: int8 kernels for int8 weights (their own int8 values when
- * symmetric), dense fp32 otherwise.
+ * A linear factory for evaluation: the dense int8 kernel for int8 weights (their own int8
+ * values when symmetric), dense fp32 otherwise.
  */
-async function int8AwareFactory(): Promise<LinearFactory> {
-  const { LinearI8 } = await import("../ops/linear_i8.ts");
-  const { LinearF32 } = await import("../ops/linear_f32.ts");
-  return (weight: DenseWeight, spec) => {
-    const q = weight.quantized;
-    if (q === undefined) return new LinearF32(weight, { activation: spec.activation });
-    // The kernels quantize activations to u7 on the fly, per token or per tensor. Models made
-    // for u8 per-tensor or static activations (ONNX Runtime's layouts) run per token: u7 per
-    // tensor halves their activation resolution (measured on all-MiniLM-L6-v2-q against ORT:
-    // mean cosine 0.977 per tensor, 0.993 per token).
-    const activationQuantization = q.granularity === "per-tensor" && q.activationQmax === 127
-      ? "per-tensor"
-      : "per-token";
-    if (q.zeroPoint === null) {
-      const scale = q.scale.length === weight.out
-        ? q.scale
-        : new Float32Array(weight.out).fill(q.scale[0]);
-      return new LinearI8(
-        { out: weight.out, in: weight.in, weight: q.weight, scale, bias: weight.bias },
-        { activation: spec.activation, activationQuantization },
-      );
-    }
-    // Asymmetric int8 weights: the kernels take symmetric ones; re-quantize the dequantized.
-    return new LinearI8(weight, { activation: spec.activation, activationQuantization });
-  };
+async function int8AwareFactory(activations: Int8Activations): Promise<LinearFactory> {
+  const { buildLinear } = await import("./kernel_choice.ts");
+  return (weight: DenseWeight, spec) =>
+    buildLinear(weight.quantized ? "dense-i8" : "dense-f32", weight, spec, activations);
 }
 
 interface Embedder {
@@ -368,7 +353,9 @@ async function sparsebertEmbedder(
 ): Promise<Embedder> {
   const { pipeline } = await import("./pipeline.ts");
   const pipe = await pipeline("feature-extraction", path, {
-    linear: options.kernels === "fp32" ? undefined : await int8AwareFactory(),
+    linear: options.kernels === "fp32"
+      ? undefined
+      : await int8AwareFactory(options.int8Activations ?? "per-token"),
     maxLength: options.maxLength ?? 128,
     batchSize: options.batchSize ?? 16,
     threads: options.threads ?? 1,

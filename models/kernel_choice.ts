@@ -31,11 +31,11 @@ import { LinearI8 } from "../ops/linear_i8.ts";
 import { SparseLinearF32 } from "../ops/sparse_linear_f32.ts";
 import { SPARSE_I8_MAX_IN, SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
 import type { LinearFactory, LinearRole, LinearSpec } from "./bert.ts";
-import { int8Form, KERNEL_KINDS, type KernelKind } from "./packed_linear.ts";
+import { type Int8Activations, int8Form, KERNEL_KINDS, type KernelKind } from "./packed_linear.ts";
 import { measureSparsity, type WeightSparsity } from "./quantized.ts";
 import type { DenseWeight } from "./weights.ts";
 
-export { KERNEL_KINDS, type KernelKind } from "./packed_linear.ts";
+export { type Int8Activations, KERNEL_KINDS, type KernelKind } from "./packed_linear.ts";
 
 /** Which arithmetic to run: fp32, int8, or int8 where the model has int8 weights. */
 export type Precision = "fp32" | "int8" | "auto";
@@ -63,6 +63,12 @@ export interface KernelChoiceOptions {
   sparseFloor?: number;
   /** Without the autotune: sparsity at which the sparse kernel is taken (default 0.7). */
   sparseThreshold?: number;
+  /**
+   * Activation quantization of the int8 layers: `"per-token"` (default) or `"ort"` (ONNX
+   * Runtime's u8 per-tensor numerics for `quantize_dynamic` layers; see
+   * {@linkcode Int8Activations}).
+   */
+  int8Activations?: Int8Activations;
   /** Progress lines (one per timed shape). */
   log?: (line: string) => void;
 }
@@ -94,7 +100,12 @@ interface CacheFile {
 }
 
 /** Builds the op of `kind` for `weight` with the `ops/*` classes (int8 forms as the model has). */
-export function buildLinear(kind: KernelKind, weight: DenseWeight, spec: LinearSpec): LinearOp {
+export function buildLinear(
+  kind: KernelKind,
+  weight: DenseWeight,
+  spec: LinearSpec,
+  activations: Int8Activations = "per-token",
+): LinearOp {
   const activation = spec.activation;
   switch (kind) {
     case "dense-f32":
@@ -102,14 +113,14 @@ export function buildLinear(kind: KernelKind, weight: DenseWeight, spec: LinearS
     case "sparse-f32":
       return new SparseLinearF32(weight, { activation });
     case "dense-i8": {
-      const f = int8Form(weight);
+      const f = int8Form(weight, kind, activations);
       return new LinearI8(f.weight, {
         activation,
         activationQuantization: f.activationQuantization,
       });
     }
     case "sparse-i8": {
-      const f = int8Form(weight);
+      const f = int8Form(weight, kind, activations);
       return new SparseLinearI8(f.weight, {
         activation,
         activationQuantization: f.activationQuantization,
@@ -128,7 +139,10 @@ function fixed(x: number): string {
 export class KernelChooser {
   /** Decisions in build order. */
   readonly decisions: KernelDecision[] = [];
-  #options: Required<Omit<KernelChoiceOptions, "log" | "roles" | "cachePath">>;
+  #options: Required<
+    Omit<KernelChoiceOptions, "log" | "roles" | "cachePath" | "int8Activations">
+  >;
+  #int8Activations: Int8Activations;
   #roles: Partial<Record<LinearRole, KernelKind>>;
   #cachePath: string | null;
   #log: (line: string) => void;
@@ -176,6 +190,12 @@ export class KernelChooser {
     }
     this.#options = o;
     this.#roles = { ...options.roles };
+    this.#int8Activations = options.int8Activations ?? "per-token";
+    if (!["per-token", "ort"].includes(this.#int8Activations)) {
+      throw new RangeError(
+        `Unknown int8Activations "${this.#int8Activations}": expected per-token or ort`,
+      );
+    }
     this.#cachePath = options.cachePath === undefined ? DEFAULT_AUTOTUNE_CACHE : options.cachePath;
     this.#log = options.log ?? (() => {});
   }
@@ -183,6 +203,10 @@ export class KernelChooser {
   /** The factory to give {@linkcode BertEncoder} (bound to this chooser). */
   get factory(): LinearFactory {
     return (weight, spec) => this.build(weight, spec);
+  }
+
+  #build(kind: KernelKind, weight: DenseWeight, spec: LinearSpec): LinearOp {
+    return buildLinear(kind, weight, spec, this.#int8Activations);
   }
 
   /** Chooses the kernel of one layer (recording the decision) and builds its op. */
@@ -196,7 +220,7 @@ export class KernelChooser {
         ? `forced for role ${spec.role}`
         : "forced by the kernels option";
       this.decisions.push({ ...base, shape: [...base.shape], kind: forced, sparsity, reason: why });
-      return buildLinear(forced, weight, spec);
+      return this.#build(forced, weight, spec);
     }
     const int8 = this.#options.precision === "int8" ||
       (this.#options.precision === "auto" && weight.quantized !== undefined);
@@ -219,17 +243,17 @@ export class KernelChooser {
     };
     if (int8 && weight.in > SPARSE_I8_MAX_IN) {
       record(dense, `in ${weight.in} > ${SPARSE_I8_MAX_IN}, too wide for the sparse int8 format`);
-      return buildLinear(dense, weight, spec);
+      return this.#build(dense, weight, spec);
     }
     if (measure < this.#options.sparseFloor) {
       record(dense, `${what} ${fixed(measure)} < ${fixed(this.#options.sparseFloor)}`);
-      return buildLinear(dense, weight, spec);
+      return this.#build(dense, weight, spec);
     }
     if (!this.#options.autotune) {
       const kind = measure >= this.#options.sparseThreshold ? sparse : dense;
       const cmp = kind === sparse ? ">=" : "<";
       record(kind, `${what} ${fixed(measure)} ${cmp} ${fixed(this.#options.sparseThreshold)}`);
-      return buildLinear(kind, weight, spec);
+      return this.#build(kind, weight, spec);
     }
     return this.#tune(weight, spec, { dense, sparse, measure, what, record });
   }
@@ -258,7 +282,7 @@ export class KernelChooser {
           continue;
         }
         allCached = false;
-        const op = buildLinear(kind, weight, spec);
+        const op = this.#build(kind, weight, spec);
         built.set(kind, op);
         timings[kind] = this.#time(op);
         cache[key] = timings[kind]!;
@@ -277,7 +301,7 @@ export class KernelChooser {
         } ms${allCached ? " (cached)" : ""}`,
         { timings, cached: allCached },
       );
-      const op = built.get(kind) ?? buildLinear(kind, weight, spec);
+      const op = built.get(kind) ?? this.#build(kind, weight, spec);
       built.delete(kind);
       return op;
     } finally {

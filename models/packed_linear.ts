@@ -49,15 +49,33 @@ export interface Int8Form {
 }
 
 /**
- * The int8 form of `weight`: its own symmetric int8 values when it has them (per-tensor scales
- * broadcast per channel), else the fp32 weight (quantized per channel by the op). Asymmetric
- * int8 weights are re-quantized from their dequantized values (the kernels take symmetric).
- * Activations run per token unless the model was made for 7-bit per-tensor activations.
+ * How int8 layers quantize their activations: `"per-token"` (default: 7-bit, one range per
+ * token, so a text's result does not depend on what it is batched with) or `"ort"`: a layer
+ * made by ONNX Runtime's `quantize_dynamic` (u8 per-tensor DynamicQuantizeLinear) runs ORT's own
+ * numerics on the dense int8 kernel (`"ort-u8"`), so its output matches ORT's on the same file,
+ * batch dependence included. Other layers keep the default.
  */
-export function int8Form(weight: DenseWeight): Int8Form {
+export type Int8Activations = "per-token" | "ort";
+
+/**
+ * The int8 form of `weight` for an op of `kind`: its own symmetric int8 values when it has them
+ * (per-tensor scales broadcast per channel), else the fp32 weight (quantized per channel by the
+ * op). Asymmetric int8 weights are re-quantized from their dequantized values (the kernels take
+ * symmetric). Activations run per token unless the model was made for 7-bit per-tensor
+ * activations, or `activations` is `"ort"` for an ORT dynamic-u8 layer on the dense kernel.
+ */
+export function int8Form(
+  weight: DenseWeight,
+  kind: "dense-i8" | "sparse-i8" = "dense-i8",
+  activations: Int8Activations = "per-token",
+): Int8Form {
   const q = weight.quantized;
   if (q === undefined) return { weight, activationQuantization: "per-token" };
-  const activationQuantization = q.granularity === "per-tensor" && q.activationQmax === 127
+  const ortU8 = activations === "ort" && kind === "dense-i8" && q.activation === "dynamic-u8" &&
+    (q.granularity ?? "per-tensor") === "per-tensor" && (q.activationQmax ?? 255) === 255;
+  const activationQuantization = ortU8
+    ? "ort-u8"
+    : q.granularity === "per-tensor" && q.activationQmax === 127
     ? "per-tensor"
     : "per-token";
   if (q.zeroPoint !== null) return { weight, activationQuantization };
@@ -89,7 +107,11 @@ export interface PackedWeight {
  *
  * @throws RangeError when the weight is too large for the format.
  */
-export function packLinear(kind: KernelKind, weight: DenseWeight): PackedWeight {
+export function packLinear(
+  kind: KernelKind,
+  weight: DenseWeight,
+  activations: Int8Activations = "per-token",
+): PackedWeight {
   const lib = kernels().symbols;
   const n = BigInt(weight.out);
   const k = BigInt(weight.in);
@@ -119,7 +141,7 @@ export function packLinear(kind: KernelKind, weight: DenseWeight): PackedWeight 
   if (kind !== "dense-i8" && kind !== "sparse-i8") {
     throw new RangeError(`Unknown kernel kind "${kind}"`);
   }
-  const form = int8Form(weight);
+  const form = int8Form(weight, kind, activations);
   const q = form.weight.weight instanceof Int8Array
     ? form.weight as QuantizedLinearWeight
     : quantizeWeights(form.weight as DenseWeight);
@@ -239,10 +261,11 @@ export class PackedLinear implements LinearOp {
       throw new RangeError(`Unknown activation "${this.activation}"`);
     }
     this.activationQuantization = options.activationQuantization ?? "per-token";
-    if (
-      this.activationQuantization !== "per-token" && this.activationQuantization !== "per-tensor"
-    ) {
+    if (!["per-token", "per-tensor", "ort-u8"].includes(this.activationQuantization)) {
       throw new RangeError(`Unknown activation quantization "${this.activationQuantization}"`);
+    }
+    if (this.activationQuantization === "ort-u8" && kind !== "dense-i8") {
+      throw new RangeError(`"ort-u8" activations run on the dense int8 kernel only, not ${kind}`);
     }
     const { region, offset, bytes } = slice;
     if (
@@ -341,6 +364,7 @@ export class PackedLinear implements LinearOp {
             0,
             127,
             act,
+            q.qmax,
           ),
           what,
         );

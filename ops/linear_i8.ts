@@ -114,9 +114,7 @@ export abstract class Int8Linear implements LinearOp {
       throw new RangeError(`Unknown activation "${this.activation}"`);
     }
     this.activationQuantization = options.activationQuantization ?? "per-token";
-    if (
-      this.activationQuantization !== "per-token" && this.activationQuantization !== "per-tensor"
-    ) {
+    if (!["per-token", "per-tensor", "ort-u8"].includes(this.activationQuantization)) {
       throw new RangeError(`Unknown activation quantization "${this.activationQuantization}"`);
     }
     if (isQuantizedWeight(weight)) checkQuantizedWeight(weight);
@@ -138,6 +136,11 @@ export abstract class Int8Linear implements LinearOp {
 
   /** Frees the packed weights. */
   abstract [Symbol.dispose](): void;
+
+  /** Largest activation code this op's kernel takes: 127, or 255 for `"ort-u8"`. */
+  get #activationQmax(): number {
+    return this.activationQuantization === "ort-u8" ? 255 : 127;
+  }
 
   /** Quantizes fp32 input `[m, in]` into this op's workspace, in the kernel's layout. */
   quantizeInput(x: Float32Array, m: number): QuantizedActivations {
@@ -255,8 +258,13 @@ export abstract class Int8Linear implements LinearOp {
     if (!Number.isInteger(q.m) || q.m < 1) {
       throw new RangeError(`Quantized input needs a positive token count, got ${q.m}`);
     }
-    if (q.qmax !== 127) {
-      throw new RangeError(`The int8 kernels take 7-bit activations (qmax 127), got ${q.qmax}`);
+    const qmax = this.#activationQmax;
+    if (q.qmax !== qmax) {
+      throw new RangeError(
+        this.activationQuantization === "ort-u8"
+          ? `This op runs ORT's 8-bit activations (qmax 255), got qmax ${q.qmax}`
+          : `The int8 kernels take 7-bit activations (qmax 127), got ${q.qmax}`,
+      );
     }
     if (q.scale.length < q.m || q.zeroPoint.length < q.m) {
       throw new RangeError(`Quantized input needs ${q.m} scales and zero points`);
@@ -279,7 +287,7 @@ export abstract class Int8Linear implements LinearOp {
     }
     const bytes = q.layout === "rows" ? q.m * q.stride : packedBytes(q.m, q.k);
     const max = kernels().symbols.sb_u8_max(q.data, BigInt(bytes));
-    if (max > 127) {
+    if (max > qmax) {
       throw new RangeError(
         `Quantized activations must be at most 127 (7-bit, see ops/quantize.ts), found ${max}`,
       );
@@ -374,6 +382,7 @@ export class LinearI8 extends Int8Linear {
       call.outZero,
       call.outQmax,
       ACTIVATION_CODE[this.activation],
+      call.q.qmax,
     );
   }
 

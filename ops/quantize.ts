@@ -22,15 +22,25 @@ import { checkLinearWeight, describeArray, type LinearWeight } from "./linear.ts
 /** Largest activation value of the int8 kernels (7-bit activations, see the module note). */
 export const ACTIVATION_QMAX = 127;
 
-/** How activation ranges are taken: one scale per token (row) or one for the whole tensor. */
-export type ActivationQuantization = "per-token" | "per-tensor";
+/**
+ * How activations are quantized: 7-bit with one range per token (row) or one for the whole
+ * tensor, or `"ort-u8"`: ONNX Runtime's DynamicQuantizeLinear (8-bit, per tensor,
+ * `q = rne(x / scale) + zero`), for running an ORT `quantize_dynamic` model with ORT's exact
+ * numerics (dense int8 only; on AVX2 its pair sums saturate as ORT's AVX2 kernel does, see
+ * `kernels/gemm_i8.zig`).
+ */
+export type ActivationQuantization = "per-token" | "per-tensor" | "ort-u8";
 
-const MODE_CODE: Record<ActivationQuantization, number> = { "per-tensor": 0, "per-token": 1 };
+const MODE_CODE: Record<ActivationQuantization, number> = {
+  "per-tensor": 0,
+  "per-token": 1,
+  "ort-u8": 2,
+};
 
 /** Tokens per chunk of the packed activation layout of the sparse kernels. */
 export const CHUNK_TOKENS = 16;
 /** Bytes per (chunk, input channel) of the packed u8 layout. */
-export const PACKED_ROW_BYTES = 64;
+export const PACKED_ROW_BYTES = 32;
 
 /** An int8 linear weight: s8 `[out, in]` (torch layout) with one scale per output channel. */
 export interface QuantizedLinearWeight {
@@ -132,12 +142,15 @@ export function quantizeActivations(
   checkShape(x, m, k);
   const mode = options.mode ?? "per-token";
   const layout = options.layout ?? "rows";
-  const qmax = options.qmax ?? ACTIVATION_QMAX;
+  const qmax = options.qmax ?? (mode === "ort-u8" ? 255 : ACTIVATION_QMAX);
   if (!(mode in MODE_CODE)) throw new RangeError(`Unknown quantization mode "${mode}"`);
   if (layout !== "rows" && layout !== "packed") {
     throw new RangeError(`Unknown activation layout "${layout}"`);
   }
   if (qmax !== 127 && qmax !== 255) throw new RangeError(`qmax must be 127 or 255, got ${qmax}`);
+  if (mode === "ort-u8" && (qmax !== 255 || layout !== "rows")) {
+    throw new RangeError(`"ort-u8" quantization writes 8-bit rows (qmax 255, layout "rows")`);
+  }
   if (layout === "packed" && qmax !== 127) {
     throw new RangeError(`The packed layout takes 7-bit activations (qmax 127), got ${qmax}`);
   }

@@ -48,6 +48,11 @@ export class SparseLinearI8 extends Int8Linear {
    */
   constructor(weight: LinearWeight | QuantizedLinearWeight, options: LinearI8Options = {}) {
     super(weight, options);
+    if (this.activationQuantization === "ort-u8") {
+      throw new RangeError(
+        `The sparse int8 kernel takes 7-bit activations; "ort-u8" runs on the dense int8 op`,
+      );
+    }
     if (weight.in > SPARSE_I8_MAX_IN) {
       throw new RangeError(
         `The sparse int8 format takes at most ${SPARSE_I8_MAX_IN} input features, got ${weight.in}`,

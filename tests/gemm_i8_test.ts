@@ -17,10 +17,12 @@ import {
 import {
   int8Epilogue,
   int8Exact,
+  int8SaturatingPairs,
   type RefActivations,
   requantizeReference,
 } from "./reference/gemm_i8.ts";
-import { quantizeReference } from "./reference/quantize.ts";
+import { quantizeOrtReference, quantizeReference } from "./reference/quantize.ts";
+import { kernels } from "../ffi/library.ts";
 
 const ACTIVATIONS: Activation[] = ["none", "gelu", "gelu_tanh"];
 
@@ -135,6 +137,47 @@ Deno.test(`gemm_i8 is exact at the extreme values: weights +-127 and -128, activ
       `extremes, zero point ${zero}`,
     );
   }
+});
+
+Deno.test(`gemm_i8 "ort-u8": 8-bit activations give ORT's sums, saturating pairs on AVX2 only (${variantLabel()})`, () => {
+  // AVX2's vpmaddubsw saturates each pair of u8 x s8 products to int16, as ONNX Runtime's AVX2
+  // U8S8 kernel does; VNNI and the baseline are exact, as ORT's are on those CPUs.
+  const saturates = kernels().isa === "avx2";
+  const expect = saturates ? int8SaturatingPairs : int8Exact;
+  let seed = 1200;
+  for (const [m, k, n] of LINEAR_SHAPES) {
+    const x = randomF32(m * k, seed++, -2, 3);
+    const qw = quantizeWeights({ out: n, in: k, weight: randomF32(n * k, seed++) });
+    using op = new LinearI8(qw, { activationQuantization: "ort-u8" });
+    const q = op.quantizeInput(x, m);
+    const ref = quantizeOrtReference(x);
+    const acts = {
+      m,
+      k,
+      q: ref.q,
+      scale: new Float32Array(m).fill(ref.scale),
+      zeroPoint: new Int32Array(m).fill(ref.zero),
+    };
+    assertEqualInts(op.forwardExact(q), expect(acts, qw), `ort-u8 s32 [${m},${k},${n}]`);
+  }
+  // Pairs that do saturate: activations 255 against weights 127 and -128.
+  const [m, k, n] = [3, 64, 16];
+  const weight = new Int8Array(n * k).map((_, i) => (i % 3 === 0 ? -128 : 127));
+  const qw = { out: n, in: k, weight, scale: new Float32Array(n).fill(0.01), bias: null };
+  const codes = new Uint8Array(m * k).map((_, i) => (i % 5 === 0 ? 0 : 255));
+  const x = { ...rowsOf(codes, m, k, 7), qmax: 255 };
+  using op = new LinearI8(qw, { activationQuantization: "ort-u8" });
+  const acts = { m, k, q: codes, scale: x.scale, zeroPoint: x.zeroPoint };
+  const got = op.forwardExact(x);
+  assertEqualInts(got, expect(acts, qw), "ort-u8 saturating extremes");
+  const exact = int8Exact(acts, qw);
+  if (saturates === got.every((v, i) => v === exact[i])) {
+    throw new Error(`Saturation ${saturates ? "expected but absent" : "present but not expected"}`);
+  }
+  // A 7-bit op refuses 8-bit codes, and an 8-bit op refuses 7-bit ones.
+  using seven = new LinearI8(qw);
+  assertThrows(() => seven.forwardExact(x), /7-bit activations \(qmax 127\), got 255/);
+  assertThrows(() => op.forwardExact(rowsOf(codes.map((v) => v >> 1), m, k, 7)), /qmax 255/);
 });
 
 Deno.test(`gemm_i8 requantized u8 output is within one step of the reference (${variantLabel()})`, () => {

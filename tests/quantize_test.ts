@@ -8,6 +8,7 @@ import {
 import { assertEqualInts, randomF32, variantLabel } from "./harness.ts";
 import {
   packedValue,
+  quantizeOrtReference,
   quantizeReference,
   quantizeWeightsReference,
   roundHalfEven,
@@ -55,6 +56,34 @@ Deno.test(`quantize (rows and packed) equals the reference exactly (${variantLab
       }
     }
   }
+});
+
+Deno.test(`quantize "ort-u8" is ONNX Runtime's DynamicQuantizeLinear exactly (${variantLabel()})`, () => {
+  let seed = 900;
+  for (const [m, k] of SHAPES) {
+    for (const [lo, hi] of [[-3, 5], [0.5, 4], [-6, -1]]) {
+      const x = randomF32(m * k, seed++, lo, hi);
+      // Values on exact halves of a step exercise the rounding (ties to even, as ORT's).
+      x[0] = 0;
+      const ref = quantizeOrtReference(x);
+      const rows = quantizeActivations(x, m, k, { mode: "ort-u8" });
+      const what = `[${m}, ${k}] in [${lo}, ${hi}]`;
+      assertEqualInts([rows.qmax, rows.scale[m - 1], rows.zeroPoint[m - 1]], [
+        255,
+        ref.scale,
+        ref.zero,
+      ], `params ${what}`);
+      assertEqualInts(rowsOf(rows.data, m, k, rows.stride), ref.q, `codes ${what}`);
+    }
+  }
+  assertThrows(
+    () => quantizeActivations(new Float32Array(8), 2, 4, { mode: "ort-u8", layout: "packed" }),
+    /"ort-u8" quantization writes 8-bit rows/,
+  );
+  assertThrows(
+    () => quantizeActivations(new Float32Array(8), 2, 4, { mode: "ort-u8", qmax: 127 }),
+    /"ort-u8" quantization writes 8-bit rows/,
+  );
 });
 
 Deno.test("quantize hits 0 and qmax at the range ends and keeps 0 exact", () => {

@@ -200,5 +200,5 @@ Deno.test("spmm_i8 rejects bad input with clear errors", () => {
   assertThrows(() => op.forwardExact(packed), /at most 127/);
   const short = { ...quantizeActivations(randomF32(32, 16), 2, 16, { layout: "packed" }) };
   short.data = short.data.subarray(0, 100);
-  assertThrows(() => op.forwardExact(short), /Packed activations need 1024 bytes, got 100/);
+  assertThrows(() => op.forwardExact(short), /Packed activations need 512 bytes, got 100/);
 });

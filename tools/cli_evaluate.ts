@@ -40,6 +40,9 @@ Options:
                         Runtime) | sparsebert | ort
   --kernels K           sparsebert runtime: auto (default: int8 kernels for int8 weights,
                         dense fp32 otherwise) | fp32 (dequantized weights on dense fp32)
+  --int8-activations A  per-token (default: 7-bit, one range per token) | ort (ONNX
+                        Runtime's u8 per-tensor numerics for quantize_dynamic layers, to
+                        reproduce ORT's output on the same file)
   --reference-runtime R runtime for A only: sparsebert | ort (default: --runtime); with
                         --variant = --model, measures sparsebert against ONNX Runtime
   --batch-size N        texts per batch (default 16; 1 makes dynamic per-tensor
@@ -105,6 +108,7 @@ export async function main(args: string[]): Promise<number> {
         runtime: { type: "string" },
         "reference-runtime": { type: "string" },
         kernels: { type: "string" },
+        "int8-activations": { type: "string" },
         "batch-size": { type: "string" },
         layers: { type: "boolean", default: false },
         "min-cosine": { type: "string" },
@@ -151,6 +155,11 @@ export async function main(args: string[]): Promise<number> {
         ] as const,
       ),
       kernels: choiceOption("--kernels", values.kernels, ["auto", "fp32"] as const),
+      int8Activations: choiceOption(
+        "--int8-activations",
+        values["int8-activations"],
+        ["per-token", "ort"] as const,
+      ),
       batchSize: numberOption("--batch-size", values["batch-size"]),
       layers: values.layers,
       threads: numberOption("--threads", values.threads),

@@ -121,40 +121,21 @@ async function loadSparsebert(a: Args): Promise<Loaded> {
   const { kernels, setThreads, threads } = await import("../../ffi/library.ts");
   const { loadModel } = await import("../../models/load.ts");
   const { BertEncoder } = await import("../../models/bert.ts");
-  const { LinearF32 } = await import("../../ops/linear_f32.ts");
-  const { LinearI8 } = await import("../../ops/linear_i8.ts");
-  const { SparseLinearF32 } = await import("../../ops/sparse_linear_f32.ts");
-  const { SparseLinearI8, SPARSE_I8_MAX_IN } = await import("../../ops/sparse_linear_i8.ts");
+  const { buildLinear } = await import("../../models/kernel_choice.ts");
+  const { SPARSE_I8_MAX_IN } = await import("../../ops/sparse_linear_i8.ts");
   type Factory = import("../../models/bert.ts").LinearFactory;
   setThreads(a.threads);
   const { weights } = await loadModel(a.model);
   const t = a.sparseThreshold;
+  // The int8 forms (the file's own symmetric int8 values; activations per token unless the
+  // file was made for 7-bit per-tensor ones) are those of models/packed_linear.ts int8Form.
   const factory: Factory = (w, spec) => {
-    const activation = spec.activation;
-    const q = w.quantized;
     const sparsity = w.sparsity ?? { element: 0, block4x1: 0 };
-    if (q !== undefined) {
-      const activationQuantization = q.granularity === "per-tensor" && q.activationQmax === 127
-        ? "per-tensor" as const
-        : "per-token" as const;
-      // The kernels take symmetric int8 weights; an asymmetric file is re-quantized from its
-      // dequantized values (none of the forms this harness writes is asymmetric).
-      const qw = q.zeroPoint === null
-        ? {
-          out: w.out,
-          in: w.in,
-          weight: q.weight,
-          scale: q.scale.length === w.out ? q.scale : new Float32Array(w.out).fill(q.scale[0]),
-          bias: w.bias,
-        }
-        : w;
-      if (sparsity.block4x1 >= t && w.in <= SPARSE_I8_MAX_IN) {
-        return new SparseLinearI8(qw, { activation, activationQuantization });
-      }
-      return new LinearI8(qw, { activation, activationQuantization });
+    if (w.quantized !== undefined) {
+      const sparse = sparsity.block4x1 >= t && w.in <= SPARSE_I8_MAX_IN;
+      return buildLinear(sparse ? "sparse-i8" : "dense-i8", w, spec);
     }
-    if (sparsity.element >= t) return new SparseLinearF32(w, { activation });
-    return new LinearF32(w, { activation });
+    return buildLinear(sparsity.element >= t ? "sparse-f32" : "dense-f32", w, spec);
   };
   const enc = new BertEncoder(weights, { linear: factory });
   const c = enc.config;

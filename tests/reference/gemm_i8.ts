@@ -40,6 +40,32 @@ export function int8Exact(x: RefActivations, w: RefWeight): Int32Array {
   return y;
 }
 
+/**
+ * The sums of {@linkcode int8Exact} as AVX2's `vpmaddubsw` forms them for 8-bit activations
+ * (the `"ort-u8"` mode, like ONNX Runtime's AVX2 U8S8 kernel): each pair of consecutive k
+ * (0-1, 2-3, ...) is summed and saturated to int16 before the s32 accumulation.
+ */
+export function int8SaturatingPairs(x: RefActivations, w: RefWeight): Int32Array {
+  const { m, k } = x;
+  const n = w.out;
+  const y = new Int32Array(m * n);
+  const sat = (v: number) => Math.min(Math.max(v, -32768), 32767);
+  for (let t = 0; t < m; t++) {
+    for (let c = 0; c < n; c++) {
+      let s = 0;
+      let wsum = 0;
+      for (let i = 0; i < k; i += 2) {
+        const a0 = x.q[t * k + i] * w.weight[c * k + i];
+        const a1 = i + 1 < k ? x.q[t * k + i + 1] * w.weight[c * k + i + 1] : 0;
+        s += sat(a0 + a1);
+        wsum += w.weight[c * k + i] + (i + 1 < k ? w.weight[c * k + i + 1] : 0);
+      }
+      y[t * n + c] = s - x.zeroPoint[t] * wsum;
+    }
+  }
+  return y;
+}
+
 /** Options of the reference epilogue. */
 export interface EpilogueOptions {
   activation?: "none" | "gelu" | "gelu_tanh";

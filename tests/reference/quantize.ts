@@ -37,6 +37,30 @@ export function quantizeValue(
   return Math.min(Math.max(roundHalfEven(fround(x * p.inv)) + p.zero, 0), qmax);
 }
 
+/**
+ * ONNX Runtime's DynamicQuantizeLinear of x [n] (the kernels' `"ort-u8"` mode): range widened
+ * to 0, `scale = (max - min) / 255`, `zero = rne(clamp(-min / scale, 0, 255))`,
+ * `q = clamp(rne(x / scale) + zero, 0, 255)`, all in f32.
+ */
+export function quantizeOrtReference(
+  x: Float32Array,
+): { q: Uint8Array; scale: number; zero: number } {
+  let lo = 0;
+  let hi = 0;
+  for (const v of x) {
+    lo = Math.min(lo, v);
+    hi = Math.max(hi, v);
+  }
+  if (hi === lo) return { q: new Uint8Array(x.length), scale: 1, zero: 0 };
+  const scale = fround(fround(hi - lo) / 255);
+  const zero = roundHalfEven(Math.min(Math.max(fround(-lo / scale), 0), 255));
+  const q = new Uint8Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    q[i] = Math.min(Math.max(roundHalfEven(fround(x[i] / scale)) + zero, 0), 255);
+  }
+  return { q, scale, zero };
+}
+
 /** Reference dynamic quantization of x [m, k]: values [m * k] (no padding), scales, zeros. */
 export function quantizeReference(
   x: Float32Array,
@@ -105,9 +129,8 @@ export function packedValue(data: Uint8Array, k: number, t: number, c: number): 
   const j = t % 16;
   // Tokens 4-7 and 8-11 trade places inside a chunk (see kernels/quantize.zig).
   const position = (j & 3) | ((j & 4) << 1) | ((j & 8) >> 1);
-  const row = (chunk * k + c) * 64;
-  const lo = data[row + 2 * position] | (data[row + 2 * position + 1] << 8);
-  const hi = data[row + 32 + 2 * position] | (data[row + 32 + 2 * position + 1] << 8);
-  if (hi !== lo << 8) throw new Error(`Packed halves disagree at token ${t}, channel ${c}`);
-  return lo;
+  const row = (chunk * k + c) * 32;
+  const value = data[row + 2 * position] | (data[row + 2 * position + 1] << 8);
+  if (value > 255) throw new Error(`Packed high byte is not zero at token ${t}, channel ${c}`);
+  return value;
 }
