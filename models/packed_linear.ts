@@ -22,6 +22,7 @@ import {
 import {
   type ActivationQuantization,
   checkStatus,
+  isActivationQuantization,
   quantizeActivations,
   type QuantizedActivations,
   type QuantizedLinearWeight,
@@ -261,7 +262,7 @@ export class PackedLinear implements LinearOp {
       throw new RangeError(`Unknown activation "${this.activation}"`);
     }
     this.activationQuantization = options.activationQuantization ?? "per-token";
-    if (!["per-token", "per-tensor", "ort-u8"].includes(this.activationQuantization)) {
+    if (!isActivationQuantization(this.activationQuantization)) {
       throw new RangeError(`Unknown activation quantization "${this.activationQuantization}"`);
     }
     if (this.activationQuantization === "ort-u8" && kind !== "dense-i8") {

@@ -34,6 +34,7 @@ import {
   type ActivationQuantization,
   checkQuantizedWeight,
   checkStatus,
+  isActivationQuantization,
   isQuantizedWeight,
   packedBytes,
   quantizeActivations,
@@ -114,7 +115,7 @@ export abstract class Int8Linear implements LinearOp {
       throw new RangeError(`Unknown activation "${this.activation}"`);
     }
     this.activationQuantization = options.activationQuantization ?? "per-token";
-    if (!["per-token", "per-tensor", "ort-u8"].includes(this.activationQuantization)) {
+    if (!isActivationQuantization(this.activationQuantization)) {
       throw new RangeError(`Unknown activation quantization "${this.activationQuantization}"`);
     }
     if (isQuantizedWeight(weight)) checkQuantizedWeight(weight);
@@ -289,7 +290,7 @@ export abstract class Int8Linear implements LinearOp {
     const max = kernels().symbols.sb_u8_max(q.data, BigInt(bytes));
     if (max > qmax) {
       throw new RangeError(
-        `Quantized activations must be at most 127 (7-bit, see ops/quantize.ts), found ${max}`,
+        `Quantized activations must be at most ${qmax} (see ops/quantize.ts), found ${max}`,
       );
     }
     return q.m;

@@ -31,6 +31,11 @@ export const ACTIVATION_QMAX = 127;
  */
 export type ActivationQuantization = "per-token" | "per-tensor" | "ort-u8";
 
+/** Whether `mode` is one of the {@linkcode ActivationQuantization} modes. */
+export function isActivationQuantization(mode: string): mode is ActivationQuantization {
+  return Object.hasOwn(MODE_CODE, mode);
+}
+
 const MODE_CODE: Record<ActivationQuantization, number> = {
   "per-tensor": 0,
   "per-token": 1,
@@ -143,7 +148,9 @@ export function quantizeActivations(
   const mode = options.mode ?? "per-token";
   const layout = options.layout ?? "rows";
   const qmax = options.qmax ?? (mode === "ort-u8" ? 255 : ACTIVATION_QMAX);
-  if (!(mode in MODE_CODE)) throw new RangeError(`Unknown quantization mode "${mode}"`);
+  if (!isActivationQuantization(mode)) {
+    throw new RangeError(`Unknown quantization mode "${mode}"`);
+  }
   if (layout !== "rows" && layout !== "packed") {
     throw new RangeError(`Unknown activation layout "${layout}"`);
   }
