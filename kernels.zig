@@ -20,6 +20,7 @@ const spmm_i8 = @import("kernels/spmm_i8.zig");
 const gemm_i8 = @import("kernels/gemm_i8.zig");
 const spmm_f32 = @import("kernels/spmm_f32.zig");
 const probe_i8 = @import("kernels/probe_i8.zig");
+const mapped_file = @import("kernels/mapped_file.zig");
 
 /// Bumped whenever an exported signature changes; the loader refuses a mismatched library.
 pub const abi_version: u32 = 1;
@@ -62,6 +63,20 @@ export fn sb_alloc(bytes: usize) ?[*]u8 {
 export fn sb_free(ptr: ?[*]u8, bytes: usize) void {
     const p = ptr orelse return;
     std.heap.c_allocator.rawFree(p[0..bytes], allocation_alignment, @returnAddress());
+}
+
+/// Maps the first `bytes` bytes of the file at `path` (UTF-8, `path_len` bytes, no NUL)
+/// copy-on-write: pages are read from the page cache on first touch, and a write changes only
+/// this process's copy. Null when the file cannot be opened, is shorter than `bytes`, or the map
+/// fails. Undo with `sb_unmap_file`.
+export fn sb_map_file(path: [*]const u8, path_len: usize, bytes: usize) ?[*]u8 {
+    const mapped = mapped_file.map(path[0..path_len], bytes) catch return null;
+    return mapped.ptr;
+}
+
+export fn sb_unmap_file(ptr: ?[*]u8, bytes: usize) void {
+    const p = ptr orelse return;
+    mapped_file.unmap(p, bytes);
 }
 
 // ---- dense fp32 linear ----
@@ -387,4 +402,5 @@ test {
     _ = gemm_i8;
     _ = spmm_f32;
     _ = probe_i8;
+    _ = mapped_file;
 }

@@ -21,6 +21,8 @@ export const symbols = {
   // native memory
   sb_alloc: { parameters: ["usize"], result: "pointer" },
   sb_free: { parameters: ["pointer", "usize"], result: "void" },
+  sb_map_file: { parameters: ["buffer", "usize", "usize"], result: "pointer" },
+  sb_unmap_file: { parameters: ["pointer", "usize"], result: "void" },
   // dense fp32 linear
   sb_linear_f32_packed_len: { parameters: ["usize", "usize"], result: "usize" },
   sb_linear_f32_pack: {

@@ -524,15 +524,32 @@ export function concatDense(parts: readonly DenseWeight[]): DenseWeight | null {
     quantized = q;
   }
   const out = parts.reduce((s, p) => s + p.out, 0);
-  const weight = new Float32Array(out * inFeatures);
-  const bias = new Float32Array(out);
-  let row = 0;
-  for (const p of parts) {
-    weight.set(p.weight, row * inFeatures);
-    bias.set(p.bias, row);
-    row += p.out;
-  }
-  const fused: DenseWeight = { out, in: inFeatures, weight, bias };
+  // The fp32 arrays are concatenated on first use: a factory that never reads them (the packed
+  // layers of a compiled model) allocates nothing.
+  let concatenated: { weight: Float32Array; bias: Float32Array } | null = null;
+  const concat = (): { weight: Float32Array; bias: Float32Array } => {
+    if (concatenated !== null) return concatenated;
+    const weight = new Float32Array(out * inFeatures);
+    const bias = new Float32Array(out);
+    let row = 0;
+    for (const p of parts) {
+      weight.set(p.weight, row * inFeatures);
+      bias.set(p.bias, row);
+      row += p.out;
+    }
+    concatenated = { weight, bias };
+    return concatenated;
+  };
+  const fused: DenseWeight = {
+    out,
+    in: inFeatures,
+    get weight(): Float32Array {
+      return concat().weight;
+    },
+    get bias(): Float32Array {
+      return concat().bias;
+    },
+  };
   if (quantized) fused.quantized = quantized;
   if (parts.every((p) => p.sparsity !== undefined)) {
     const mean = (key: keyof WeightSparsity): number =>

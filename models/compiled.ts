@@ -24,9 +24,10 @@
  * | 128.. | JSON header: ISA variant, config, section table, linear table, kernel decisions, SHA-256 of the data |
  * | data | the plain region (fp32 tensors, tokenizer files), then the packed region (linear weights) |
  *
- * Loading reads the plain region with one read into JavaScript memory and the packed region
- * with one read into 64-byte aligned native memory, and builds {@linkcode PackedLinear} ops over
- * slices of it. The fixed header and the JSON header are always checked (magic, versions, size,
+ * Loading reads the plain region with one read into JavaScript memory, maps the file into memory
+ * (private, copy-on-write) and builds {@linkcode PackedLinear} ops over slices of the packed
+ * region where it lies in the map: no read, copy or repacking of the packed weights, whose pages
+ * come from the page cache as the kernels first touch them. The fixed header and the JSON header are always checked (magic, versions, size,
  * header hash, ISA); hashing the data is on demand (`verify: true`) because it costs as much as
  * reading the file again (see docs/BENCHMARKS.md and the issue note for the figures).
  *
@@ -34,7 +35,7 @@
  */
 import { createHash } from "node:crypto";
 import { kernels } from "../ffi/library.ts";
-import { NativeBuffer } from "../ffi/memory.ts";
+import { MappedFile, type NativeBuffer } from "../ffi/memory.ts";
 import { ABI_VERSION } from "../ffi/symbols.ts";
 import type { Activation } from "../ops/linear.ts";
 import type { ActivationQuantization } from "../ops/quantize.ts";
@@ -400,9 +401,8 @@ async function readFully(file: Deno.FsFile, into: Uint8Array): Promise<number> {
 }
 
 /**
- * Loads a compiled model file: checks its headers, reads the fp32 tensors and the packed
- * weights (one read each) and returns the weights, tokenizer and a linear factory over the
- * packed bytes.
+ * Loads a compiled model file: checks its headers, reads the fp32 tensors (one read), maps the
+ * packed weights into memory and returns the weights, tokenizer and a linear factory over them.
  *
  * @throws CompiledModelError on a foreign, truncated or corrupt file, a format or ABI version
  *   this build does not read, or packed bytes made for another ISA variant.
@@ -494,11 +494,15 @@ export async function loadCompiled(
     if (await readFully(file, plain) !== plain.length) {
       throw new CompiledModelError(`Compiled model "${path}" is truncated in its data`);
     }
-    region = new SharedRegion(new NativeBuffer(Math.max(header.packedBytes, ALIGN)));
-    const packed = region.u8().subarray(0, header.packedBytes);
-    if (await readFully(file, packed) !== packed.length) {
-      throw new CompiledModelError(`Compiled model "${path}" is truncated in its packed weights`);
+    // The packed weights are used where they lie in the file: a memory map, no read, no copy.
+    const packedStart = dataStart + header.plainBytes;
+    if (packedStart % ALIGN !== 0) {
+      throw new CompiledModelError(
+        `Compiled model "${path}" is corrupt: packed weights at byte ${packedStart}, not 64-byte aligned`,
+      );
     }
+    region = new SharedRegion(new MappedFile(path, fileBytes), packedStart, header.packedBytes);
+    const packed = region.u8();
     if (options.verify) {
       const hex = createHash("sha256").update(plain).update(packed).digest("hex");
       if (hex !== header.dataSha256) {

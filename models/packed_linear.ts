@@ -11,7 +11,7 @@
  * @module
  */
 import { kernels } from "../ffi/library.ts";
-import { NativeBuffer } from "../ffi/memory.ts";
+import { NativeBuffer, type NativeMemory } from "../ffi/memory.ts";
 import {
   type Activation,
   ACTIVATION_CODE,
@@ -163,30 +163,50 @@ export function packLinear(
   };
 }
 
-/** A reference-counted native region shared by several {@linkcode PackedLinear} ops. */
+/**
+ * A reference-counted native region shared by several {@linkcode PackedLinear} ops: a whole
+ * {@linkcode NativeBuffer}, or a 64-byte aligned window of other native memory (the packed part
+ * of a mapped compiled model).
+ */
 export class SharedRegion implements Disposable {
-  #buffer: NativeBuffer;
+  #memory: NativeMemory;
+  #offset: number;
+  #bytes: number;
   #refs = 1;
 
-  /** Takes ownership of `buffer`; the creator holds the first reference. */
-  constructor(buffer: NativeBuffer) {
-    this.#buffer = buffer;
+  /**
+   * Takes ownership of `memory` (released with the last reference); the region is `bytes`
+   * bytes from `offset` (default: all of it). The creator holds the first reference.
+   */
+  constructor(memory: NativeMemory, offset = 0, bytes: number = memory.bytes - offset) {
+    if (
+      !Number.isInteger(offset) || offset < 0 || offset % 64 !== 0 || !Number.isInteger(bytes) ||
+      bytes < 0 || offset + bytes > memory.bytes
+    ) {
+      throw new RangeError(
+        `Shared region [${offset}, +${bytes}) is misaligned or outside its ${memory.bytes}-byte block`,
+      );
+    }
+    this.#memory = memory;
+    this.#offset = offset;
+    this.#bytes = bytes;
   }
 
   /** The region's base pointer; throws once freed. */
   get pointer(): Deno.PointerObject {
     if (this.#refs <= 0) throw new Error("Packed weights used after they were freed");
-    return this.#buffer.pointer;
+    const base = this.#memory.pointer;
+    return this.#offset === 0 ? base : Deno.UnsafePointer.offset(base, this.#offset)!;
   }
 
   /** Bytes in the region. */
   get bytes(): number {
-    return this.#buffer.bytes;
+    return this.#bytes;
   }
 
-  /** The whole region as bytes (for reading it in). */
+  /** The whole region as bytes (for reading it in, or hashing it). */
   u8(): Uint8Array {
-    return this.#buffer.u8();
+    return this.#memory.u8().subarray(this.#offset, this.#offset + this.#bytes);
   }
 
   /** Adds a reference. */
@@ -195,10 +215,10 @@ export class SharedRegion implements Disposable {
     this.#refs++;
   }
 
-  /** Drops a reference; the memory is freed with the last one. */
+  /** Drops a reference; the memory is released with the last one. */
   [Symbol.dispose](): void {
     if (this.#refs <= 0) return;
-    if (--this.#refs === 0) this.#buffer[Symbol.dispose]();
+    if (--this.#refs === 0) this.#memory[Symbol.dispose]();
   }
 }
 

@@ -9,6 +9,7 @@ import {
 import { type KernelChoiceOptions, KernelChooser } from "../models/kernel_choice.ts";
 import { loadModel } from "../models/load.ts";
 import { importOnnx } from "../models/onnx_import.ts";
+import { MappedFile } from "../ffi/memory.ts";
 import { ensureTestModel } from "../tools/write_test_model.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "sbert_compiled_" });
@@ -111,4 +112,70 @@ Deno.test("truncated, foreign, wrong-version and corrupt files fail clearly", as
   const data = bytes.slice();
   data[data.length - 70] ^= 1;
   await expectError(data, /data checksum mismatch/, true);
+});
+
+Deno.test("MappedFile maps a file's bytes copy-on-write and names a file it cannot map", async () => {
+  const path = `${dir}/mapped.bin`;
+  const content = new Uint8Array(10_000).map((_, i) => (i * 31) & 255);
+  await Deno.writeFile(path, content);
+  {
+    using mapped = new MappedFile(path, content.length);
+    assert.deepEqual(mapped.u8(), content);
+    mapped.u8()[0] = 77; // a private map: the file keeps its byte
+    assert.equal(mapped.u8()[0], 77);
+  }
+  assert.deepEqual(await Deno.readFile(path), content);
+  assert.throws(
+    () => new MappedFile(path, content.length + 1),
+    /Cannot map 10001 bytes of ".*mapped\.bin"/,
+  );
+  assert.throws(
+    () => new MappedFile(`${dir}/missing.bin`, 1),
+    /Cannot map 1 bytes of ".*missing\.bin"/,
+  );
+  const m = new MappedFile(path, 16);
+  m[Symbol.dispose]();
+  m[Symbol.dispose]();
+  assert.throws(() => m.u8(), /Mapped file used after it was released/);
+});
+
+Deno.test("a compiled model's packed weights are read from the file's map, not a copy", async () => {
+  const weights = await importOnnx(onnx);
+  const path = `${dir}/mapped.sbert`;
+  const result = await compileModel(weights, path, {
+    kernels: { cachePath: null, kernels: "sparse-i8" },
+  });
+  const x = { ...input(1, 8), batch: 1, seq: 8 };
+  let expected: Float32Array;
+  {
+    using model = await loadCompiled(path);
+    using encoder = new BertEncoder(model.weights, { linear: model.linear, fuseQkv: true });
+    expected = encoder.forward(x).slice();
+  }
+  using model = await loadCompiled(path);
+  using encoder = new BertEncoder(model.weights, { linear: model.linear, fuseQkv: true });
+  // After the load and before any forward pass, overwrite the last layer's output bias where
+  // its packed blob keeps it, in the file itself: a map of the file sees the new bytes (a
+  // private map shares the page cache until this process writes a page); a copy read at load
+  // time would not.
+  const bytes = await Deno.readFile(path);
+  const bias = weights.layers[weights.layers.length - 1].output.bias;
+  const needle = new Uint8Array(bias.buffer, bias.byteOffset, bias.byteLength);
+  assert.ok(bias.some((b) => b !== 0), "the test model's bias must not be all zeros");
+  const packedStart = result.bytes - result.packedBytes;
+  let at = -1;
+  for (let i = packedStart; i + needle.length <= bytes.length && at < 0; i += 4) {
+    if (needle.every((b, j) => bytes[i + j] === b)) at = i;
+  }
+  assert.ok(at >= packedStart, "the output bias is stored in the packed region");
+  const file = await Deno.open(path, { write: true });
+  try {
+    await file.seek(at, Deno.SeekMode.Start);
+    const shifted = bias.map((b) => b + 1);
+    await file.write(new Uint8Array(shifted.buffer));
+  } finally {
+    file.close();
+  }
+  const changed = encoder.forward(x);
+  assert.notDeepEqual(changed, expected);
 });
