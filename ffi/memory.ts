@@ -49,7 +49,7 @@ abstract class NativeBlock implements NativeMemory {
 
   /** The base pointer, for FFI calls; throws once released. */
   get pointer(): Deno.PointerObject {
-    if (this.#pointer === null) throw new Error(`${this.#what} used after it was released`);
+    if (this.#pointer === null) throw new Error(`${this.#what} used after it was disposed`);
     return this.#pointer;
   }
 

@@ -136,7 +136,7 @@ Deno.test("MappedFile maps a file's bytes copy-on-write and names a file it cann
   const m = new MappedFile(path, 16);
   m[Symbol.dispose]();
   m[Symbol.dispose]();
-  assert.throws(() => m.u8(), /Mapped file used after it was released/);
+  assert.throws(() => m.u8(), /Mapped file used after it was disposed/);
 });
 
 Deno.test("a compiled model's packed weights are read from the file's map, not a copy", async () => {
