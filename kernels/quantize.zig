@@ -99,28 +99,50 @@ inline fn rneVec(v: F8) I8v {
 }
 
 inline fn quantizeVec(v: F8, p: Params, qmax: i32) I8v {
-    const scaled = if (p.divide) v / @as(F8, @splat(p.scale)) else v * @as(F8, @splat(p.inv));
-    // Clamp before rounding so that huge quotients stay within the magic-number range.
-    const bounded = std.math.clamp(scaled, @as(F8, @splat(-1024.0)), @as(F8, @splat(1024.0)));
-    const q = rneVec(bounded) + @as(I8v, @splat(p.zero));
-    return std.math.clamp(q, @as(I8v, @splat(0)), @as(I8v, @splat(qmax)));
+    const q = if (p.divide) blk: {
+        // ORT's division: clamp before rounding so that huge quotients stay within the
+        // magic-number range (its scale comes from the tensor's own range, but is 1 for an
+        // all-zero tensor whatever the rounding of the others).
+        const scaled = v / @as(F8, @splat(p.scale));
+        const bounded = std.math.clamp(scaled, @as(F8, @splat(-1024.0)), @as(F8, @splat(1024.0)));
+        break :blk rneVec(bounded);
+    } else blk: {
+        // x * inv is within [-qmax - 1, qmax + 1] by construction: the range holds x.
+        break :blk rneVec(v * @as(F8, @splat(p.inv)));
+    };
+    return std.math.clamp(q + @as(I8v, @splat(p.zero)), @as(I8v, @splat(0)), @as(I8v, @splat(qmax)));
 }
 
 const Range = struct { min: f32, max: f32, nan: bool };
 
 /// min (<= 0), max (>= 0) and whether a NaN was seen, over x[0..count].
 fn range(x: [*]const f32, count: usize) Range {
-    var lo: F8 = @splat(0);
-    var hi: F8 = @splat(0);
-    var nan: @Vector(8, bool) = @splat(false);
+    // Four independent accumulators: one min/max chain would wait on vminps' latency.
+    const lanes = 4;
+    var lo: [lanes]F8 = @splat(@splat(0));
+    var hi: [lanes]F8 = @splat(@splat(0));
+    var nan: [lanes]@Vector(8, bool) = @splat(@splat(false));
     var i: usize = 0;
+    while (i + 8 * lanes <= count) : (i += 8 * lanes) {
+        inline for (0..lanes) |j| {
+            const v: F8 = x[i + 8 * j ..][0..8].*;
+            lo[j] = @min(lo[j], v);
+            hi[j] = @max(hi[j], v);
+            nan[j] = nan[j] | (v != v);
+        }
+    }
     while (i + 8 <= count) : (i += 8) {
         const v: F8 = x[i..][0..8].*;
-        lo = @min(lo, v);
-        hi = @max(hi, v);
-        nan = @select(bool, v != v, @as(@Vector(8, bool), @splat(true)), nan);
+        lo[0] = @min(lo[0], v);
+        hi[0] = @max(hi[0], v);
+        nan[0] = nan[0] | (v != v);
     }
-    var r = Range{ .min = @reduce(.Min, lo), .max = @reduce(.Max, hi), .nan = @reduce(.Or, nan) };
+    inline for (1..lanes) |j| {
+        lo[0] = @min(lo[0], lo[j]);
+        hi[0] = @max(hi[0], hi[j]);
+        nan[0] = nan[0] | nan[j];
+    }
+    var r = Range{ .min = @reduce(.Min, lo[0]), .max = @reduce(.Max, hi[0]), .nan = @reduce(.Or, nan[0]) };
     while (i < count) : (i += 1) {
         r.min = @min(r.min, x[i]);
         r.max = @max(r.max, x[i]);

@@ -66,6 +66,12 @@ export function int8SaturatingPairs(x: RefActivations, w: RefWeight): Int32Array
   return y;
 }
 
+/**
+ * How far the int8 kernels' GELU (`vmath.geluErfInt8`, used with 7-bit activations) may be from
+ * the exact one that {@linkcode int8Epilogue} computes: absolute, for every input.
+ */
+export const INT8_GELU_ATOL = 6e-5;
+
 /** Options of the reference epilogue. */
 export interface EpilogueOptions {
   activation?: "none" | "gelu" | "gelu_tanh";
