@@ -11,10 +11,11 @@ const pool = @import("pool.zig");
 const lanes = @import("linear_f32.zig").lanes;
 
 const V = @Vector(lanes, f32);
-/// Below this many elements (BERT-Base at batch 1, seq 128 is 98K) one thread is faster than
-/// a pool call: the norm takes about 40 us, and a pool call waits for every worker to check in,
-/// which costs a scheduling delay whenever the cores are shared.
-pub const parallel_threshold: usize = 1 << 17;
+/// Below this many elements one thread is faster than a pool call. BERT-Base at batch 1, seq 128
+/// (98K elements, about 40 us on one core) is above it: right after a linear op the workers are
+/// still spinning, and splitting the rows took the norms and embeddings of a sparse int8
+/// forward pass from about 0.98 to 0.8 ms (profiled, 24 norms).
+pub const parallel_threshold: usize = 1 << 14;
 
 /// Normalises one row of `cols` values from `x` into `y` (which may equal `x`).
 pub fn normalizeRow(
