@@ -21,6 +21,7 @@ const gemm_i8 = @import("kernels/gemm_i8.zig");
 const spmm_f32 = @import("kernels/spmm_f32.zig");
 const probe_i8 = @import("kernels/probe_i8.zig");
 const mapped_file = @import("kernels/mapped_file.zig");
+const transpose = @import("kernels/transpose.zig");
 
 /// Bumped whenever an exported signature changes; the loader refuses a mismatched library.
 pub const abi_version: u32 = 1;
@@ -403,4 +404,5 @@ test {
     _ = spmm_f32;
     _ = probe_i8;
     _ = mapped_file;
+    _ = transpose;
 }

@@ -18,6 +18,7 @@ import { compileModel, loadCompiled } from "../models/compiled.ts";
 import { loadModel } from "../models/load.ts";
 import { BertEncoder } from "../models/bert.ts";
 import { setThreads } from "../ffi/library.ts";
+import { stats } from "./_timing.ts";
 
 const HELP = `Usage: deno task bench:load [options]
 
@@ -111,12 +112,6 @@ async function spawnChild(side: Sample["side"], file: string, threads: number): 
   return JSON.parse(text.trim().split("\n").pop()!) as Sample;
 }
 
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
-
 async function main(): Promise<number> {
   let values;
   try {
@@ -185,14 +180,16 @@ async function main(): Promise<number> {
   const summary = (side: Sample["side"]) => {
     const mine = samples.filter((s) => s.side === side);
     const needed = mine[0].packedBytes + mine[0].plainBytes + mine[0].workspaceBytes;
+    const median = (key: "loadMs" | "firstForwardMs" | "rssGrowthBytes") =>
+      stats(mine.map((s) => s[key])).median;
     return {
-      loadMs: median(mine.map((s) => s.loadMs)),
-      firstForwardMs: median(mine.map((s) => s.firstForwardMs)),
-      rssGrowthBytes: median(mine.map((s) => s.rssGrowthBytes)),
+      loadMs: median("loadMs"),
+      firstForwardMs: median("firstForwardMs"),
+      rssGrowthBytes: median("rssGrowthBytes"),
       packedBytes: mine[0].packedBytes,
       plainBytes: mine[0].plainBytes,
       workspaceBytes: mine[0].workspaceBytes,
-      rssOverNeeded: median(mine.map((s) => s.rssGrowthBytes)) / needed,
+      rssOverNeeded: median("rssGrowthBytes") / needed,
     };
   };
   const imported = summary("import");

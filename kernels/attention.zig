@@ -23,6 +23,7 @@ const assert = std.debug.assert;
 const pool = @import("pool.zig");
 const vmath = @import("vmath.zig");
 const lanes = @import("linear_f32.zig").lanes;
+const transpose = @import("transpose.zig");
 
 /// Columns per register tile: 2 AVX2 vectors, 1 AVX-512 vector, 4 SSE vectors.
 const cols_tile: usize = 16;
@@ -267,7 +268,7 @@ fn transposeKeys(k: [*]const f32, ld: usize, seq: usize, hs: usize, kt: [*]f32, 
         while (d + 8 <= hs) : (d += 8) {
             var block: [8]F = undefined;
             inline for (0..8) |r| block[r] = (k + (j + r) * ld + d)[0..8].*;
-            const t = transpose8x8(block);
+            const t = transpose.f32x8(block);
             inline for (0..8) |c| (kt + (d + c) * ld_kt + j)[0..8].* = t[c];
         }
         while (d < hs) : (d += 1) {
@@ -277,37 +278,6 @@ fn transposeKeys(k: [*]const f32, ld: usize, seq: usize, hs: usize, kt: [*]f32, 
     while (j < seq) : (j += 1) {
         for (0..hs) |d| kt[d * ld_kt + j] = k[j * ld + d];
     }
-}
-
-/// out[c][r] = rows[r][c] for an 8 x 8 f32 block.
-inline fn transpose8x8(rows: [8]@Vector(8, f32)) [8]@Vector(8, f32) {
-    const F = @Vector(8, f32);
-    const lo32 = @Vector(8, i32){ 0, -1, 1, -2, 4, -5, 5, -6 };
-    const hi32 = @Vector(8, i32){ 2, -3, 3, -4, 6, -7, 7, -8 };
-    const lo64 = @Vector(8, i32){ 0, 1, -1, -2, 4, 5, -5, -6 };
-    const hi64 = @Vector(8, i32){ 2, 3, -3, -4, 6, 7, -7, -8 };
-    const lo128 = @Vector(8, i32){ 0, 1, 2, 3, -1, -2, -3, -4 };
-    const hi128 = @Vector(8, i32){ 4, 5, 6, 7, -5, -6, -7, -8 };
-    var a: [8]F = undefined;
-    inline for (0..4) |i| {
-        a[2 * i] = @shuffle(f32, rows[2 * i], rows[2 * i + 1], lo32);
-        a[2 * i + 1] = @shuffle(f32, rows[2 * i], rows[2 * i + 1], hi32);
-    }
-    // a[0] = r0r1 cols 0,1 | 4,5; a[1] = r0r1 cols 2,3 | 6,7; a[2], a[3] the same for r2r3; ...
-    var b: [8]F = undefined;
-    inline for (0..2) |h| {
-        const o = 4 * h;
-        b[o + 0] = @shuffle(f32, a[o + 0], a[o + 2], lo64); // rows 0-3 col 0 | col 4
-        b[o + 1] = @shuffle(f32, a[o + 0], a[o + 2], hi64); // col 1 | col 5
-        b[o + 2] = @shuffle(f32, a[o + 1], a[o + 3], lo64); // col 2 | col 6
-        b[o + 3] = @shuffle(f32, a[o + 1], a[o + 3], hi64); // col 3 | col 7
-    }
-    var out: [8]F = undefined;
-    inline for (0..4) |c| {
-        out[c] = @shuffle(f32, b[c], b[4 + c], lo128);
-        out[c + 4] = @shuffle(f32, b[c], b[4 + c], hi128);
-    }
-    return out;
 }
 
 /// exp(s - max) in place over `rows` score rows from `block_row`; keeps 1 / sum per row for the

@@ -274,7 +274,7 @@ fn tile(
                 const pre = e * (sx * sw[h]) + bias[h];
                 // 7-bit activations: the cheaper GELU, as in spmm_i8 (the two kernels agree bit
                 // for bit); ORT's 8-bit codes keep the exact one.
-                f[h] = if (act == .gelu_erf and args.act_max == int8.act_max) vmath.geluErfInt8(8, pre) else act.apply(8, pre);
+                f[h] = if (args.act_max == int8.act_max) act.applyInt8(8, pre) else act.apply(8, pre);
             }
             var v: V16 = std.simd.join(f[0], f[1]);
             if (args.residual) |res| v += loadRow(res + at, cols);

@@ -285,7 +285,7 @@ fn blockRow(
         const s = tokens.scale[half] * @as(F8, @splat(sw[r]));
         const v: F8 = @floatFromInt(exact[r][half]);
         const pre = v * s + @as(F8, @splat(bias[r]));
-        f[r][half] = if (act == .gelu_erf) vmath.geluErfInt8(8, pre) else act.apply(8, pre);
+        f[r][half] = act.applyInt8(8, pre);
     };
     inline for (0..2) |half| {
         const cols = transpose4x8(f32, .{ f[0][half], f[1][half], f[2][half], f[3][half] });

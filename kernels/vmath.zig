@@ -120,6 +120,11 @@ pub const Activation = enum(u32) {
             .gelu_tanh => geluTanh(n, x),
         };
     }
+
+    /// `apply` for the epilogues of the 7-bit int8 kernels: the erf GELU is `geluErfInt8`.
+    pub fn applyInt8(self: Activation, comptime n: usize, x: @Vector(n, f32)) @Vector(n, f32) {
+        return if (self == .gelu_erf) geluErfInt8(n, x) else self.apply(n, x);
+    }
 };
 
 fn erfReference(x: f64) f64 {
