@@ -31,11 +31,22 @@ import { LinearI8 } from "../ops/linear_i8.ts";
 import { SparseLinearF32 } from "../ops/sparse_linear_f32.ts";
 import { SPARSE_I8_MAX_IN, SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
 import type { LinearFactory, LinearRole, LinearSpec } from "./bert.ts";
-import { type Int8Activations, int8Form, KERNEL_KINDS, type KernelKind } from "./packed_linear.ts";
+import {
+  INT8_ACTIVATIONS,
+  type Int8Activations,
+  int8Form,
+  KERNEL_KINDS,
+  type KernelKind,
+} from "./packed_linear.ts";
 import { measureSparsity, type WeightSparsity } from "./quantized.ts";
 import type { DenseWeight } from "./weights.ts";
 
-export { type Int8Activations, KERNEL_KINDS, type KernelKind } from "./packed_linear.ts";
+export {
+  INT8_ACTIVATIONS,
+  type Int8Activations,
+  KERNEL_KINDS,
+  type KernelKind,
+} from "./packed_linear.ts";
 
 /** Which arithmetic to run: fp32, int8, or int8 where the model has int8 weights. */
 export type Precision = "fp32" | "int8" | "auto";
@@ -191,9 +202,11 @@ export class KernelChooser {
     this.#options = o;
     this.#roles = { ...options.roles };
     this.#int8Activations = options.int8Activations ?? "per-token";
-    if (!["per-token", "ort"].includes(this.#int8Activations)) {
+    if (!INT8_ACTIVATIONS.includes(this.#int8Activations)) {
       throw new RangeError(
-        `Unknown int8Activations "${this.#int8Activations}": expected per-token or ort`,
+        `Unknown int8Activations "${this.#int8Activations}": expected ${
+          INT8_ACTIVATIONS.join(" or ")
+        }`,
       );
     }
     this.#cachePath = options.cachePath === undefined ? DEFAULT_AUTOTUNE_CACHE : options.cachePath;

@@ -56,7 +56,10 @@ export interface Int8Form {
  * numerics on the dense int8 kernel (`"ort-u8"`), so its output matches ORT's on the same file,
  * batch dependence included. Other layers keep the default.
  */
-export type Int8Activations = "per-token" | "ort";
+export type Int8Activations = typeof INT8_ACTIVATIONS[number];
+
+/** Every {@linkcode Int8Activations} value, default first. */
+export const INT8_ACTIVATIONS = ["per-token", "ort"] as const;
 
 /**
  * The int8 form of `weight` for an op of `kind`: its own symmetric int8 values when it has them

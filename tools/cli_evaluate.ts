@@ -7,6 +7,7 @@
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_RETRIEVAL_SET, evaluate, type EvaluateReport } from "../models/evaluate.ts";
+import { INT8_ACTIVATIONS } from "../models/packed_linear.ts";
 import {
   checkTextsFile,
   choiceOption,
@@ -158,7 +159,7 @@ export async function main(args: string[]): Promise<number> {
       int8Activations: choiceOption(
         "--int8-activations",
         values["int8-activations"],
-        ["per-token", "ort"] as const,
+        INT8_ACTIVATIONS,
       ),
       batchSize: numberOption("--batch-size", values["batch-size"]),
       layers: values.layers,
