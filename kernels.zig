@@ -293,6 +293,46 @@ export fn sb_spmm_i8(
     return 0;
 }
 
+export fn sb_spmm_i8_staging_len(m: usize, n: usize) usize {
+    return spmm_i8.Staging.len(m, n);
+}
+
+/// `sb_spmm_i8` with an fp32 epilogue and no residual whose output goes straight to per-token
+/// u7 codes in the packed layout (`packed_y`, `sb_quantize_packed_len(m, n)` bytes; `y_scale`,
+/// `y_zero` [m]): the bytes `sb_spmm_i8` then `sb_quantize_packed` (per token) would write.
+export fn sb_spmm_i8_quantized(
+    blob: [*]align(64) u8,
+    blob_len: usize,
+    packed_x: [*]const u8,
+    m: usize,
+    x_scale: [*]const f32,
+    x_zero: [*]const i32,
+    activation: u32,
+    staging: [*]align(64) u8,
+    staging_len: usize,
+    packed_y: [*]u8,
+    y_scale: [*]f32,
+    y_zero: [*]i32,
+) i32 {
+    const w = sparse_format.view(blob, blob_len) catch |e| return status(e);
+    if (staging_len < spmm_i8.Staging.len(m, w.header.n)) return status(error.BufferTooSmall);
+    var scratch = spmm_i8.Staging.init(staging, m, w.header.n);
+    const args = spmm_i8.Args{
+        .w = w,
+        .x = packed_x,
+        .m = m,
+        .x_scale = x_scale,
+        .x_zero = x_zero,
+        .residual = null,
+        .y = staging,
+        .output = .f32,
+        .requant = .{},
+        .activation = enumCode(vmath.Activation, activation) orelse return -3,
+    };
+    spmm_i8.forwardQuantized(&args, &scratch, packed_y, y_scale, y_zero) catch |e| return status(e);
+    return 0;
+}
+
 export fn sb_gemm_i8_packed_len(n: usize, k: usize) usize {
     return gemm_i8.packedLen(n, k) catch 0;
 }

@@ -134,6 +134,24 @@ export const symbols = {
     ],
     result: "i32",
   },
+  sb_spmm_i8_staging_len: { parameters: ["usize", "usize"], result: "usize" },
+  sb_spmm_i8_quantized: {
+    parameters: [
+      "pointer", // blob
+      "usize", // blob bytes
+      "buffer", // packed activations
+      "usize", // m
+      "buffer", // per-token scale
+      "buffer", // per-token zero point
+      "u32", // activation
+      "pointer", // staging scratch (64-byte aligned)
+      "usize", // staging bytes
+      "buffer", // packed u7 output
+      "buffer", // output per-token scale
+      "buffer", // output per-token zero point
+    ],
+    result: "i32",
+  },
   sb_gemm_i8_packed_len: { parameters: ["usize", "usize"], result: "usize" },
   sb_gemm_i8_pack: {
     parameters: ["buffer", "buffer", "buffer", "usize", "usize", "pointer", "usize"],

@@ -399,6 +399,117 @@ pub fn quantizePacked(
     if (failed.load(.monotonic)) return error.NonFinite;
 }
 
+/// Running per-token range of one 16-token chunk, lanes in natural token order, as a producing
+/// kernel accumulates it over the values it writes (`spmm_i8.forwardQuantized`). `lo`/`hi` start
+/// at 0 like `range`'s; `bad` accumulates v * 0, which turns NaN at a NaN or an infinity.
+pub const ChunkRange = extern struct {
+    lo: [chunk_tokens]f32,
+    hi: [chunk_tokens]f32,
+    bad: [chunk_tokens]f32,
+
+    pub const empty = ChunkRange{ .lo = @splat(0), .hi = @splat(0), .bad = @splat(0) };
+
+    /// Widens the range by 16 values, one per token.
+    pub inline fn add(self: *ChunkRange, v: @Vector(chunk_tokens, f32)) void {
+        const V = @Vector(chunk_tokens, f32);
+        self.lo = @min(@as(V, self.lo), v);
+        self.hi = @max(@as(V, self.hi), v);
+        self.bad = @mulAdd(V, v, @splat(0), self.bad);
+    }
+
+    pub fn merge(self: *ChunkRange, other: *const ChunkRange) void {
+        const V = @Vector(chunk_tokens, f32);
+        self.lo = @min(@as(V, self.lo), @as(V, other.lo));
+        self.hi = @max(@as(V, self.hi), @as(V, other.hi));
+        self.bad = @as(V, self.bad) + @as(V, other.bad);
+    }
+};
+
+const StagedCtx = struct {
+    staged: [*]const f32,
+    m: usize,
+    k: usize,
+    /// Per chunk: scale and zero point of each lane (0 past m).
+    inv: [*]const @Vector(chunk_tokens, f32),
+    zero: [*]const @Vector(chunk_tokens, i32),
+    packed_x: [*]u8,
+    split: []const usize,
+};
+
+/// Quantizes the staged rows of `count` (chunk, channel) pairs from `first`.
+fn stagedWork(ctx: *const StagedCtx, ith: u32, nth: u32) void {
+    const V = @Vector(chunk_tokens, f32);
+    const I = @Vector(chunk_tokens, i32);
+    const magic: V = @splat(12582912.0);
+    // u16 lane p holds token tokenAt(p): 0-3, 8-11, 4-7, 12-15.
+    const order = comptime blk: {
+        var o: [chunk_tokens]i32 = undefined;
+        for (0..chunk_tokens) |p| o[p] = @intCast(tokenAt(p));
+        break :blk o;
+    };
+    // Each thread takes the channels it staged when the thread count is the producer's
+    // (they are still in its own L2), else an even share.
+    const own = ctx.split.len == nth + 1;
+    const c0 = if (own) ctx.split[ith] else pool.split(ctx.k, ith, nth).begin;
+    const c1 = if (own) ctx.split[ith + 1] else pool.split(ctx.k, ith, nth).end;
+    const lane = std.simd.iota(usize, chunk_tokens);
+    for (0..chunksOf(ctx.m)) |chunk| {
+        // Lanes past m hold whatever the producer computed for padding; they quantize to 0.
+        const valid = lane + @as(@Vector(chunk_tokens, usize), @splat(chunk * chunk_tokens)) < @as(@Vector(chunk_tokens, usize), @splat(ctx.m));
+        const inv = ctx.inv[chunk];
+        const zero = ctx.zero[chunk];
+        for (c0..c1) |c| {
+            const row = chunk * ctx.k + c;
+            const staged: V = ctx.staged[row * chunk_tokens ..][0..chunk_tokens].*;
+            const v = @select(f32, valid, staged, @as(V, @splat(0)));
+            const r: I = @intFromFloat((v * inv + magic) - magic);
+            const q = std.math.clamp(r + zero, @as(I, @splat(0)), @as(I, @splat(127)));
+            const q16: @Vector(chunk_tokens, u16) = @intCast(q);
+            const dst: *align(1) [chunk_tokens]u16 = @ptrCast(ctx.packed_x + row * packed_row_bytes);
+            dst.* = @shuffle(u16, q16, undefined, @as(@Vector(chunk_tokens, i32), order));
+        }
+    }
+}
+
+/// Quantizes per token to u7, into the packed layout, values staged in packed order
+/// ([chunk][k][16] fp32, natural token order) whose per-token ranges the producer kept in
+/// `ranges` ([chunks]). The same codes, scales and zero points as `quantizePacked` per token on
+/// the token-major values. `split` gives thread i channels [split[i], split[i + 1]) when it has
+/// one entry more than the pool has threads (else it is ignored). `inv`/`zero` are [chunks]
+/// scratch.
+pub fn quantizeStaged(
+    staged: [*]const f32,
+    m: usize,
+    k: usize,
+    ranges: [*]const ChunkRange,
+    split: []const usize,
+    inv: [*]@Vector(chunk_tokens, f32),
+    zero_v: [*]@Vector(chunk_tokens, i32),
+    packed_x: [*]u8,
+    scale: [*]f32,
+    zero: [*]i32,
+) Error!void {
+    assert(m >= 1 and k >= 1);
+    for (0..chunksOf(m)) |chunk| {
+        inv[chunk] = @splat(0);
+        zero_v[chunk] = @splat(0);
+        const r = &ranges[chunk];
+        for (0..chunk_tokens) |j| {
+            const t = chunk * chunk_tokens + j;
+            if (t >= m) break;
+            const bad = r.bad[j] != 0 or r.bad[j] != r.bad[j];
+            const p = try checked(.{ .min = r.lo[j], .max = r.hi[j], .nan = bad }, 127, .per_token);
+            scale[t] = p.scale;
+            zero[t] = p.zero;
+            inv[chunk][j] = p.inv;
+            zero_v[chunk][j] = p.zero;
+        }
+    }
+    if (split.len > 0) assert(split[0] == 0 and split[split.len - 1] == k);
+    const ctx = StagedCtx{ .staged = staged, .m = m, .k = k, .inv = inv, .zero = zero_v, .packed_x = packed_x, .split = split };
+    pool.parallel(StagedCtx, &ctx, stagedWork);
+}
+
 /// Packs already quantized rows q [m][ldq] (values <= 127) into the `spmm_i8` layout.
 /// Returns false (and writes nothing useful) if a value exceeds 127.
 pub fn packRows(q: [*]const u8, m: usize, k: usize, ldq: usize, packed_x: [*]u8) bool {
@@ -611,4 +722,47 @@ test "packF32 transposes into chunks" {
         const want: f32 = if (t < m) x[t * k + c] else 0;
         try std.testing.expectEqual(want, out[(chunk * k + c) * chunk_tokens + j]);
     };
+}
+
+test "quantizeStaged gives quantizePacked's bytes from staged values and kept ranges" {
+    const m = 37;
+    const k = 29;
+    var x: [m * k]f32 = undefined;
+    for (&x, 0..) |*v, i| v.* = @as(f32, @floatFromInt((i * 7919) % 1000)) / 100.0 - 3.0;
+    x[k + 3] = -9.5;
+    for (0..k) |c| x[2 * k + c] = 0.25; // a token with no negative value
+    var want: [packedLen(m, k)]u8 = undefined;
+    var want_scale: [m]f32 = undefined;
+    var want_zero: [m]i32 = undefined;
+    try quantizePacked(&x, m, k, .per_token, &want, &want_scale, &want_zero);
+
+    const chunks = comptime chunksOf(m);
+    var staged: [packedF32Len(m, k)]f32 = undefined;
+    packF32(&x, m, k, &staged);
+    var ranges: [chunks]ChunkRange = @splat(ChunkRange.empty);
+    for (0..chunks) |chunk| for (0..k) |c| {
+        ranges[chunk].add(staged[(chunk * k + c) * chunk_tokens ..][0..chunk_tokens].*);
+    };
+    // Padding lanes may hold anything the producer computed; they must still give 0.
+    for (0..k) |c| staged[((chunks - 1) * k + c) * chunk_tokens + chunk_tokens - 1] = std.math.nan(f32);
+    var got: [packedLen(m, k)]u8 = undefined;
+    @memset(&got, 0xaa);
+    var scale: [m]f32 = undefined;
+    var zero: [m]i32 = undefined;
+    var inv: [chunks]@Vector(chunk_tokens, f32) = undefined;
+    var zero_v: [chunks]@Vector(chunk_tokens, i32) = undefined;
+    try quantizeStaged(&staged, m, k, &ranges, &.{}, &inv, &zero_v, &got, &scale, &zero);
+    try std.testing.expectEqualSlices(u8, &want, &got);
+    try std.testing.expectEqualSlices(f32, &want_scale, &scale);
+    try std.testing.expectEqualSlices(i32, &want_zero, &zero);
+
+    // A non-finite value seen by the producer is refused, as quantizePacked refuses it.
+    var bad = ranges;
+    bad[1].add(@splat(std.math.inf(f32)));
+    try std.testing.expectError(error.NonFinite, quantizeStaged(&staged, m, k, &bad, &.{}, &inv, &zero_v, &got, &scale, &zero));
+    bad = ranges;
+    var v: @Vector(chunk_tokens, f32) = @splat(1);
+    v[3] = std.math.nan(f32);
+    bad[0].add(v);
+    try std.testing.expectError(error.NonFinite, quantizeStaged(&staged, m, k, &bad, &.{}, &inv, &zero_v, &got, &scale, &zero));
 }

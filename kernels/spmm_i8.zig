@@ -53,6 +53,46 @@ pub const Args = struct {
     output: int8.Output,
     requant: int8.Requant,
     activation: vmath.Activation,
+    /// Set by `forwardQuantized` only: y is staged there instead of written to `y`.
+    staging: ?*Staging = null,
+};
+
+/// Scratch of `forwardQuantized`, carved from one 64-byte aligned buffer of `len(m, n)` bytes:
+/// the fp32 result in the packed order of `quantize.zig` and each thread's per-token ranges.
+pub const Staging = struct {
+    /// [chunks][n][16] fp32 (`quantize.packedF32Len(m, n)` floats).
+    y: [*]f32,
+    /// [max_threads][chunks]: the ranges of what each thread staged; merged into the first.
+    ranges: [*]quantize.ChunkRange,
+    /// [chunks] per-token quantization parameters (`quantize.quantizeStaged`'s scratch).
+    inv: [*]@Vector(chunk_tokens, f32),
+    zero: [*]@Vector(chunk_tokens, i32),
+    /// Threads of the last staged run (the job's nth).
+    threads: std.atomic.Value(u32) = .init(0),
+    /// Channels [split[i], split[i + 1]) were staged by thread i (the quantizer reuses it).
+    split: [pool.max_threads + 1]usize = undefined,
+
+    fn yBytes(m: usize, n: usize) usize {
+        return (quantize.packedF32Len(m, n) * 4 + 63) / 64 * 64;
+    }
+
+    pub fn len(m: usize, n: usize) usize {
+        const chunks = quantize.chunksOf(m);
+        return yBytes(m, n) + chunks * (pool.max_threads * @sizeOf(quantize.ChunkRange) + 2 * 64);
+    }
+
+    pub fn init(buffer: [*]align(64) u8, m: usize, n: usize) Staging {
+        const chunks = quantize.chunksOf(m);
+        const ranges_at = yBytes(m, n);
+        const inv_at = ranges_at + chunks * pool.max_threads * @sizeOf(quantize.ChunkRange);
+        comptime assert(@sizeOf(quantize.ChunkRange) % 64 == 0);
+        return .{
+            .y = @ptrCast(@alignCast(buffer)),
+            .ranges = @ptrCast(@alignCast(buffer + ranges_at)),
+            .inv = @ptrCast(@alignCast(buffer + inv_at)),
+            .zero = @ptrCast(@alignCast(buffer + inv_at + chunks * 64)),
+        };
+    }
 };
 
 /// Runs the layer on the worker pool.
@@ -65,6 +105,35 @@ pub fn forward(args: *const Args) void {
             inline else => |act| pool.parallel(Args, args, Worker(out, act).run),
         },
     }
+}
+
+/// Runs the layer (fp32 epilogue, no residual) and quantizes its output per token into the
+/// packed layout that the next `spmm_i8` reads: the same codes, scales and zero points as
+/// `forward` followed by `quantize.quantizePacked(.per_token)`, but the epilogue stages its
+/// values in packed order and keeps their per-token ranges, so the quantizer neither
+/// transposes nor takes a range pass over the token-major output.
+pub fn forwardQuantized(
+    args: *const Args,
+    staging: *Staging,
+    packed_y: [*]u8,
+    y_scale: [*]f32,
+    y_zero: [*]i32,
+) quantize.Error!void {
+    const h = args.w.header;
+    assert(args.m >= 1 and h.n >= 1 and h.k >= 1);
+    assert(args.output == .f32 and args.residual == null);
+    if (std.debug.runtime_safety) checkActivations(args.x, args.m, h.k);
+    var staged = args.*;
+    staged.staging = staging;
+    staging.threads.store(0, .monotonic);
+    switch (args.activation) {
+        inline else => |act| pool.parallel(Args, &staged, Worker(.f32, act).run),
+    }
+    const chunks = quantize.chunksOf(args.m);
+    const nth = staging.threads.load(.monotonic);
+    assert(nth >= 1 and nth <= pool.max_threads);
+    for (1..nth) |t| for (0..chunks) |c| staging.ranges[c].merge(&staging.ranges[t * chunks + c]);
+    try quantize.quantizeStaged(staging.y, args.m, h.n, staging.ranges, staging.split[0 .. nth + 1], staging.inv, staging.zero, packed_y, y_scale, y_zero);
 }
 
 /// Safe builds check the activations' 7-bit bound (the saturation rule of `int8.zig`).
@@ -103,6 +172,13 @@ fn Worker(comptime out: int8.Output, comptime act: vmath.Activation) type {
             const total: u64 = @as(u64, h.groups) + block_rows;
             const begin = if (ith == 0) 0 else splitPoint(args.w.group_ptr, block_rows, total * ith / nth);
             const end = if (ith + 1 == nth) tiles else splitPoint(args.w.group_ptr, block_rows, total * (ith + 1) / nth);
+            const chunks = quantize.chunksOf(args.m);
+            if (args.staging) |st| {
+                if (ith == 0) st.threads.store(nth, .monotonic);
+                st.split[ith] = @min(begin * tile_channels, h.n);
+                if (ith + 1 == nth) st.split[nth] = h.n;
+                for (st.ranges[ith * chunks ..][0..chunks]) |*r| r.* = quantize.ChunkRange.empty;
+            }
             var slice_begin = begin;
             while (slice_begin < end) {
                 // Grow the slice of tiles until its weights reach slice_bytes.
@@ -110,9 +186,14 @@ fn Worker(comptime out: int8.Output, comptime act: vmath.Activation) type {
                 while (slice_end < end and groupsBetween(args, slice_begin, slice_end) * group_bytes < slice_bytes) {
                     slice_end += 1;
                 }
-                for (0..quantize.chunksOf(args.m)) |chunk| {
+                for (0..chunks) |chunk| {
                     const tokens = Tokens.of(args, chunk);
-                    for (slice_begin..slice_end) |tile| outputTile(out, act, args, tile, &tokens);
+                    if (args.staging) |st| {
+                        const range = &st.ranges[ith * chunks + chunk];
+                        for (slice_begin..slice_end) |tile| stagedTile(act, args, tile, &tokens, range);
+                    } else {
+                        for (slice_begin..slice_end) |tile| outputTile(out, act, args, tile, &tokens);
+                    }
                 }
                 slice_begin = slice_end;
             }
@@ -222,7 +303,7 @@ fn outputTile(comptime out: int8.Output, comptime act: vmath.Activation, args: *
     const block_rows: usize = args.w.header.block_rows;
     const br0 = tile * tile_block_rows;
     const count: usize = @min(tile_block_rows, block_rows - br0);
-    for (0..count) |b| blockRow(out, act, args, br0 + b, tokens, T, &buffer, 4 * b);
+    for (0..count) |b| blockRow(out, args, br0 + b, tokens, T, &buffer, 4 * b);
     if (count < tile_block_rows) for (&buffer) |*row| @memset(row[4 * count ..], 0);
 
     const n: usize = args.w.header.n;
@@ -238,6 +319,10 @@ fn outputTile(comptime out: int8.Output, comptime act: vmath.Activation, args: *
             storeRow(i32, @as([*]i32, @ptrCast(@alignCast(args.y))) + at, v, channels);
             continue;
         }
+        // The activation runs here, on two vectors per token, rather than in `blockRow` on
+        // eight at once, where its temporaries spilled: GELU cost the intermediate layer of
+        // BERT-Base 11 -> 5 cycles per 8 outputs (Zig harness of this kernel, one thread).
+        v = act.applyInt8(tile_channels, v);
         if (args.residual) |res| v += loadRow16(res + at, channels);
         if (out == .f32) {
             storeRow(f32, @as([*]f32, @ptrCast(@alignCast(args.y))) + at, v, channels);
@@ -247,11 +332,41 @@ fn outputTile(comptime out: int8.Output, comptime act: vmath.Activation, args: *
     }
 }
 
-/// One block row: accumulates, applies the per-channel epilogue and writes channels
-/// `col..col + 4` of `buffer` for the chunk's 16 tokens.
+/// One block row over one chunk: the s32 sums with the activation zero point removed,
+/// exact[r][half] = channel 4 * br + r, tokens 8 * half ..
+fn exactSums(args: *const Args, br: usize, tokens: *const Tokens) [4][2]I32x8 {
+    const w = args.w;
+    const k: usize = w.header.k;
+    const g0 = w.group_ptr[br];
+    const g1 = w.group_ptr[br + 1];
+    const xc = args.x + tokens.chunk * k * row_bytes;
+    const acc = microKernel(xc, w.group_k + 4 * @as(usize, g0), w.weights + 16 * @as(usize, g0), g1 - g0);
+    const c0 = br * 4;
+    var exact: [4][2]I32x8 = undefined;
+    inline for (0..4) |r| inline for (0..2) |half| {
+        exact[r][half] = acc[r][half] -% tokens.zero[half] *% @as(I32x8, @splat(w.wsum[c0 + r]));
+    };
+    return exact;
+}
+
+/// `exact` dequantized per token and channel, plus the bias: the activation's input.
+fn dequantize(args: *const Args, br: usize, tokens: *const Tokens, exact: [4][2]I32x8) [4][2]F8 {
+    const c0 = br * 4;
+    const sw: F4 = args.w.scale[c0..][0..4].*;
+    const bias: F4 = args.w.bias[c0..][0..4].*;
+    var f: [4][2]F8 = undefined;
+    inline for (0..4) |r| inline for (0..2) |half| {
+        const s = tokens.scale[half] * @as(F8, @splat(sw[r]));
+        const v: F8 = @floatFromInt(exact[r][half]);
+        f[r][half] = v * s + @as(F8, @splat(bias[r]));
+    };
+    return f;
+}
+
+/// One block row into channels `col..col + 4` of the token-major `buffer` (before the
+/// activation), for the chunk's 16 tokens.
 fn blockRow(
     comptime out: int8.Output,
-    comptime act: vmath.Activation,
     args: *const Args,
     br: usize,
     tokens: *const Tokens,
@@ -259,18 +374,7 @@ fn blockRow(
     buffer: *[chunk_tokens][tile_channels]T,
     col: usize,
 ) void {
-    const w = args.w;
-    const k: usize = w.header.k;
-    const g0 = w.group_ptr[br];
-    const g1 = w.group_ptr[br + 1];
-    const xc = args.x + tokens.chunk * k * row_bytes;
-    const acc = microKernel(xc, w.group_k + 4 * @as(usize, g0), w.weights + 16 * @as(usize, g0), g1 - g0);
-
-    const c0 = br * 4;
-    var exact: [4][2]I32x8 = undefined;
-    inline for (0..4) |r| inline for (0..2) |half| {
-        exact[r][half] = acc[r][half] -% tokens.zero[half] *% @as(I32x8, @splat(w.wsum[c0 + r]));
-    };
+    const exact = exactSums(args, br, tokens);
     if (out == .s32) {
         inline for (0..2) |half| {
             const cols = transpose4x8(i32, .{ exact[0][half], exact[1][half], exact[2][half], exact[3][half] });
@@ -278,19 +382,42 @@ fn blockRow(
         }
         return;
     }
-    const sw: F4 = w.scale[c0..][0..4].*;
-    const bias: F4 = w.bias[c0..][0..4].*;
-    var f: [4][2]F8 = undefined;
-    inline for (0..4) |r| inline for (0..2) |half| {
-        const s = tokens.scale[half] * @as(F8, @splat(sw[r]));
-        const v: F8 = @floatFromInt(exact[r][half]);
-        const pre = v * s + @as(F8, @splat(bias[r]));
-        f[r][half] = act.applyInt8(8, pre);
-    };
+    const f = dequantize(args, br, tokens, exact);
     inline for (0..2) |half| {
         const cols = transpose4x8(f32, .{ f[0][half], f[1][half], f[2][half], f[3][half] });
         inline for (0..8) |j| buffer[half * 8 + j][col..][0..4].* = cols[j];
     }
+}
+
+/// `forwardQuantized`'s tile: 16 channels x 16 tokens staged in packed order (no transpose),
+/// the activation applied row by row (two vectors at a time, as in `outputTile`), and the
+/// per-token ranges of the staged values widened.
+fn stagedTile(comptime act: vmath.Activation, args: *const Args, tile: usize, tokens: *const Tokens, range: *quantize.ChunkRange) void {
+    const st = args.staging.?;
+    const n: usize = args.w.header.n;
+    const block_rows: usize = args.w.header.block_rows;
+    const br0 = tile * tile_block_rows;
+    const chunk_rows = st.y + tokens.chunk * n * chunk_tokens;
+    for (br0..@min(br0 + tile_block_rows, block_rows)) |br| {
+        const f = dequantize(args, br, tokens, exactSums(args, br, tokens));
+        inline for (0..4) |r| {
+            // The last block row may run past n: its padding channels are not staged.
+            if (br * 4 + r < n) {
+                const row = chunk_rows + (br * 4 + r) * chunk_tokens;
+                row[0..8].* = f[r][0];
+                row[8..16].* = f[r][1];
+            }
+        }
+    }
+    var widened = range.*;
+    const c1 = @min(n, (br0 + tile_block_rows) * 4);
+    for (br0 * 4..c1) |c| {
+        const row: *[chunk_tokens]f32 = (chunk_rows + c * chunk_tokens)[0..chunk_tokens];
+        const v = act.applyInt8(chunk_tokens, row.*);
+        row.* = v;
+        widened.add(v);
+    }
+    range.* = widened;
 }
 
 inline fn loadRow16(p: [*]const f32, count: usize) @Vector(tile_channels, f32) {
@@ -334,76 +461,101 @@ fn randomWeights(q: []i8, n: usize, k: usize, keep_percent: u32, rnd: std.Random
     };
 }
 
+/// A random sparse layer and per-token u7 activations (with extremes) for the tests.
+const Fixture = struct {
+    m: usize,
+    n: usize,
+    k: usize,
+    q: []i8,
+    scale: []f32,
+    bias: []f32,
+    blob: []align(64) u8,
+    xq: []u8,
+    x_scale: []f32,
+    x_zero: []i32,
+    packed_x: []align(64) u8,
+
+    fn init(m: usize, n: usize, k: usize, keep_percent: u32, seed: u64) !Fixture {
+        const gpa = testing.allocator;
+        var prng = std.Random.DefaultPrng.init(seed);
+        const rnd = prng.random();
+        const q = try gpa.alloc(i8, n * k);
+        randomWeights(q, n, k, keep_percent, rnd);
+        q[0] = -128;
+        q[n * k - 1] = 127;
+        const scale = try gpa.alloc(f32, n);
+        const bias = try gpa.alloc(f32, n);
+        for (scale, bias, 0..) |*s, *b, i| {
+            s.* = 0.001 * @as(f32, @floatFromInt(i % 7 + 1));
+            b.* = @as(f32, @floatFromInt(i % 5)) - 2;
+        }
+        const len = try format.i8PackedLen(q.ptr, n, k);
+        const blob = try gpa.alignedAlloc(u8, .@"64", len);
+        try format.i8Pack(q.ptr, scale.ptr, bias.ptr, n, k, blob.ptr, len);
+        const xq = try gpa.alloc(u8, m * k);
+        for (xq) |*v| v.* = rnd.uintAtMost(u8, 127);
+        xq[0] = 127;
+        xq[xq.len - 1] = 0;
+        const x_scale = try gpa.alloc(f32, m);
+        const x_zero = try gpa.alloc(i32, m);
+        for (x_scale, x_zero, 0..) |*s, *z, t| {
+            s.* = 0.02 + 0.001 * @as(f32, @floatFromInt(t % 3));
+            z.* = @intCast((t * 37) % 128);
+        }
+        const packed_x = try gpa.alignedAlloc(u8, .@"64", quantize.packedLen(m, k));
+        try testing.expect(quantize.packRows(xq.ptr, m, k, k, packed_x.ptr));
+        return .{ .m = m, .n = n, .k = k, .q = q, .scale = scale, .bias = bias, .blob = blob, .xq = xq, .x_scale = x_scale, .x_zero = x_zero, .packed_x = packed_x };
+    }
+
+    fn deinit(self: Fixture) void {
+        const gpa = testing.allocator;
+        gpa.free(self.q);
+        gpa.free(self.scale);
+        gpa.free(self.bias);
+        gpa.free(self.blob);
+        gpa.free(self.xq);
+        gpa.free(self.x_scale);
+        gpa.free(self.x_zero);
+        gpa.free(self.packed_x);
+    }
+
+    fn args(self: Fixture, y: *anyopaque, output: int8.Output, activation: vmath.Activation) !Args {
+        return .{
+            .w = try format.view(self.blob.ptr, self.blob.len),
+            .x = self.packed_x.ptr,
+            .m = self.m,
+            .x_scale = self.x_scale.ptr,
+            .x_zero = self.x_zero.ptr,
+            .residual = null,
+            .y = y,
+            .output = output,
+            .requant = .{},
+            .activation = activation,
+        };
+    }
+};
+
 fn checkShape(m: usize, n: usize, k: usize, keep_percent: u32, seed: u64) !void {
     const gpa = testing.allocator;
-    var prng = std.Random.DefaultPrng.init(seed);
-    const rnd = prng.random();
-    const q = try gpa.alloc(i8, n * k);
-    defer gpa.free(q);
-    randomWeights(q, n, k, keep_percent, rnd);
-    q[0] = -128;
-    q[n * k - 1] = 127;
-    const scale = try gpa.alloc(f32, n);
-    defer gpa.free(scale);
-    const bias = try gpa.alloc(f32, n);
-    defer gpa.free(bias);
-    for (scale, bias, 0..) |*s, *b, i| {
-        s.* = 0.001 * @as(f32, @floatFromInt(i % 7 + 1));
-        b.* = @as(f32, @floatFromInt(i % 5)) - 2;
-    }
-    const len = try format.i8PackedLen(q.ptr, n, k);
-    const blob = try gpa.alignedAlloc(u8, .@"64", len);
-    defer gpa.free(blob);
-    try format.i8Pack(q.ptr, scale.ptr, bias.ptr, n, k, blob.ptr, len);
-
-    // Activations: per-token u7 with extremes.
-    const xq = try gpa.alloc(u8, m * k);
-    defer gpa.free(xq);
-    for (xq) |*v| v.* = rnd.uintAtMost(u8, 127);
-    xq[0] = 127;
-    xq[xq.len - 1] = 0;
-    const x_scale = try gpa.alloc(f32, m);
-    defer gpa.free(x_scale);
-    const x_zero = try gpa.alloc(i32, m);
-    defer gpa.free(x_zero);
-    for (x_scale, x_zero, 0..) |*s, *z, t| {
-        s.* = 0.02 + 0.001 * @as(f32, @floatFromInt(t % 3));
-        z.* = @intCast(t % 128);
-    }
-    const packed_x = try gpa.alignedAlloc(u8, .@"64", quantize.packedLen(m, k));
-    defer gpa.free(packed_x);
-    try testing.expect(quantize.packRows(xq.ptr, m, k, k, packed_x.ptr));
-
+    const f = try Fixture.init(m, n, k, keep_percent, seed);
+    defer f.deinit();
     const y32 = try gpa.alloc(i32, m * n);
     defer gpa.free(y32);
-    var args = Args{
-        .w = try format.view(blob.ptr, len),
-        .x = packed_x.ptr,
-        .m = m,
-        .x_scale = x_scale.ptr,
-        .x_zero = x_zero.ptr,
-        .residual = null,
-        .y = y32.ptr,
-        .output = .s32,
-        .requant = .{},
-        .activation = .none,
-    };
+    var args = try f.args(y32.ptr, .s32, .none);
     forward(&args);
     const yf = try gpa.alloc(f32, m * n);
     defer gpa.free(yf);
     const res = try gpa.alloc(f32, m * n);
     defer gpa.free(res);
     for (res, 0..) |*r, i| r.* = @as(f32, @floatFromInt(i % 13)) * 0.5;
-    args.output = .f32;
-    args.y = yf.ptr;
+    args = try f.args(yf.ptr, .f32, .gelu_erf);
     args.residual = res.ptr;
-    args.activation = .gelu_erf;
     forward(&args);
     for (0..m) |t| for (0..n) |c| {
         var want: i32 = 0;
-        for (0..k) |kk| want += (@as(i32, xq[t * k + kk]) - x_zero[t]) * q[c * k + kk];
+        for (0..k) |kk| want += (@as(i32, f.xq[t * k + kk]) - f.x_zero[t]) * f.q[c * k + kk];
         try testing.expectEqual(want, y32[t * n + c]);
-        const pre = @as(f64, @floatFromInt(want)) * x_scale[t] * scale[c] + bias[c];
+        const pre = @as(f64, @floatFromInt(want)) * f.x_scale[t] * f.scale[c] + f.bias[c];
         const gelu = 0.5 * pre * (1 + erf64(pre / std.math.sqrt2));
         const expect = gelu + res[t * n + c];
         try testing.expectApproxEqAbs(expect, @as(f64, yf[t * n + c]), 1e-4 * (1 + @abs(expect)));
@@ -446,4 +598,43 @@ test "spmm_i8 splits an uneven pattern over threads" {
     _ = pool.setThreadCount(2);
     defer _ = pool.setThreadCount(1);
     try checkShape(40, 96, 200, 20, 6);
+}
+
+fn checkQuantizedOutput(m: usize, n: usize, k: usize, keep_percent: u32, seed: u64) !void {
+    const gpa = testing.allocator;
+    const f = try Fixture.init(m, n, k, keep_percent, seed);
+    defer f.deinit();
+    const y = try gpa.alloc(f32, m * n);
+    defer gpa.free(y);
+    const want = try gpa.alignedAlloc(u8, .@"64", quantize.packedLen(m, n));
+    defer gpa.free(want);
+    const got = try gpa.alignedAlloc(u8, .@"64", quantize.packedLen(m, n));
+    defer gpa.free(got);
+    const params = try gpa.alloc(f32, 2 * m);
+    defer gpa.free(params);
+    const zeros = try gpa.alloc(i32, 2 * m);
+    defer gpa.free(zeros);
+    const scratch = try gpa.alignedAlloc(u8, .@"64", Staging.len(m, n));
+    defer gpa.free(scratch);
+    for ([_]vmath.Activation{ .none, .gelu_erf }) |act| {
+        const args = try f.args(y.ptr, .f32, act);
+        forward(&args);
+        try quantize.quantizePacked(y.ptr, m, n, .per_token, want.ptr, params.ptr, zeros.ptr);
+        @memset(scratch, 0xff); // NaN everywhere: nothing may be read before it is written
+        var staging = Staging.init(scratch.ptr, m, n);
+        try forwardQuantized(&args, &staging, got.ptr, params[m..].ptr, zeros[m..].ptr);
+        try testing.expectEqualSlices(u8, want, got);
+        try testing.expectEqualSlices(f32, params[0..m], params[m..]);
+        try testing.expectEqualSlices(i32, zeros[0..m], zeros[m..]);
+    }
+}
+
+test "spmm_i8 forwardQuantized writes quantizePacked's bytes of forward's output" {
+    try checkQuantizedOutput(1, 4, 8, 100, 11);
+    try checkQuantizedOutput(21, 13, 40, 30, 12);
+    try checkQuantizedOutput(40, 96, 200, 20, 13);
+    _ = pool.setThreadCount(2);
+    defer _ = pool.setThreadCount(1);
+    try checkQuantizedOutput(40, 96, 200, 20, 14);
+    try checkQuantizedOutput(130, 70, 64, 10, 15);
 }

@@ -76,13 +76,8 @@ export function checkLinearWeight(weight: LinearWeight, what = "linear weight"):
   return weight;
 }
 
-/** Checks the arguments of a forward call and returns the output buffer to write. */
-export function checkForward(
-  op: LinearOp,
-  x: Float32Array,
-  m: number,
-  options: ForwardOptions = {},
-): Float32Array {
+/** Checks `m` and an input `[m, op.inFeatures]` of a linear op. */
+export function checkInput(op: LinearOp, x: Float32Array, m: number): void {
   if (!Number.isInteger(m) || m < 1) {
     throw new RangeError(`Row count m must be a positive integer, got ${m}`);
   }
@@ -93,6 +88,16 @@ export function checkForward(
       } values, got ${describeArray(x)}`,
     );
   }
+}
+
+/** Checks the arguments of a forward call and returns the output buffer to write. */
+export function checkForward(
+  op: LinearOp,
+  x: Float32Array,
+  m: number,
+  options: ForwardOptions = {},
+): Float32Array {
+  checkInput(op, x, m);
   const need = m * op.outFeatures;
   const out = options.out ?? new Float32Array(need);
   if (!(out instanceof Float32Array) || out.length < need) {

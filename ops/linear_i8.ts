@@ -22,6 +22,7 @@ import {
   type Activation,
   ACTIVATION_CODE,
   checkForward,
+  checkInput,
   checkLinearWeight,
   describeArray,
   type ForwardOptions,
@@ -84,6 +85,16 @@ export interface Int8KernelCall {
   outQmax: number;
 }
 
+/** What a kernel call of {@linkcode Int8Linear.forwardThrough} writes. */
+export interface StagedKernelCall {
+  /** Quantized activations in the op's layout. */
+  q: QuantizedActivations;
+  /** The output, quantized per token in the packed layout (`m` x out features). */
+  into: QuantizedActivations;
+  /** Native scratch of `sb_spmm_i8_staging_len(m, out)` bytes. */
+  staging: NativeBuffer;
+}
+
 /**
  * The int8 linear ops' shared front end: weight quantization, on-the-fly activation
  * quantization into a reused workspace, and the fp32 / u8 / s32 outputs. Subclasses pack the
@@ -104,6 +115,9 @@ export abstract class Int8Linear implements LinearOp {
   protected abstract readonly layout: "rows" | "packed";
   #workspace: QuantizedActivations | undefined;
   #repacked: QuantizedActivations | undefined;
+  #hidden: Float32Array | undefined;
+  #handoff: QuantizedActivations | undefined;
+  #staging: NativeBuffer | undefined;
 
   /** Validates the weight and options; returns the int8 weight to pack. */
   protected constructor(
@@ -134,6 +148,12 @@ export abstract class Int8Linear implements LinearOp {
 
   /** Runs the kernel; returns its status. */
   protected abstract runKernel(call: Int8KernelCall): number;
+
+  /**
+   * Runs the kernel with its fp32 output (no residual) quantized per token into the packed
+   * layout; returns its status. Only kernels that can stage their output implement it.
+   */
+  protected runKernelQuantized?(call: StagedKernelCall): number;
 
   /** Frees the packed weights. */
   abstract [Symbol.dispose](): void;
@@ -237,6 +257,93 @@ export abstract class Int8Linear implements LinearOp {
     result.scale.fill(scale);
     result.zeroPoint.fill(zeroPoint);
     return result;
+  }
+
+  /**
+   * Whether {@linkcode forwardThrough} hands this op's output to `next` already quantized: this
+   * op's kernel can stage its output and `next` takes packed per-token 7-bit activations.
+   */
+  stagesInto(next: LinearOp): next is Int8Linear {
+    return next instanceof Int8Linear && this.runKernelQuantized !== undefined &&
+      next.layout === "packed" && next.activationQuantization === "per-token" &&
+      next.inFeatures === this.outFeatures;
+  }
+
+  /**
+   * Y = next(this(X)): this layer's `[m, out]` output is `next`'s input; `options` (`out`,
+   * `residual`) apply to `next`. When this op's kernel can stage its output and `next` is a
+   * sparse int8 op with per-token activations (a BERT feed-forward pair), the kernel writes its
+   * output straight into `next`'s packed 7-bit activations: the same codes as quantizing the
+   * fp32 output, without a second pass over it. Otherwise the fp32 output goes through a
+   * buffer this op keeps.
+   */
+  forwardThrough(
+    next: LinearOp,
+    x: Float32Array,
+    m: number,
+    options: ForwardOptions = {},
+  ): Float32Array {
+    if (next.inFeatures !== this.outFeatures) {
+      throw new RangeError(
+        `The next op takes ${next.inFeatures} features, this one gives ${this.outFeatures}`,
+      );
+    }
+    const staged = this.runKernelQuantized?.bind(this);
+    if (staged === undefined || !this.stagesInto(next)) {
+      const need = m * this.outFeatures;
+      if (this.#hidden === undefined || this.#hidden.length < need) {
+        this.#hidden = new Float32Array(need);
+      }
+      this.forward(x, m, { out: this.#hidden.subarray(0, need) });
+      return next.forward(this.#hidden, m, options);
+    }
+    checkInput(this, x, m);
+    const need = m * next.outFeatures;
+    const out = options.out ?? new Float32Array(need);
+    next.#checkOutput(out, need, options.residual);
+    const q = this.quantizeInput(x, m);
+    const into = this.#handoffFor(m);
+    const bytes = Number(
+      kernels().symbols.sb_spmm_i8_staging_len(BigInt(m), BigInt(this.outFeatures)),
+    );
+    if (this.#staging === undefined || this.#staging.bytes < bytes) {
+      this.#staging?.[Symbol.dispose]();
+      this.#staging = new NativeBuffer(bytes);
+    }
+    checkStatus(
+      staged({ q, into, staging: this.#staging }),
+      `${this.kind} linear [${m}, ${this.inFeatures}] -> ${this.outFeatures} (quantized output)`,
+    );
+    next.#run(into, options.residual ?? null, out, OUTPUT_CODE.f32, 1, 0, 127);
+    return out;
+  }
+
+  /** The reused packed 7-bit buffer of `m` tokens of this op's output. */
+  #handoffFor(m: number): QuantizedActivations {
+    const n = this.outFeatures;
+    const bytes = packedBytes(m, n);
+    const h = this.#handoff;
+    if (h !== undefined && h.data.length >= bytes && h.scale.length >= m) {
+      h.m = m;
+      return h;
+    }
+    this.#handoff = {
+      layout: "packed",
+      m,
+      k: n,
+      stride: n,
+      data: new Uint8Array(bytes),
+      scale: new Float32Array(m),
+      zeroPoint: new Int32Array(m),
+      qmax: 127,
+    };
+    return this.#handoff;
+  }
+
+  /** Frees the native scratch of {@linkcode forwardThrough}. */
+  protected disposeStaging(): void {
+    this.#staging?.[Symbol.dispose]();
+    this.#staging = undefined;
   }
 
   #run(

@@ -18,7 +18,12 @@
 import { kernels } from "../ffi/library.ts";
 import { NativeBuffer } from "../ffi/memory.ts";
 import { ACTIVATION_CODE, type LinearWeight } from "./linear.ts";
-import { type Int8KernelCall, Int8Linear, type LinearI8Options } from "./linear_i8.ts";
+import {
+  type Int8KernelCall,
+  Int8Linear,
+  type LinearI8Options,
+  type StagedKernelCall,
+} from "./linear_i8.ts";
 import {
   checkStatus,
   packActivations,
@@ -124,6 +129,24 @@ export class SparseLinearI8 extends Int8Linear {
     );
   }
 
+  /** Runs `sb_spmm_i8_quantized` (see {@linkcode Int8Linear.forwardThrough}). */
+  protected override runKernelQuantized(call: StagedKernelCall): number {
+    return kernels().symbols.sb_spmm_i8_quantized(
+      this.#packed.pointer,
+      BigInt(this.#packed.bytes),
+      call.q.data,
+      BigInt(call.q.m),
+      call.q.scale,
+      call.q.zeroPoint,
+      ACTIVATION_CODE[this.activation],
+      call.staging.pointer,
+      BigInt(call.staging.bytes),
+      call.into.data,
+      call.into.scale,
+      call.into.zeroPoint,
+    );
+  }
+
   /** Packs row-layout activations into the kernel's layout. */
   protected convertLayout(
     q: QuantizedActivations,
@@ -132,8 +155,9 @@ export class SparseLinearI8 extends Int8Linear {
     return packActivations(q, into);
   }
 
-  /** Frees the packed weights. */
+  /** Frees the packed weights and the native scratch. */
   [Symbol.dispose](): void {
+    this.disposeStaging();
     this.#packed[Symbol.dispose]();
   }
 }

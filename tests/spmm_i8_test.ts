@@ -208,3 +208,54 @@ Deno.test("spmm_i8 rejects bad input with clear errors", () => {
   short.data = short.data.subarray(0, 100);
   assertThrows(() => op.forwardExact(short), /Packed activations need 512 bytes, got 100/);
 });
+
+Deno.test(`spmm_i8 forwardThrough gives the two forwards' bits, fused or not (${variantLabel()})`, () => {
+  const before = threads();
+  try {
+    let seed = 300;
+    for (const count of [1, 2, 3]) {
+      setThreads(count);
+      for (const [m, k, n] of [[1, 8, 12], [17, 40, 70], [130, 64, 96]]) {
+        const x = randomF32(m * k, seed++, -2, 3);
+        const residual = randomF32(m * k, seed++);
+        using first = new SparseLinearI8(sparseWeight(n, k, 0.7, seed++), { activation: "gelu" });
+        using second = new SparseLinearI8(sparseWeight(k, n, 0.7, seed++));
+        using dense = new LinearI8(sparseWeight(k, n, 0.7, seed++));
+        using perTensor = new SparseLinearI8(sparseWeight(k, n, 0.7, seed++), {
+          activationQuantization: "per-tensor",
+        });
+        for (const next of [second, dense, perTensor]) {
+          const want = next.forward(first.forward(x, m), m, { residual });
+          const got = first.forwardThrough(next, x, m, { residual });
+          const what =
+            `[${m},${k},${n}] ${next.kind} ${next.activationQuantization}, ${count} threads`;
+          if (first.stagesInto(next) !== (next === second)) throw new Error(`stagesInto ${what}`);
+          assertEqualInts(new Int32Array(got.buffer), new Int32Array(want.buffer), what);
+        }
+      }
+    }
+  } finally {
+    setThreads(before);
+  }
+});
+
+Deno.test("spmm_i8 forwardThrough rejects mismatched ops and buffers", () => {
+  using first = new SparseLinearI8(sparseWeight(8, 16, 0.5, 1));
+  using wrong = new SparseLinearI8(sparseWeight(16, 12, 0.5, 2));
+  using second = new SparseLinearI8(sparseWeight(16, 8, 0.5, 3));
+  const x = randomF32(3 * 16, 4);
+  assertThrows(
+    () => first.forwardThrough(wrong, x, 3),
+    /next op takes 12 features, this one gives 8/,
+  );
+  assertThrows(() => first.forwardThrough(second, x.subarray(1), 3), /Input must be/);
+  assertThrows(
+    () => first.forwardThrough(second, x, 3, { out: new Float32Array(10) }),
+    /Output buffer needs 48/,
+  );
+  const y = new Float32Array(48);
+  assertThrows(
+    () => first.forwardThrough(second, x, 3, { out: y, residual: y }),
+    /must not overlap/,
+  );
+});
