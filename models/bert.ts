@@ -22,9 +22,8 @@ import { NativeBuffer } from "../ffi/memory.ts";
 import { Attention, FLOAT32_MIN } from "../ops/attention.ts";
 import { Embeddings } from "../ops/embeddings.ts";
 import { layerNorm } from "../ops/layernorm.ts";
-import { Int8Linear } from "../ops/linear_i8.ts";
 import type { Activation, LinearOp } from "../ops/linear.ts";
-import { describeArray } from "../ops/linear.ts";
+import { describeArray, isStagingLinearOp } from "../ops/linear.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
 import type { QuantizedWeight, WeightSparsity } from "./quantized.ts";
 import {
@@ -430,7 +429,7 @@ export class BertEncoder implements Disposable {
       }
       ops.attentionOutput.forward(context, rows, { out: t, residual: x });
       layerNorm(t, rows, ops.attentionNorm, { out: t });
-      if (ops.intermediate instanceof Int8Linear && ops.intermediate.stagesInto(ops.output)) {
+      if (isStagingLinearOp(ops.intermediate) && ops.intermediate.stagesInto(ops.output)) {
         ops.intermediate.forwardThrough(ops.output, t, rows, { out: x, residual: t });
       } else {
         ops.intermediate.forward(t, rows, { out: ffn });

@@ -28,6 +28,8 @@ import {
   type QuantizedLinearWeight,
   quantizeWeights,
 } from "../ops/quantize.ts";
+import { runThrough, StagedOutput } from "../ops/linear_i8.ts";
+import { spmmI8Staged } from "../ops/sparse_linear_i8.ts";
 import type { DenseWeight } from "./weights.ts";
 
 /** The four linear kernel families. */
@@ -268,6 +270,7 @@ export class PackedLinear implements LinearOp {
   #pointer: Deno.PointerObject;
   #f32 = new Float32Array(0);
   #q: QuantizedActivations | undefined;
+  #staged: StagedOutput | undefined;
 
   /**
    * Runs from `slice` (retained until disposal).
@@ -394,30 +397,75 @@ export class PackedLinear implements LinearOp {
         );
         break;
       }
-      case "sparse-i8": {
-        const q = this.#quantize(x, m, "packed");
-        checkStatus(
-          lib.sb_spmm_i8(
-            this.#pointer,
-            bytes,
-            q.data,
-            BigInt(m),
-            q.scale,
-            q.zeroPoint,
-            residual,
-            out,
-            0,
-            1,
-            0,
-            127,
-            act,
-          ),
-          what,
-        );
+      case "sparse-i8":
+        this.#spmmI8(this.#quantize(x, m, "packed"), residual, out);
         break;
-      }
     }
     return out;
+  }
+
+  /**
+   * Whether {@linkcode forwardThrough} hands this op's output to `next` already quantized: both
+   * run the sparse int8 kernel and `next` quantizes per token.
+   */
+  stagesInto(next: LinearOp): boolean {
+    return this.kind === "sparse-i8" && next instanceof PackedLinear &&
+      next.kind === "sparse-i8" && next.activationQuantization === "per-token" &&
+      next.inFeatures === this.outFeatures;
+  }
+
+  /**
+   * Y = next(this(X)), as `Int8Linear.forwardThrough` (`ops/linear_i8.ts`): fused when
+   * {@linkcode stagesInto} says so, else through an fp32 buffer. `options` apply to `next`.
+   */
+  forwardThrough(
+    next: LinearOp,
+    x: Float32Array,
+    m: number,
+    options: ForwardOptions = {},
+  ): Float32Array {
+    this.#staged ??= new StagedOutput(this.outFeatures);
+    if (!this.stagesInto(next)) return runThrough(this, next, x, m, options, this.#staged, null);
+    return runThrough(this, next, x, m, options, this.#staged, {
+      stage: (into, staging) => {
+        const { pointer, bytes } = this.#live();
+        const q = this.#quantize(x, m, "packed");
+        return spmmI8Staged(pointer, bytes, this.activation, { q, into, staging });
+      },
+      consume: (into, residual, out) => (next as PackedLinear).#spmmI8(into, residual, out),
+    });
+  }
+
+  /** The packed weights' address and length, or an error once disposed. */
+  #live(): { pointer: Deno.PointerObject; bytes: number } {
+    if (this.#slice === null) {
+      throw new Error(`The ${this.kind} linear was used after it was disposed`);
+    }
+    return { pointer: this.#pointer, bytes: this.#slice.bytes };
+  }
+
+  /** `sb_spmm_i8` with an fp32 output on packed 7-bit activations. */
+  #spmmI8(q: QuantizedActivations, residual: Float32Array | null, out: Float32Array): void {
+    const what = `${this.kind} linear [${q.m}, ${this.inFeatures}] -> ${this.outFeatures}`;
+    const { pointer, bytes } = this.#live();
+    checkStatus(
+      kernels().symbols.sb_spmm_i8(
+        pointer,
+        BigInt(bytes),
+        q.data,
+        BigInt(q.m),
+        q.scale,
+        q.zeroPoint,
+        residual,
+        out,
+        0,
+        1,
+        0,
+        127,
+        ACTIVATION_CODE[this.activation],
+      ),
+      what,
+    );
   }
 
   #quantize(x: Float32Array, m: number, layout: "rows" | "packed"): QuantizedActivations {
@@ -431,6 +479,8 @@ export class PackedLinear implements LinearOp {
 
   /** Releases this op's reference to the packed region. Idempotent. */
   [Symbol.dispose](): void {
+    this.#staged?.[Symbol.dispose]();
+    this.#staged = undefined;
     if (this.#slice === null) return;
     const region = this.#slice.region;
     this.#slice = null;

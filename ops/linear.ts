@@ -53,6 +53,29 @@ export interface LinearOp extends Disposable {
   forward(x: Float32Array, m: number, options?: ForwardOptions): Float32Array;
 }
 
+/**
+ * A linear op that can run with the op after it, handing its output on already quantized
+ * (see `Int8Linear.forwardThrough`).
+ */
+export interface StagingLinearOp extends LinearOp {
+  /** Whether {@linkcode forwardThrough} hands the output to `next` quantized in the kernel. */
+  stagesInto(next: LinearOp): boolean;
+  /** Y = next(this(X)); `options` apply to `next`. */
+  forwardThrough(
+    next: LinearOp,
+    x: Float32Array,
+    m: number,
+    options?: ForwardOptions,
+  ): Float32Array;
+}
+
+/** Whether `op` implements {@linkcode StagingLinearOp}. */
+export function isStagingLinearOp(op: LinearOp): op is StagingLinearOp {
+  const candidate = op as Partial<StagingLinearOp>;
+  return typeof candidate.stagesInto === "function" &&
+    typeof candidate.forwardThrough === "function";
+}
+
 /** Checks a weight's shape against its data and returns it. */
 export function checkLinearWeight(weight: LinearWeight, what = "linear weight"): LinearWeight {
   const { out, in: inFeatures } = weight;
@@ -98,6 +121,13 @@ export function checkForward(
   options: ForwardOptions = {},
 ): Float32Array {
   checkInput(op, x, m);
+  const out = checkOutput(op, m, options);
+  if (overlaps(x, out)) throw new RangeError("Input and output buffers must not overlap");
+  return out;
+}
+
+/** Checks (or allocates) the `[m, op.outFeatures]` output and the residual of a linear op. */
+export function checkOutput(op: LinearOp, m: number, options: ForwardOptions = {}): Float32Array {
   const need = m * op.outFeatures;
   const out = options.out ?? new Float32Array(need);
   if (!(out instanceof Float32Array) || out.length < need) {
@@ -113,7 +143,6 @@ export function checkForward(
       throw new RangeError("Residual and output buffers must not overlap");
     }
   }
-  if (overlaps(x, out)) throw new RangeError("Input and output buffers must not overlap");
   return out;
 }
 

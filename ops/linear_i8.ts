@@ -24,6 +24,7 @@ import {
   checkForward,
   checkInput,
   checkLinearWeight,
+  checkOutput,
   describeArray,
   type ForwardOptions,
   type LinearOp,
@@ -62,6 +63,108 @@ export interface RequantizeOptions {
   residual?: Float32Array;
   /** Reuse these buffers when large enough. */
   into?: QuantizedActivations;
+}
+
+/**
+ * Buffers of a layer whose kernel writes its output quantized for the next sparse int8 op
+ * (`sb_spmm_i8_quantized`): the packed 7-bit activations handed on, the native staging
+ * scratch, and the fp32 buffer of the unfused path. Grown on demand and reused.
+ */
+export class StagedOutput implements Disposable {
+  /** Output features of the layer. */
+  readonly outFeatures: number;
+  #hidden: Float32Array | undefined;
+  #handoff: QuantizedActivations | undefined;
+  #staging: NativeBuffer | undefined;
+
+  /** Nothing is allocated until used. */
+  constructor(outFeatures: number) {
+    this.outFeatures = outFeatures;
+  }
+
+  /** The fp32 output buffer of `m` rows (the unfused path). */
+  hidden(m: number): Float32Array {
+    const need = m * this.outFeatures;
+    if (this.#hidden === undefined || this.#hidden.length < need) {
+      this.#hidden = new Float32Array(need);
+    }
+    return this.#hidden.subarray(0, need);
+  }
+
+  /** The packed 7-bit output of `m` rows and the native scratch its kernel stages through. */
+  prepare(m: number): { into: QuantizedActivations; staging: NativeBuffer } {
+    const n = this.outFeatures;
+    const stagingBytes = Number(kernels().symbols.sb_spmm_i8_staging_len(BigInt(m), BigInt(n)));
+    if (this.#staging === undefined || this.#staging.bytes < stagingBytes) {
+      this.#staging?.[Symbol.dispose]();
+      this.#staging = new NativeBuffer(stagingBytes);
+    }
+    const bytes = packedBytes(m, n);
+    let h = this.#handoff;
+    if (h === undefined || h.data.length < bytes || h.scale.length < m) {
+      h = this.#handoff = {
+        layout: "packed",
+        m,
+        k: n,
+        stride: n,
+        data: new Uint8Array(bytes),
+        scale: new Float32Array(m),
+        zeroPoint: new Int32Array(m),
+        qmax: 127,
+      };
+    }
+    h.m = m;
+    return { into: h, staging: this.#staging };
+  }
+
+  /** Frees the native scratch. */
+  [Symbol.dispose](): void {
+    this.#staging?.[Symbol.dispose]();
+    this.#staging = undefined;
+  }
+}
+
+/** How `runThrough` runs a fused pair: stage the first layer, then run the second on it. */
+export interface StagedPair {
+  /** Runs the first layer's kernel into `into` through `staging`; returns its status. */
+  stage(into: QuantizedActivations, staging: NativeBuffer): number;
+  /** Runs the second layer on `into` (already checked). */
+  consume(into: QuantizedActivations, residual: Float32Array | null, out: Float32Array): void;
+}
+
+/**
+ * The body of the ops' `forwardThrough`: Y = next(first(X)), fused through `pair` when given,
+ * else through the fp32 buffer of `buffers`. Checks the shapes and `next`'s output options.
+ */
+export function runThrough(
+  first: LinearOp,
+  next: LinearOp,
+  x: Float32Array,
+  m: number,
+  options: ForwardOptions,
+  buffers: StagedOutput,
+  pair: StagedPair | null,
+): Float32Array {
+  if (next.inFeatures !== first.outFeatures) {
+    throw new RangeError(
+      `The next op takes ${next.inFeatures} features, this one gives ${first.outFeatures}`,
+    );
+  }
+  if (pair === null) {
+    checkInput(first, x, m);
+    const hidden = buffers.hidden(m);
+    first.forward(x, m, { out: hidden });
+    return next.forward(hidden, m, options);
+  }
+  checkInput(first, x, m);
+  const out = checkOutput(next, m, options);
+  const { into, staging } = buffers.prepare(m);
+  checkStatus(
+    pair.stage(into, staging),
+    `${first.kind} linear [${m}, ${first.inFeatures}] -> ${first.outFeatures} (quantized output)`,
+  );
+  pair.consume(into, options.residual ?? null, out);
+  return out;
 }
 
 /** Output codes of the int8 kernels (`kernels/int8.zig` `Output`). */
@@ -115,9 +218,7 @@ export abstract class Int8Linear implements LinearOp {
   protected abstract readonly layout: "rows" | "packed";
   #workspace: QuantizedActivations | undefined;
   #repacked: QuantizedActivations | undefined;
-  #hidden: Float32Array | undefined;
-  #handoff: QuantizedActivations | undefined;
-  #staging: NativeBuffer | undefined;
+  #staged: StagedOutput | undefined;
 
   /** Validates the weight and options; returns the int8 weight to pack. */
   protected constructor(
@@ -263,7 +364,7 @@ export abstract class Int8Linear implements LinearOp {
    * Whether {@linkcode forwardThrough} hands this op's output to `next` already quantized: this
    * op's kernel can stage its output and `next` takes packed per-token 7-bit activations.
    */
-  stagesInto(next: LinearOp): next is Int8Linear {
+  stagesInto(next: LinearOp): boolean {
     return next instanceof Int8Linear && this.runKernelQuantized !== undefined &&
       next.layout === "packed" && next.activationQuantization === "per-token" &&
       next.inFeatures === this.outFeatures;
@@ -283,67 +384,22 @@ export abstract class Int8Linear implements LinearOp {
     m: number,
     options: ForwardOptions = {},
   ): Float32Array {
-    if (next.inFeatures !== this.outFeatures) {
-      throw new RangeError(
-        `The next op takes ${next.inFeatures} features, this one gives ${this.outFeatures}`,
-      );
-    }
+    this.#staged ??= new StagedOutput(this.outFeatures);
     const staged = this.runKernelQuantized?.bind(this);
     if (staged === undefined || !this.stagesInto(next)) {
-      const need = m * this.outFeatures;
-      if (this.#hidden === undefined || this.#hidden.length < need) {
-        this.#hidden = new Float32Array(need);
-      }
-      this.forward(x, m, { out: this.#hidden.subarray(0, need) });
-      return next.forward(this.#hidden, m, options);
+      return runThrough(this, next, x, m, options, this.#staged, null);
     }
-    checkInput(this, x, m);
-    const need = m * next.outFeatures;
-    const out = options.out ?? new Float32Array(need);
-    next.#checkOutput(out, need, options.residual);
-    const q = this.quantizeInput(x, m);
-    const into = this.#handoffFor(m);
-    const bytes = Number(
-      kernels().symbols.sb_spmm_i8_staging_len(BigInt(m), BigInt(this.outFeatures)),
-    );
-    if (this.#staging === undefined || this.#staging.bytes < bytes) {
-      this.#staging?.[Symbol.dispose]();
-      this.#staging = new NativeBuffer(bytes);
-    }
-    checkStatus(
-      staged({ q, into, staging: this.#staging }),
-      `${this.kind} linear [${m}, ${this.inFeatures}] -> ${this.outFeatures} (quantized output)`,
-    );
-    next.#run(into, options.residual ?? null, out, OUTPUT_CODE.f32, 1, 0, 127);
-    return out;
+    return runThrough(this, next, x, m, options, this.#staged, {
+      stage: (into, staging) => staged({ q: this.quantizeInput(x, m), into, staging }),
+      consume: (into, residual, out) =>
+        (next as Int8Linear).#run(into, residual, out, OUTPUT_CODE.f32, 1, 0, 127),
+    });
   }
 
-  /** The reused packed 7-bit buffer of `m` tokens of this op's output. */
-  #handoffFor(m: number): QuantizedActivations {
-    const n = this.outFeatures;
-    const bytes = packedBytes(m, n);
-    const h = this.#handoff;
-    if (h !== undefined && h.data.length >= bytes && h.scale.length >= m) {
-      h.m = m;
-      return h;
-    }
-    this.#handoff = {
-      layout: "packed",
-      m,
-      k: n,
-      stride: n,
-      data: new Uint8Array(bytes),
-      scale: new Float32Array(m),
-      zeroPoint: new Int32Array(m),
-      qmax: 127,
-    };
-    return this.#handoff;
-  }
-
-  /** Frees the native scratch of {@linkcode forwardThrough}. */
+  /** Frees the buffers of {@linkcode forwardThrough}. */
   protected disposeStaging(): void {
-    this.#staging?.[Symbol.dispose]();
-    this.#staging = undefined;
+    this.#staged?.[Symbol.dispose]();
+    this.#staged = undefined;
   }
 
   #run(

@@ -17,7 +17,7 @@
  */
 import { kernels } from "../ffi/library.ts";
 import { NativeBuffer } from "../ffi/memory.ts";
-import { ACTIVATION_CODE, type LinearWeight } from "./linear.ts";
+import { type Activation, ACTIVATION_CODE, type LinearWeight } from "./linear.ts";
 import {
   type Int8KernelCall,
   Int8Linear,
@@ -34,6 +34,32 @@ import { sparsityStats } from "./sparsity.ts";
 
 /** Largest input width of the 4x1-block format (16-bit indices in units of 8). */
 export const SPARSE_I8_MAX_IN = 8191;
+
+/**
+ * Runs `sb_spmm_i8_quantized` on packed weights at `pointer` (`bytes` long): the layer with its
+ * output quantized per token into `call.into` (packed layout). Returns the kernel's status.
+ */
+export function spmmI8Staged(
+  pointer: Deno.PointerObject,
+  bytes: number,
+  activation: Activation,
+  call: StagedKernelCall,
+): number {
+  return kernels().symbols.sb_spmm_i8_quantized(
+    pointer,
+    BigInt(bytes),
+    call.q.data,
+    BigInt(call.q.m),
+    call.q.scale,
+    call.q.zeroPoint,
+    ACTIVATION_CODE[activation],
+    call.staging.pointer,
+    BigInt(call.staging.bytes),
+    call.into.data,
+    call.into.scale,
+    call.into.zeroPoint,
+  );
+}
 
 /** Sparse int8 linear layer with 4x1-block weights. */
 export class SparseLinearI8 extends Int8Linear {
@@ -131,20 +157,7 @@ export class SparseLinearI8 extends Int8Linear {
 
   /** Runs `sb_spmm_i8_quantized` (see {@linkcode Int8Linear.forwardThrough}). */
   protected override runKernelQuantized(call: StagedKernelCall): number {
-    return kernels().symbols.sb_spmm_i8_quantized(
-      this.#packed.pointer,
-      BigInt(this.#packed.bytes),
-      call.q.data,
-      BigInt(call.q.m),
-      call.q.scale,
-      call.q.zeroPoint,
-      ACTIVATION_CODE[this.activation],
-      call.staging.pointer,
-      BigInt(call.staging.bytes),
-      call.into.data,
-      call.into.scale,
-      call.into.zeroPoint,
-    );
+    return spmmI8Staged(this.#packed.pointer, this.#packed.bytes, this.activation, call);
   }
 
   /** Packs row-layout activations into the kernel's layout. */

@@ -10,6 +10,11 @@ import { type KernelChoiceOptions, KernelChooser } from "../models/kernel_choice
 import { loadModel } from "../models/load.ts";
 import { importOnnx } from "../models/onnx_import.ts";
 import { MappedFile } from "../ffi/memory.ts";
+import { PackedLinear, packLinear, SharedRegion } from "../models/packed_linear.ts";
+import type { DenseWeight } from "../models/weights.ts";
+import { quantizeWeights } from "../ops/quantize.ts";
+import { SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
+import { randomBlockSparse } from "../ops/sparsity.ts";
 import { ensureTestModel } from "../tools/write_test_model.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "sbert_compiled_" });
@@ -60,6 +65,32 @@ Deno.test("compiled model gives the same bits as the uncompiled one, every kerne
   assert.deepEqual(compiled.linears().map((l) => l.kind), reference.linears().map((l) => l.kind));
   assert.equal(model.kernelDecisions.length, result.decisions.length);
   assert.match(model.kernelDecisions[0].reason, /forced for role qkv/);
+});
+
+Deno.test("compiled all-sparse-int8 model (fused feed-forward pairs) gives the uncompiled bits", async () => {
+  const weights = await importOnnx(onnx);
+  const sparse: KernelChoiceOptions = {
+    cachePath: null,
+    roles: {
+      qkv: "sparse-i8",
+      "attention-output": "sparse-i8",
+      intermediate: "sparse-i8",
+      output: "sparse-i8",
+    },
+  };
+  const out = `${dir}/sparse_i8.sbert`;
+  await compileModel(weights, out, { kernels: sparse });
+  using reference = new BertEncoder(weights, { linear: new KernelChooser(sparse).factory });
+  const model = await loadCompiled(out);
+  using compiled = new BertEncoder(model.weights, { linear: model.linear, fuseQkv: model.fuseQkv });
+  model[Symbol.dispose]();
+  const x = { ...input(3, 21), batch: 3, seq: 21 };
+  const a = reference.forward(x);
+  const b = compiled.forward(x);
+  assert.deepEqual(
+    new Uint32Array(b.buffer, b.byteOffset, b.length),
+    new Uint32Array(a.buffer, a.byteOffset, a.length),
+  );
 });
 
 Deno.test("loadModel recognises a compiled file and unfused QKV round trips", async () => {
@@ -178,4 +209,39 @@ Deno.test("a compiled model's packed weights are read from the file's map, not a
   }
   const changed = encoder.forward(x);
   assert.notDeepEqual(changed, expected);
+});
+
+Deno.test("packed sparse int8 pairs run fused with the two forwards' bits, and as the ops do", () => {
+  const [m, k, n] = [37, 48, 80];
+  const weight = (out: number, inFeatures: number, seed: number): DenseWeight => ({
+    out,
+    in: inFeatures,
+    weight: randomBlockSparse({ out, in: inFeatures, sparsity: 0.75, seed }),
+    bias: new Float32Array(out).map((_, i) => Math.sin(i + seed)),
+  });
+  const first = weight(n, k, 1);
+  const second = weight(k, n, 2);
+  const packedOp = (w: DenseWeight, activation: "gelu" | "none"): PackedLinear => {
+    const packed = packLinear("sparse-i8", w);
+    using region = new SharedRegion(packed.buffer);
+    return new PackedLinear({ region, offset: 0, bytes: packed.buffer.bytes }, {
+      kind: "sparse-i8",
+      out: w.out,
+      in: w.in,
+      activation,
+    });
+  };
+  using a = packedOp(first, "gelu");
+  using b = packedOp(second, "none");
+  using opA = new SparseLinearI8(quantizeWeights(first), { activation: "gelu" });
+  using opB = new SparseLinearI8(quantizeWeights(second));
+  const x = new Float32Array(m * k).map((_, i) => Math.cos(i * 0.37) * 2);
+  const residual = new Float32Array(m * k).map((_, i) => Math.sin(i * 0.11));
+  assert.ok(a.stagesInto(b));
+  assert.ok(!a.stagesInto(a), "80 outputs do not feed 48 inputs");
+  const bits = (y: Float32Array) => new Uint32Array(y.buffer, y.byteOffset, y.length);
+  const want = b.forward(a.forward(x, m), m, { residual });
+  assert.deepEqual(bits(a.forwardThrough(b, x, m, { residual })), bits(want));
+  assert.deepEqual(bits(opA.forwardThrough(opB, x, m, { residual })), bits(want));
+  assert.throws(() => a.forwardThrough(a, x, m), /next op takes 48 features, this one gives 80/);
 });
