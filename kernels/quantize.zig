@@ -20,6 +20,7 @@
 const std = @import("std");
 const assert = std.debug.assert;
 const pool = @import("pool.zig");
+const transpose = @import("transpose.zig");
 
 /// Tokens per chunk of the packed layouts.
 pub const chunk_tokens: usize = 16;
@@ -98,19 +99,20 @@ inline fn rneVec(v: F8) I8v {
     return @intFromFloat((v + magic) - magic);
 }
 
+/// Codes of 8 values with per-lane parameters: clamp(rne(v * inv) + zero, 0, qmax).
+inline fn laneCodes(v: F8, inv: F8, zero: I8v, qmax: i32) I8v {
+    return std.math.clamp(rneVec(v * inv) + zero, @as(I8v, @splat(0)), @as(I8v, @splat(qmax)));
+}
+
 inline fn quantizeVec(v: F8, p: Params, qmax: i32) I8v {
-    const q = if (p.divide) blk: {
-        // ORT's division: clamp before rounding so that huge quotients stay within the
-        // magic-number range (its scale comes from the tensor's own range, but is 1 for an
-        // all-zero tensor whatever the rounding of the others).
-        const scaled = v / @as(F8, @splat(p.scale));
-        const bounded = std.math.clamp(scaled, @as(F8, @splat(-1024.0)), @as(F8, @splat(1024.0)));
-        break :blk rneVec(bounded);
-    } else blk: {
-        // x * inv is within [-qmax - 1, qmax + 1] by construction: the range holds x.
-        break :blk rneVec(v * @as(F8, @splat(p.inv)));
-    };
-    return std.math.clamp(q + @as(I8v, @splat(p.zero)), @as(I8v, @splat(0)), @as(I8v, @splat(qmax)));
+    // x * inv is within [-qmax - 1, qmax + 1] by construction: the range holds x.
+    if (!p.divide) return laneCodes(v, @splat(p.inv), @splat(p.zero), qmax);
+    // ORT's division: clamp before rounding so that huge quotients stay within the
+    // magic-number range (its scale comes from the tensor's own range, but is 1 for an
+    // all-zero tensor whatever the rounding of the others).
+    const scaled = v / @as(F8, @splat(p.scale));
+    const bounded = std.math.clamp(scaled, @as(F8, @splat(-1024.0)), @as(F8, @splat(1024.0)));
+    return std.math.clamp(rneVec(bounded) + @as(I8v, @splat(p.zero)), @as(I8v, @splat(0)), @as(I8v, @splat(qmax)));
 }
 
 const Range = struct { min: f32, max: f32, nan: bool };
@@ -312,59 +314,77 @@ inline fn storePacked(dst: [*]u8, k0: usize, width: usize, rows: [16]U16x8) void
     }
 }
 
-fn packedWork(ctx: *const Ctx, ith: u32, nth: u32) void {
-    const chunks = chunksOf(ctx.m);
-    const part = pool.split(chunks, ith, nth);
+/// u16 lane p of a packed row holds token tokenAt(p): the shuffle from natural token order.
+const packed_order = blk: {
+    var o: [chunk_tokens]i32 = undefined;
+    for (0..chunk_tokens) |p| o[p] = @intCast(tokenAt(p));
+    break :blk o;
+};
+
+/// One packed row from the 16 tokens' codes of a channel in natural order.
+inline fn packedRow(lo: I8v, hi: I8v) @Vector(chunk_tokens, u16) {
+    const q: @Vector(chunk_tokens, u16) = @intCast(std.simd.join(lo, hi));
+    return @shuffle(u16, q, undefined, @as(@Vector(chunk_tokens, i32), packed_order));
+}
+
+/// Channels per `packedBlock`: one 64-byte line of each token row, read whole (token rows
+/// k * 4 bytes apart share an L1 set when k * 4 is a multiple of 4 KiB, so a line read in
+/// halves would be fetched twice).
+const block_channels: usize = 16;
+
+/// Quantizes `width` (<= 16) channels from `k0` of one chunk: per half of 8 tokens, 8 x 8
+/// blocks of the token-major rows are transposed in registers, so every vector holds one
+/// channel of 8 tokens and quantizes with per-lane (per-token) parameters; two halves make one
+/// packed row. Rows of padding tokens read as 0 (their parameters give code 0).
+fn packedBlock(ctx: *const Ctx, t0: usize, k0: usize, width: usize, inv: [2]F8, zero: [2]I8v, dst: [*]u8) void {
     const qmax: i32 = @intCast(ctx.qmax);
-    for (part.begin..part.end) |chunk| {
-        const t0 = chunk * chunk_tokens;
-        var params: [chunk_tokens]Params = undefined;
-        var valid: [chunk_tokens]bool = undefined;
-        for (0..chunk_tokens) |p| {
-            const t = t0 + tokenAt(p);
-            valid[p] = false;
-            if (t < ctx.m) {
-                params[p] = tokenParams(ctx, t) orelse continue;
-                valid[p] = true;
+    var codes: [2][block_channels]I8v = undefined;
+    inline for (0..2) |half| {
+        var rows: [2][8]F8 = @splat(@splat(@splat(0)));
+        for (0..8) |r| {
+            const t = t0 + half * 8 + r;
+            if (t >= ctx.m) break;
+            const x = ctx.x + t * ctx.k + k0;
+            if (width == block_channels) {
+                rows[0][r] = x[0..8].*;
+                rows[1][r] = x[8..16].*;
+            } else {
+                for (0..width) |c| rows[c / 8][r][c % 8] = x[c];
             }
         }
-        const dst = ctx.packed_u8.? + chunk * ctx.k * packed_row_bytes;
-        // Quantize a slice of every row into a small buffer first (sequential reads: token
-        // rows k * 4 bytes apart would thrash one L1 set when read 8 floats at a time), then
-        // transpose the buffer.
-        var slice: [chunk_tokens][slice_width]u8 align(32) = undefined;
-        var s0: usize = 0;
-        while (s0 < ctx.k) : (s0 += slice_width) {
-            const width: usize = @min(slice_width, ctx.k - s0);
-            for (0..chunk_tokens) |p| {
-                const row = &slice[p];
-                if (!valid[p]) {
-                    @memset(row, 0);
-                    continue;
-                }
-                const x = ctx.x + (t0 + tokenAt(p)) * ctx.k + s0;
-                var c: usize = 0;
-                while (c + 8 <= width) : (c += 8) {
-                    const v: F8 = x[c..][0..8].*;
-                    row[c..][0..8].* = @as(@Vector(8, u8), @intCast(quantizeVec(v, params[p], qmax)));
-                }
-                while (c < width) : (c += 1) row[c] = quantizeOne(x[c], params[p], qmax);
-            }
-            var k0: usize = 0;
-            while (k0 < width) : (k0 += 8) {
-                var rows: [16]U16x8 = undefined;
-                for (0..chunk_tokens) |p| {
-                    const bytes: @Vector(8, u8) = slice[p][k0..][0..8].*;
-                    rows[p] = bytes;
-                }
-                storePacked(dst, s0 + k0, @min(8, width - k0), rows);
-            }
+        inline for (0..2) |b| {
+            const cols = transpose.f32x8(rows[b]);
+            inline for (0..8) |c| codes[half][8 * b + c] = laneCodes(cols[c], inv[half], zero[half], qmax);
         }
+    }
+    for (0..width) |c| {
+        const row: *align(1) [chunk_tokens]u16 = @ptrCast(dst + (k0 + c) * packed_row_bytes);
+        row.* = packedRow(codes[0][c], codes[1][c]);
     }
 }
 
-/// Input channels per quantize-then-transpose slice of `packedWork` (4 KiB buffer).
-const slice_width: usize = 256;
+fn packedWork(ctx: *const Ctx, ith: u32, nth: u32) void {
+    const chunks = chunksOf(ctx.m);
+    const part = pool.split(chunks, ith, nth);
+    for (part.begin..part.end) |chunk| {
+        const t0 = chunk * chunk_tokens;
+        // Lanes are tokens in natural order; padding tokens and failed ones quantize to 0.
+        var inv: [2]F8 = @splat(@splat(0));
+        var zero: [2]I8v = @splat(@splat(0));
+        for (0..chunk_tokens) |j| {
+            if (t0 + j >= ctx.m) break;
+            const p = tokenParams(ctx, t0 + j) orelse continue;
+            assert(!p.divide);
+            inv[j / 8][j % 8] = p.inv;
+            zero[j / 8][j % 8] = p.zero;
+        }
+        const dst = ctx.packed_u8.? + chunk * ctx.k * packed_row_bytes;
+        var k0: usize = 0;
+        while (k0 < ctx.k) : (k0 += block_channels) {
+            packedBlock(ctx, t0, k0, @min(block_channels, ctx.k - k0), inv, zero, dst);
+        }
+    }
+}
 
 /// Quantizes x [m, k] (fp32, row-major) to u7 and writes the packed layout of `spmm_i8`
 /// (`packedLen(m, k)` bytes); writes each token's scale and zero point.
@@ -438,35 +458,28 @@ const StagedCtx = struct {
 
 /// Quantizes the staged rows of `count` (chunk, channel) pairs from `first`.
 fn stagedWork(ctx: *const StagedCtx, ith: u32, nth: u32) void {
-    const V = @Vector(chunk_tokens, f32);
-    const I = @Vector(chunk_tokens, i32);
-    const magic: V = @splat(12582912.0);
-    // u16 lane p holds token tokenAt(p): 0-3, 8-11, 4-7, 12-15.
-    const order = comptime blk: {
-        var o: [chunk_tokens]i32 = undefined;
-        for (0..chunk_tokens) |p| o[p] = @intCast(tokenAt(p));
-        break :blk o;
-    };
     // Each thread takes the channels it staged when the thread count is the producer's
     // (they are still in its own L2), else an even share.
     const own = ctx.split.len == nth + 1;
     const c0 = if (own) ctx.split[ith] else pool.split(ctx.k, ith, nth).begin;
     const c1 = if (own) ctx.split[ith + 1] else pool.split(ctx.k, ith, nth).end;
-    const lane = std.simd.iota(usize, chunk_tokens);
+    const lane = std.simd.iota(usize, 8);
     for (0..chunksOf(ctx.m)) |chunk| {
+        const inv: [chunk_tokens]f32 = ctx.inv[chunk];
+        const zero: [chunk_tokens]i32 = ctx.zero[chunk];
         // Lanes past m hold whatever the producer computed for padding; they quantize to 0.
-        const valid = lane + @as(@Vector(chunk_tokens, usize), @splat(chunk * chunk_tokens)) < @as(@Vector(chunk_tokens, usize), @splat(ctx.m));
-        const inv = ctx.inv[chunk];
-        const zero = ctx.zero[chunk];
+        var valid: [2]@Vector(8, bool) = undefined;
+        inline for (0..2) |h| valid[h] = lane + @as(@Vector(8, usize), @splat(chunk * chunk_tokens + 8 * h)) < @as(@Vector(8, usize), @splat(ctx.m));
         for (c0..c1) |c| {
             const row = chunk * ctx.k + c;
-            const staged: V = ctx.staged[row * chunk_tokens ..][0..chunk_tokens].*;
-            const v = @select(f32, valid, staged, @as(V, @splat(0)));
-            const r: I = @intFromFloat((v * inv + magic) - magic);
-            const q = std.math.clamp(r + zero, @as(I, @splat(0)), @as(I, @splat(127)));
-            const q16: @Vector(chunk_tokens, u16) = @intCast(q);
+            const staged = ctx.staged + row * chunk_tokens;
+            var codes: [2]I8v = undefined;
+            inline for (0..2) |h| {
+                const v = @select(f32, valid[h], @as(F8, staged[8 * h ..][0..8].*), @as(F8, @splat(0)));
+                codes[h] = laneCodes(v, inv[8 * h ..][0..8].*, zero[8 * h ..][0..8].*, 127);
+            }
             const dst: *align(1) [chunk_tokens]u16 = @ptrCast(ctx.packed_x + row * packed_row_bytes);
-            dst.* = @shuffle(u16, q16, undefined, @as(@Vector(chunk_tokens, i32), order));
+            dst.* = packedRow(codes[0], codes[1]);
         }
     }
 }
