@@ -17,6 +17,7 @@ import {
 } from "../bench/peers/ort_node.ts";
 import {
   DEFAULT_VENV_ROOT,
+  exitText,
   PeerError,
   peerPython,
   PythonPeer,
@@ -378,4 +379,18 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("exitText names the exit code, or the signal with a hint for SIGKILL", async () => {
+  const fails = await new Deno.Command("sh", { args: ["-c", "exit 3"] }).output();
+  assert.equal(exitText(fails), "exited with code 3");
+  // A process killed from outside, as the out-of-memory killer does.
+  const child = new Deno.Command("sleep", { args: ["30"], stdout: "null", stderr: "null" }).spawn();
+  child.kill("SIGKILL");
+  const killed = await child.status;
+  assert.match(exitText(killed), /^was killed by SIGKILL \(.*out-of-memory killer/);
+  const child2 = new Deno.Command("sleep", { args: ["30"], stdout: "null", stderr: "null" })
+    .spawn();
+  child2.kill("SIGTERM");
+  assert.equal(exitText(await child2.status), "was killed by SIGTERM");
 });

@@ -16,7 +16,7 @@
  * @module
  */
 
-import { PeerError, type PeerRuntime, PythonPeer, stderrSummary } from "../peers/mod.ts";
+import { exitText, PeerError, type PeerRuntime, PythonPeer, stderrSummary } from "../peers/mod.ts";
 import type { ModelForm, RuntimeName } from "./matrix.ts";
 
 const ROOT = decodeURIComponent(new URL("../../", import.meta.url).pathname).replace(/\/$/, "");
@@ -398,13 +398,7 @@ class RunnerProcess {
       return await this.#fail("timeout", `did not answer ${what} in ${timeoutMs} ms`);
     }
     if (line === null) {
-      const status = await this.#child.status;
-      return await this.#fail(
-        "exit",
-        `exited ${
-          status.signal ? `with signal ${status.signal}` : `with code ${status.code}`
-        } ${what}`,
-      );
+      return await this.#fail("exit", `${exitText(await this.#child.status)} ${what}`);
     }
     try {
       const obj = JSON.parse(line);
@@ -419,7 +413,9 @@ class RunnerProcess {
     try {
       await this.#writer.write(new TextEncoder().encode(JSON.stringify(cmd) + "\n"));
     } catch (err) {
-      await this.#fail("exit", "closed its input", err);
+      const status = await withTimeout(this.#child.status, 1000);
+      const how = status === TIMEOUT ? "" : `: it ${exitText(status)}`;
+      await this.#fail("exit", `closed its input${how}`, err);
     }
   }
 

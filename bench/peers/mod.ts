@@ -120,6 +120,18 @@ export class PeerError extends Error {
 }
 
 /**
+ * How a child process ended, for error messages: "exited with code N", or "was killed by
+ * SIGNAL", with a hint for SIGKILL (what the kernel's out-of-memory killer sends).
+ */
+export function exitText(status: Deno.CommandStatus): string {
+  if (!status.signal) return `exited with code ${status.code}`;
+  const hint = status.signal === "SIGKILL"
+    ? " (from outside: the kernel's out-of-memory killer sends SIGKILL when memory runs out)"
+    : "";
+  return `was killed by ${status.signal}${hint}`;
+}
+
+/**
  * The most telling line of a failed peer's stderr: a native assertion (DeepSparse aborts with
  * `Assertion at ...`), else the last line of a Python traceback, else the last non-empty line.
  */
@@ -517,9 +529,7 @@ export class PythonPeer implements AsyncDisposable {
       lines.cancel();
       const summary = stderrSummary(stderr.text);
       throw new PeerError(
-        `Peer '${runtime}' ${what}` +
-          (status.signal && stage !== "timeout" ? ` (signal ${status.signal})` : "") +
-          (summary ? `: ${summary}` : ""),
+        `Peer '${runtime}' ${what}` + (summary ? `: ${summary}` : ""),
         {
           runtime,
           stage,
@@ -534,12 +544,7 @@ export class PythonPeer implements AsyncDisposable {
     if (line === null) {
       const status = await child.status;
       await withTimeout(stderr.done, 2000);
-      return await fail(
-        "exit",
-        `exited with ${
-          status.signal ? `signal ${status.signal}` : `code ${status.code}`
-        } while loading`,
-      );
+      return await fail("exit", `${exitText(status)} while loading`);
     }
     let reply: Json;
     try {
@@ -617,6 +622,8 @@ export class PythonPeer implements AsyncDisposable {
 
   async #died(stage: PeerStage, what: string, cause?: unknown): Promise<never> {
     this.#closed = true;
+    // Whether it had already ended on its own says why (a SIGKILL we send would hide that).
+    const early = stage === "timeout" ? TIMEOUT : await withTimeout(this.#status, 1000);
     try {
       this.#child.kill("SIGKILL");
     } catch { /* already gone */ }
@@ -624,7 +631,8 @@ export class PythonPeer implements AsyncDisposable {
     await withTimeout(this.#stderr.done, 2000);
     const summary = stderrSummary(this.#stderr.text);
     throw new PeerError(
-      `Peer '${this.#runtime}' ${what}` + (summary ? `: ${summary}` : ""),
+      `Peer '${this.#runtime}' ${what}` + (early === TIMEOUT ? "" : `: it ${exitText(early)}`) +
+        (summary ? `: ${summary}` : ""),
       {
         runtime: this.#runtime,
         stage,
