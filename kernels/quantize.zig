@@ -271,7 +271,8 @@ fn tensorParams(ctx: *Ctx) Error!Params {
     return checked(total, ctx.qmax, ctx.mode);
 }
 
-/// 8x8 transpose: out[c][r] = in[r][c].
+/// 8x8 transpose: out[c][r] = in[r][c] (u16 rows of `storePacked`; fp32 blocks use
+/// `transpose.f32x8`).
 inline fn transpose8(comptime T: type, rows: [8]@Vector(8, T)) [8]@Vector(8, T) {
     const V = @Vector(8, T);
     const lo16 = @Vector(8, i32){ 0, -1, 1, -2, 2, -3, 3, -4 };
@@ -456,7 +457,7 @@ const StagedCtx = struct {
     split: []const usize,
 };
 
-/// Quantizes the staged rows of `count` (chunk, channel) pairs from `first`.
+/// Quantizes this thread's channels of every chunk of the staged rows into packed rows.
 fn stagedWork(ctx: *const StagedCtx, ith: u32, nth: u32) void {
     // Each thread takes the channels it staged when the thread count is the producer's
     // (they are still in its own L2), else an even share.
@@ -510,7 +511,7 @@ pub fn quantizeStaged(
         for (0..chunk_tokens) |j| {
             const t = chunk * chunk_tokens + j;
             if (t >= m) break;
-            const bad = r.bad[j] != 0 or r.bad[j] != r.bad[j];
+            const bad = r.bad[j] != 0; // NaN compares unequal to 0 too
             const p = try checked(.{ .min = r.lo[j], .max = r.hi[j], .nan = bad }, 127, .per_token);
             scale[t] = p.scale;
             zero[t] = p.zero;
@@ -601,8 +602,8 @@ fn packF32Work(ctx: *const F32Ctx, ith: u32, nth: u32) void {
                     for (0..width) |c| rows[j][c] = x[c];
                 }
             }
-            const a = transpose8(f32, rows[0..8].*);
-            const b = transpose8(f32, rows[8..16].*);
+            const a = transpose.f32x8(rows[0..8].*);
+            const b = transpose.f32x8(rows[8..16].*);
             for (0..width) |c| {
                 const row: *align(4) [16]f32 = @ptrCast(dst + (k0 + c) * chunk_tokens);
                 row[0..8].* = a[c];

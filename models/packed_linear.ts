@@ -28,8 +28,8 @@ import {
   type QuantizedLinearWeight,
   quantizeWeights,
 } from "../ops/quantize.ts";
-import { runThrough, StagedOutput } from "../ops/linear_i8.ts";
-import { spmmI8Staged } from "../ops/sparse_linear_i8.ts";
+import { OUTPUT_CODE, runThrough, StagedOutput } from "../ops/linear_i8.ts";
+import { spmmI8, spmmI8Staged } from "../ops/sparse_linear_i8.ts";
 import type { DenseWeight } from "./weights.ts";
 
 /** The four linear kernel families. */
@@ -448,24 +448,16 @@ export class PackedLinear implements LinearOp {
   #spmmI8(q: QuantizedActivations, residual: Float32Array | null, out: Float32Array): void {
     const what = `${this.kind} linear [${q.m}, ${this.inFeatures}] -> ${this.outFeatures}`;
     const { pointer, bytes } = this.#live();
-    checkStatus(
-      kernels().symbols.sb_spmm_i8(
-        pointer,
-        BigInt(bytes),
-        q.data,
-        BigInt(q.m),
-        q.scale,
-        q.zeroPoint,
-        residual,
-        out,
-        0,
-        1,
-        0,
-        127,
-        ACTIVATION_CODE[this.activation],
-      ),
-      what,
-    );
+    const call = {
+      q,
+      residual,
+      y: out,
+      output: OUTPUT_CODE.f32,
+      outScale: 1,
+      outZero: 0,
+      outQmax: 127,
+    };
+    checkStatus(spmmI8(pointer, bytes, this.activation, call), what);
   }
 
   #quantize(x: Float32Array, m: number, layout: "rows" | "packed"): QuantizedActivations {

@@ -43,6 +43,7 @@ import {
   type QuantizedActivations,
   type QuantizedLinearWeight,
   quantizeWeights,
+  reuseActivations,
 } from "./quantize.ts";
 
 /** Options of the int8 linear ops' constructors. */
@@ -99,22 +100,9 @@ export class StagedOutput implements Disposable {
       this.#staging?.[Symbol.dispose]();
       this.#staging = new NativeBuffer(stagingBytes);
     }
-    const bytes = packedBytes(m, n);
-    let h = this.#handoff;
-    if (h === undefined || h.data.length < bytes || h.scale.length < m) {
-      h = this.#handoff = {
-        layout: "packed",
-        m,
-        k: n,
-        stride: n,
-        data: new Uint8Array(bytes),
-        scale: new Float32Array(m),
-        zeroPoint: new Int32Array(m),
-        qmax: 127,
-      };
-    }
-    h.m = m;
-    return { into: h, staging: this.#staging };
+    const into = reuseActivations(this.#handoff, "packed", m, n, 0, packedBytes(m, n), 127);
+    this.#handoff = into;
+    return { into, staging: this.#staging };
   }
 
   /** Frees the native scratch. */
@@ -150,13 +138,12 @@ export function runThrough(
       `The next op takes ${next.inFeatures} features, this one gives ${first.outFeatures}`,
     );
   }
+  checkInput(first, x, m);
   if (pair === null) {
-    checkInput(first, x, m);
     const hidden = buffers.hidden(m);
     first.forward(x, m, { out: hidden });
     return next.forward(hidden, m, options);
   }
-  checkInput(first, x, m);
   const out = checkOutput(next, m, options);
   const { into, staging } = buffers.prepare(m);
   checkStatus(

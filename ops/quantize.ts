@@ -163,7 +163,7 @@ export function quantizeActivations(
   }
   const stride = layout === "rows" ? rowStride(k) : 0;
   const bytes = layout === "rows" ? m * stride : packedBytes(m, k);
-  const q = reuse(options.into, layout, m, k, stride, bytes, qmax);
+  const q = reuseActivations(options.into, layout, m, k, stride, bytes, qmax);
   const lib = kernels().symbols;
   const status = layout === "rows"
     ? lib.sb_quantize_rows(
@@ -191,7 +191,7 @@ export function quantizeActivations(
 }
 
 /** A QuantizedActivations for the given shape, reusing `into`'s buffers when large enough. */
-function reuse(
+export function reuseActivations(
   into: QuantizedActivations | undefined,
   layout: "rows" | "packed",
   m: number,
@@ -222,7 +222,7 @@ export function packActivations(
 ): QuantizedActivations {
   if (q.layout === "packed") return q;
   const { m, k, stride } = q;
-  const out = reuse(into, "packed", m, k, 0, packedBytes(m, k), q.qmax);
+  const out = reuseActivations(into, "packed", m, k, 0, packedBytes(m, k), q.qmax);
   out.scale.set(q.scale.subarray(0, m));
   out.zeroPoint.set(q.zeroPoint.subarray(0, m));
   checkStatus(

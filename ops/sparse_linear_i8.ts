@@ -36,6 +36,33 @@ import { sparsityStats } from "./sparsity.ts";
 export const SPARSE_I8_MAX_IN = 8191;
 
 /**
+ * Runs `sb_spmm_i8` on packed weights at `pointer` (`bytes` long) with the output `call`
+ * names. Returns the kernel's status.
+ */
+export function spmmI8(
+  pointer: Deno.PointerObject,
+  bytes: number,
+  activation: Activation,
+  call: Int8KernelCall,
+): number {
+  return kernels().symbols.sb_spmm_i8(
+    pointer,
+    BigInt(bytes),
+    call.q.data,
+    BigInt(call.q.m),
+    call.q.scale,
+    call.q.zeroPoint,
+    call.residual,
+    call.y,
+    call.output,
+    call.outScale,
+    call.outZero,
+    call.outQmax,
+    ACTIVATION_CODE[activation],
+  );
+}
+
+/**
  * Runs `sb_spmm_i8_quantized` on packed weights at `pointer` (`bytes` long): the layer with its
  * output quantized per token into `call.into` (packed layout). Returns the kernel's status.
  */
@@ -138,21 +165,7 @@ export class SparseLinearI8 extends Int8Linear {
 
   /** Runs `sb_spmm_i8`. */
   protected runKernel(call: Int8KernelCall): number {
-    return kernels().symbols.sb_spmm_i8(
-      this.#packed.pointer,
-      BigInt(this.#packed.bytes),
-      call.q.data,
-      BigInt(call.q.m),
-      call.q.scale,
-      call.q.zeroPoint,
-      call.residual,
-      call.y,
-      call.output,
-      call.outScale,
-      call.outZero,
-      call.outQmax,
-      ACTIVATION_CODE[this.activation],
-    );
+    return spmmI8(this.#packed.pointer, this.#packed.bytes, this.activation, call);
   }
 
   /** Runs `sb_spmm_i8_quantized` (see {@linkcode Int8Linear.forwardThrough}). */
