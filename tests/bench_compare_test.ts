@@ -26,8 +26,19 @@ import {
   renderSvg,
   replaceDocSection,
 } from "../bench/compare/report.ts";
-import { estimatePlan, runComparison } from "../bench/compare/run.ts";
-import { type ContestantResult, summarize } from "../bench/compare/scenario.ts";
+import { estimatePlan, prepareModels, runComparison } from "../bench/compare/run.ts";
+import {
+  type ContestantResult,
+  FailureMemo,
+  measureGroup,
+  summarize,
+} from "../bench/compare/scenario.ts";
+import {
+  memAvailableBytes,
+  MemoryPlanner,
+  modelBytes,
+  peakRssBytes,
+} from "../bench/compare/memory.ts";
 import { parseCompareArgs, writeOutputs } from "../tools/bench_compare.ts";
 import { readOnnxModel } from "../models/onnx_proto.ts";
 
@@ -186,12 +197,22 @@ Deno.test({
         "--svg",
         `${dir}/chart.svg`,
       ]);
+      const partials: (string | null)[] = [];
       const result = await runComparison({
         plan: cli.plan,
         command: "deno test tests/bench_compare_test.ts",
         runtimes: cli.runtimes,
+        onStep: (partial) => {
+          partials.push(partial.finishedAt);
+          return Promise.resolve();
+        },
       });
       const files = await writeOutputs(result, cli);
+
+      // A partial result after every measured step, marked unfinished.
+      assert.equal(partials.length, result.latency.length + result.bound.length);
+      assert.ok(partials.every((f) => f === null));
+      assert.ok(result.finishedAt !== null);
 
       // The JSON round-trips and holds what the markdown shows.
       const json = JSON.parse(await Deno.readTextFile(files.json));
@@ -211,6 +232,9 @@ Deno.test({
           assert.ok(mine.length > 0, `${rt} missing from ${g.variantKey}`);
           for (const c of mine) {
             if (c.status === "ok") {
+              // The quick model fits in memory: one wave, and a peak was read.
+              assert.equal(c.wave, 1, c.id);
+              assert.ok(c.peakRssBytes! > 50e6, `${c.id} peak ${c.peakRssBytes}`);
               const s = c.stats!;
               assert.ok(s.n > 0 && s.p50 > 0 && s.p50 <= s.p90 && s.p90 <= s.p99, c.id);
               assert.ok(s.itemsPerS > 0, c.id);
@@ -290,5 +314,95 @@ Deno.test({
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
+  },
+});
+
+Deno.test("memory planner: reads /proc/meminfo, learns peaks per model byte, keeps a reserve", () => {
+  const info = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   20000000 kB\n";
+  assert.equal(memAvailableBytes(info), 20000000 * 1024);
+  assert.equal(memAvailableBytes("MemTotal: 5 kB\n"), null);
+  assert.ok((memAvailableBytes() ?? 0) > 0, "this Linux machine has /proc/meminfo");
+  assert.ok(peakRssBytes([Deno.pid]) > 10e6, "this process's own VmHWM");
+  assert.equal(peakRssBytes([2 ** 30]), 0, "a process that does not exist counts 0");
+
+  let available: number | null = 10 * 2 ** 30;
+  const planner = new MemoryPlanner({ reserveBytes: 2 ** 30, available: () => available });
+  const spec = {
+    runtime: "openvino" as const,
+    form: "int8-qdq" as const,
+    path: "",
+    batch: 1,
+    seq: 128,
+    threads: 2,
+    instances: 1,
+  };
+  const file = 400e6;
+  // Not learned yet: the default guess (10 bytes per model byte for OpenVINO int8, plus
+  // start-up).
+  const first = planner.need(spec, file);
+  assert.ok(first > 10 * file && first < 10 * file + 1e9, `${first}`);
+  assert.ok(planner.fits(spec, file));
+  // Learned from a peak of 1.2 GB: the largest ratio seen, with a margin, replaces the guess.
+  planner.learn(spec, file, 1.2e9, 1);
+  const learned = planner.need(spec, file);
+  assert.ok(learned < first && learned > 1.2e9 * 0.9, `${learned}`);
+  planner.learn(spec, file, 0.8e9, 1);
+  assert.equal(planner.need(spec, file), learned, "a smaller peak does not lower the ratio");
+  // fp32 is learned apart from int8; several Deno instances are several processes.
+  assert.notEqual(planner.need({ ...spec, form: "fp32" }, file), learned);
+  const deno = { ...spec, runtime: "sparsebert" as const, instances: 2 };
+  assert.ok(planner.need(deno, file) > 2 * planner.need({ ...deno, instances: 1 }, file) - 1);
+  // The reserve is kept: what fits in 10 GiB does not fit once less than need + 1 GiB is left.
+  available = learned + 2 ** 30 - 1;
+  assert.equal(planner.fits(spec, file), false);
+  available = learned + 2 ** 30;
+  assert.ok(planner.fits(spec, file));
+  available = null;
+  assert.ok(planner.fits(spec, file), "no limit known: everything fits");
+  assert.deepEqual(Object.keys(planner.learned()), ["openvino|int8"]);
+});
+
+Deno.test({
+  name: "a group that does not fit in memory is measured in waves, every contestant once",
+  sanitizeResources: false,
+  fn: async () => {
+    const plan = planFor("quick");
+    const runtimes: RuntimeName[] = ["sparsebert", "ort-node"];
+    const { files, errors } = await prepareModels(plan, runtimes);
+    assert.deepEqual(errors, []);
+    const fp32 = files.find((f) => f.form === "fp32")!;
+    assert.ok(modelBytes(fp32.path) === fp32.bytes);
+    // No memory to spare: every contestant after the first of a wave waits for the next wave.
+    const memory = new MemoryPlanner({ reserveBytes: 0, available: () => 0 });
+    const lines: string[] = [];
+    const specs = runtimes.map((runtime) => ({
+      runtime,
+      form: "fp32" as const,
+      path: fp32.path,
+      batch: 1,
+      seq: 16,
+      threads: 1,
+      instances: 1,
+    }));
+    const results = await measureGroup(specs, {
+      mode: "latency",
+      rounds: 2,
+      roundMs: 20,
+      turnSeconds: 0,
+      warmup: 1,
+      settleMs: 0,
+      maxContestantS: 5,
+      start: {},
+      memo: new FailureMemo(),
+      memory,
+      log: (l) => lines.push(l),
+    });
+    assert.deepEqual(results.map((r) => [r.spec.runtime, r.status, r.wave]), [
+      ["sparsebert", "ok", 1],
+      ["ort-node", "ok", 2],
+    ]);
+    for (const r of results) assert.ok(r.stats!.n > 0 && r.peakRssBytes! > 50e6, r.id);
+    assert.ok(lines.some((l) => l.includes("wave 1: 1 loaded, 1 wait for the next wave")));
+    assert.deepEqual(Object.keys(memory.learned()).sort(), ["ort-node|fp32", "sparsebert|fp32"]);
   },
 });

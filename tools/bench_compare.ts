@@ -66,7 +66,9 @@ Options:
                        reported (default: 19 for the default plan, 2.8 quick, none full)
   --sparse-threshold F sparsebert runs a linear on its sparse kernel from this measured
                        sparsity on (default 0.5)
-  --results-dir DIR    JSON (and quick-mode markdown/SVG) folder (default bench/results)
+  --results-dir DIR    JSON (and quick-mode markdown/SVG) folder (default bench/results);
+                       the JSON is rewritten after every step, so a killed run keeps its
+                       measurements (finishedAt stays null)
   --doc PATH           markdown file whose issue-6 section is replaced
                        (default docs/BENCHMARKS.md; quick: none)
   --svg PATH           chart file (default docs/compare_latency.svg; quick: in results dir)
@@ -81,6 +83,10 @@ Options:
                        the time budget
   --json               print the JSON result on stdout (progress stays on stderr)
   -h, --help           show this help
+
+Contestants of a step that would not fit in memory together (each process holds its own copy
+of the model) are measured in waves: each wave is loaded, interleaved and closed before the
+next; the report says which groups were split.
 
 A peer that fails to install, load or run is reported with its stage and error. Set up the
 Python peers first with: deno task setup:peers`;
@@ -393,6 +399,11 @@ async function main(): Promise<number> {
     sparseThreshold: cli.sparseThreshold,
     boundMs: cli.boundMs,
     log,
+    // The JSON is rewritten after every step (finishedAt null until the end), so a run that is
+    // killed part-way keeps what it measured.
+    onStep: async (partial) => {
+      await writeJson(partial, cli.resultsDir);
+    },
   });
   const files = await writeOutputs(result, cli);
   for (const l of summaryLines(result)) log(l);

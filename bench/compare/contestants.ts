@@ -134,6 +134,8 @@ export interface Contestant extends AsyncDisposable {
   readonly spec: ContestantSpec;
   /** Versions and settings. */
   readonly info: LoadInfo;
+  /** Process ids of its processes (for memory accounting). */
+  readonly pids: readonly number[];
   /** Measures; throws {@linkcode ContestantError}. */
   run(options: RunOptions): Promise<RunSample>;
   /** Ends its processes. */
@@ -273,6 +275,10 @@ class PythonContestant implements Contestant {
     }
   }
 
+  get pids(): readonly number[] {
+    return [this.#peer.pid];
+  }
+
   async run(options: RunOptions): Promise<RunSample> {
     try {
       const r = await this.#peer.run({
@@ -371,6 +377,11 @@ class RunnerProcess {
 
   get stderr(): string {
     return this.#stderr.slice(-STDERR_CAP);
+  }
+
+  /** Process id. */
+  get pid(): number {
+    return this.#child.pid;
   }
 
   async #nextLine(): Promise<string | null> {
@@ -574,6 +585,10 @@ class DenoContestant implements Contestant {
       });
     }
     return new DenoContestant(spec, procs, info!);
+  }
+
+  get pids(): readonly number[] {
+    return this.#procs.map((p) => p.pid);
   }
 
   async run(options: RunOptions): Promise<RunSample> {

@@ -294,7 +294,9 @@ export function renderMarkdown(
     out.push(`| --- | ${ran.map(() => "---").join(" | ")} |`);
     for (const g of groups) {
       const cells = ran.map((rt) => g.skipped ? "skipped" : cell(g, rt, footnotes));
-      out.push(`| ${variantLabel(g.variant)} | ${cells.join(" | ")} |`);
+      const waves = groupWaves(g.contestants);
+      const label = variantLabel(g.variant) + (waves > 1 ? ` (${waves} waves)` : "");
+      out.push(`| ${label} | ${cells.join(" | ")} |`);
     }
   }
 
@@ -403,6 +405,15 @@ export function renderMarkdown(
         "(listed with their reason in the JSON).",
     );
   }
+  const split = [...r.latency, ...r.bound].filter((g) => groupWaves(g.contestants) > 1).length;
+  if (split > 0) {
+    out.push(
+      `- ${split} step(s) did not fit in memory at once and were measured in waves (marked ` +
+        '"waves"): each wave loaded, interleaved and closed before the next, so drift cancels ' +
+        "within a wave only. Bytes kept free: " +
+        `${(r.memory.reserveBytes / 2 ** 30).toFixed(1)} GiB.`,
+    );
+  }
   out.push(
     r.sparsebertMissing.length === 0
       ? "- sparsebert: every configuration of the plan ran."
@@ -413,6 +424,8 @@ export function renderMarkdown(
   for (const e of r.preparationErrors) {
     out.push(`- Model preparation failed: ${escapeCell(firstLine(e, 300))}`);
   }
+
+  out.push(...peakMemoryLines(r, ran));
 
   out.push("");
   out.push("### Formats given to each runtime");
@@ -432,6 +445,46 @@ export function renderMarkdown(
       `${r.sparseThreshold}.`,
   );
   return out.join("\n") + "\n";
+}
+
+/** How many waves measured a group (1 when memory did not split it). */
+export function groupWaves(contestants: ContestantResult[]): number {
+  return Math.max(1, ...contestants.map((c) => c.wave ?? 1));
+}
+
+/**
+ * Lines of a table of the largest peak resident memory (GiB, summed over a contestant's
+ * processes) per model and precision and runtime, from the latency groups; none when no peak
+ * was read (not Linux).
+ */
+function peakMemoryLines(r: ComparisonResult, ran: RuntimeName[]): string[] {
+  const peaks = new Map<string, Partial<Record<RuntimeName, number>>>();
+  for (const g of r.latency) {
+    const key = `${g.model}|${g.variant.precision}`;
+    for (const c of g.contestants) {
+      if (c.peakRssBytes === undefined || c.spec.instances !== 1) continue;
+      const row = peaks.get(key) ?? {};
+      row[c.spec.runtime] = Math.max(row[c.spec.runtime] ?? 0, c.peakRssBytes);
+      peaks.set(key, row);
+    }
+  }
+  if (peaks.size === 0) return [];
+  const out = [
+    "",
+    "### Peak memory (GiB)",
+    "",
+    "Largest peak resident set (VmHWM after loading and warming up, one instance) over every " +
+    "variant, layout and scenario of a model and precision.",
+    "",
+    `| model | precision | ${ran.map((x) => RUNTIME_LABELS[x]).join(" | ")} |`,
+    `| --- | --- | ${ran.map(() => "---").join(" | ")} |`,
+  ];
+  for (const [key, row] of peaks) {
+    const [model, precision] = key.split("|");
+    const cells = ran.map((rt) => row[rt] === undefined ? "-" : (row[rt]! / 2 ** 30).toFixed(2));
+    out.push(`| ${modelDef(model).label.split(" (")[0]} | ${precision} | ${cells.join(" | ")} |`);
+  }
+  return out;
 }
 
 /** First output values of ORT (node), else ORT (Python), on the fp32 file of `g`'s sparsity. */

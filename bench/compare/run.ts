@@ -36,6 +36,7 @@ import {
   variantKey,
   variantLabel,
 } from "./matrix.ts";
+import { MemoryPlanner } from "./memory.ts";
 import { ModelStore, type PreparedFile } from "./models.ts";
 import {
   contestantId,
@@ -64,6 +65,13 @@ export interface CompareOptions {
   boundMs?: number;
   /** Progress lines (default: none). */
   log?: (line: string) => void;
+  /**
+   * Called after every step with the result so far (`finishedAt` null), so that a run that
+   * is killed part-way leaves what it measured.
+   */
+  onStep?: (partial: ComparisonResult) => Promise<void>;
+  /** Memory planner of the groups (default: one reading /proc/meminfo). */
+  memory?: MemoryPlanner;
 }
 
 /** A model file as the report lists it. */
@@ -181,8 +189,8 @@ export interface ComparisonResult {
   planDetail: Plan;
   /** Start (ISO 8601). */
   startedAt: string;
-  /** End (ISO 8601). */
-  finishedAt: string;
+  /** End (ISO 8601), or null in a partial result written while the run goes on. */
+  finishedAt: string | null;
   /** Wall seconds. */
   elapsedS: number;
   /** Machine facts. */
@@ -208,6 +216,11 @@ export interface ComparisonResult {
   sparsebertMissing: string[];
   /** Model preparation failures. */
   preparationErrors: string[];
+  /**
+   * Peak resident bytes per byte of model file learned per runtime and precision, and the
+   * bytes kept free, by the planner that split groups into waves.
+   */
+  memory: { reserveBytes: number; peakPerModelByte: Record<string, number> };
 }
 
 function readFileOr(path: string, fallback: string): string {
@@ -636,6 +649,7 @@ export async function runComparison(options: CompareOptions): Promise<Comparison
   const elapsed = (): number => (performance.now() - started) / 1000;
   const store = new ModelStore({ dir: options.modelsDir, log: (l) => log(`  ${l}`) });
   const memo = new FailureMemo();
+  const memory = options.memory ?? new MemoryPlanner();
   const preparationErrors: string[] = [];
   const machine = await machineInfo();
   const setup = await readPeerSetupStatus(options.venvRoot).catch(() => null);
@@ -647,6 +661,66 @@ export async function runComparison(options: CompareOptions): Promise<Comparison
       ? `time budget: ${Math.round(elapsed())} s spent, this step needs about ` +
         `${Math.round(estimate)} s of the ${Math.round(plan.budgetS)} s budget`
       : null;
+
+  /** The result so far (`done`: the run is over). */
+  const snapshot = (done: boolean): ComparisonResult => {
+    const versions: Partial<Record<RuntimeName, Record<string, string>>> = {};
+    for (const g of [...latency, ...bound]) {
+      for (const c of g.contestants) {
+        if (c.info && versions[c.spec.runtime] === undefined) {
+          versions[c.spec.runtime] = c.info.versions;
+        }
+      }
+    }
+    for (const r of runtimes) {
+      const py = r === "ort-py" ? "ort" : r;
+      const status = setup?.runtimes[py as keyof typeof setup.runtimes];
+      if (versions[r] === undefined && status?.versions) versions[r] = status.versions;
+    }
+    if (done) machine.loadAverageAtEnd = Deno.loadavg();
+    const sparsebertMissing: string[] = [];
+    for (const g of latency) {
+      for (const c of g.contestants) {
+        if (c.spec.runtime !== "sparsebert" || c.status === "ok") continue;
+        sparsebertMissing.push(
+          `${g.model} ${variantLabel(g.variant)} ${g.scenarioKey}: ${c.status}` +
+            (c.stage ? ` at ${c.stage}` : "") + `: ${c.error}`,
+        );
+      }
+    }
+    return {
+      schema: "sparsebert-bench-compare/1",
+      command: options.command,
+      plan: plan.name,
+      planDetail: plan,
+      startedAt,
+      finishedAt: done ? new Date().toISOString() : null,
+      elapsedS: elapsed(),
+      machine,
+      versions,
+      runtimes: RUNTIMES.map((name) => ({
+        name,
+        run: runtimes.includes(name),
+        reason: runtimes.includes(name)
+          ? undefined
+          : name === "torch"
+          ? "not requested: pass --torch (the PyPI wheel pulls several GB of CUDA packages)"
+          : "excluded by --runtimes",
+        note: RUNTIME_NOTES[name],
+      })),
+      forms: { description: { ...MODEL_FORMS }, perRuntime: { ...INT8_FORMS } },
+      sparseThreshold,
+      latency,
+      bound,
+      headToHead: headToHead(latency, plan.chart.model, plan.chart.scenario, runtimes),
+      sparsebertMissing,
+      preparationErrors,
+      memory: { reserveBytes: memory.reserveBytes, peakPerModelByte: memory.learned() },
+    };
+  };
+  const checkpoint = async (): Promise<void> => {
+    if (options.onStep) await options.onStep(snapshot(false));
+  };
 
   for (const step of planSteps(plan)) {
     const model = modelDef(step.block.model);
@@ -660,6 +734,7 @@ export async function runComparison(options: CompareOptions): Promise<Comparison
       const opts: GroupOptions = {
         ...latencyOptions(plan, block),
         memo,
+        memory,
         log,
         start: { venvRoot: options.venvRoot, sparseThreshold, probePeak: probe },
       };
@@ -695,6 +770,7 @@ export async function runComparison(options: CompareOptions): Promise<Comparison
       }
       result.elapsedS = (performance.now() - t0) / 1000;
       latency.push(result);
+      await checkpoint();
       continue;
     }
     const { block } = step;
@@ -718,6 +794,7 @@ export async function runComparison(options: CompareOptions): Promise<Comparison
           const opts: GroupOptions = {
             ...boundOptions(plan),
             memo,
+            memory,
             log,
             start: { venvRoot: options.venvRoot, sparseThreshold },
           };
@@ -758,61 +835,11 @@ export async function runComparison(options: CompareOptions): Promise<Comparison
       }
       result.elapsedS = (performance.now() - t0) / 1000;
       bound.push(result);
+      await checkpoint();
     }
   }
 
-  const versions: Partial<Record<RuntimeName, Record<string, string>>> = {};
-  for (const g of [...latency, ...bound]) {
-    for (const c of g.contestants) {
-      if (c.info && versions[c.spec.runtime] === undefined) {
-        versions[c.spec.runtime] = c.info.versions;
-      }
-    }
-  }
-  for (const r of runtimes) {
-    const py = r === "ort-py" ? "ort" : r;
-    const status = setup?.runtimes[py as keyof typeof setup.runtimes];
-    if (versions[r] === undefined && status?.versions) versions[r] = status.versions;
-  }
-  machine.loadAverageAtEnd = Deno.loadavg();
-  const sparsebertMissing: string[] = [];
-  for (const g of latency) {
-    for (const c of g.contestants) {
-      if (c.spec.runtime !== "sparsebert" || c.status === "ok") continue;
-      sparsebertMissing.push(
-        `${g.model} ${variantLabel(g.variant)} ${g.scenarioKey}: ${c.status}` +
-          (c.stage ? ` at ${c.stage}` : "") + `: ${c.error}`,
-      );
-    }
-  }
-  return {
-    schema: "sparsebert-bench-compare/1",
-    command: options.command,
-    plan: plan.name,
-    planDetail: plan,
-    startedAt,
-    finishedAt: new Date().toISOString(),
-    elapsedS: elapsed(),
-    machine,
-    versions,
-    runtimes: RUNTIMES.map((name) => ({
-      name,
-      run: runtimes.includes(name),
-      reason: runtimes.includes(name)
-        ? undefined
-        : name === "torch"
-        ? "not requested: pass --torch (the PyPI wheel pulls several GB of CUDA packages)"
-        : "excluded by --runtimes",
-      note: RUNTIME_NOTES[name],
-    })),
-    forms: { description: { ...MODEL_FORMS }, perRuntime: { ...INT8_FORMS } },
-    sparseThreshold,
-    latency,
-    bound,
-    headToHead: headToHead(latency, plan.chart.model, plan.chart.scenario, runtimes),
-    sparsebertMissing,
-    preparationErrors,
-  };
+  return snapshot(true);
 }
 
 /**

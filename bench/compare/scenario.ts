@@ -1,6 +1,6 @@
 /**
- * Measuring a group of contestants interleaved (A B C A B C ...): every contestant is loaded
- * first, warmed up, its iterations per turn calibrated to the round time, and then the rounds
+ * Measuring a group of contestants interleaved (A B C A B C ...): every contestant is loaded,
+ * warmed up and its iterations per turn calibrated to the round time, and then the rounds
  * run with the order rotated each round and a settle pause before every turn (so that the
  * previous runtime's spinning threads have gone idle). Latency runs pool the per-iteration
  * latencies of all rounds; throughput runs give each configuration time-boxed turns.
@@ -9,6 +9,10 @@
  * repeat identically (a runtime that does not import, a converter that has no int8 support, a
  * runtime that aborts on an int8 layout) is remembered by {@linkcode FailureMemo} and not
  * retried; the report says so.
+ *
+ * Where the contestants of a group do not fit in memory together (BERT-Large: 11 processes each
+ * holding the model), a {@linkcode MemoryPlanner} splits the group into waves, each loaded,
+ * interleaved and closed before the next; results say which wave measured them.
  *
  * @module
  */
@@ -24,6 +28,7 @@ import {
   startContestant,
   type StartOptions,
 } from "./contestants.ts";
+import { gib, type MemoryPlanner, modelBytes, peakRssBytes } from "./memory.ts";
 import { encoderMacs, type ModelDef, type RuntimeName, type Scenario } from "./matrix.ts";
 
 /** Latency statistics of one contestant (numpy-style linear percentiles). */
@@ -70,6 +75,10 @@ export interface ContestantResult {
   stats?: LatencySummary;
   /** Output summary of the last turn. */
   output?: OutputSummary | null;
+  /** Wave of its group it was measured in (1 unless memory split the group). */
+  wave?: number;
+  /** Peak resident bytes of its processes after warm-up (Linux). */
+  peakRssBytes?: number;
 }
 
 /** Id of a contestant in reports. */
@@ -160,6 +169,8 @@ export interface GroupOptions {
   start: StartOptions;
   /** Failures not to retry. */
   memo: FailureMemo;
+  /** Splits the group into waves that fit in memory (default: everything loads at once). */
+  memory?: MemoryPlanner;
   /** Progress lines. */
   log: (line: string) => void;
 }
@@ -181,77 +192,122 @@ function median(values: number[]): number {
   return percentile([...values].sort((a, b) => a - b), 0.5);
 }
 
+/** A loaded contestant of a wave, with its calibration and samples. */
+interface LiveEntry {
+  /** Index in the group's specs. */
+  index: number;
+  /** The contestant. */
+  c: Contestant;
+  /** Timed iterations per latency turn. */
+  n: number;
+  /** Untimed iterations before each turn. */
+  warm: number;
+  /** Samples of the turns so far. */
+  samples: RunSample[];
+  /** Peak resident bytes of its processes after warm-up. */
+  peakBytes: number;
+}
+
 /**
- * Loads `specs`, measures them interleaved, closes them, and returns one result per spec (in
- * the order given). Contestants listed in `preFailed` are reported without being started.
+ * Warm-up and calibration: iterations per turn so that a turn takes about roundMs. A slow
+ * contestant (over 0.5 s an iteration) is calibrated on its first timed iteration.
  */
-export async function measureGroup(
+async function calibrate(entry: LiveEntry, options: GroupOptions): Promise<void> {
+  let s = await entry.c.run({
+    iterations: 1,
+    warmup: Math.min(1, options.warmup),
+    settleMs: options.settleMs,
+  });
+  if (median(s.latenciesMs) < 500 && options.mode === "latency") {
+    s = await entry.c.run({
+      iterations: 2,
+      warmup: Math.max(0, options.warmup - 1),
+      settleMs: 0,
+    });
+  }
+  const one = Math.max(median(s.latenciesMs), 0.01);
+  entry.n = Math.max(1, Math.min(10_000, Math.round(options.roundMs / one)));
+  // Re-warm after another runtime ran, unless one iteration is long enough to not care.
+  entry.warm = one < 200 ? 1 : 0;
+}
+
+/** The memo's failure for `spec` as a result, or null. */
+function memoResult(spec: ContestantSpec, memo: FailureMemo): ContestantResult | null {
+  const hit = memo.lookup(spec);
+  if (!hit) return null;
+  return {
+    id: contestantId(spec),
+    spec,
+    status: "failed",
+    stage: hit.stage,
+    error: `${hit.error} (not retried: ${hit.id} failed the same way earlier in this run)`,
+  };
+}
+
+/**
+ * Loads, warms up and calibrates the contestants of `pending` one after another while the
+ * memory planner says the next one fits (the first always starts), measures those interleaved,
+ * closes them, and returns the indices that must wait for the next wave.
+ */
+async function measureWave(
   specs: ContestantSpec[],
+  pending: number[],
+  wave: number,
   options: GroupOptions,
-  preFailed: Map<number, ContestantResult> = new Map(),
-): Promise<ContestantResult[]> {
-  const { log, memo } = options;
-  const results: ContestantResult[] = new Array(specs.length);
-  const live: { index: number; c: Contestant; n: number; warm: number; samples: RunSample[] }[] =
-    [];
+  results: ContestantResult[],
+): Promise<number[]> {
+  const { log, memo, memory } = options;
+  const deferred: number[] = [];
+  const live: LiveEntry[] = [];
+  const drop = async (entry: LiveEntry, err: unknown): Promise<void> => {
+    results[entry.index] = { ...failed(entry.c.spec, err), info: entry.c.info, wave };
+    log(`  FAILED ${contestantId(entry.c.spec)}: ${(err as Error).message.split("\n")[0]}`);
+    live.splice(live.indexOf(entry), 1);
+    await entry.c.close().catch(() => {});
+  };
   try {
-    for (const [index, spec] of specs.entries()) {
-      const pre = preFailed.get(index);
-      if (pre) {
-        results[index] = pre;
+    for (const index of pending) {
+      const spec = specs[index];
+      const hit = memoResult(spec, memo);
+      if (hit) {
+        results[index] = hit;
         continue;
       }
-      const memoHit = memo.lookup(spec);
-      if (memoHit) {
-        results[index] = {
-          id: contestantId(spec),
-          spec,
-          status: "failed",
-          stage: memoHit.stage,
-          error: `${memoHit.error} (not retried: ${memoHit.id} failed the same way earlier in ` +
-            "this run)",
-        };
+      const bytes = memory ? modelBytes(spec.path) : 0;
+      if (memory && live.length > 0 && !memory.fits(spec, bytes)) {
+        deferred.push(index);
         continue;
       }
+      let entry: LiveEntry;
       try {
         const c = await startContestant(spec, options.start);
-        live.push({ index, c, n: 1, warm: 0, samples: [] });
-        log(`  loaded ${contestantId(spec)} in ${(c.info.loadMs / 1000).toFixed(1)} s`);
+        entry = { index, c, n: 1, warm: 0, samples: [], peakBytes: 0 };
+        live.push(entry);
       } catch (err) {
         if (err instanceof ContestantError) memo.record(spec, err);
-        results[index] = failed(spec, err);
+        results[index] = { ...failed(spec, err), wave };
         log(`  FAILED ${contestantId(spec)}: ${(err as Error).message.split("\n")[0]}`);
+        continue;
       }
-    }
-    const drop = async (entry: typeof live[number], err: unknown): Promise<void> => {
-      results[entry.index] = { ...failed(entry.c.spec, err), info: entry.c.info };
-      log(`  FAILED ${contestantId(entry.c.spec)}: ${(err as Error).message.split("\n")[0]}`);
-      live.splice(live.indexOf(entry), 1);
-      await entry.c.close().catch(() => {});
-    };
-    // Warm-up and calibration: iterations per turn so that a turn takes about roundMs. A slow
-    // contestant (over 0.5 s an iteration) is calibrated on its first timed iteration.
-    for (const entry of [...live]) {
       try {
-        let s = await entry.c.run({
-          iterations: 1,
-          warmup: Math.min(1, options.warmup),
-          settleMs: options.settleMs,
-        });
-        if (median(s.latenciesMs) < 500 && options.mode === "latency") {
-          s = await entry.c.run({
-            iterations: 2,
-            warmup: Math.max(0, options.warmup - 1),
-            settleMs: 0,
-          });
-        }
-        const one = Math.max(median(s.latenciesMs), 0.01);
-        entry.n = Math.max(1, Math.min(10_000, Math.round(options.roundMs / one)));
-        // Re-warm after another runtime ran, unless one iteration is long enough to not care.
-        entry.warm = one < 200 ? 1 : 0;
+        await calibrate(entry, options);
       } catch (err) {
         await drop(entry, err);
+        continue;
       }
+      entry.peakBytes = peakRssBytes(entry.c.pids);
+      memory?.learn(spec, bytes, entry.peakBytes, entry.c.pids.length);
+      log(
+        `  loaded ${contestantId(spec)} in ${(entry.c.info.loadMs / 1000).toFixed(1)} s` +
+          (entry.peakBytes > 0 ? `, peak ${gib(entry.peakBytes)}` : ""),
+      );
+    }
+    if (deferred.length > 0) {
+      const available = memory?.available();
+      log(
+        `  wave ${wave}: ${live.length} loaded, ${deferred.length} wait for the next wave ` +
+          `(memory: ${available == null ? "?" : gib(available)} available)`,
+      );
     }
     for (let r = 0; r < options.rounds; r++) {
       const order = live.map((_, i) => live[(i + r) % live.length]);
@@ -283,18 +339,44 @@ export async function measureGroup(
       }
     }
     for (const entry of live) {
-      const stats = summarize(entry.samples);
       results[entry.index] = {
         id: contestantId(entry.c.spec),
         spec: entry.c.spec,
         status: "ok",
         info: entry.c.info,
-        stats,
+        stats: summarize(entry.samples),
         output: entry.samples.at(-1)?.output ?? null,
+        wave,
+        peakRssBytes: entry.peakBytes > 0 ? entry.peakBytes : undefined,
       };
     }
   } finally {
     await Promise.all(live.map((e) => e.c.close().catch(() => {})));
+  }
+  return deferred;
+}
+
+/**
+ * Loads `specs`, measures them interleaved, closes them, and returns one result per spec (in
+ * the order given). Contestants listed in `preFailed` are reported without being started.
+ * With `options.memory`, contestants that would not fit in memory beside those loaded wait
+ * for a later wave (each wave is interleaved on its own; results carry their wave).
+ */
+export async function measureGroup(
+  specs: ContestantSpec[],
+  options: GroupOptions,
+  preFailed: Map<number, ContestantResult> = new Map(),
+): Promise<ContestantResult[]> {
+  const results: ContestantResult[] = new Array(specs.length);
+  let pending: number[] = [];
+  for (const index of specs.keys()) {
+    const pre = preFailed.get(index);
+    if (pre) results[index] = pre;
+    else pending.push(index);
+  }
+  // Each wave starts at least its first pending contestant, so this ends.
+  for (let wave = 1; pending.length > 0; wave++) {
+    pending = await measureWave(specs, pending, wave, options, results);
   }
   return results;
 }

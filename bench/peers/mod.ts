@@ -498,6 +498,11 @@ export class PythonPeer implements AsyncDisposable {
    * import, the model does not load, or the process dies (DeepSparse aborts on graphs it cannot
    * plan).
    */
+  /** Process id of the peer. */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
   static async start(options: PeerLoadOptions): Promise<PythonPeer> {
     const args = runnerArgs(options);
     const runtime = options.runtime;
