@@ -15,6 +15,7 @@ import {
   planFor,
   type RuntimeName,
   RUNTIMES,
+  scenarioKey,
   variant,
   variantKey,
 } from "../bench/compare/matrix.ts";
@@ -126,6 +127,15 @@ Deno.test("the command line: plans, defaults and clear errors", () => {
     "int8-s90-4x1",
   ]);
   assert.equal(parseCompareArgs(["--budget-min", "2"]).plan.budgetS, 120);
+  const one = parseCompareArgs(["--full", "--scenarios", "s128-b1-t2", "--no-bound"]);
+  assert.ok(one.plan.latency.length >= 5, "every model of the full plan");
+  for (const b of one.plan.latency) assert.deepEqual(b.scenarios.map(scenarioKey), ["s128-b1-t2"]);
+  assert.deepEqual(one.plan.bound, []);
+  assert.throws(() => parseCompareArgs(["--scenarios", "s999-b1-t1"]), /'s999-b1-t1'/);
+  const render = parseCompareArgs(["--render", "/tmp/r/compare-full-x.json"]);
+  assert.equal(render.render, "/tmp/r/compare-full-x.json");
+  assert.equal(render.resultsDir, "/tmp/r", "the markdown and chart land next to the JSON");
+  assert.equal(render.doc, null, "re-rendering leaves docs/ alone unless --doc is given");
   assert.throws(() => parseCompareArgs(["--quick", "--full"]), /not both/);
   assert.throws(() => parseCompareArgs(["--runtimes", "tensorflow"]), /'tensorflow'/);
   assert.throws(() => parseCompareArgs(["--runtimes", "torch"]), /--torch/);
@@ -208,6 +218,19 @@ Deno.test({
         },
       });
       const files = await writeOutputs(result, cli);
+
+      // The saved JSON re-renders (--render) to the same markdown, chart link aside.
+      const base = files.json.replace(/\.json$/, "");
+      const noChart = (t: string): string =>
+        t.split("\n").filter((l) => !l.startsWith("![")).join("\n");
+      const first = await Deno.readTextFile(`${base}.md`);
+      const again = await writeOutputs(
+        JSON.parse(await Deno.readTextFile(files.json)),
+        parseCompareArgs(["--render", files.json]),
+      );
+      assert.equal(again.markdown, `${base}.md`);
+      assert.equal(noChart(await Deno.readTextFile(again.markdown)), noChart(first));
+      assert.ok((await Deno.readTextFile(`${base}.svg`)).startsWith("<svg"));
 
       // A partial result after every measured step, marked unfinished.
       assert.equal(partials.length, result.latency.length + result.bound.length);

@@ -18,6 +18,7 @@ import {
   RUNTIME_LABELS,
   type RuntimeName,
   RUNTIMES,
+  scenarioKey,
   variantKey,
 } from "../bench/compare/matrix.ts";
 import {
@@ -77,6 +78,12 @@ Options:
   --venv-root DIR      Python venvs of the peers (default .cache/venv)
   --variants LIST      only these variants (comma-separated keys: fp32-dense, int8-dense,
                        fp32-s90-4x1, int8-s80-unstructured, ...)
+  --scenarios LIST     only these latency scenarios (comma-separated keys: s128-b1-t2,
+                       s384-b8-t1, ...)
+  --no-bound           leave out the latency-bound throughput searches
+  --render JSON        only write the markdown and chart of a saved result (a finished run's
+                       or the partial JSON of a stopped one) next to it; the docs only with
+                       --doc/--svg
   --dry-run            print the plan's steps and time estimates, run nothing
   --prepare            only prepare (generate, prune, quantize) the plan's model files; run
                        this once before the first timed run so that preparing does not eat
@@ -117,6 +124,8 @@ export interface CompareCli {
   dryRun: boolean;
   /** Only prepare the model files. */
   prepareOnly: boolean;
+  /** Only render the markdown and chart of this saved JSON result. */
+  render: string | null;
   /** Show help. */
   help: boolean;
 }
@@ -148,6 +157,9 @@ export function parseCompareArgs(args: string[]): CompareCli {
       runtimes: { type: "string" },
       models: { type: "string" },
       variants: { type: "string" },
+      scenarios: { type: "string" },
+      "no-bound": { type: "boolean", default: false },
+      render: { type: "string" },
       "dry-run": { type: "boolean", default: false },
       prepare: { type: "boolean", default: false },
       "bound-ms": { type: "string" },
@@ -213,6 +225,23 @@ export function parseCompareArgs(args: string[]): CompareCli {
     plan.latency = plan.latency.filter((b) => b.variants.length > 0);
     plan.bound = plan.bound.filter((b) => b.variants.length > 0);
   }
+  if (values.scenarios !== undefined) {
+    const keep = values.scenarios.split(",").map((x) => x.trim()).filter((x) => x !== "");
+    const known = new Set(plan.latency.flatMap((b) => b.scenarios.map(scenarioKey)));
+    for (const k of keep) {
+      if (!known.has(k)) {
+        throw new Error(`Scenario '${k}' is not in the plan (it has ${[...known].join(", ")})`);
+      }
+    }
+    for (const b of plan.latency) {
+      b.scenarios = b.scenarios.filter((x) => keep.includes(scenarioKey(x)));
+    }
+    plan.latency = plan.latency.filter((b) => b.scenarios.length > 0);
+    if (!keep.includes(scenarioKey(plan.chart.scenario)) && plan.latency.length > 0) {
+      plan.chart = { model: plan.latency[0].model, scenario: plan.latency[0].scenarios[0] };
+    }
+  }
+  if (values["no-bound"]) plan.bound = [];
   if (values["budget-min"] !== undefined) {
     plan.budgetS = positive("--budget-min", values["budget-min"]) * 60;
   }
@@ -226,11 +255,13 @@ export function parseCompareArgs(args: string[]): CompareCli {
     throw new Error(`--sparse-threshold must be in [0, 1], got '${values["sparse-threshold"]}'`);
   }
   const quick = plan.name === "quick";
+  const render = values.render !== undefined ? abs(values.render) : null;
+  // Re-rendering a saved result touches the docs only when asked to.
   const doc = values["no-doc"]
     ? null
     : values.doc !== undefined
     ? abs(values.doc)
-    : quick
+    : quick || render !== null
     ? null
     : `${ROOT}/docs/BENCHMARKS.md`;
   const svg = values.svg !== undefined
@@ -243,9 +274,12 @@ export function parseCompareArgs(args: string[]): CompareCli {
     runtimes,
     boundMs,
     sparseThreshold: threshold,
-    resultsDir: values["results-dir"] !== undefined
+    resultsDir: render !== null
+      ? dirOf(render)
+      : values["results-dir"] !== undefined
       ? abs(values["results-dir"])
       : `${ROOT}/bench/results`,
+    render,
     doc,
     svg,
     modelsDir: values["models-dir"] !== undefined ? abs(values["models-dir"]) : undefined,
@@ -285,7 +319,7 @@ export async function writeOutputs(
   result: ComparisonResult,
   cli: CompareCli,
 ): Promise<WrittenFiles> {
-  const json = await writeJson(result, cli.resultsDir);
+  const json = cli.render ?? await writeJson(result, cli.resultsDir);
   const base = json.replace(/\.json$/, "");
   const svg = cli.svg ?? `${base}.svg`;
   await writeAtomic(svg, renderSvg(result));
@@ -367,6 +401,23 @@ async function main(): Promise<number> {
         }; ` +
         "model preparation excluded)",
     );
+    return 0;
+  }
+  if (cli.render !== null) {
+    let result: ComparisonResult;
+    try {
+      result = JSON.parse(await Deno.readTextFile(cli.render));
+    } catch (err) {
+      console.error(`error: cannot read '${cli.render}': ${(err as Error).message}`);
+      return 1;
+    }
+    if (result?.schema !== "sparsebert-bench-compare/1") {
+      console.error(`error: '${cli.render}' is not a bench:compare result (no schema tag)`);
+      return 1;
+    }
+    const files = await writeOutputs(result, cli);
+    for (const l of summaryLines(result)) console.error(l);
+    console.error(`wrote ${files.markdown}\nwrote ${files.svg}`);
     return 0;
   }
   if (cli.prepareOnly) {

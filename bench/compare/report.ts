@@ -222,6 +222,13 @@ export function renderMarkdown(
     } ` +
       `UTC, ${minutes} min.` + (links.json ? ` Raw results: \`${links.json}\` (git-ignored).` : ""),
   );
+  if (r.finishedAt === null) {
+    out.push("");
+    out.push(
+      "**Partial result**: the run was stopped before its end; the steps below are those it " +
+        "finished (the plan's other steps did not run).",
+    );
+  }
   out.push("");
   out.push(`- Machine: ${machineLine(r)}.`);
   out.push(`- Versions: ${versionsLine(r)}.`);
