@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { returnLargeBuffersToSystem } from "../ffi/allocator.ts";
 import type { LinearFactory } from "./bert.ts";
 import { isCompiledModel, loadCompiled } from "./compiled.ts";
 import { loadHfFolder } from "./hf_folder.ts";
@@ -70,6 +71,8 @@ export async function loadModel(
   if (typeof pathOrName !== "string" || pathOrName === "") {
     throw new Error(`A model path or name is required, got ${JSON.stringify(pathOrName)}`);
   }
+  // Loading's large temporary buffers go back to the system once collected.
+  returnLargeBuffersToSystem();
   let path = pathOrName;
   let name: string | null = null;
   let weights: BertWeights;
