@@ -22,8 +22,9 @@ let applied: boolean | undefined;
 
 /**
  * Sets glibc's mmap threshold to {@linkcode LARGE_ALLOCATION_BYTES} once per process, so that
- * large freed buffers go back to the system. Does nothing where libc is not glibc, where FFI is
- * not permitted, or where the user set `MALLOC_MMAP_THRESHOLD_` (theirs wins).
+ * large freed buffers go back to the system. Does nothing where libc is not glibc, where FFI or
+ * reading `MALLOC_MMAP_THRESHOLD_` is not granted (it never prompts), or where the user set
+ * `MALLOC_MMAP_THRESHOLD_` (theirs wins).
  *
  * @returns Whether the threshold is set by this call or an earlier one.
  */
@@ -31,11 +32,14 @@ export function returnLargeBuffersToSystem(): boolean {
   if (applied !== undefined) return applied;
   applied = false;
   if (Deno.build.os !== "linux") return applied;
-  try {
-    if (Deno.env.get("MALLOC_MMAP_THRESHOLD_") !== undefined) return applied;
-  } catch {
-    // No env permission: the user cannot have meant to set it for this process.
+  // Ask nothing of a user who did not grant these (a library call must not prompt): without env
+  // access a MALLOC_MMAP_THRESHOLD_ of theirs cannot be seen, and it must win.
+  const granted = (d: Deno.PermissionDescriptor): boolean =>
+    Deno.permissions.querySync(d).state === "granted";
+  if (!granted({ name: "ffi" }) || !granted({ name: "env", variable: "MALLOC_MMAP_THRESHOLD_" })) {
+    return applied;
   }
+  if (Deno.env.get("MALLOC_MMAP_THRESHOLD_") !== undefined) return applied;
   try {
     const libc = Deno.dlopen(
       "libc.so.6",

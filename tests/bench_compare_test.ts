@@ -212,6 +212,8 @@ Deno.test({
         plan: cli.plan,
         command: "deno test tests/bench_compare_test.ts",
         runtimes: cli.runtimes,
+        // No memory limit: the wave assertions below must not depend on this machine's load.
+        memory: new MemoryPlanner({ available: () => null }),
         onStep: (partial) => {
           partials.push(partial.finishedAt);
           return Promise.resolve();
@@ -232,7 +234,7 @@ Deno.test({
       assert.equal(noChart(await Deno.readTextFile(again.markdown)), noChart(first));
       assert.ok((await Deno.readTextFile(`${base}.svg`)).startsWith("<svg"));
 
-      // A partial result after every measured step, marked unfinished.
+      // A partial result after every step, marked unfinished.
       assert.equal(partials.length, result.latency.length + result.bound.length);
       assert.ok(partials.every((f) => f === null));
       assert.ok(result.finishedAt !== null);
@@ -255,7 +257,7 @@ Deno.test({
           assert.ok(mine.length > 0, `${rt} missing from ${g.variantKey}`);
           for (const c of mine) {
             if (c.status === "ok") {
-              // The quick model fits in memory: one wave, and a peak was read.
+              // No memory limit: one wave, and a peak was read.
               assert.equal(c.wave, 1, c.id);
               assert.ok(c.peakRssBytes! > 50e6, `${c.id} peak ${c.peakRssBytes}`);
               const s = c.stats!;
@@ -344,8 +346,10 @@ Deno.test("memory planner: reads /proc/meminfo, learns peaks per model byte, kee
   const info = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   20000000 kB\n";
   assert.equal(memAvailableBytes(info), 20000000 * 1024);
   assert.equal(memAvailableBytes("MemTotal: 5 kB\n"), null);
-  assert.ok((memAvailableBytes() ?? 0) > 0, "this Linux machine has /proc/meminfo");
-  assert.ok(peakRssBytes([Deno.pid]) > 10e6, "this process's own VmHWM");
+  if (Deno.build.os === "linux") {
+    assert.ok((memAvailableBytes() ?? 0) > 0, "Linux has /proc/meminfo");
+    assert.ok(peakRssBytes([Deno.pid]) > 10e6, "this process's own VmHWM");
+  }
   assert.equal(peakRssBytes([2 ** 30]), 0, "a process that does not exist counts 0");
 
   let available: number | null = 10 * 2 ** 30;
@@ -365,14 +369,22 @@ Deno.test("memory planner: reads /proc/meminfo, learns peaks per model byte, kee
   const first = planner.need(spec, file);
   assert.ok(first > 10 * file && first < 10 * file + 1e9, `${first}`);
   assert.ok(planner.fits(spec, file));
-  // Learned from a peak of 1.2 GB: the largest ratio seen, with a margin, replaces the guess.
-  planner.learn(spec, file, 1.2e9, 1);
+  // Learned from a peak of 3 GB: the largest ratio seen, with a margin, replaces the guess.
+  planner.learn(spec, file, 3e9, 1);
   const learned = planner.need(spec, file);
-  assert.ok(learned < first && learned > 1.2e9 * 0.9, `${learned}`);
+  assert.ok(learned < first && learned > 3e9, `${learned}`);
   planner.learn(spec, file, 0.8e9, 1);
   assert.equal(planner.need(spec, file), learned, "a smaller peak does not lower the ratio");
-  // fp32 is learned apart from int8; several Deno instances are several processes.
-  assert.notEqual(planner.need({ ...spec, form: "fp32" }, file), learned);
+  // fp32 is learned apart from int8: still the default guess (3.2 per model byte + 400 MiB).
+  const fp32 = planner.need({ ...spec, form: "fp32" }, file);
+  assert.ok(Math.abs(fp32 - (400 * 2 ** 20 + 3.2 * file)) < 1, `${fp32}`);
+  // A small model teaches nothing (its peak is start-up); a low learned ratio keeps half the
+  // default guess, so a small run cannot talk the planner into loading a large model blind.
+  const other = new MemoryPlanner({ reserveBytes: 0, available: () => 1e12 });
+  other.learn(spec, 10e6, 5e9, 1);
+  assert.deepEqual(other.learned(), {});
+  other.learn(spec, file, 0.5e9, 1);
+  assert.ok(Math.abs(other.need(spec, file) - (400 * 2 ** 20 + 5 * file)) < 1);
   const deno = { ...spec, runtime: "sparsebert" as const, instances: 2 };
   assert.ok(planner.need(deno, file) > 2 * planner.need({ ...deno, instances: 1 }, file) - 1);
   // The reserve is kept: what fits in 10 GiB does not fit once less than need + 1 GiB is left.
@@ -426,6 +438,8 @@ Deno.test({
     ]);
     for (const r of results) assert.ok(r.stats!.n > 0 && r.peakRssBytes! > 50e6, r.id);
     assert.ok(lines.some((l) => l.includes("wave 1: 1 loaded, 1 wait for the next wave")));
-    assert.deepEqual(Object.keys(memory.learned()).sort(), ["ort-node|fp32", "sparsebert|fp32"]);
+    // The quick model is under the size the planner learns from.
+    assert.ok(fp32.bytes < 64 * 2 ** 20);
+    assert.deepEqual(memory.learned(), {});
   },
 });

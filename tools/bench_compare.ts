@@ -453,7 +453,11 @@ async function main(): Promise<number> {
     // The JSON is rewritten after every step (finishedAt null until the end), so a run that is
     // killed part-way keeps what it measured.
     onStep: async (partial) => {
-      await writeJson(partial, cli.resultsDir);
+      try {
+        await writeJson(partial, cli.resultsDir);
+      } catch (err) {
+        log(`warning: could not write the partial result: ${(err as Error).message}`);
+      }
     },
   });
   const files = await writeOutputs(result, cli);

@@ -43,6 +43,9 @@ const DEFAULT_RATIO: Readonly<Record<RuntimeName, { fp32: number; int8: number }
 /** Bytes of a process start-up without a model (interpreter, runtime libraries). */
 const BASE_BYTES = 400 * 1024 ** 2;
 
+/** Model files below this size teach the planner nothing (start-up dominates their peak). */
+const MIN_LEARN_BYTES = 64 * 1024 ** 2;
+
 /** Extra factor on a learned ratio: a new shape can need a little more than the last one. */
 const LEARNED_MARGIN = 1.15;
 
@@ -107,7 +110,7 @@ export function gib(bytes: number): string {
 
 /** Settings of {@linkcode MemoryPlanner}. */
 export interface MemoryPlannerOptions {
-  /** Bytes to leave free for everything else (default 1.5 GiB or 8% of memory). */
+  /** Bytes to leave free for everything else (default: 8% of memory, at least 1.5 GiB). */
   reserveBytes?: number;
   /** Reads available bytes (default {@linkcode memAvailableBytes}; null: no limit known). */
   available?: () => number | null;
@@ -149,9 +152,9 @@ export class MemoryPlanner {
   need(spec: ContestantSpec, fileBytes: number): number {
     const kind = spec.form === "fp32" ? "fp32" : "int8";
     const learned = this.#ratio.get(this.#key(spec));
-    const ratio = learned !== undefined
-      ? learned * LEARNED_MARGIN
-      : DEFAULT_RATIO[spec.runtime][kind];
+    // A learned ratio replaces the default guess, but never falls below half of it.
+    const guess = DEFAULT_RATIO[spec.runtime][kind];
+    const ratio = learned !== undefined ? Math.max(learned * LEARNED_MARGIN, guess / 2) : guess;
     return MemoryPlanner.processes(spec) * (BASE_BYTES + ratio * fileBytes);
   }
 
@@ -175,7 +178,8 @@ export class MemoryPlanner {
    * processes. The ratio kept per runtime and precision is the largest seen.
    */
   learn(spec: ContestantSpec, fileBytes: number, peakBytes: number, processes: number): void {
-    if (!(fileBytes > 0) || !(peakBytes > 0) || processes < 1) return;
+    // A small model's peak is mostly start-up: its ratio says nothing about a large one.
+    if (!(fileBytes >= MIN_LEARN_BYTES) || !(peakBytes > 0) || processes < 1) return;
     const ratio = Math.max(0, peakBytes / processes - BASE_BYTES) / fileBytes;
     const key = this.#key(spec);
     this.#ratio.set(key, Math.max(this.#ratio.get(key) ?? 0, ratio));

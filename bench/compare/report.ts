@@ -18,6 +18,7 @@ import {
   variantLabel,
 } from "./matrix.ts";
 import type { ComparisonResult, LatencyGroupResult } from "./run.ts";
+import { gib } from "./memory.ts";
 import type { ContestantResult } from "./scenario.ts";
 
 /** The heading of the section this harness owns in docs/BENCHMARKS.md. */
@@ -415,10 +416,10 @@ export function renderMarkdown(
   const split = [...r.latency, ...r.bound].filter((g) => groupWaves(g.contestants) > 1).length;
   if (split > 0) {
     out.push(
-      `- ${split} step(s) did not fit in memory at once and were measured in waves (marked ` +
-        '"waves"): each wave loaded, interleaved and closed before the next, so drift cancels ' +
-        "within a wave only. Bytes kept free: " +
-        `${(r.memory.reserveBytes / 2 ** 30).toFixed(1)} GiB.`,
+      `- ${split} group(s) did not fit in memory at once and were measured in waves (latency ` +
+        'rows marked "(N waves)"; each contestant\'s wave is in the JSON): each wave loaded, ' +
+        "interleaved and closed before the next, so drift cancels within a wave only." +
+        (r.memory ? ` Memory kept free: ${gib(r.memory.reserveBytes)}.` : ""),
     );
   }
   out.push(

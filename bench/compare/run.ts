@@ -218,9 +218,10 @@ export interface ComparisonResult {
   preparationErrors: string[];
   /**
    * Peak resident bytes per byte of model file learned per runtime and precision, and the
-   * bytes kept free, by the planner that split groups into waves.
+   * bytes kept free, by the planner that split groups into waves (absent in results written
+   * before the planner existed).
    */
-  memory: { reserveBytes: number; peakPerModelByte: Record<string, number> };
+  memory?: { reserveBytes: number; peakPerModelByte: Record<string, number> };
 }
 
 function readFileOr(path: string, fallback: string): string {
@@ -758,6 +759,7 @@ export async function runComparison(options: CompareOptions): Promise<Comparison
         result.contestants = skippedResults(specs0, skip);
         log(`skip ${head}: ${skip}`);
         latency.push(result);
+        await checkpoint();
         continue;
       }
       log(`${head} (about ${Math.round(estimate)} s)`);

@@ -270,7 +270,7 @@ async function measureWave(
       const spec = specs[index];
       const hit = memoResult(spec, memo);
       if (hit) {
-        results[index] = hit;
+        results[index] = { ...hit, wave };
         continue;
       }
       const bytes = memory ? modelBytes(spec.path) : 0;

@@ -492,17 +492,17 @@ export class PythonPeer implements AsyncDisposable {
     this.#status = child.status;
   }
 
+  /** Process id of the peer. */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
   /**
    * Spawns peer_runner.py in the runtime's venv and waits until the model is loaded. Throws
    * {@linkcode PeerError} (with the peer's stderr) when Python is missing, the runtime does not
    * import, the model does not load, or the process dies (DeepSparse aborts on graphs it cannot
    * plan).
    */
-  /** Process id of the peer. */
-  get pid(): number {
-    return this.#child.pid;
-  }
-
   static async start(options: PeerLoadOptions): Promise<PythonPeer> {
     const args = runnerArgs(options);
     const runtime = options.runtime;
