@@ -28,7 +28,7 @@ import {
   type QuantizedLinearWeight,
   quantizeWeights,
 } from "../ops/quantize.ts";
-import { OUTPUT_CODE, runThrough, StagedOutput } from "../ops/linear_i8.ts";
+import { gemmI8, OUTPUT_CODE, runThrough, StagedOutput } from "../ops/linear_i8.ts";
 import { spmmI8, spmmI8Staged } from "../ops/sparse_linear_i8.ts";
 import type { DenseWeight } from "./weights.ts";
 
@@ -373,32 +373,11 @@ export class PackedLinear implements LinearOp {
         );
         break;
       }
-      case "dense-i8": {
-        const q = this.#quantize(x, m, "rows");
-        checkStatus(
-          lib.sb_gemm_i8(
-            this.#pointer,
-            bytes,
-            q.data,
-            BigInt(q.stride),
-            BigInt(m),
-            q.scale,
-            q.zeroPoint,
-            residual,
-            out,
-            0,
-            1,
-            0,
-            127,
-            act,
-            q.qmax,
-          ),
-          what,
-        );
+      case "dense-i8":
+        this.#int8(gemmI8, this.#quantize(x, m, "rows"), residual, out);
         break;
-      }
       case "sparse-i8":
-        this.#spmmI8(this.#quantize(x, m, "packed"), residual, out);
+        this.#int8(spmmI8, this.#quantize(x, m, "packed"), residual, out);
         break;
     }
     return out;
@@ -432,7 +411,7 @@ export class PackedLinear implements LinearOp {
         const q = this.#quantize(x, m, "packed");
         return spmmI8Staged(pointer, bytes, this.activation, { q, into, staging });
       },
-      consume: (into, residual, out) => (next as PackedLinear).#spmmI8(into, residual, out),
+      consume: (into, residual, out) => (next as PackedLinear).#int8(spmmI8, into, residual, out),
     });
   }
 
@@ -444,8 +423,13 @@ export class PackedLinear implements LinearOp {
     return { pointer: this.#pointer, bytes: this.#slice.bytes };
   }
 
-  /** `sb_spmm_i8` with an fp32 output on packed 7-bit activations. */
-  #spmmI8(q: QuantizedActivations, residual: Float32Array | null, out: Float32Array): void {
+  /** `sb_gemm_i8` or `sb_spmm_i8` with an fp32 output on activations quantized for it. */
+  #int8(
+    kernel: typeof gemmI8 | typeof spmmI8,
+    q: QuantizedActivations,
+    residual: Float32Array | null,
+    out: Float32Array,
+  ): void {
     const what = `${this.kind} linear [${q.m}, ${this.inFeatures}] -> ${this.outFeatures}`;
     const { pointer, bytes } = this.#live();
     const call = {
@@ -457,7 +441,7 @@ export class PackedLinear implements LinearOp {
       outZero: 0,
       outQmax: 127,
     };
-    checkStatus(spmmI8(pointer, bytes, this.activation, call), what);
+    checkStatus(kernel(pointer, bytes, this.activation, call), what);
   }
 
   #quantize(x: Float32Array, m: number, layout: "rows" | "packed"): QuantizedActivations {

@@ -477,6 +477,35 @@ export abstract class Int8Linear implements LinearOp {
 }
 
 /**
+ * Runs `sb_gemm_i8` on dense packed weights at `pointer` (`bytes` long): the arguments are
+ * `call`'s (see {@linkcode Int8KernelCall}) under the kernel's names. Returns the kernel's status.
+ */
+export function gemmI8(
+  pointer: Deno.PointerObject,
+  bytes: number,
+  activation: Activation,
+  call: Int8KernelCall,
+): number {
+  return kernels().symbols.sb_gemm_i8(
+    pointer,
+    BigInt(bytes),
+    call.q.data,
+    BigInt(call.q.stride),
+    BigInt(call.q.m),
+    call.q.scale,
+    call.q.zeroPoint,
+    call.residual,
+    call.y,
+    call.output,
+    call.outScale,
+    call.outZero,
+    call.outQmax,
+    ACTIVATION_CODE[activation],
+    call.q.qmax,
+  );
+}
+
+/**
  * Dense int8 linear layer: `new LinearI8(weight, options)` quantizes an fp32 weight per output
  * channel (or takes an int8 one) and packs it into 16-channel panels.
  */
@@ -518,23 +547,7 @@ export class LinearI8 extends Int8Linear {
 
   /** Runs `sb_gemm_i8`. */
   protected runKernel(call: Int8KernelCall): number {
-    return kernels().symbols.sb_gemm_i8(
-      this.#packed.pointer,
-      BigInt(this.#packed.bytes),
-      call.q.data,
-      BigInt(call.q.stride),
-      BigInt(call.q.m),
-      call.q.scale,
-      call.q.zeroPoint,
-      call.residual,
-      call.y,
-      call.output,
-      call.outScale,
-      call.outZero,
-      call.outQmax,
-      ACTIVATION_CODE[this.activation],
-      call.q.qmax,
-    );
+    return gemmI8(this.#packed.pointer, this.#packed.bytes, this.activation, call);
   }
 
   /** Copies rows into a stride that is a multiple of 4 (or unpacks nothing: packed is refused). */

@@ -143,6 +143,22 @@ function abs(path: string): string {
 }
 
 /**
+ * The keys of a comma-separated `--models`/`--variants`/`--scenarios` list.
+ *
+ * @throws Error naming a key the plan does not have, and the keys it has.
+ */
+function pickKeys(text: string, known: string[], noun: string, planName: string): string[] {
+  const keep = text.split(",").map((x) => x.trim()).filter((x) => x !== "");
+  const have = [...new Set(known)];
+  for (const k of keep) {
+    if (!have.includes(k)) {
+      throw new Error(`${noun} '${k}' is not in the ${planName} plan (it has ${have.join(", ")})`);
+    }
+  }
+  return keep;
+}
+
+/**
  * Parses the command line.
  *
  * @throws Error with the offending flag and value quoted.
@@ -194,15 +210,12 @@ export function parseCompareArgs(args: string[]): CompareCli {
     if (runtimes.length === 0) throw new Error("--runtimes is empty");
   }
   if (values.models !== undefined) {
-    const keep = values.models.split(",").map((s) => s.trim()).filter((s) => s !== "");
-    const known = new Set([...plan.latency.map((b) => b.model), ...plan.bound.map((b) => b.model)]);
-    for (const m of keep) {
-      if (!known.has(m)) {
-        throw new Error(
-          `Model '${m}' is not in the ${plan.name} plan (it has ${[...known].join(", ")})`,
-        );
-      }
-    }
+    const keep = pickKeys(
+      values.models,
+      [...plan.latency.map((b) => b.model), ...plan.bound.map((b) => b.model)],
+      "Model",
+      plan.name,
+    );
     plan.latency = plan.latency.filter((b) => keep.includes(b.model));
     plan.bound = plan.bound.filter((b) => keep.includes(b.model));
     if (!keep.includes(plan.chart.model) && plan.latency.length > 0) {
@@ -210,15 +223,12 @@ export function parseCompareArgs(args: string[]): CompareCli {
     }
   }
   if (values.variants !== undefined) {
-    const keep = values.variants.split(",").map((x) => x.trim()).filter((x) => x !== "");
-    const known = new Set(
+    const keep = pickKeys(
+      values.variants,
       [...plan.latency, ...plan.bound].flatMap((b) => b.variants.map(variantKey)),
+      "Variant",
+      plan.name,
     );
-    for (const k of keep) {
-      if (!known.has(k)) {
-        throw new Error(`Variant '${k}' is not in the plan (it has ${[...known].join(", ")})`);
-      }
-    }
     for (const b of [...plan.latency, ...plan.bound]) {
       b.variants = b.variants.filter((x) => keep.includes(variantKey(x)));
     }
@@ -226,13 +236,12 @@ export function parseCompareArgs(args: string[]): CompareCli {
     plan.bound = plan.bound.filter((b) => b.variants.length > 0);
   }
   if (values.scenarios !== undefined) {
-    const keep = values.scenarios.split(",").map((x) => x.trim()).filter((x) => x !== "");
-    const known = new Set(plan.latency.flatMap((b) => b.scenarios.map(scenarioKey)));
-    for (const k of keep) {
-      if (!known.has(k)) {
-        throw new Error(`Scenario '${k}' is not in the plan (it has ${[...known].join(", ")})`);
-      }
-    }
+    const keep = pickKeys(
+      values.scenarios,
+      plan.latency.flatMap((b) => b.scenarios.map(scenarioKey)),
+      "Scenario",
+      plan.name,
+    );
     for (const b of plan.latency) {
       b.scenarios = b.scenarios.filter((x) => keep.includes(scenarioKey(x)));
     }

@@ -62,28 +62,23 @@ export function modelBytes(path: string): number {
   return total;
 }
 
-/** `MemAvailable` of /proc/meminfo in bytes, or null where it cannot be read. */
-export function memAvailableBytes(meminfo?: string): number | null {
-  let text = meminfo;
-  if (text === undefined) {
+/** A field of /proc/meminfo (`text`, or the file) in bytes, or null where it cannot be read. */
+export function meminfoBytes(field: string, text?: string): number | null {
+  let info = text;
+  if (info === undefined) {
     try {
-      text = Deno.readTextFileSync("/proc/meminfo");
+      info = Deno.readTextFileSync("/proc/meminfo");
     } catch {
       return null;
     }
   }
-  const kb = text.match(/^MemAvailable:\s+(\d+)\s+kB/m)?.[1];
+  const kb = info.match(new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, "m"))?.[1];
   return kb === undefined ? null : Number(kb) * 1024;
 }
 
-/** `MemTotal` of /proc/meminfo in bytes, or null. */
-function memTotalBytes(): number | null {
-  try {
-    const kb = Deno.readTextFileSync("/proc/meminfo").match(/^MemTotal:\s+(\d+)\s+kB/m)?.[1];
-    return kb === undefined ? null : Number(kb) * 1024;
-  } catch {
-    return null;
-  }
+/** `MemAvailable` of /proc/meminfo in bytes, or null where it cannot be read. */
+export function memAvailableBytes(meminfo?: string): number | null {
+  return meminfoBytes("MemAvailable", meminfo);
 }
 
 /**
@@ -128,7 +123,7 @@ export class MemoryPlanner {
 
   /** A planner with nothing learned yet. */
   constructor(options: MemoryPlannerOptions = {}) {
-    const total = memTotalBytes();
+    const total = meminfoBytes("MemTotal");
     this.#reserve = options.reserveBytes ??
       Math.max(1.5 * GIB, total === null ? 0 : 0.08 * total);
     this.#available = options.available ?? (() => memAvailableBytes());

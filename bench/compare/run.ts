@@ -36,7 +36,7 @@ import {
   variantKey,
   variantLabel,
 } from "./matrix.ts";
-import { MemoryPlanner } from "./memory.ts";
+import { meminfoBytes, MemoryPlanner } from "./memory.ts";
 import { ModelStore, type PreparedFile } from "./models.ts";
 import {
   contestantId,
@@ -252,7 +252,7 @@ export async function machineInfo(): Promise<Record<string, unknown>> {
   const cpu = cpuinfo.split("\n").find((l) => l.startsWith("model name"))?.split(":")[1]?.trim() ??
     "unknown";
   const flags = cpuinfo.split("\n").find((l) => l.startsWith("flags"))?.split(":")[1] ?? "";
-  const memKb = Number(readFileOr("/proc/meminfo", "").match(/MemTotal:\s+(\d+)/)?.[1] ?? 0);
+  const memBytes = meminfoBytes("MemTotal") ?? 0;
   const isa = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni"].filter((f) =>
     flags.split(/\s+/).includes(f)
   );
@@ -261,7 +261,7 @@ export async function machineInfo(): Promise<Record<string, unknown>> {
     physicalCores: physicalCores(),
     logicalCpus: navigator.hardwareConcurrency,
     isa,
-    memoryGiB: Math.round(memKb / 1024 / 1024 * 10) / 10,
+    memoryGiB: Math.round(memBytes / 2 ** 30 * 10) / 10,
     os: `${Deno.build.os} ${Deno.osRelease()}`,
     deno: Deno.version.deno,
     commit: await gitCommit(),
