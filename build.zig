@@ -55,6 +55,11 @@ pub fn build(b: *std.Build) void {
             // libc gives pthreads: the worker pool runs inside Deno's (glibc) process.
             .link_libc = true,
             .pic = true,
+            // The ReleaseFast libraries are the released ones: without debug info they hold no
+            // build paths, so the same source and Zig give the same bytes on any machine and
+            // in any folder (their SHA-256 is pinned in ffi/checksums.ts). ReleaseSafe keeps
+            // its debug info for readable traces in tests.
+            .strip = optimize == .ReleaseFast,
         });
         const lib = b.addLibrary(.{
             .name = b.fmt("sparsebert_{s}", .{variant.name}),

@@ -3,6 +3,14 @@
  * through `Deno.dlopen`.
  *
  * ```ts
+ * // From a release folder on any static host (`deno task release --out DIR`), or "./mod.ts".
+ * // The kernel libraries are fetched beside it, checked against pinned SHA-256 and cached.
+ * import { pipeline } from "https://example.com/sparsebert/mod.ts";
+ * using embed = await pipeline("feature-extraction", "all-minilm-l6-v2");
+ * const { data, dims } = await embed(["Deno runs BERT"], { pooling: "mean", normalize: true });
+ * ```
+ *
+ * ```ts
  * import { LinearF32 } from "./mod.ts";
  * using linear = new LinearF32({ out: 2, in: 3, weight: new Float32Array(6) });
  * const y = linear.forward(new Float32Array(3), 1);
@@ -11,6 +19,8 @@
  * @module
  */
 export {
+  type CpuFeatureReport,
+  cpuFeatureReport,
   cpuSupports,
   describeFeatures,
   ISA_VARIANTS,
@@ -22,6 +32,7 @@ export {
   type OpenOptions,
   setThreads,
   threads,
+  VARIANT_NUMERICS,
 } from "./ffi/library.ts";
 export { NativeBuffer } from "./ffi/memory.ts";
 export { type KernelSymbols, symbols } from "./ffi/symbols.ts";

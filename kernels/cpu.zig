@@ -9,6 +9,9 @@ pub const feature_avx2 = 1 << 0; // AVX2 + FMA + F16C + BMI2, with YMM state ena
 pub const feature_avx512 = 1 << 1; // AVX-512 F/BW/DQ/VL/CD, with ZMM state enabled by the OS
 pub const feature_avx512vnni = 1 << 2; // AVX-512 VNNI (vpdpbusd)
 pub const feature_avxvnni = 1 << 3; // AVX-VNNI (VEX vpdpbusd on ymm), reported only
+pub const feature_avx512f = 1 << 4; // AVX-512 Foundation alone, with ZMM state; reported only
+pub const feature_avx512bf16 = 1 << 5; // AVX512_BF16 (vdpbf16ps), with ZMM state; reported only
+pub const feature_amx = 1 << 6; // AMX-TILE + AMX-INT8, with tile state enabled; reported only
 
 /// ISA level that this library was compiled for: 0 baseline, 1 avx2, 2 avx512vnni.
 pub const isa_level: u32 = blk: {
@@ -65,7 +68,8 @@ pub fn features() u32 {
     const ymm_state = (xcr0 & 0b110) == 0b110; // SSE and AVX state
     const zmm_state = (xcr0 & 0b1110_0110) == 0b1110_0110; // plus opmask, ZMM_Hi256, Hi16_ZMM
     const leaf7 = cpuid(7, 0);
-    const leaf7_1 = cpuid(7, 1);
+    // Leaf 7 sub-leaf 1 (AVX-VNNI, AVX512_BF16) exists only where sub-leaf 0 reports it.
+    const leaf7_1 = if (leaf7.eax >= 1) cpuid(7, 1) else CpuidResult{ .eax = 0, .ebx = 0, .ecx = 0, .edx = 0 };
 
     var result: u32 = 0;
     const avx = bit(leaf1.ecx, 28);
@@ -80,7 +84,11 @@ pub fn features() u32 {
         result |= feature_avx512;
         if (bit(leaf7.ecx, 11)) result |= feature_avx512vnni;
     }
+    if (zmm_state and bit(leaf7.ebx, 16)) result |= feature_avx512f;
+    if (zmm_state and bit(leaf7.ebx, 16) and bit(leaf7_1.eax, 5)) result |= feature_avx512bf16;
     if (result & feature_avx2 != 0 and bit(leaf7_1.eax, 4)) result |= feature_avxvnni;
+    const tile_state = (xcr0 & (0b11 << 17)) == (0b11 << 17); // XTILECFG and XTILEDATA
+    if (tile_state and bit(leaf7.edx, 24) and bit(leaf7.edx, 25)) result |= feature_amx;
     return result;
 }
 
@@ -98,4 +106,6 @@ test "features are consistent" {
     const f = features();
     if (f & feature_avx512 != 0) try std.testing.expect(f & feature_avx2 != 0);
     if (f & feature_avx512vnni != 0) try std.testing.expect(f & feature_avx512 != 0);
+    if (f & feature_avx512 != 0) try std.testing.expect(f & feature_avx512f != 0);
+    if (f & feature_avx512bf16 != 0) try std.testing.expect(f & feature_avx512f != 0);
 }

@@ -25,6 +25,7 @@
  * @module
  */
 import { kernels, threads } from "../ffi/library.ts";
+import { userCacheDir } from "../ffi/download.ts";
 import type { LinearOp } from "../ops/linear.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
 import { LinearI8 } from "../ops/linear_i8.ts";
@@ -51,8 +52,15 @@ export {
 /** Which arithmetic to run: fp32, int8, or int8 where the model has int8 weights. */
 export type Precision = "fp32" | "int8" | "auto";
 
-/** Default autotune cache file. */
-export const DEFAULT_AUTOTUNE_CACHE = ".cache/autotune.json";
+/**
+ * Default autotune cache file: `.cache/autotune.json` in the checkout holding this module, or
+ * `autotune.json` in the user cache ({@linkcode userCacheDir}) when it was imported from a URL.
+ */
+export function defaultAutotuneCache(): string {
+  const here = new URL("../.cache/autotune.json", import.meta.url);
+  if (here.protocol === "file:") return decodeURIComponent(here.pathname);
+  return `${userCacheDir()}/autotune.json`;
+}
 
 /** Options of {@linkcode KernelChooser}. */
 export interface KernelChoiceOptions {
@@ -64,7 +72,7 @@ export interface KernelChoiceOptions {
   roles?: Partial<Record<LinearRole, KernelKind>>;
   /** Time the candidates when there are two (default true). */
   autotune?: boolean;
-  /** Autotune cache file; default `.cache/autotune.json`, `null` for none. */
+  /** Autotune cache file; default {@linkcode defaultAutotuneCache}, `null` for none. */
   cachePath?: string | null;
   /** Tokens per timed call (default 128: one sequence of 128). */
   tuneRows?: number;
@@ -209,7 +217,7 @@ export class KernelChooser {
         }`,
       );
     }
-    this.#cachePath = options.cachePath === undefined ? DEFAULT_AUTOTUNE_CACHE : options.cachePath;
+    this.#cachePath = options.cachePath === undefined ? defaultAutotuneCache() : options.cachePath;
     this.#log = options.log ?? (() => {});
   }
 

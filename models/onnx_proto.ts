@@ -11,7 +11,10 @@
  * @module
  */
 
-import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+// Versioned inline: a module imported from a URL has no deno.json import map (tests/release_test.ts
+// checks this version equals deno.json's).
+// deno-lint-ignore no-import-prefix
+import { BinaryReader, BinaryWriter, WireType } from "npm:@bufbuild/protobuf@2.17.0/wire";
 import { bfloat16ToFloat32, float16ToFloat32 } from "./weights.ts";
 
 /** ONNX `TensorProto.DataType` values. */

@@ -16,6 +16,7 @@
  *
  * @module
  */
+import { downloadBytes, sha256Hex, userCacheDir, writeFileAtomic } from "../ffi/download.ts";
 
 /** Maven Central coordinates of a jar with a pinned SHA-256. */
 export interface MavenSource {
@@ -194,16 +195,15 @@ function getSpec(name: string): ModelSpec {
 
 /**
  * The cache root for models: `$SPARSEBERT_MODELS_DIR` when set, else `.cache/models` in the
- * repository that holds this file, else `$XDG_CACHE_HOME/sparsebert/models` (or
- * `~/.cache/sparsebert/models`) when this module was not loaded from a local file.
+ * repository that holds this file, else `models/` in the user cache ({@linkcode userCacheDir}:
+ * `$SPARSEBERT_CACHE`, else the platform cache folder) when this module was imported from a URL.
  */
 export function modelsCacheDir(): string {
   const fromEnv = Deno.env.get("SPARSEBERT_MODELS_DIR");
   if (fromEnv) return fromEnv;
   const here = new URL("../.cache/models", import.meta.url);
   if (here.protocol === "file:") return decodeURIComponent(here.pathname);
-  const xdg = Deno.env.get("XDG_CACHE_HOME") ?? `${Deno.env.get("HOME") ?? "."}/.cache`;
-  return `${xdg}/sparsebert/models`;
+  return `${userCacheDir()}/models`;
 }
 
 /** Paths a cached model has (or will have) under the cache root. Does not check they exist. */
@@ -323,26 +323,6 @@ function archiveLabel(source: MavenSource | PypiSource): string {
     : `${source.package}==${source.version}`;
 }
 
-/** Writes `data` to `path` through a temporary file in the same folder and a rename. */
-export async function writeFileAtomic(path: string, data: Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
-  try {
-    await Deno.writeFile(tmp, data);
-    await Deno.rename(tmp, path);
-  } catch (err) {
-    await Deno.remove(tmp).catch(() => {});
-    throw err;
-  }
-}
-
-/** Lower-case hex SHA-256 of `data`. */
-export async function sha256Hex(data: Uint8Array): Promise<string> {
-  const digest = new Uint8Array(
-    await crypto.subtle.digest("SHA-256", data as Uint8Array<ArrayBuffer>),
-  );
-  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
 const MAVEN_CENTRAL = "https://repo1.maven.org/maven2";
 
 async function downloadJar(
@@ -414,40 +394,15 @@ function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-async function downloadUrl(
+function downloadUrl(
   url: string,
   name: string,
   report: (p: FetchProgress) => void,
 ): Promise<Uint8Array> {
-  const response = await fetch(url);
-  if (!response.ok || response.body === null) {
-    await response.body?.cancel();
-    throw new Error(`HTTP ${response.status} ${response.statusText} for ${url}`);
-  }
-  const header = response.headers.get("content-length");
-  const total = header === null ? null : Number(header);
-  const chunks: Uint8Array[] = [];
-  let received = 0;
-  let nextReport = 0;
-  for await (const chunk of response.body) {
-    chunks.push(chunk);
-    received += chunk.byteLength;
-    if (received >= nextReport) {
-      report({ name, phase: "download", received, total });
-      nextReport = received + (4 << 20);
-    }
-  }
-  if (total !== null && received !== total) {
-    throw new Error(`Download of ${url} was cut short: got ${received} of ${total} bytes`);
-  }
-  report({ name, phase: "download", received, total });
-  const out = new Uint8Array(received);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return out;
+  return downloadBytes(
+    url,
+    (received, total) => report({ name, phase: "download", received, total }),
+  );
 }
 
 async function downloadWheel(

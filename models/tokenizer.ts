@@ -12,7 +12,10 @@
  * @module
  */
 
-import { Tokenizer } from "@huggingface/tokenizers";
+// Versioned inline: a module imported from a URL has no deno.json import map (tests/release_test.ts
+// checks this version equals deno.json's).
+// deno-lint-ignore no-import-prefix
+import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 
 /** Options of {@linkcode BertTokenizer.encodeBatch}. */
 export interface EncodeBatchOptions {

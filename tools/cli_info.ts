@@ -5,6 +5,8 @@
  */
 import { parseArgs } from "node:util";
 import {
+  type CpuFeatureReport,
+  cpuFeatureReport,
   cpuModel,
   cpuSupports,
   defaultLibraryDir,
@@ -23,7 +25,7 @@ export const SUMMARY = "CPU features, kernel variants built and loaded, threads,
 export const HELP = `Usage: deno task cli info [--json]
 
 Prints the CPU features seen (cpuid + XCR0), the kernel variants built and whether this CPU can
-run each, the variant loaded, the worker thread count and the Zig and Deno versions.
+run each, the variant loaded and why, the worker thread count and the Zig and Deno versions.
 
 Environment: SPARSEBERT_ISA (force a variant), SPARSEBERT_LIB (explicit library file),
 SPARSEBERT_LIB_DIR (build folder), SPARSEBERT_THREADS (thread count).
@@ -34,9 +36,12 @@ Options:
 
 /** Everything `info` reports. */
 export interface InfoReport {
-  cpu: { features: string[]; model: string | null };
+  /** The CPU: model name, the features that matter here, and the raw probe's names. */
+  cpu: { model: string | null; features: CpuFeatureReport; probed: string[] };
+  /** Each variant of the build folder: built or not, and whether this CPU can run it. */
   variants: { isa: string; path: string; built: boolean; runnable: boolean }[];
-  loaded: { isa: string; path: string };
+  /** The variant loaded and why it was chosen. */
+  loaded: { isa: string; path: string; reason: string };
   threads: number;
   versions: { deno: string; zig: string | null; zigRequired: string };
 }
@@ -54,9 +59,13 @@ export async function info(): Promise<InfoReport> {
     return { isa, path, built, runnable: cpuSupports(lib.cpuFeatures, isa) };
   });
   return {
-    cpu: { features: describeFeatures(lib.cpuFeatures).split(" "), model: cpuModel() },
+    cpu: {
+      model: cpuModel(),
+      features: cpuFeatureReport(lib.cpuFeatures),
+      probed: describeFeatures(lib.cpuFeatures).split(" "),
+    },
     variants,
-    loaded: { isa: lib.isa, path: lib.path },
+    loaded: { isa: lib.isa, path: lib.path, reason: lib.reason },
     threads: threads(),
     versions: { deno: Deno.version.deno, zig: await zigVersion(), zigRequired: ZIG_VERSION },
   };
@@ -81,13 +90,17 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   console.log(`CPU:       ${report.cpu.model ?? "unknown"}`);
-  console.log(`Features:  ${report.cpu.features.join(" ")}`);
+  const features = Object.entries(report.cpu.features).map(([name, on]) =>
+    `${name} ${on ? "yes" : "no"}`
+  );
+  console.log(`Features:  ${features.join(", ")}`);
   console.log("Variants:");
   for (const v of report.variants) {
     const state = !v.built ? "not built" : v.runnable ? "runnable" : "built, CPU lacks it";
     console.log(`  ${v.isa.padEnd(11)} ${state.padEnd(20)} ${v.path}`);
   }
   console.log(`Loaded:    ${report.loaded.isa} (${report.loaded.path})`);
+  console.log(`Why:       ${report.loaded.reason}`);
   console.log(`Threads:   ${report.threads}`);
   console.log(
     `Versions:  Deno ${report.versions.deno}, Zig ${

@@ -10,7 +10,13 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { cpuSupports, describeFeatures, ISA_VARIANTS, probeCpuFeatures } from "../ffi/library.ts";
+import {
+  cpuModel,
+  cpuSupports,
+  describeFeatures,
+  ISA_VARIANTS,
+  probeCpuFeatures,
+} from "../ffi/library.ts";
 import { ROOT } from "./_toolchain.ts";
 import { setup } from "./setup.ts";
 
@@ -117,9 +123,16 @@ async function main(): Promise<number> {
     }
   }
   console.log("\n=== summary ===");
-  console.log(`CPU features: ${describeFeatures(features)}`);
+  console.log(`CPU: ${cpuModel() ?? "unknown model"}; features: ${describeFeatures(features)}`);
+  const ran = values.quick
+    ? `${best} (ReleaseFast only: --quick)`
+    : `${runnable.join(", ")} (ReleaseFast and ReleaseSafe)`;
+  console.log(`kernel variants run: ${ran}`);
   for (const r of results) {
     console.log(`${r.ok ? "ok    " : "FAILED"} ${r.label}: ${r.passed} passed, ${r.failed} failed`);
+  }
+  if (skipped.length === 0) {
+    console.log("skipped variants: none, this CPU runs every variant built");
   }
   for (const isa of skipped) {
     console.log(`skipped ${isa}: this CPU lacks it (built, not run; nothing claims it passed)`);
