@@ -645,6 +645,7 @@ function buildModel(
     tokenizer,
     path,
     name: null,
+    embedding: null, // the .sbert header does not carry it yet; loadModel reads the folder's
     linear,
     fuseQkv: header.fuseQkv,
     kernelDecisions: header.decisions,

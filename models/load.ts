@@ -16,6 +16,7 @@ import { loadHfFolder } from "./hf_folder.ts";
 import { type KernelChoiceOptions, KernelChooser, type KernelDecision } from "./kernel_choice.ts";
 import { importOnnx } from "./onnx_import.ts";
 import { ensureModel, modelNames, MODELS } from "./registry.ts";
+import { type EmbeddingDefinition, readSentenceConfig } from "./sentence_config.ts";
 import { BertTokenizer } from "./tokenizer.ts";
 import type { BertWeights } from "./weights.ts";
 
@@ -29,6 +30,11 @@ export interface LoadedModel {
   path: string;
   /** The registry name, when loaded by name. */
   name: string | null;
+  /**
+   * The embedding the model defines (pooling, normalisation): its sentence-transformers files,
+   * or the registry entry; null when the source declares none.
+   */
+  embedding?: EmbeddingDefinition | null;
   /**
    * Builds the encoder's linear layers: the packed layers of a compiled model, or the kernel
    * chooser when `kernels` options were given. Absent: dense fp32.
@@ -55,6 +61,11 @@ export interface LoadModelOptions {
   kernels?: KernelChoiceOptions;
   /** Compiled models: hash every byte of the data on load (default false). */
   verify?: boolean;
+  /**
+   * The tokenizer file to use; default: the one beside the model (`tokenizer.json`, or
+   * `<stem>-tokenizer.json` / `<stem>.tokenizer.json` next to a model file).
+   */
+  tokenizer?: string;
 }
 
 /**
@@ -77,8 +88,10 @@ export async function loadModel(
   let name: string | null = null;
   let weights: BertWeights;
   const kind = await statKind(pathOrName);
+  let embedding: EmbeddingDefinition | null = null;
   if (kind === null && Object.hasOwn(MODELS, pathOrName)) {
     name = pathOrName;
+    embedding = { ...MODELS[pathOrName].embedding, source: "registry" };
     const files = await ensureModel(pathOrName, {
       onProgress: (p) => {
         if (p.phase !== "cached") options.log?.(`${p.name}: ${p.phase}`);
@@ -89,20 +102,30 @@ export async function loadModel(
     weights.source.tokenizer ??= files.tokenizer;
   } else if (kind === "dir") {
     weights = await loadFolder(pathOrName);
+    embedding = await readSentenceConfig(pathOrName);
   } else if (kind === "file") {
     if (await isCompiledModel(pathOrName)) {
-      return await loadCompiled(pathOrName, {
+      const compiled = await loadCompiled(pathOrName, {
         verify: options.verify,
         maxLength: options.maxLength,
       });
+      compiled.embedding = await embeddingBeside(pathOrName);
+      return compiled;
     }
     weights = await loadFile(pathOrName);
+    embedding = await embeddingBeside(pathOrName);
   } else {
     throw new Error(
       `Model "${pathOrName}" is neither a file, a folder nor a known model name (known: ${
         modelNames().join(", ")
       })`,
     );
+  }
+  if (options.tokenizer !== undefined) {
+    if (!await exists(options.tokenizer)) {
+      throw new Error(`Tokenizer file "${options.tokenizer}" does not exist`);
+    }
+    weights.source.tokenizer = options.tokenizer;
   }
   let tokenizer: BertTokenizer | null = null;
   if (weights.source.tokenizer) {
@@ -118,7 +141,7 @@ export async function loadModel(
       ? probe
       : await BertTokenizer.fromFile(weights.source.tokenizer, { maxLength });
   }
-  const loaded: LoadedModel = { weights, tokenizer, path, name };
+  const loaded: LoadedModel = { weights, tokenizer, path, name, embedding };
   if (options.kernels !== undefined) {
     const chooser = new KernelChooser({ log: options.log, ...options.kernels });
     loaded.linear = chooser.factory;
@@ -126,6 +149,15 @@ export async function loadModel(
     loaded.saveKernelCache = () => chooser.saveCache();
   }
   return loaded;
+}
+
+/** The sentence-transformers definition in a model file's folder (or above an `onnx/` one). */
+async function embeddingBeside(file: string): Promise<EmbeddingDefinition | null> {
+  const slash = file.lastIndexOf("/");
+  const dir = slash >= 0 ? file.slice(0, slash) || "/" : ".";
+  const found = await readSentenceConfig(dir);
+  if (found !== null || !/(^|\/)onnx$/.test(dir)) return found;
+  return await readSentenceConfig(dir.replace(/\/?onnx$/, "") || ".");
 }
 
 async function statKind(path: string): Promise<"file" | "dir" | null> {

@@ -125,12 +125,7 @@ export async function analyzeOnnx(
     }
   }
   const analysis = analyzeOnnxModel(model, path, hints);
-  try {
-    await Deno.stat(`${dir}/tokenizer.json`);
-    analysis.weights.source.tokenizer = `${dir}/tokenizer.json`;
-  } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
-  }
+  analysis.weights.source.tokenizer = await findTokenizer(path) ?? undefined;
   return { ...analysis, source: model };
 }
 
@@ -1478,4 +1473,23 @@ function sliceRange(data: Partial1D, start: number, end: number, step: number): 
 
 function numberTensor(dataType: number, dims: number[], values: number[]): OnnxTensor {
   return makeTensor("", dataType, dims, values);
+}
+
+/**
+ * The tokenizer beside a model file: `<stem>-tokenizer.json` or `<stem>.tokenizer.json` (as the
+ * langchain4j jars ship them), else `tokenizer.json` in the same folder; null when none exists.
+ */
+export async function findTokenizer(modelPath: string): Promise<string | null> {
+  const slash = modelPath.lastIndexOf("/");
+  const dir = slash >= 0 ? modelPath.slice(0, slash) || "/" : ".";
+  const file = modelPath.slice(slash + 1);
+  const stem = file.includes(".") ? file.slice(0, file.lastIndexOf(".")) : file;
+  for (const candidate of [`${stem}-tokenizer.json`, `${stem}.tokenizer.json`, "tokenizer.json"]) {
+    try {
+      if ((await Deno.stat(`${dir}/${candidate}`)).isFile) return `${dir}/${candidate}`;
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
+  }
+  return null;
 }

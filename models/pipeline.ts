@@ -28,6 +28,7 @@ import { l2NormalizeRows, pool } from "../ops/pooling.ts";
 import { BertEncoder, type LinearFactory } from "./bert.ts";
 import type { KernelChoiceOptions } from "./kernel_choice.ts";
 import { type LoadedModel, loadModel } from "./load.ts";
+import type { EmbeddingDefinition } from "./sentence_config.ts";
 import type { BertTokenizer, EncodedBatch } from "./tokenizer.ts";
 import type { BertConfig, BertWeights, HeadWeights } from "./weights.ts";
 
@@ -59,18 +60,37 @@ export interface PipelineOptions {
   kernels?: KernelChoiceOptions;
   /** Longest tokenized input; default the smaller of the tokenizer's and the model's limits. */
   maxLength?: number;
+  /** Tokenizer file; default the one beside the model (see `LoadModelOptions.tokenizer`). */
+  tokenizer?: string;
   /** Sets the process-wide kernel thread count. */
   threads?: number;
   /** Texts per encoder call (default 32). */
   batchSize?: number;
-  /** Feature extraction: default pooling (`"none"`, as Transformers.js). */
+  /**
+   * Feature extraction: default pooling; absent: what the model declares (sentence-transformers
+   * `1_Pooling`, or its registry entry: bge CLS, MiniLM mean), else `"none"` as Transformers.js.
+   */
   pooling?: FeaturePooling;
-  /** Feature extraction: default L2 normalisation (false). */
+  /** Feature extraction: default L2 normalisation; absent: whether the model has `Normalize`. */
   normalize?: boolean;
   /** Cut texts longer than `maxLength` instead of failing (default false). */
   truncation?: boolean;
   /** Progress lines while a registry model is fetched. */
   log?: (line: string) => void;
+}
+
+/**
+ * The pooling a model declares (its sentence-transformers files or registry entry), else
+ * `"none"` as in Transformers.js. A declared mode the pipeline cannot run is an error, never
+ * silently another mode.
+ */
+export function declaredPooling(declared: EmbeddingDefinition | null): FeaturePooling {
+  if (declared === null) return "none";
+  if (declared.pooling === "mean" || declared.pooling === "cls") return declared.pooling;
+  throw new RangeError(
+    `The model declares "${declared.pooling}" pooling (${declared.source}), which sparsebert ` +
+      'cannot run yet; pass pooling "mean", "cls" or "none" to choose one explicitly',
+  );
 }
 
 /** Members shared by every pipeline. */
@@ -269,12 +289,16 @@ export async function pipeline<T extends PipelineTask>(
   const loaded = typeof model === "string"
     ? await loadModel(model, {
       maxLength: options.maxLength,
+      tokenizer: options.tokenizer,
       log: options.log,
       kernels: options.kernels,
     })
     : model;
   if (loaded.tokenizer === null) {
-    throw new Error(`Model "${loaded.path}" has no tokenizer.json; a pipeline needs one`);
+    throw new Error(
+      `Model "${loaded.path}" has no tokenizer (looked for tokenizer.json, <stem>-tokenizer.json ` +
+        "and <stem>.tokenizer.json beside it); pass the tokenizer option (--tokenizer PATH)",
+    );
   }
   const batchSize = options.batchSize ?? 32;
   if (!Number.isInteger(batchSize) || batchSize < 1) {
@@ -471,11 +495,12 @@ class PipelineCore {
   #extract(input: string | string[], options: FeatureExtractionOptions): FeatureTensor {
     this.#check();
     const texts = textList(input);
-    const pooling = options.pooling ?? this.defaults.pooling ?? "none";
+    const declared = this.model.embedding ?? null;
+    const pooling = options.pooling ?? this.defaults.pooling ?? declaredPooling(declared);
     if (!["none", "mean", "cls"].includes(pooling)) {
       throw new RangeError(`Unknown pooling "${pooling}": expected "none", "mean" or "cls"`);
     }
-    const normalize = options.normalize ?? this.defaults.normalize ?? false;
+    const normalize = options.normalize ?? this.defaults.normalize ?? declared?.normalize ?? false;
     const h = this.encoder.hiddenSize;
     if (pooling === "none") {
       // Token vectors: one padded [batch, seq, H] tensor over the whole input.

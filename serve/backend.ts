@@ -21,10 +21,10 @@ export interface ModelSource {
   tokenizer: string | null;
   /** Kernel choice. */
   kernel: KernelChoice;
-  /** Embedding pooling. */
-  pooling: "mean" | "cls";
-  /** L2-normalize embeddings. */
-  normalize: boolean;
+  /** Embedding pooling; `null`: what the model declares, else mean. */
+  pooling: "mean" | "cls" | null;
+  /** L2-normalize embeddings; `null`: whether the model declares Normalize, else true. */
+  normalize: boolean | null;
   /** Longest sequence in tokens. */
   maxLength: number;
 }

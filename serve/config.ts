@@ -52,10 +52,10 @@ export interface ModelConfig {
   tokenizer: string | null;
   /** Kernel choice handed to the pipeline. */
   kernel: KernelChoice;
-  /** Pooling of embeddings (feature-extraction). */
-  pooling: "mean" | "cls";
-  /** L2-normalize embeddings (feature-extraction). */
-  normalize: boolean;
+  /** Pooling of embeddings (feature-extraction); `null`: what the model declares, else mean. */
+  pooling: "mean" | "cls" | null;
+  /** L2-normalize embeddings; `null`: whether the model declares Normalize, else true. */
+  normalize: boolean | null;
   /** Largest batch one inference call gets. */
   maxBatch: number;
   /** Longest an input waits for others to join its batch, in milliseconds. */
@@ -137,8 +137,8 @@ export function defaultModelConfig(): ModelConfig {
     fallback: "all-minilm-l6-v2",
     tokenizer: null,
     kernel: "auto",
-    pooling: "mean",
-    normalize: true,
+    pooling: null, // the model's own: mean + Normalize for all-MiniLM-L6-v2
+    normalize: null,
     maxBatch: 32,
     maxWaitMs: 4,
     maxLength: 256,
@@ -280,8 +280,12 @@ function parseModel(raw: unknown, index: number): ModelConfig {
     fallback,
     tokenizer,
     kernel: oneOf(raw, "kernel", where, KERNEL_CHOICES, "auto"),
-    pooling: oneOf(raw, "pooling", where, ["mean", "cls"] as const, "mean"),
-    normalize: bool(raw, "normalize", where, true),
+    pooling: raw.pooling === undefined || raw.pooling === null
+      ? null
+      : oneOf(raw, "pooling", where, ["mean", "cls"] as const, "mean"),
+    normalize: raw.normalize === undefined || raw.normalize === null
+      ? null
+      : bool(raw, "normalize", where, true),
     maxBatch: int(raw, "maxBatch", where, 1, 1024, base.maxBatch),
     maxWaitMs: int(raw, "maxWaitMs", where, 0, 10_000, base.maxWaitMs),
     maxLength,

@@ -17,6 +17,7 @@ import { loadModel } from "../models/load.ts";
 import {
   bestSpans,
   type ClassificationResult,
+  declaredPooling,
   type FeatureExtractionPipeline,
   pipeline,
   type PipelineBase,
@@ -25,7 +26,6 @@ import {
   type TextClassificationPipeline,
   type TokenClassificationPipeline,
 } from "../models/pipeline.ts";
-import { BertTokenizer } from "../models/tokenizer.ts";
 import type {
   InferenceBackend,
   LabelScore,
@@ -90,13 +90,8 @@ export async function buildPipeline(
   const loaded = await loadModel(model, {
     maxLength: options.maxLength,
     kernels: options.kernel === "auto" ? { precision: "auto" } : undefined,
+    tokenizer: options.tokenizer ?? undefined,
   });
-  if (options.tokenizer !== null) {
-    loaded.tokenizer = await BertTokenizer.fromFile(options.tokenizer, {
-      maxLength: options.maxLength,
-    });
-    loaded.weights.source.tokenizer = options.tokenizer;
-  }
   const linear = options.kernel === "auto" ? loaded.linear : linearFactory(options.kernel);
   const pipe = await pipeline(task, loaded, { linear });
   await loaded.saveKernelCache?.();
@@ -113,11 +108,18 @@ class PipelineBackend implements InferenceBackend {
   readonly info: ModelInfo;
   #pipe: PipelineBase;
   #source: ModelSource;
+  #pooling: "mean" | "cls";
+  #normalize: boolean;
 
   constructor(pipe: PipelineBase, source: ModelSource, info: ModelInfo) {
     this.#pipe = pipe;
     this.#source = source;
     this.info = info;
+    // What the configuration says, else what the model declares (bge: CLS), else mean + L2.
+    const declared = pipe.model.embedding ?? null;
+    const pooling = source.pooling ?? (declared === null ? "mean" : declaredPooling(declared));
+    this.#pooling = pooling === "cls" ? "cls" : "mean";
+    this.#normalize = source.normalize ?? declared?.normalize ?? true;
   }
 
   #require<T extends PipelineBase>(task: ModelSource["task"]): T {
@@ -145,7 +147,7 @@ class PipelineBackend implements InferenceBackend {
         hidden: pipe.encoder.hiddenSize,
         mask: Uint8Array.from(batch.attentionMask),
       },
-      { mode: this.#source.pooling, normalize: this.#source.normalize },
+      { mode: this.#pooling, normalize: this.#normalize },
     );
     return Promise.resolve(out);
   }

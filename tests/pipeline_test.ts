@@ -228,7 +228,7 @@ Deno.test("pipeline: bad tasks, missing heads and over-long texts fail clearly",
   );
   await assert.rejects(
     () => pipeline("feature-extraction", { ...model, tokenizer: null }),
-    /has no tokenizer\.json/,
+    /has no tokenizer \(looked for tokenizer\.json/,
   );
   using extractor = await pipeline("feature-extraction", model);
   const long = "word ".repeat(40);

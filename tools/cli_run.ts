@@ -6,6 +6,7 @@
 import { parseArgs } from "node:util";
 import {
   type ClassificationResult,
+  declaredPooling,
   type FeaturePooling,
   pipeline,
   type PipelineTask,
@@ -29,8 +30,12 @@ Options:
                      token-classification | question-answering
   --text S           a text; repeat for a batch (for question-answering: the context)
   --question S       the question (question-answering)
-  --pooling P        mean (default) | cls | none (feature-extraction)
-  --no-normalize     keep the raw pooled vectors (default: L2-normalised)
+  --pooling P        mean | cls | none (feature-extraction; default: what the model declares
+                     in its sentence-transformers files or registry entry, else mean)
+  --no-normalize     keep the raw pooled vectors (default: L2-normalised, unless the model
+                     declares no Normalize module)
+  --tokenizer PATH   tokenizer.json to use (default: tokenizer.json, <stem>-tokenizer.json or
+                     <stem>.tokenizer.json beside the model)
   --top-k N          labels or answers to print (default 1)
   --max-length N     longest tokenized text (default: the model's limit)
   --truncation       cut over-long texts instead of failing
@@ -73,7 +78,8 @@ export async function main(args: string[]): Promise<number> {
         task: { type: "string", default: "feature-extraction" },
         text: { type: "string", multiple: true },
         question: { type: "string" },
-        pooling: { type: "string", default: "mean" },
+        pooling: { type: "string" },
+        tokenizer: { type: "string" },
         "no-normalize": { type: "boolean", default: false },
         "top-k": { type: "string" },
         "max-length": { type: "string" },
@@ -105,7 +111,8 @@ async function run(values: {
   task: string;
   text?: string[];
   question?: string;
-  pooling: string;
+  pooling?: string;
+  tokenizer?: string;
   "no-normalize": boolean;
   "top-k"?: string;
   "max-length"?: string;
@@ -123,8 +130,7 @@ async function run(values: {
   if (task === "question-answering" && values.question === undefined) {
     throw new Error("--question is required for question-answering");
   }
-  const pooling = values.pooling as FeaturePooling;
-  if (!["mean", "cls", "none"].includes(pooling)) {
+  if (values.pooling !== undefined && !["mean", "cls", "none"].includes(values.pooling)) {
     throw new Error(`--pooling must be mean, cls or none, got "${values.pooling}"`);
   }
   const topK = positiveInt("top-k", values["top-k"]) ?? 1;
@@ -133,6 +139,7 @@ async function run(values: {
     maxLength: positiveInt("max-length", values["max-length"]),
     threads: positiveInt("threads", values.threads),
     truncation: values.truncation,
+    tokenizer: values.tokenizer,
     log: (line) => console.error(line),
   });
   try {
@@ -141,15 +148,24 @@ async function run(values: {
     let result: unknown;
     switch (task) {
       case "feature-extraction": {
+        const declared = pipe.model.embedding ?? null;
+        const pooling = (values.pooling as FeaturePooling | undefined) ??
+          (declared === null ? "mean" : declaredPooling(declared));
+        const normalize = !values["no-normalize"] && (declared?.normalize ?? true);
         const out = await (pipe as Awaited<ReturnType<typeof pipeline<"feature-extraction">>>)(
           texts,
-          { pooling, normalize: !values["no-normalize"] },
+          { pooling, normalize },
         );
-        result = out;
+        const from = values.pooling !== undefined || declared === null
+          ? ""
+          : `, declared by ${
+            declared.source === "registry" ? "the registry entry" : declared.source
+          }`;
+        result = { ...out, pooling, normalize };
         if (!values.json) {
           const width = out.dims.at(-1)!;
           const rows = out.data.length / width;
-          console.log(`dims [${out.dims.join(", ")}] (${pooling} pooling)`);
+          console.log(`dims [${out.dims.join(", ")}] (${pooling} pooling${from})`);
           for (let r = 0; r < rows; r++) {
             const row = out.data.subarray(r * width, (r + 1) * width);
             const norm = Math.sqrt(row.reduce((s, v) => s + v * v, 0));

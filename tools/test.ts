@@ -15,6 +15,7 @@ import {
   cpuSupports,
   describeFeatures,
   ISA_VARIANTS,
+  type IsaVariant,
   probeCpuFeatures,
 } from "../ffi/library.ts";
 import { ROOT } from "./_toolchain.ts";
@@ -100,7 +101,15 @@ async function main(): Promise<number> {
   const features = probeCpuFeatures(`${ROOT}/build/fast/lib`);
   const runnable = ISA_VARIANTS.filter((isa) => cpuSupports(features, isa));
   const skipped = ISA_VARIANTS.filter((isa) => !cpuSupports(features, isa));
-  const best = runnable.at(-1)!;
+  // SPARSEBERT_ISA (inherited by every pass) narrows the run to that variant, as a user's would.
+  const forced = Deno.env.get("SPARSEBERT_ISA") as IsaVariant | undefined;
+  if (forced !== undefined && !runnable.includes(forced)) {
+    throw new Error(
+      `SPARSEBERT_ISA="${forced}" is not a variant this CPU runs (${runnable.join(", ")})`,
+    );
+  }
+  const aboveForced = forced === undefined ? [] : runnable.splice(runnable.indexOf(forced) + 1);
+  const best = forced ?? runnable.at(-1)!;
   const results: PassResult[] = [];
   results.push(await denoTest(`all tests, ${best}, ReleaseFast`, all, {}, extra));
   if (!values.quick) {

@@ -1,0 +1,227 @@
+/**
+ * Embeddings as each model defines them: the sentence-transformers files are read (pooling
+ * mode, Normalize, max_seq_length, prompts), registry entries carry their model's pooling
+ * (bge-small-en-v1.5: CLS + Normalize), and the pipeline and CLI use it when the caller names
+ * none: bge's default embeddings equal CLS + L2 of ONNX Runtime's output on the same file. A
+ * model file next to a differently named tokenizer works by discovery and with `--tokenizer`.
+ */
+import assert from "node:assert/strict";
+import { pipeline } from "../models/pipeline.ts";
+import { modelFiles } from "../models/registry.ts";
+import { readSentenceConfig, SentenceConfigError } from "../models/sentence_config.ts";
+import { spawnServer } from "../serve/spawn.ts";
+import { maxAbsDiff, releaseOrtSessions, runOrt } from "./ort_reference.ts";
+import { poolReference } from "./reference/pooling.ts";
+
+const BGE = modelFiles("bge-small-en-v15");
+const TEXTS = ["what is a sparse encoder?", "BGE pools the CLS token", "ok"];
+
+async function haveFile(path: string | null): Promise<boolean> {
+  try {
+    return path !== null && (await Deno.stat(path)).isFile;
+  } catch {
+    return false;
+  }
+}
+const haveBge = await haveFile(BGE.onnx);
+if (!haveBge) console.warn(`SKIP: ${BGE.onnx} is not in the model cache; run "deno task models"`);
+
+async function folder(files: Record<string, unknown>): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "st_config_" });
+  for (const [name, content] of Object.entries(files)) {
+    const path = `${dir}/${name}`;
+    await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true });
+    await Deno.writeTextFile(path, typeof content === "string" ? content : JSON.stringify(content));
+  }
+  return dir;
+}
+
+/** `deno task cli run ... --json`; fails the test on a non-zero exit. */
+async function cliRun(
+  ...args: string[]
+): Promise<{ result: Record<string, unknown> & { data: number[] } }> {
+  const cli = new URL("../tools/cli.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, "run", ...args, "--json"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
+const MODULES = [
+  { idx: 0, name: "0", path: "", type: "sentence_transformers.models.Transformer" },
+  { idx: 1, name: "1", path: "1_Pooling", type: "sentence_transformers.models.Pooling" },
+  { idx: 2, name: "2", path: "2_Normalize", type: "sentence_transformers.models.Normalize" },
+];
+const CLS = { word_embedding_dimension: 384, pooling_mode_cls_token: true };
+
+Deno.test("sentence-transformers files give pooling, Normalize, max_seq_length and prompts", async () => {
+  const dir = await folder({
+    "modules.json": MODULES,
+    "1_Pooling/config.json": { ...CLS, pooling_mode_mean_tokens: false, include_prompt: false },
+    "sentence_bert_config.json": { max_seq_length: 512, do_lower_case: true },
+    "config_sentence_transformers.json": {
+      prompts: { query: "query: " },
+      default_prompt_name: null,
+    },
+  });
+  try {
+    assert.deepEqual(await readSentenceConfig(dir), {
+      pooling: "cls",
+      normalize: true,
+      includePrompt: false,
+      maxSeqLength: 512,
+      doLowerCase: true,
+      prompts: { query: "query: " },
+      defaultPromptName: null,
+      source: dir,
+    });
+    // Without the Normalize module: mean pooling, no normalisation.
+    await Deno.writeTextFile(`${dir}/modules.json`, JSON.stringify(MODULES.slice(0, 2)));
+    await Deno.writeTextFile(
+      `${dir}/1_Pooling/config.json`,
+      JSON.stringify({ pooling_mode_mean_tokens: true }),
+    );
+    const mean = await readSentenceConfig(dir);
+    assert.equal(mean?.pooling, "mean");
+    assert.equal(mean?.normalize, false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a folder without sentence-transformers files declares nothing; bad ones fail clearly", async () => {
+  const empty = await folder({ "config.json": {} });
+  const two = await folder({
+    "1_Pooling/config.json": { pooling_mode_cls_token: true, pooling_mode_max_tokens: true },
+  });
+  const dense = await folder({
+    "modules.json": [...MODULES, { path: "2_Dense", type: "sentence_transformers.models.Dense" }],
+    "1_Pooling/config.json": CLS,
+  });
+  const broken = await folder({ "modules.json": MODULES, "1_Pooling/config.json": "{ nope" });
+  try {
+    assert.equal(await readSentenceConfig(empty), null);
+    await assert.rejects(() => readSentenceConfig(two), /sets cls \+ max pooling mode/);
+    await assert.rejects(
+      () => readSentenceConfig(dense),
+      (e: unknown) =>
+        e instanceof SentenceConfigError && /a Dense module \("2_Dense"\)/.test(e.message),
+    );
+    await assert.rejects(
+      () => readSentenceConfig(broken),
+      /1_Pooling\/config\.json" is not valid JSON/,
+    );
+  } finally {
+    for (const dir of [empty, two, dense, broken]) await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "bge-small-en-v1.5 by name embeds with CLS + L2 by default, equal to ORT's output",
+  ignore: !haveBge,
+  sanitizeResources: false,
+  async fn() {
+    using embed = await pipeline("feature-extraction", "bge-small-en-v15");
+    assert.deepEqual(
+      { pooling: embed.model.embedding?.pooling, normalize: embed.model.embedding?.normalize },
+      { pooling: "cls", normalize: true },
+    );
+    const out = await embed(TEXTS);
+    const enc = embed.tokenizer.encodeBatch(TEXTS);
+    const [batch, seq] = enc.shape;
+    const hidden = (await runOrt(BGE.onnx!, { ...enc, batch, seq })).last_hidden_state;
+    const h = embed.config.hiddenSize;
+    const shape = { batch, seq, hidden: h, mask: Uint8Array.from(enc.attentionMask) };
+    const expected = poolReference(hidden, shape, { mode: "cls", normalize: true });
+    assert.deepEqual(out.dims, [TEXTS.length, h]);
+    const d = maxAbsDiff(out.data, expected);
+    assert.ok(d <= 1e-5, `bge default embeddings differ from ORT CLS + L2 by ${d}`);
+    // The caller still decides when it says so.
+    const mean = await embed(TEXTS, { pooling: "mean", normalize: false });
+    const meanRef = poolReference(hidden, shape, { mode: "mean", normalize: false });
+    assert.ok(maxAbsDiff(mean.data, meanRef) <= 1e-4);
+    await releaseOrtSessions();
+  },
+});
+
+Deno.test({
+  name: "a model file with <stem>-tokenizer.json is found; --tokenizer names another",
+  ignore: !haveBge,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "tokenizer_beside_" });
+    try {
+      await Deno.symlink(BGE.onnx!, `${dir}/bge.onnx`);
+      await assert.rejects(
+        () => pipeline("feature-extraction", `${dir}/bge.onnx`),
+        /has no tokenizer \(looked for tokenizer\.json, <stem>-tokenizer\.json/,
+      );
+      await Deno.symlink(BGE.tokenizer, `${dir}/vocab-of-bge.json`);
+      using named = await pipeline("feature-extraction", `${dir}/bge.onnx`, {
+        tokenizer: `${dir}/vocab-of-bge.json`,
+      });
+      const a = await named(TEXTS, { pooling: "cls", normalize: true });
+      await Deno.symlink(BGE.tokenizer, `${dir}/bge-tokenizer.json`);
+      using found = await pipeline("feature-extraction", `${dir}/bge.onnx`);
+      assert.equal(found.model.weights.source.tokenizer, `${dir}/bge-tokenizer.json`);
+      const b = await found(TEXTS, { pooling: "cls", normalize: true });
+      assert.deepEqual(b.data, a.data);
+      await assert.rejects(
+        () => pipeline("feature-extraction", `${dir}/bge.onnx`, { tokenizer: `${dir}/none.json` }),
+        /Tokenizer file ".*none\.json" does not exist/,
+      );
+      // The CLI: the registry's CLS pooling by default, and --tokenizer.
+      const report = await cliRun("--model", "bge-small-en-v15", "--text", TEXTS[0]);
+      assert.equal(report.result.pooling, "cls");
+      assert.equal(report.result.normalize, true);
+      assert.ok(maxAbsDiff(report.result.data, a.data.subarray(0, 384)) <= 1e-6);
+      const tokenizerArgs = ["--tokenizer", `${dir}/vocab-of-bge.json`, "--pooling", "cls"];
+      const withTokenizer = await cliRun(
+        "--model",
+        `${dir}/bge.onnx`,
+        ...tokenizerArgs,
+        "--text",
+        TEXTS[0],
+      );
+      assert.deepEqual(withTokenizer.result.data, report.result.data);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "the server embeds bge-small-en-v1.5 with its CLS pooling unless configured otherwise",
+  ignore: !haveBge,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const models = [
+      { name: "bge", model: "bge-small-en-v15", maxLength: 128 },
+      { name: "bge-mean", model: "bge-small-en-v15", maxLength: 128, pooling: "mean" },
+    ];
+    const server = await spawnServer({ config: { models } });
+    try {
+      using embed = await pipeline("feature-extraction", "bge-small-en-v15");
+      const cls = await embed(TEXTS, { pooling: "cls", normalize: true });
+      const mean = await embed(TEXTS, { pooling: "mean", normalize: true });
+      for (const [name, expected] of [["bge", cls], ["bge-mean", mean]] as const) {
+        const response = await fetch(`${server.url}/v1/embeddings`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model: name, input: TEXTS }),
+        });
+        const body = await response.json();
+        assert.equal(response.status, 200, JSON.stringify(body));
+        const got = (body.data as { embedding: number[] }[]).flatMap((d) => d.embedding);
+        const d = maxAbsDiff(got, expected.data);
+        assert.ok(d <= 2e-5, `${name}: server embeddings differ from the pipeline's by ${d}`);
+      }
+    } finally {
+      await server.stop();
+    }
+  },
+});
