@@ -89,6 +89,7 @@ export {
 } from "./models/bert.ts";
 export { type LoadedModel, loadModel, type LoadModelOptions } from "./models/load.ts";
 export {
+  type ClassificationInput,
   type ClassificationResult,
   type EncodedInput,
   type FeatureExtractionOptions,

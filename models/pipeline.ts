@@ -29,7 +29,7 @@ import { BertEncoder, type LinearFactory } from "./bert.ts";
 import type { KernelChoiceOptions } from "./kernel_choice.ts";
 import { type LoadedModel, loadModel } from "./load.ts";
 import type { EmbeddingDefinition } from "./sentence_config.ts";
-import type { BertTokenizer, EncodedBatch } from "./tokenizer.ts";
+import type { BertTokenizer, EncodedBatch, TextInput } from "./tokenizer.ts";
 import type { BertConfig, BertWeights, HeadWeights } from "./weights.ts";
 
 /** Tasks {@linkcode pipeline} can build. */
@@ -129,9 +129,14 @@ export interface FeatureExtractionPipeline extends PipelineBase {
 export interface ClassificationResult {
   /** Label name (`config.json` `id2label`, else `LABEL_i`). */
   label: string;
-  /** Softmax probability. */
+  /** Probability: softmax over the labels, or the sigmoid of a one-label head (a cross-encoder). */
   score: number;
+  /** The head's raw logit for this label. */
+  logit: number;
 }
+
+/** A text, or a text pair (a cross-encoder's query and passage), to classify. */
+export type ClassificationInput = string | { text: string; textPair: string };
 
 /** Per-call options of a text-classification pipeline. */
 export interface TextClassificationOptions {
@@ -154,7 +159,7 @@ export interface TextClassificationPipeline extends PipelineBase {
    * when `topK` is 1, else one array per text), as Transformers.js does.
    */
   (
-    texts: string | string[],
+    texts: ClassificationInput | ClassificationInput[],
     options?: TextClassificationOptions,
   ): Promise<ClassificationResult[] | ClassificationResult[][]>;
   /** Label names by index. */
@@ -465,7 +470,7 @@ class PipelineCore {
     };
   }
 
-  #encode(texts: string[], truncation: boolean | undefined): EncodedBatch {
+  #encode(texts: TextInput[], truncation: boolean | undefined): EncodedBatch {
     return this.tokenizer.encodeBatch(texts, {
       truncation: truncation ?? this.defaults.truncation ?? false,
     });
@@ -528,7 +533,7 @@ class PipelineCore {
 
   textClassification(): TextClassificationPipeline {
     const call = (
-      texts: string | string[],
+      texts: ClassificationInput | ClassificationInput[],
       options: TextClassificationOptions = {},
     ): Promise<ClassificationResult[] | ClassificationResult[][]> => {
       try {
@@ -544,26 +549,29 @@ class PipelineCore {
   }
 
   #classify(
-    input: string | string[],
+    input: ClassificationInput | ClassificationInput[],
     options: TextClassificationOptions,
   ): ClassificationResult[] | ClassificationResult[][] {
     this.#check();
-    const texts = textList(input);
+    const inputs = classificationInputs(input);
     const labels = this.head!.labels;
     const topK = options.topK ?? 1;
     if (!Number.isInteger(topK) || topK < 1) {
       throw new RangeError(`topK must be a positive integer, got ${topK}`);
     }
     const results: ClassificationResult[][] = [];
-    for (const chunk of this.#chunks(texts)) {
+    for (let i = 0; i < inputs.length; i += this.batchSize) {
+      const chunk = inputs.slice(i, i + this.batchSize);
       const { data } = this.#logits(this.#encode(chunk, options.truncation));
       for (let b = 0; b < chunk.length; b++) {
-        const probs = softmax(data.subarray(b * labels.length, (b + 1) * labels.length));
+        const logits = data.subarray(b * labels.length, (b + 1) * labels.length);
+        // One label is a score, not a choice (HF's convention): its sigmoid.
+        const probs = labels.length === 1 ? Float64Array.of(sigmoid(logits[0])) : softmax(logits);
         const ranked = [...probs.keys()].sort((i, j) => probs[j] - probs[i]).slice(0, topK);
-        results.push(ranked.map((i) => ({ label: labels[i], score: probs[i] })));
+        results.push(ranked.map((i) => ({ label: labels[i], score: probs[i], logit: logits[i] })));
       }
     }
-    if (typeof input === "string") return results[0];
+    if (!Array.isArray(input)) return results[0];
     return topK === 1 ? results.map((r) => r[0]) : results;
   }
 
@@ -782,6 +790,24 @@ export function softmax(logits: ArrayLike<number>): Float64Array {
   }
   for (let i = 0; i < out.length; i++) out[i] /= sum;
   return out;
+}
+
+/** The logistic function. */
+export function sigmoid(x: number): number {
+  return 1 / (1 + Math.exp(-x));
+}
+
+function classificationInputs(input: ClassificationInput | ClassificationInput[]): TextInput[] {
+  const list = Array.isArray(input) ? input : [input];
+  if (list.length === 0) throw new TypeError("Expected a text or a non-empty array of texts");
+  return list.map((item) => {
+    if (typeof item === "string") return item;
+    if (
+      item !== null && typeof item === "object" && typeof item.text === "string" &&
+      typeof item.textPair === "string"
+    ) return [item.text, item.textPair];
+    throw new TypeError("Expected a text, or { text, textPair } for a text pair");
+  });
 }
 
 function textList(input: string | string[]): string[] {

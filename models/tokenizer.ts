@@ -26,10 +26,17 @@ export interface EncodeBatchOptions {
    * `true` is `"longest_first"` for pairs; `"only_second"` cuts only the second text.
    */
   truncation?: boolean | "longest_first" | "only_second";
+  /** Which end truncation cuts: `"right"` (default, keeps the start) or `"left"` (keeps the end). */
+  truncationSide?: "left" | "right";
   /** `"longest"` (default) pads to the longest sequence of the batch; `"max_length"` to maxLength. */
   padding?: "longest" | "max_length";
   /** Add [CLS]/[SEP] (default `true`). */
   addSpecialTokens?: boolean;
+}
+
+/** The first (`"right"` truncation) or last (`"left"`) `count` tokens. */
+function keep(tokens: string[], count: number, side: "left" | "right"): string[] {
+  return side === "left" ? tokens.slice(tokens.length - count) : tokens.slice(0, count);
 }
 
 /** A tokenized, padded batch. All arrays are row-major `[batch, seq]`. */
@@ -81,6 +88,8 @@ export class BertTokenizer {
   #padId: number;
   #maxLength: number;
   #label: string;
+  #tokens: string[] = [];
+  #special = new Set<number>();
 
   /**
    * Builds a tokenizer from parsed files; {@linkcode BertTokenizer.fromFile} reads them for you.
@@ -105,6 +114,11 @@ export class BertTokenizer {
       });
     }
     this.#vocab = this.#tok.get_vocab(true);
+    for (const [token, id] of this.#vocab) this.#tokens[id] = token;
+    const added = (tokenizerJson.added_tokens ?? []) as { id?: number; special?: boolean }[];
+    for (const t of Array.isArray(added) ? added : []) {
+      if (t.special === true && typeof t.id === "number") this.#special.add(t.id);
+    }
     const model = (tokenizerJson.model ?? {}) as { unk_token?: string };
     const padding = (tokenizerJson.padding ?? null) as { pad_id?: number } | null;
     const padToken = (tokenizerConfig.pad_token as string | undefined) ?? "[PAD]";
@@ -165,6 +179,16 @@ export class BertTokenizer {
   /** Word pieces of a text, without special tokens. */
   tokenize(text: string): string[] {
     return this.#tok.tokenize(text, { add_special_tokens: false });
+  }
+
+  /** The vocabulary entry of `id` (a word piece or a special token), or null past the end. */
+  tokenOf(id: number): string | null {
+    return this.#tokens[id] ?? null;
+  }
+
+  /** Whether `id` is a special token ([CLS], [SEP], [PAD], ...) of tokenizer.json. */
+  isSpecial(id: number): boolean {
+    return this.#special.has(id);
   }
 
   /** Ids of tokens (unknown tokens map to the [UNK] id). */
@@ -239,6 +263,7 @@ export class BertTokenizer {
         );
       }
       const excess = total - maxLength;
+      const side = options.truncationSide ?? "right";
       if (strategy === "only_second") {
         if (b === null || b.length < excess) {
           throw new Error(
@@ -247,14 +272,14 @@ export class BertTokenizer {
             } tokens`,
           );
         }
-        b = b.slice(0, b.length - excess);
+        b = keep(b, b.length - excess, side);
       } else {
         if (special >= maxLength) {
           throw new Error(`maxLength ${maxLength} leaves no room beside ${special} special tokens`);
         }
         const target = maxLength - special;
         if (b === null) {
-          a = a.slice(0, target);
+          a = keep(a, target, side);
         } else {
           // Like the tokenizers library: the shorter text keeps up to half of the room (the
           // first text counts as the shorter on a tie), the longer one takes the rest.
@@ -263,11 +288,11 @@ export class BertTokenizer {
           const keepShort = Math.min(shorter, Math.floor(target / 2));
           const keepLong = target - keepShort;
           if (firstLonger) {
-            a = a.slice(0, keepLong);
-            b = b.slice(0, keepShort);
+            a = keep(a, keepLong, side);
+            b = keep(b, keepShort, side);
           } else {
-            a = a.slice(0, keepShort);
-            b = b.slice(0, keepLong);
+            a = keep(a, keepShort, side);
+            b = keep(b, keepLong, side);
           }
         }
       }

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { TextInput } from "../models/tokenizer.ts";
 import type { KernelChoice, ServeTask } from "./config.ts";
 
 /** What a worker loads. */
@@ -47,6 +48,13 @@ export interface ModelInfo {
   loadSeconds: number;
   /** Kernel threads in effect in the process. */
   threads: number;
+  /** Feature extraction: the pooling and default normalisation in effect, and the prompts. */
+  embedding: {
+    pooling: "mean" | "cls";
+    normalize: boolean;
+    prompts: Record<string, string>;
+    defaultPromptName: string | null;
+  } | null;
 }
 
 /** A padded batch of token sequences, row-major `[batch, seq]`. */
@@ -67,8 +75,10 @@ export interface TokenBatch {
 export interface LabelScore {
   /** Class label. */
   label: string;
-  /** Probability. */
+  /** Probability (softmax; the sigmoid for a one-label head). */
   score: number;
+  /** The raw logit. */
+  logit: number;
 }
 
 /** A question and the context holding its answer. */
@@ -113,10 +123,12 @@ export interface TextTaskOptions {
 export interface InferenceBackend {
   /** What was loaded. */
   readonly info: ModelInfo;
-  /** Pooled (and, per the source, normalized) embeddings: `[batch * hiddenSize]`. */
+  /** Pooled embeddings, not normalised (a request decides): `[batch * hiddenSize]`. */
   embed(batch: TokenBatch): Promise<Float32Array>;
-  /** All classes with their probabilities, best first, per text. */
-  classify(texts: string[], options: TextTaskOptions): Promise<LabelScore[][]>;
+  /** The encoder's token vectors: `[batch * seq * hiddenSize]`. */
+  embedTokens(batch: TokenBatch): Promise<Float32Array>;
+  /** All classes with their probabilities, best first, per text or text pair. */
+  classify(texts: TextInput[], options: TextTaskOptions): Promise<LabelScore[][]>;
   /** The best span per pair. */
   answer(pairs: QaPair[], options: TextTaskOptions): Promise<QaAnswer[]>;
   /** Classified tokens per text (the pipeline's default filtering). */
@@ -128,7 +140,8 @@ export interface InferenceBackend {
 /** A method of {@linkcode InferenceBackend} with one batch argument, as sent to a worker. */
 export type BackendCall =
   | { op: "embed"; batch: TokenBatch }
-  | { op: "classify"; texts: string[]; options: TextTaskOptions }
+  | { op: "embedTokens"; batch: TokenBatch }
+  | { op: "classify"; texts: TextInput[]; options: TextTaskOptions }
   | { op: "answer"; pairs: QaPair[]; options: TextTaskOptions }
   | { op: "classifyTokens"; texts: string[]; options: TextTaskOptions };
 
@@ -149,6 +162,8 @@ export function runCall(backend: InferenceBackend, call: BackendCall): Promise<u
   switch (call.op) {
     case "embed":
       return backend.embed(call.batch);
+    case "embedTokens":
+      return backend.embedTokens(call.batch);
     case "classify":
       return backend.classify(call.texts, call.options);
     case "answer":

@@ -102,6 +102,11 @@ export interface ServeConfig {
   shutdownTimeoutMs: number;
   /** Write one JSON log line per request to stdout (start-up and shutdown lines always). */
   log: boolean;
+  /**
+   * Cut over-long inputs when a request does not say `truncate` (TEI's `--auto-truncate`);
+   * default false: such an input is a 422 error naming it.
+   */
+  autoTruncate: boolean;
   /** Served models; the first feature-extraction model is the default for `/v1/embeddings`. */
   models: ModelConfig[];
 }
@@ -158,6 +163,7 @@ export function defaultConfig(): ServeConfig {
     retryAfterS: 1,
     shutdownTimeoutMs: 30_000,
     log: true,
+    autoTruncate: false,
     models: [defaultModelConfig()],
   };
 }
@@ -327,6 +333,7 @@ const TOP_KEYS = [
   "retryAfterS",
   "shutdownTimeoutMs",
   "log",
+  "autoTruncate",
   "models",
 ];
 
@@ -393,6 +400,7 @@ export function parseConfig(raw: unknown): ServeConfig {
     retryAfterS: int(raw, "retryAfterS", "", 1, 3600, base.retryAfterS),
     shutdownTimeoutMs: int(raw, "shutdownTimeoutMs", "", 0, 600_000, base.shutdownTimeoutMs),
     log: bool(raw, "log", "", base.log),
+    autoTruncate: bool(raw, "autoTruncate", "", base.autoTruncate),
     models,
   };
   return config;

@@ -5,8 +5,19 @@
  * @module
  */
 
-/** Error body styles: OpenAI (`{error: {message, type, param, code}}`) or KServe v2 (`{error}`). */
-export type ErrorStyle = "openai" | "v2";
+/**
+ * Error body styles: OpenAI (`{error: {message, type, param, code}}`), KServe v2 (`{error}`) or
+ * text-embeddings-inference (`{error, error_type}`).
+ */
+export type ErrorStyle = "openai" | "v2" | "tei";
+
+/** TEI's `error_type` for a status. */
+function teiErrorType(status: number): string {
+  if (status === 429) return "Overloaded";
+  if (status === 503) return "Unhealthy";
+  if (status >= 500) return "Backend";
+  return "Validation";
+}
 
 /** Options of {@linkcode HttpError}. */
 export interface HttpErrorOptions {
@@ -99,7 +110,9 @@ export function jsonResponse(
 
 /** The JSON error response for `error` in the given style. */
 export function errorResponse(error: HttpError, style: ErrorStyle): Response {
-  const body = style === "v2"
+  const body = style === "tei"
+    ? { error: error.message, error_type: teiErrorType(error.status) }
+    : style === "v2"
     ? { error: error.message, ...(error.param ? { param: error.param } : {}) }
     : {
       error: {

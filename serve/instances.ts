@@ -18,6 +18,7 @@ import type {
   TokenEntity,
   ToWorker,
 } from "./backend.ts";
+import type { TextInput } from "../models/tokenizer.ts";
 
 interface Pending {
   resolve(value: unknown): void;
@@ -158,15 +159,16 @@ export class WorkerInstance {
 
   /** Pooled embeddings `[batch * hiddenSize]`; the batch's arrays are transferred. */
   embed(batch: TokenBatch): Promise<Float32Array> {
-    return this.#call<Float32Array>({ op: "embed", batch }, [
-      batch.inputIds.buffer as ArrayBuffer,
-      batch.attentionMask.buffer as ArrayBuffer,
-      batch.tokenTypeIds.buffer as ArrayBuffer,
-    ]);
+    return this.#call<Float32Array>({ op: "embed", batch }, batchBuffers(batch));
   }
 
-  /** All classes per text, best first. */
-  classify(texts: string[], options: TextTaskOptions): Promise<LabelScore[][]> {
+  /** Token vectors `[batch * seq * hiddenSize]`; the batch's arrays are transferred. */
+  embedTokens(batch: TokenBatch): Promise<Float32Array> {
+    return this.#call<Float32Array>({ op: "embedTokens", batch }, batchBuffers(batch));
+  }
+
+  /** All classes per text or text pair, best first. */
+  classify(texts: TextInput[], options: TextTaskOptions): Promise<LabelScore[][]> {
     return this.#call({ op: "classify", texts, options });
   }
 
@@ -188,4 +190,12 @@ export class WorkerInstance {
     for (const p of this.#pending.values()) p.reject(new Error("The model instance was closed"));
     this.#pending.clear();
   }
+}
+
+function batchBuffers(batch: TokenBatch): ArrayBuffer[] {
+  return [
+    batch.inputIds.buffer as ArrayBuffer,
+    batch.attentionMask.buffer as ArrayBuffer,
+    batch.tokenTypeIds.buffer as ArrayBuffer,
+  ];
 }

@@ -39,6 +39,8 @@ Options:
   --threads N     kernel threads for the process (default: physical cores)
   --model NAME    serve this registry model or .onnx file instead of the default
   --quiet         no per-request log lines
+  --auto-truncate cut over-long inputs unless a request says "truncate": false (default:
+                  such an input is a 422 error)
   -h, --help      show this help
 
 Environment:
@@ -58,6 +60,7 @@ export async function configFromArgs(args: string[]): Promise<ServeConfig | null
       threads: { type: "string" },
       model: { type: "string" },
       quiet: { type: "boolean", default: false },
+      "auto-truncate": { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -77,6 +80,7 @@ export async function configFromArgs(args: string[]): Promise<ServeConfig | null
     overrides[key] = n;
   }
   if (values.quiet) overrides.log = false;
+  if (values["auto-truncate"]) overrides.autoTruncate = true;
   const merged: Record<string, unknown> = { ...config, ...overrides };
   if (values.model !== undefined) {
     merged.models = [{

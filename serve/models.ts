@@ -4,9 +4,17 @@
  *
  * @module
  */
-import { BertTokenizer } from "../models/tokenizer.ts";
+import { BertTokenizer, type TextInput } from "../models/tokenizer.ts";
+import { l2NormalizeRows } from "../ops/pooling.ts";
 import type { ModelConfig } from "./config.ts";
-import type { LabelScore, ModelInfo, QaAnswer, QaPair, TokenEntity } from "./backend.ts";
+import type {
+  LabelScore,
+  ModelInfo,
+  QaAnswer,
+  QaPair,
+  TokenBatch,
+  TokenEntity,
+} from "./backend.ts";
 import {
   Batcher,
   CancelledError,
@@ -28,9 +36,11 @@ export interface TokenRow {
   typeIds: Int32Array;
   /** Attention mask, or `null` for all ones. */
   mask: Int32Array | null;
+  /** Return the encoder's token vectors (`[length * hidden]`) instead of the pooled vector. */
+  tokenVectors?: boolean;
 }
 
-type Item = TokenRow | string | QaPair;
+type Item = TokenRow | TextInput | QaPair;
 
 /** Embeddings of one request and the tokens they took. */
 export interface EmbedResult {
@@ -60,6 +70,8 @@ export interface ServedModelOptions {
 export interface TokenizeOptions {
   /** Cut texts over the limit instead of refusing them. */
   truncate: boolean;
+  /** Which end a cut removes: `"right"` (default, keeps the start) or `"left"`. */
+  direction?: "left" | "right";
   /** Field name used in error messages, e.g. `"input"`. */
   param: string;
   /** Whether the field held a single text (errors then name `input`, not `input[0]`). */
@@ -169,34 +181,48 @@ export class ServedModel {
       case "feature-extraction":
         return async (items) => {
           const rows = items as TokenRow[];
-          const seq = Math.max(...rows.map((r) => r.ids.length));
-          const batch = rows.length;
-          const inputIds = new Int32Array(batch * seq).fill(this.tokenizer.padTokenId);
-          const attentionMask = new Int32Array(batch * seq);
-          const tokenTypeIds = new Int32Array(batch * seq);
-          rows.forEach((r, i) => {
-            inputIds.set(r.ids, i * seq);
-            tokenTypeIds.set(r.typeIds, i * seq);
-            if (r.mask === null) attentionMask.fill(1, i * seq, i * seq + r.ids.length);
-            else attentionMask.set(r.mask, i * seq);
-          });
-          const out = await instance.embed({
-            inputIds,
-            attentionMask,
-            tokenTypeIds,
-            batch,
-            seq,
-          });
-          const hidden = out.length / batch;
-          return rows.map((_, i) => out.subarray(i * hidden, (i + 1) * hidden));
+          const pooled = rows.filter((r) => !r.tokenVectors);
+          const tokens = rows.filter((r) => r.tokenVectors);
+          const out = new Map<TokenRow, Float32Array>();
+          if (pooled.length > 0) {
+            const vectors = await instance.embed(this.#pad(pooled));
+            const hidden = vectors.length / pooled.length;
+            pooled.forEach((r, i) => out.set(r, vectors.subarray(i * hidden, (i + 1) * hidden)));
+          }
+          if (tokens.length > 0) {
+            const batch = this.#pad(tokens);
+            const vectors = await instance.embedTokens(batch);
+            const width = vectors.length / (tokens.length * batch.seq);
+            tokens.forEach((r, i) => {
+              const start = i * batch.seq * width;
+              out.set(r, vectors.subarray(start, start + r.ids.length * width));
+            });
+          }
+          return rows.map((r) => out.get(r)!);
         };
       case "text-classification":
-        return (items) => instance.classify(items as string[], { maxLength });
+        return (items) => instance.classify(items as TextInput[], { maxLength });
       case "question-answering":
         return (items) => instance.answer(items as QaPair[], { maxLength });
       case "token-classification":
         return (items) => instance.classifyTokens(items as string[], { maxLength });
     }
+  }
+
+  /** Pads rows into one batch (pad id, mask of ones unless given). */
+  #pad(rows: TokenRow[]): TokenBatch {
+    const seq = Math.max(...rows.map((r) => r.ids.length));
+    const batch = rows.length;
+    const inputIds = new Int32Array(batch * seq).fill(this.tokenizer.padTokenId);
+    const attentionMask = new Int32Array(batch * seq);
+    const tokenTypeIds = new Int32Array(batch * seq);
+    rows.forEach((r, i) => {
+      inputIds.set(r.ids, i * seq);
+      tokenTypeIds.set(r.typeIds, i * seq);
+      if (r.mask === null) attentionMask.fill(1, i * seq, i * seq + r.ids.length);
+      else attentionMask.set(r.mask, i * seq);
+    });
+    return { inputIds, attentionMask, tokenTypeIds, batch, seq };
   }
 
   #name(options: TokenizeOptions, i: number): string {
@@ -218,13 +244,15 @@ export class ServedModel {
    *
    * @throws HttpError 422 naming the input and quoting the limit when a text is too long.
    */
-  async tokenize(texts: string[], options: TokenizeOptions): Promise<TokenRow[]> {
+  async tokenize(texts: TextInput[], options: TokenizeOptions): Promise<TokenRow[]> {
     const limit = this.config.maxLength;
     const rows: TokenRow[] = [];
     let slice = performance.now();
     for (let i = 0; i < texts.length; i++) {
       const name = this.#name(options, i);
-      this.#checkChars(texts[i], name);
+      for (const part of typeof texts[i] === "string" ? [texts[i] as string] : texts[i]) {
+        this.#checkChars(part, name);
+      }
       let encoded = this.tokenizer.encode(texts[i], { maxLength: Number.MAX_SAFE_INTEGER });
       if (encoded.ids.length > limit) {
         if (!options.truncate) {
@@ -235,7 +263,11 @@ export class ServedModel {
             { param: name, code: "context_length_exceeded" },
           );
         }
-        encoded = this.tokenizer.encode(texts[i], { maxLength: limit, truncation: true });
+        encoded = this.tokenizer.encode(texts[i], {
+          maxLength: limit,
+          truncation: true,
+          truncationSide: options.direction ?? "right",
+        });
       }
       rows.push({
         ids: Int32Array.from(encoded.ids),
@@ -254,7 +286,7 @@ export class ServedModel {
    * Checks texts for a text task: character limit, and the token limit unless truncating.
    * Returns each text's token count (capped at the limit) for bucketing.
    */
-  async checkTexts(texts: string[], options: TokenizeOptions): Promise<number[]> {
+  async checkTexts(texts: TextInput[], options: TokenizeOptions): Promise<number[]> {
     const rows = await this.tokenize(texts, options);
     return rows.map((r) => r.ids.length);
   }
@@ -389,15 +421,26 @@ export class ServedModel {
     });
   }
 
-  /** Embeds token rows (already checked); one embedding per row. */
-  async embedRows(rows: TokenRow[], signal?: AbortSignal): Promise<EmbedResult> {
+  /**
+   * Embeds token rows (already checked); one embedding per row (token vectors for rows that
+   * ask for them), L2-normalised when `normalize` says so (default: the model's setting).
+   */
+  async embedRows(
+    rows: TokenRow[],
+    signal?: AbortSignal,
+    options: { normalize?: boolean } = {},
+  ): Promise<EmbedResult> {
     const inputs = rows.map((row) => ({ item: row, length: row.ids.length }));
     const embeddings = await this.#submit<Float32Array>(inputs, signal);
+    if (options.normalize ?? this.info.embedding?.normalize ?? false) {
+      const width = this.info.hiddenSize;
+      for (const e of embeddings) l2NormalizeRows(e, e.length / width, width);
+    }
     return { embeddings, tokens: rows.reduce((s, r) => s + r.ids.length, 0) };
   }
 
-  /** Classifies texts (lengths from {@linkcode checkTexts}); all classes, best first. */
-  classify(texts: string[], lengths: number[], signal?: AbortSignal): Promise<LabelScore[][]> {
+  /** Classifies texts or pairs (lengths from {@linkcode checkTexts}); all classes, best first. */
+  classify(texts: TextInput[], lengths: number[], signal?: AbortSignal): Promise<LabelScore[][]> {
     return this.#submit(texts.map((t, i) => ({ item: t, length: lengths[i] })), signal);
   }
 

@@ -14,6 +14,7 @@ import { SparseLinearF32 } from "../ops/sparse_linear_f32.ts";
 import { SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
 import type { LinearFactory } from "../models/bert.ts";
 import { loadModel } from "../models/load.ts";
+import type { TextInput } from "../models/tokenizer.ts";
 import {
   bestSpans,
   type ClassificationResult,
@@ -98,6 +99,18 @@ export async function buildPipeline(
   return pipe;
 }
 
+/** What the configuration says, else what the model declares (bge: CLS), else mean + L2. */
+function embeddingSettings(pipe: PipelineBase, source: ModelSource): ModelInfo["embedding"] {
+  const declared = pipe.model.embedding ?? null;
+  const pooling = source.pooling ?? (declared === null ? "mean" : declaredPooling(declared));
+  return {
+    pooling: pooling === "cls" ? "cls" : "mean",
+    normalize: source.normalize ?? declared?.normalize ?? true,
+    prompts: declared?.prompts ?? {},
+    defaultPromptName: declared?.defaultPromptName ?? null,
+  };
+}
+
 function countKernels(pipe: PipelineBase): Record<string, number> {
   const counts: Record<string, number> = {};
   for (const l of pipe.encoder.linears()) counts[l.kind] = (counts[l.kind] ?? 0) + 1;
@@ -108,18 +121,11 @@ class PipelineBackend implements InferenceBackend {
   readonly info: ModelInfo;
   #pipe: PipelineBase;
   #source: ModelSource;
-  #pooling: "mean" | "cls";
-  #normalize: boolean;
 
   constructor(pipe: PipelineBase, source: ModelSource, info: ModelInfo) {
     this.#pipe = pipe;
     this.#source = source;
     this.info = info;
-    // What the configuration says, else what the model declares (bge: CLS), else mean + L2.
-    const declared = pipe.model.embedding ?? null;
-    const pooling = source.pooling ?? (declared === null ? "mean" : declaredPooling(declared));
-    this.#pooling = pooling === "cls" ? "cls" : "mean";
-    this.#normalize = source.normalize ?? declared?.normalize ?? true;
   }
 
   #require<T extends PipelineBase>(task: ModelSource["task"]): T {
@@ -129,33 +135,38 @@ class PipelineBackend implements InferenceBackend {
     return this.#pipe as T;
   }
 
-  embed(batch: TokenBatch): Promise<Float32Array> {
+  #hidden(batch: TokenBatch): Float32Array {
     const pipe = this.#require<FeatureExtractionPipeline>("feature-extraction");
-    const { batch: rows, seq } = batch;
-    const hidden = pipe.encoder.forward({
+    return pipe.encoder.forward({
       inputIds: batch.inputIds,
       attentionMask: batch.attentionMask,
       tokenTypeIds: pipe.config.typeVocabSize > 0 ? batch.tokenTypeIds : null,
-      batch: rows,
-      seq,
+      batch: batch.batch,
+      seq: batch.seq,
     });
-    const out = pool(
-      hidden,
-      {
-        batch: rows,
-        seq,
-        hidden: pipe.encoder.hiddenSize,
-        mask: Uint8Array.from(batch.attentionMask),
-      },
-      { mode: this.#pooling, normalize: this.#normalize },
-    );
-    return Promise.resolve(out);
   }
 
-  async classify(texts: string[], _options: TextTaskOptions): Promise<LabelScore[][]> {
+  embed(batch: TokenBatch): Promise<Float32Array> {
+    const hidden = this.#hidden(batch);
+    const shape = {
+      batch: batch.batch,
+      seq: batch.seq,
+      hidden: this.info.hiddenSize,
+      mask: Uint8Array.from(batch.attentionMask),
+    };
+    // Normalisation is the request's choice: the server applies it after the batch.
+    return Promise.resolve(pool(hidden, shape, { mode: this.info.embedding!.pooling }));
+  }
+
+  embedTokens(batch: TokenBatch): Promise<Float32Array> {
+    return Promise.resolve(this.#hidden(batch));
+  }
+
+  async classify(texts: TextInput[], _options: TextTaskOptions): Promise<LabelScore[][]> {
     const pipe = this.#require<TextClassificationPipeline>("text-classification");
     const topK = pipe.labels.length;
-    const out = await pipe(texts, { topK, truncation: true });
+    const inputs = texts.map((t) => typeof t === "string" ? t : { text: t[0], textPair: t[1] });
+    const out = await pipe(inputs, { topK, truncation: true });
     // With one label the pipeline returns one result per text, not one array per text.
     return topK === 1
       ? (out as ClassificationResult[]).map((r) => [r])
@@ -287,6 +298,7 @@ export async function loadPipelineBackend(
     kernels: countKernels(pipe),
     loadSeconds: (performance.now() - started) / 1000,
     threads: threads(),
+    embedding: pipe.task === "feature-extraction" ? embeddingSettings(pipe, source) : null,
   };
   if (info.tokenizerPath === "") {
     pipe.dispose();

@@ -18,6 +18,7 @@ import { ServedModel } from "./models.ts";
 import { docsRoutes } from "./routes/docs.ts";
 import { OPENAI_ROUTES } from "./routes/openai.ts";
 import { TASK_ROUTES } from "./routes/tasks.ts";
+import { TEI_ROUTES } from "./routes/tei.ts";
 import { V2_ROUTES } from "./routes/v2.ts";
 import type { LogFields, Route, RouteContext, ServerState } from "./state.ts";
 
@@ -148,7 +149,13 @@ export async function startServer(
     draining: () => draining,
   };
   const routes: Route[] = [];
-  routes.push(...V2_ROUTES, ...OPENAI_ROUTES, ...TASK_ROUTES, ...docsRoutes(() => routes));
+  routes.push(
+    ...V2_ROUTES,
+    ...OPENAI_ROUTES,
+    ...TASK_ROUTES,
+    ...TEI_ROUTES,
+    ...docsRoutes(() => routes),
+  );
   const table = compile(routes);
 
   const handler = async (request: Request): Promise<Response> => {

@@ -199,11 +199,22 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
+    // A folder with sentence-transformers files and prompts, around the same ONNX file.
+    const dir = await folder({
+      "modules.json": MODULES,
+      "1_Pooling/config.json": CLS,
+      "config_sentence_transformers.json": { prompts: { query: "Represent this: " } },
+    });
+    await Deno.symlink(BGE.onnx!, `${dir}/model.onnx`);
+    await Deno.symlink(BGE.tokenizer, `${dir}/tokenizer.json`);
     const models = [
       { name: "bge", model: "bge-small-en-v15", maxLength: 128 },
       { name: "bge-mean", model: "bge-small-en-v15", maxLength: 128, pooling: "mean" },
     ];
     const server = await spawnServer({ config: { models } });
+    const prompted = await spawnServer({
+      config: { models: [{ name: "st", model: `${dir}/model.onnx`, maxLength: 128 }] },
+    });
     try {
       using embed = await pipeline("feature-extraction", "bge-small-en-v15");
       const cls = await embed(TEXTS, { pooling: "cls", normalize: true });
@@ -220,8 +231,29 @@ Deno.test({
         const d = maxAbsDiff(got, expected.data);
         assert.ok(d <= 2e-5, `${name}: server embeddings differ from the pipeline's by ${d}`);
       }
+      // TEI's /embed with prompt_name prepends the model's prompt.
+      const teiEmbed = async (body: Record<string, unknown>) => {
+        const r = await fetch(`${prompted.url}/embed`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(body),
+        });
+        return { status: r.status, body: await r.json() };
+      };
+      const withPrompt = await teiEmbed({ inputs: TEXTS[0], prompt_name: "query" });
+      assert.equal(withPrompt.status, 200, JSON.stringify(withPrompt.body));
+      const expected = await embed(`Represent this: ${TEXTS[0]}`, {
+        pooling: "cls",
+        normalize: true,
+      });
+      assert.ok(maxAbsDiff(withPrompt.body[0], expected.data) <= 2e-5, "prompted embedding");
+      const unknown = await teiEmbed({ inputs: TEXTS[0], prompt_name: "passage" });
+      assert.equal(unknown.status, 422);
+      assert.match(unknown.body.error, /Available prompts: \["query"\]/);
     } finally {
       await server.stop();
+      await prompted.stop();
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });

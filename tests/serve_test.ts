@@ -285,9 +285,11 @@ Deno.test({
         await expectError(await post(e, { input: "a", encoding_format: "hex" }), 400, {
           param: "encoding_format",
         });
-        await expectError(await post(e, { input: "a", dimensions: 12 }), 400, {
-          param: "dimensions",
-        });
+        for (const dimensions of [0, 385, 1.5, "12"]) {
+          await expectError(await post(e, { input: "a", dimensions }), 400, {
+            param: "dimensions",
+          });
+        }
         await expectError(await post(e, { input: "a", truncate: "yes" }), 400, {
           param: "truncate",
         });

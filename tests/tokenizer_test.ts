@@ -122,6 +122,13 @@ Deno.test({
     const question = tok.encode("question").ids; // [CLS] question [SEP]: kept whole
     assert.deepEqual(onlySecond.ids.slice(0, question.length), question);
     assert.equal(onlySecond.ids[31], 102);
+    // Left truncation keeps the end of the text (TEI's truncation_direction "left").
+    const text = "alpha beta gamma delta epsilon";
+    const words = tok.encode(text).ids.slice(1, -1);
+    const left = tok.encode(text, { truncation: true, truncationSide: "left", maxLength: 4 });
+    assert.deepEqual(left.ids, [101, ...words.slice(-2), 102]);
+    const right = tok.encode(text, { truncation: true, truncationSide: "right", maxLength: 4 });
+    assert.deepEqual(right.ids, [101, ...words.slice(0, 2), 102]);
   },
 });
 

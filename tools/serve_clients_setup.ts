@@ -1,7 +1,8 @@
 /**
- * Sets up the Python client used by the server's client tests: a venv under
- * `.cache/venv/serve-clients` with `tritonclient[http]` from PyPI (pinned). Idempotent: a
- * venv that already imports the pinned version is left alone.
+ * Sets up the Python clients used by the server's client tests: a venv under
+ * `.cache/venv/serve-clients` with `tritonclient[http]` and `tei-client` (a client of Hugging
+ * Face's text-embeddings-inference) from PyPI, pinned. Idempotent: a venv that already imports
+ * the pinned versions is left alone.
  *
  *   deno run -A tools/serve_clients_setup.ts [--json]
  *
@@ -13,6 +14,8 @@ const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 
 /** The pinned client release. */
 export const TRITONCLIENT_VERSION = "2.73.0";
+/** The pinned TEI client release. */
+export const TEI_CLIENT_VERSION = "0.2.4";
 /** The venv folder. */
 export const CLIENTS_VENV = `${ROOT}/.cache/venv/serve-clients`;
 /** The venv's Python. */
@@ -20,8 +23,9 @@ export const CLIENTS_PYTHON = `${CLIENTS_VENV}/bin/python`;
 
 const HELP = `Usage: deno run -A tools/serve_clients_setup.ts [--json]
 
-Creates .cache/venv/serve-clients with tritonclient[http]==${TRITONCLIENT_VERSION} (PyPI), used
-by tests/serve_clients_test.ts to call the server's KServe v2 route. Idempotent.
+Creates .cache/venv/serve-clients with tritonclient[http]==${TRITONCLIENT_VERSION} and
+tei-client==${TEI_CLIENT_VERSION} (PyPI), used by tests/serve_clients_test.ts to call the
+server's KServe v2 and TEI routes. Idempotent.
 
 Options:
   --json      print one JSON line with the python path and versions
@@ -45,7 +49,8 @@ async function installedVersion(): Promise<string | null> {
     const out = await new Deno.Command(CLIENTS_PYTHON, {
       args: [
         "-c",
-        "import tritonclient.http, importlib.metadata as m; print(m.version('tritonclient'))",
+        "import tritonclient.http, tei_client, importlib.metadata as m; " +
+        "print(m.version('tritonclient') + ' ' + m.version('tei-client'))",
       ],
       stdout: "piped",
       stderr: "null",
@@ -64,8 +69,12 @@ async function installedVersion(): Promise<string | null> {
 export async function ensureServeClients(
   log: (line: string) => void = (line) => console.error(line),
 ): Promise<string> {
-  if (await installedVersion() === TRITONCLIENT_VERSION) return CLIENTS_PYTHON;
-  log(`Creating ${CLIENTS_VENV} with tritonclient[http]==${TRITONCLIENT_VERSION} ...`);
+  const wanted = `${TRITONCLIENT_VERSION} ${TEI_CLIENT_VERSION}`;
+  if (await installedVersion() === wanted) return CLIENTS_PYTHON;
+  log(
+    `Creating ${CLIENTS_VENV} with tritonclient[http]==${TRITONCLIENT_VERSION} and ` +
+      `tei-client==${TEI_CLIENT_VERSION} ...`,
+  );
   await Deno.remove(CLIENTS_VENV, { recursive: true }).catch(() => {});
   await Deno.mkdir(`${ROOT}/.cache/venv`, { recursive: true });
   await run("python3", ["-m", "venv", CLIENTS_VENV]);
@@ -76,11 +85,12 @@ export async function ensureServeClients(
     "--quiet",
     "--disable-pip-version-check",
     `tritonclient[http]==${TRITONCLIENT_VERSION}`,
+    `tei-client==${TEI_CLIENT_VERSION}`,
   ]);
   const version = await installedVersion();
-  if (version !== TRITONCLIENT_VERSION) {
+  if (version !== wanted) {
     throw new Error(
-      `tritonclient in ${CLIENTS_VENV} reports version "${version}", expected ${TRITONCLIENT_VERSION}`,
+      `${CLIENTS_VENV} reports versions "${version}", expected "${wanted}" (tritonclient, tei-client)`,
     );
   }
   return CLIENTS_PYTHON;
@@ -100,9 +110,16 @@ if (import.meta.main) {
     try {
       const python = await ensureServeClients(values.json ? () => {} : undefined);
       if (values.json) {
-        console.log(JSON.stringify({ ok: true, python, tritonclient: TRITONCLIENT_VERSION }));
+        console.log(JSON.stringify({
+          ok: true,
+          python,
+          tritonclient: TRITONCLIENT_VERSION,
+          teiClient: TEI_CLIENT_VERSION,
+        }));
       } else {
-        console.error(`ok: ${python} (tritonclient ${TRITONCLIENT_VERSION})`);
+        console.error(
+          `ok: ${python} (tritonclient ${TRITONCLIENT_VERSION}, tei-client ${TEI_CLIENT_VERSION})`,
+        );
       }
     } catch (error) {
       console.error(`serve clients setup failed: ${(error as Error).message}`);

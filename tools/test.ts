@@ -140,7 +140,10 @@ async function main(): Promise<number> {
   for (const r of results) {
     console.log(`${r.ok ? "ok    " : "FAILED"} ${r.label}: ${r.passed} passed, ${r.failed} failed`);
   }
-  if (skipped.length === 0) {
+  for (const isa of aboveForced) {
+    console.log(`skipped ${isa}: SPARSEBERT_ISA=${forced} limits the run`);
+  }
+  if (skipped.length + aboveForced.length === 0) {
     console.log("skipped variants: none, this CPU runs every variant built");
   }
   for (const isa of skipped) {

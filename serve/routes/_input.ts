@@ -101,6 +101,34 @@ export function optionalBool(body: Record<string, unknown>, key: string, dflt: b
   return value;
 }
 
+/** A request's truncation: whether to cut over-long inputs, and from which end. */
+export interface Truncation {
+  /** Cut instead of refusing with 422. */
+  truncate: boolean;
+  /** `"right"` keeps the start (default), `"left"` keeps the end. */
+  direction: "left" | "right";
+}
+
+/**
+ * `truncate` (default: the server's `autoTruncate`) and TEI's `truncation_direction`
+ * (`"left"`/`"right"`, either case).
+ *
+ * @throws HttpError 400 naming the field.
+ */
+export function truncationOf(context: RouteContext, body: Record<string, unknown>): Truncation {
+  const truncate = optionalBool(body, "truncate", context.state.config.autoTruncate);
+  const raw = body.truncation_direction ?? "right";
+  const direction = typeof raw === "string" ? raw.toLowerCase() : raw;
+  if (direction !== "left" && direction !== "right") {
+    throw new HttpError(
+      400,
+      `"truncation_direction" must be "left" or "right", got ${quote(raw)}`,
+      { param: "truncation_direction" },
+    );
+  }
+  return { truncate, direction };
+}
+
 /**
  * An optional integer field in `min..max`.
  *

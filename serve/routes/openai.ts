@@ -1,10 +1,11 @@
 /**
  * OpenAI-compatible routes: `POST /v1/embeddings` (input: a string, an array of strings, an
- * array of token ids or an array of such arrays; `encoding_format` `float` or `base64`) and
- * `GET /v1/models`.
+ * array of token ids or an array of such arrays; `encoding_format` `float` or `base64`;
+ * `dimensions` shortens Matryoshka-style: truncate, then renormalise) and `GET /v1/models`.
  *
  * @module
  */
+import { l2NormalizeRows } from "../../ops/pooling.ts";
 import { HttpError, jsonResponse, quote, typeName } from "../http.ts";
 import type { TokenRow } from "../models.ts";
 import {
@@ -14,13 +15,32 @@ import {
   type Route,
   type RouteContext,
 } from "../state.ts";
-import { checkCount, optionalBool, readJsonObject } from "./_input.ts";
+import { checkCount, readJsonObject, truncationOf } from "./_input.ts";
 
-const EMBEDDING_KEYS = ["input", "model", "encoding_format", "dimensions", "user", "truncate"];
+const EMBEDDING_KEYS = [
+  "input",
+  "model",
+  "encoding_format",
+  "dimensions",
+  "user",
+  "truncate",
+  "truncation_direction",
+];
 
 function base64(values: Float32Array): string {
   const bytes = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
   return (bytes as Uint8Array & { toBase64(): string }).toBase64();
+}
+
+/**
+ * Matryoshka shortening, as OpenAI's `dimensions`: the first `dimensions` components, scaled
+ * back to unit length. The full width is returned as it is.
+ */
+export function shorten(embedding: Float32Array, dimensions: number): Float32Array {
+  if (dimensions === embedding.length) return embedding;
+  const head = embedding.slice(0, dimensions);
+  l2NormalizeRows(head, 1, dimensions);
+  return head;
 }
 
 function tokenArray(value: unknown[], param: string): Int32Array {
@@ -43,48 +63,56 @@ function tokenArray(value: unknown[], param: string): Int32Array {
   return ids;
 }
 
-type ParsedInput =
+/** Texts, or token id rows, of an embedding request. */
+export type ParsedInput =
   | { kind: "texts"; texts: string[]; single: boolean }
   | { kind: "tokens"; rows: TokenRow[]; single: boolean };
 
-function parseInput(value: unknown, maxInputs: number): ParsedInput {
+/**
+ * An embedding request's `input`: a string, strings, token ids or token id arrays.
+ *
+ * @throws HttpError 400 naming the field.
+ */
+export function parseInput(value: unknown, maxInputs: number, param = "input"): ParsedInput {
   if (value === undefined) {
-    throw new HttpError(400, `"input" is required`, { param: "input" });
+    throw new HttpError(400, `"${param}" is required`, { param });
   }
   if (typeof value === "string") return { kind: "texts", texts: [value], single: true };
   if (!Array.isArray(value)) {
     throw new HttpError(
       400,
-      `"input" must be a string, an array of strings, or token id arrays; got ${typeName(value)}`,
-      { param: "input" },
+      `"${param}" must be a string, an array of strings, or token id arrays; got ${
+        typeName(value)
+      }`,
+      { param },
     );
   }
   if (value.length === 0) {
-    throw new HttpError(400, `"input" is an empty array; send at least one input`, {
-      param: "input",
+    throw new HttpError(400, `"${param}" is an empty array; send at least one input`, {
+      param,
     });
   }
   if (typeof value[0] === "number") {
     // One sequence of token ids.
-    checkCount(1, "input", maxInputs);
-    const ids = tokenArray(value, "input");
+    checkCount(1, param, maxInputs);
+    const ids = tokenArray(value, param);
     return {
       kind: "tokens",
       rows: [{ ids, typeIds: new Int32Array(ids.length), mask: null }],
       single: true,
     };
   }
-  checkCount(value.length, "input", maxInputs);
+  checkCount(value.length, param, maxInputs);
   if (Array.isArray(value[0])) {
     const rows = value.map((row, i) => {
       if (!Array.isArray(row)) {
         throw new HttpError(
           400,
-          `"input[${i}]" must be an array of token ids like input[0], got ${typeName(row)}`,
-          { param: `input[${i}]` },
+          `"${param}[${i}]" must be an array of token ids like ${param}[0], got ${typeName(row)}`,
+          { param: `${param}[${i}]` },
         );
       }
-      const ids = tokenArray(row, `input[${i}]`);
+      const ids = tokenArray(row, `${param}[${i}]`);
       return { ids, typeIds: new Int32Array(ids.length), mask: null };
     });
     return { kind: "tokens", rows, single: false };
@@ -93,8 +121,8 @@ function parseInput(value: unknown, maxInputs: number): ParsedInput {
     if (typeof text !== "string") {
       throw new HttpError(
         400,
-        `"input[${i}]" must be a string like input[0], got ${typeName(text)} ${quote(text)}`,
-        { param: `input[${i}]` },
+        `"${param}[${i}]" must be a string like ${param}[0], got ${typeName(text)} ${quote(text)}`,
+        { param: `${param}[${i}]` },
       );
     }
   });
@@ -116,11 +144,15 @@ async function embeddings(context: RouteContext): Promise<Response> {
       { param: "encoding_format" },
     );
   }
-  if (body.dimensions !== undefined && body.dimensions !== model.info.hiddenSize) {
+  const dimensions = body.dimensions ?? model.info.hiddenSize;
+  if (
+    typeof dimensions !== "number" || !Number.isInteger(dimensions) || dimensions < 1 ||
+    dimensions > model.info.hiddenSize
+  ) {
     throw new HttpError(
       400,
-      `"dimensions" must be ${model.info.hiddenSize} for model "${model.config.name}" ` +
-        `(it cannot shorten embeddings), got ${quote(body.dimensions)}`,
+      `"dimensions" must be an integer in 1..${model.info.hiddenSize} for model ` +
+        `"${model.config.name}", got ${quote(dimensions)}`,
       { param: "dimensions" },
     );
   }
@@ -129,12 +161,13 @@ async function embeddings(context: RouteContext): Promise<Response> {
       param: "user",
     });
   }
-  const truncate = optionalBool(body, "truncate", false);
+  const { truncate, direction } = truncationOf(context, body);
   const input = parseInput(body.input, state.config.limits.maxInputs);
   let rows: TokenRow[];
   if (input.kind === "texts") {
     rows = await model.tokenize(input.texts, {
       truncate,
+      direction,
       param: "input",
       single: input.single,
     });
@@ -150,7 +183,9 @@ async function embeddings(context: RouteContext): Promise<Response> {
     data: result.embeddings.map((embedding, index) => ({
       object: "embedding",
       index,
-      embedding: format === "base64" ? base64(embedding) : Array.from(embedding),
+      embedding: format === "base64"
+        ? base64(shorten(embedding, dimensions))
+        : Array.from(shorten(embedding, dimensions)),
     })),
     model: model.config.name,
     usage: { prompt_tokens: result.tokens, total_tokens: result.tokens },

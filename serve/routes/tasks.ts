@@ -24,7 +24,7 @@ async function textClassification(context: RouteContext): Promise<Response> {
   requireRoom(state, model);
   const classes = model.info.labels?.length ?? model.info.hiddenSize;
   const topK = optionalInt(body, "top_k", { min: 1, max: classes, dflt: 1 });
-  const truncate = optionalBool(body, "truncate", false);
+  const truncate = optionalBool(body, "truncate", context.state.config.autoTruncate);
   if (body.input === undefined) throw new HttpError(400, `"input" is required`, { param: "input" });
   const { texts, single } = textList(body.input, "input", state.config.limits.maxInputs);
   const lengths = await model.checkTexts(texts, { truncate, param: "input", single });
@@ -105,7 +105,7 @@ async function questionAnswering(context: RouteContext): Promise<Response> {
   const model = modelForTask(state, body.model, "question-answering");
   context.log.model = model.config.name;
   requireRoom(state, model);
-  const truncate = optionalBool(body, "truncate", false);
+  const truncate = optionalBool(body, "truncate", context.state.config.autoTruncate);
   const pairs = qaPairs(body, state.config.limits.maxInputs);
   const single = body.inputs === undefined;
   const lengths = await model.checkPairs(pairs, { truncate, param: "inputs", single });
@@ -126,7 +126,7 @@ async function tokenClassification(context: RouteContext): Promise<Response> {
   const model = modelForTask(state, body.model, "token-classification");
   context.log.model = model.config.name;
   requireRoom(state, model);
-  const truncate = optionalBool(body, "truncate", false);
+  const truncate = optionalBool(body, "truncate", context.state.config.autoTruncate);
   if (body.input === undefined) throw new HttpError(400, `"input" is required`, { param: "input" });
   const { texts, single } = textList(body.input, "input", state.config.limits.maxInputs);
   const lengths = await model.checkTexts(texts, { truncate, param: "input", single });

@@ -665,7 +665,7 @@ async function infer(context: RouteContext): Promise<Response> {
   context.log.model = model.config.name;
   requireRoom(state, model);
   const request = await readInferRequest(context);
-  const truncate = request.parameters.truncate ?? false;
+  const truncate = request.parameters.truncate ?? context.state.config.autoTruncate;
   if (typeof truncate !== "boolean") {
     throw new HttpError(
       400,
