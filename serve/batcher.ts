@@ -1,7 +1,8 @@
 /**
  * Cross-request dynamic batching. Inputs from any number of requests wait in per-bucket FIFO
  * queues (a bucket is a range of sequence lengths); whenever an executor (a worker instance)
- * is free, the batcher hands it up to `maxBatch` inputs of one bucket: a full bucket at once,
+ * is free, the batcher hands it up to `maxBatch` inputs of one bucket, and no more than
+ * `maxBatchTokens` padded tokens: a full bucket at once,
  * otherwise the bucket holding the oldest input once that input has waited `maxWaitMs`. Under
  * load the executors stay busy, inputs pile up meanwhile, and batches grow on their own.
  *
@@ -34,6 +35,12 @@ export interface BatchReport {
 export interface BatcherOptions<I, R> {
   /** Largest batch. */
   maxBatch: number;
+  /**
+   * Largest batch in padded tokens (items x their longest length: what the encoder runs, as
+   * TEI's `--max-batch-tokens`); default: no bound beyond `maxBatch`. Must hold one input of
+   * the longest bucket.
+   */
+  maxBatchTokens?: number;
   /** Longest wait for a batch to fill, in milliseconds. */
   maxWaitMs: number;
   /** Ascending bucket bounds; the last one is the longest length accepted. */
@@ -132,6 +139,13 @@ export class Batcher<I, R> {
       }
     }
     if (options.executors.length === 0) throw new RangeError("executors must not be empty");
+    const budget = options.maxBatchTokens;
+    if (budget !== undefined && !(Number.isInteger(budget) && budget >= options.buckets.at(-1)!)) {
+      throw new RangeError(
+        `maxBatchTokens must be an integer of at least the longest bucket ` +
+          `(${options.buckets.at(-1)}), got ${budget}: such an input could never run`,
+      );
+    }
     this.#options = options;
     this.#queues = options.buckets.map(() => []);
     this.#idle = options.executors.map((_, i) => i);
@@ -267,7 +281,7 @@ export class Batcher<I, R> {
       for (let b = 0; b < this.#queues.length; b++) {
         const queue = this.#queues[b];
         if (queue.length === 0) continue;
-        if (queue.length >= maxBatch) {
+        if (this.#fits(queue) < queue.length || queue.length >= maxBatch) {
           pick = b;
           break;
         }
@@ -278,13 +292,14 @@ export class Batcher<I, R> {
       }
       if (pick < 0) break;
       const queue = this.#queues[pick];
-      const ready = queue.length >= maxBatch || this.#closed ||
+      const take = this.#fits(queue);
+      const ready = take < queue.length || take >= maxBatch || this.#closed ||
         now - queue[0].enqueuedAt >= maxWaitMs;
       if (!ready) {
         nextDeadline = queue[0].enqueuedAt + maxWaitMs;
         break;
       }
-      const batch = queue.splice(0, maxBatch);
+      const batch = queue.splice(0, take);
       this.#queued -= batch.length;
       this.#dispatch(this.#idle.pop()!, batch, this.#options.buckets[pick]);
     }
@@ -292,6 +307,21 @@ export class Batcher<I, R> {
       const expiry = this.#oldestEnqueue() + this.#options.queueTimeoutMs + 1;
       this.#schedule(Math.min(nextDeadline, expiry));
     }
+  }
+
+  /** How many head entries of `queue` one batch takes: maxBatch, and the token budget. */
+  #fits(queue: Entry<I, R>[]): number {
+    const { maxBatch, maxBatchTokens = Infinity } = this.#options;
+    let longest = 0;
+    let n = 0;
+    // Bounded by maxBatch; the first entry always fits (the constructor checked the budget).
+    while (n < queue.length && n < maxBatch) {
+      const next = Math.max(longest, queue[n].length);
+      if (n > 0 && next * (n + 1) > maxBatchTokens) break;
+      longest = next;
+      n++;
+    }
+    return n;
   }
 
   #oldestEnqueue(): number {

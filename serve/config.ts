@@ -58,6 +58,11 @@ export interface ModelConfig {
   normalize: boolean | null;
   /** Largest batch one inference call gets. */
   maxBatch: number;
+  /**
+   * Largest batch in padded tokens (inputs x their longest length), as TEI's
+   * `--max-batch-tokens`; default `maxBatch * maxLength`. At least `maxLength`, else refused.
+   */
+  maxBatchTokens: number;
   /** Longest an input waits for others to join its batch, in milliseconds. */
   maxWaitMs: number;
   /** Longest sequence in tokens, special tokens included. */
@@ -145,6 +150,7 @@ export function defaultModelConfig(): ModelConfig {
     pooling: null, // the model's own: mean + Normalize for all-MiniLM-L6-v2
     normalize: null,
     maxBatch: 32,
+    maxBatchTokens: 32 * 256,
     maxWaitMs: 4,
     maxLength: 256,
     buckets: [16, 32, 64, 128, 256],
@@ -248,6 +254,7 @@ const MODEL_KEYS = [
   "pooling",
   "normalize",
   "maxBatch",
+  "maxBatchTokens",
   "maxWaitMs",
   "maxLength",
   "buckets",
@@ -276,6 +283,7 @@ function parseModel(raw: unknown, index: number): ModelConfig {
   }
   const maxLength = int(raw, "maxLength", where, 2, 8192, base.maxLength);
   const buckets = parseBuckets(raw.buckets, where, maxLength);
+  const maxBatch = int(raw, "maxBatch", where, 1, 1024, base.maxBatch);
   const fallback = raw.fallback === null ? null : str(raw, "fallback", where, "") || null;
   const tokenizer = raw.tokenizer === null ? null : str(raw, "tokenizer", where, "") || null;
   return {
@@ -292,13 +300,26 @@ function parseModel(raw: unknown, index: number): ModelConfig {
     normalize: raw.normalize === undefined || raw.normalize === null
       ? null
       : bool(raw, "normalize", where, true),
-    maxBatch: int(raw, "maxBatch", where, 1, 1024, base.maxBatch),
+    maxBatch,
+    maxBatchTokens: batchTokens(raw, where, maxBatch, maxLength),
     maxWaitMs: int(raw, "maxWaitMs", where, 0, 10_000, base.maxWaitMs),
     maxLength,
     buckets,
     instances: int(raw, "instances", where, 1, 64, base.instances),
     maxQueue: int(raw, "maxQueue", where, 1, 1_000_000, base.maxQueue),
   };
+}
+
+/** `maxBatchTokens`: refused when one input of `maxLength` tokens could never fit a batch. */
+function batchTokens(raw: Raw, where: string, maxBatch: number, maxLength: number): number {
+  const tokens = int(raw, "maxBatchTokens", where, 1, 1 << 24, maxBatch * maxLength);
+  if (tokens < maxLength) {
+    throw new ConfigError(
+      `"${where}maxBatchTokens" is ${tokens}, less than maxLength ${maxLength}: an input of ` +
+        `${maxLength} tokens could never be batched; raise it or lower maxLength`,
+    );
+  }
+  return tokens;
 }
 
 function parseBuckets(raw: unknown, where: string, maxLength: number): number[] {

@@ -39,6 +39,9 @@ Options:
   --threads N     kernel threads for the process (default: physical cores)
   --model NAME    serve this registry model or .onnx file instead of the default
   --quiet         no per-request log lines
+  --max-batch-tokens N
+                  bound every model's batches to N padded tokens (TEI's option; default
+                  maxBatch x maxLength); refused when one maxLength input cannot fit
   --auto-truncate cut over-long inputs unless a request says "truncate": false (default:
                   such an input is a 422 error)
   -h, --help      show this help
@@ -61,6 +64,7 @@ export async function configFromArgs(args: string[]): Promise<ServeConfig | null
       model: { type: "string" },
       quiet: { type: "boolean", default: false },
       "auto-truncate": { type: "boolean", default: false },
+      "max-batch-tokens": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -87,6 +91,14 @@ export async function configFromArgs(args: string[]): Promise<ServeConfig | null
       name: values.model.split("/").at(-1)!.replace(/\.onnx$/, ""),
       model: values.model,
     }];
+  }
+  const tokens = values["max-batch-tokens"];
+  if (tokens !== undefined) {
+    if (!/^\d+$/.test(tokens)) {
+      throw new ConfigError(`--max-batch-tokens must be a positive integer, got "${tokens}"`);
+    }
+    const models = merged.models as Record<string, unknown>[];
+    merged.models = models.map((m) => ({ ...m, maxBatchTokens: Number(tokens) }));
   }
   return parseConfig(merged);
 }

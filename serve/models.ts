@@ -109,6 +109,7 @@ export class ServedModel {
     this.#options = options;
     this.#batcher = new Batcher<Item, unknown>({
       maxBatch: config.maxBatch,
+      maxBatchTokens: config.maxBatchTokens,
       maxWaitMs: config.maxWaitMs,
       buckets: config.buckets,
       maxQueue: config.maxQueue,

@@ -231,3 +231,56 @@ Deno.test("batcher: several executors run batches concurrently", async () => {
   assert.equal(peak, 3);
   await b.close();
 });
+
+Deno.test("batcher: batches are bounded by the token budget (padded tokens) under mixed-length load", async () => {
+  // The executor is slow so inputs pile up; every batch's padded size must fit the budget.
+  const seen: { n: number; padded: number }[] = [];
+  const lengths = new Map<number, number>();
+  const b = new Batcher<number, number>({
+    maxBatch: 64,
+    maxBatchTokens: 512,
+    maxWaitMs: 1,
+    buckets: [32, 128, 256],
+    maxQueue: 10_000,
+    queueTimeoutMs: 30_000,
+    executors: [async (items) => {
+      seen.push({
+        n: items.length,
+        padded: items.length * Math.max(...items.map((i) => lengths.get(i)!)),
+      });
+      await new Promise((r) => setTimeout(r, 3));
+      return items;
+    }],
+  });
+  const next = (() => {
+    let s = 7;
+    return () => (s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  })();
+  const requests = [];
+  for (let i = 0; i < 400; i++) {
+    const length = 1 + Math.floor(next() * 256);
+    lengths.set(i, length);
+    requests.push(b.submit([{ item: i, length }]));
+  }
+  const results = await Promise.all(requests);
+  assert.deepEqual(results.map((r) => r[0]), [...lengths.keys()], "every input answered once");
+  for (const batch of seen) {
+    assert.ok(batch.padded <= 512, `a batch of ${batch.padded} padded tokens`);
+  }
+  assert.ok(seen.some((batch) => batch.n > 1), "inputs were batched");
+  assert.ok(seen.some((batch) => batch.padded > 256), "the budget, not the count, was the limit");
+  // A budget that cannot hold one input of the longest bucket is refused up front.
+  assert.throws(
+    () => new Batcher<number, number>({ ...OPTIONS_FOR_REFUSAL, maxBatchTokens: 100 }),
+    /maxBatchTokens must be an integer of at least the longest bucket \(256\), got 100/,
+  );
+});
+
+const OPTIONS_FOR_REFUSAL = {
+  maxBatch: 8,
+  maxWaitMs: 1,
+  buckets: [64, 256],
+  maxQueue: 10,
+  queueTimeoutMs: 1000,
+  executors: [(items: number[]) => Promise.resolve(items)],
+};

@@ -84,6 +84,11 @@ Deno.test("serve config: errors name the key and quote the value", () => {
     [{ models: [{ model: "m", name: "a b" }] }, /"models\[0\]\.name" must be/],
     [{ models: [{ model: "a" }, { model: "b", name: "a" }] }, /uses the name "a", already used/],
     [{ log: "yes" }, /"log" must be true or false, got "yes"/],
+    [
+      { models: [{ model: "m", maxLength: 256, maxBatchTokens: 200 }] },
+      /"models\[0\]\.maxBatchTokens" is 200, less than maxLength 256: an input of 256 tokens could never be batched/,
+    ],
+    [{ autoTruncate: 1 }, /"autoTruncate" must be true or false/],
   ];
   for (const [raw, message] of cases) {
     assert.throws(() => parseConfig(raw), (err: unknown) => {
@@ -105,5 +110,13 @@ Deno.test("serve config: command-line options override the file", async () => {
   assert.equal(custom?.models[0].model, "bge-small-en-v15");
   assert.equal(await configFromArgs(["--help"]), null);
   await assert.rejects(configFromArgs(["--port", "x"]), /--port must be a non-negative integer/);
+  const budget = await configFromArgs(["--max-batch-tokens", "4096", "--auto-truncate"]);
+  assert.equal(budget?.models[0].maxBatchTokens, 4096);
+  assert.equal(budget?.autoTruncate, true);
+  assert.equal((await configFromArgs([]))?.models[0].maxBatchTokens, 32 * 256);
+  await assert.rejects(
+    configFromArgs(["--max-batch-tokens", "100"]),
+    /maxBatchTokens" is 100, less than maxLength 256/,
+  );
   assert.ok(isLoopback("127.0.0.1") && isLoopback("::1") && !isLoopback("0.0.0.0"));
 });

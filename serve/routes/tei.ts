@@ -318,7 +318,7 @@ function info(context: RouteContext): Response {
     model_type: modelType,
     max_concurrent_requests: state.config.limits.maxConcurrentRequests,
     max_input_length: model.config.maxLength,
-    max_batch_tokens: model.config.maxBatch * model.config.maxLength,
+    max_batch_tokens: model.config.maxBatchTokens,
     max_batch_requests: model.config.maxBatch,
     max_client_batch_size: state.config.limits.maxInputs,
     auto_truncate: state.config.autoTruncate,
