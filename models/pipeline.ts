@@ -28,6 +28,7 @@ import { l2NormalizeRows, pool } from "../ops/pooling.ts";
 import { BertEncoder, type LinearFactory } from "./bert.ts";
 import type { KernelChoiceOptions } from "./kernel_choice.ts";
 import { type LoadedModel, loadModel } from "./load.ts";
+import type { Offset } from "./offsets.ts";
 import type { EmbeddingDefinition } from "./sentence_config.ts";
 import type { BertTokenizer, EncodedBatch, TextInput } from "./tokenizer.ts";
 import type { BertConfig, BertWeights, HeadWeights } from "./weights.ts";
@@ -178,6 +179,10 @@ export interface TokenClassificationResult {
   index: number;
   /** The word piece. */
   word: string;
+  /** Where the word piece is in the text (`text.slice(start, end)`), or null if unknown. */
+  start: number | null;
+  /** End of the word piece in the text (exclusive), or null. */
+  end: number | null;
 }
 
 /** Per-call options of a token-classification pipeline. */
@@ -211,6 +216,10 @@ export interface QuestionAnsweringResult {
   tokenStart: number;
   /** Last context token of the span (inclusive). */
   tokenEnd: number;
+  /** Where the answer starts in the context (`context.slice(start, end)`), or null. */
+  start: number | null;
+  /** Where it ends (exclusive), or null. */
+  end: number | null;
 }
 
 /** Per-call options of a question-answering pipeline. */
@@ -600,6 +609,8 @@ class PipelineCore {
     const texts = textList(input);
     const labels = this.head!.labels;
     const ignore = new Set(options.ignoreLabels ?? ["O"]);
+    // Word piece i of a text sits at position i + leading of its encoded sequence.
+    const leading = this.tokenizer.withSpecialTokens(["x"]).tokens.indexOf("x");
     const results: TokenClassificationResult[][] = [];
     for (const chunk of this.#chunks(texts)) {
       const encoded = this.#encode(chunk, options.truncation);
@@ -607,6 +618,7 @@ class PipelineCore {
       const { data } = this.#logits(encoded);
       for (let b = 0; b < batch; b++) {
         const entities: TokenClassificationResult[] = [];
+        const offsets = this.tokenizer.offsets(chunk[b]);
         for (let s = 0; s < seq; s++) {
           const row = b * seq + s;
           if (encoded.attentionMask[row] === 0) continue;
@@ -616,7 +628,15 @@ class PipelineCore {
           let best = 0;
           for (let i = 1; i < probs.length; i++) if (probs[i] > probs[best]) best = i;
           if (ignore.has(labels[best])) continue;
-          entities.push({ entity: labels[best], score: probs[best], index: s, word });
+          const at = offsets[s - leading] ?? null;
+          entities.push({
+            entity: labels[best],
+            score: probs[best],
+            index: s,
+            word,
+            start: at?.[0] ?? null,
+            end: at?.[1] ?? null,
+          });
         }
         results.push(entities);
       }
@@ -726,14 +746,36 @@ class PipelineCore {
     const windows = this.#windows(question, context, options);
     const { data } = this.#logits(windows);
     const spans = bestSpans(data, windows, { topK, maxAnswer });
-    const results = spans.map((s) => ({
-      answer: this.tokenizer.decode(windows.contextIds.slice(s.tokenStart, s.tokenEnd + 1)),
-      score: s.score,
-      tokenStart: s.tokenStart,
-      tokenEnd: s.tokenEnd,
-    }));
+    const offsets = this.tokenizer.offsets(context);
+    const results = spans.map((s) => answerOf(this.tokenizer, context, offsets, windows, s));
     return topK === 1 ? results[0] : results;
   }
+}
+
+/**
+ * The answer of a span: the context's own characters where the word pieces could be placed
+ * (as Hugging Face's pipeline), else the decoded word pieces with null offsets.
+ */
+export function answerOf(
+  tokenizer: BertTokenizer,
+  context: string,
+  offsets: readonly Offset[],
+  windows: Pick<QuestionWindows, "contextIds">,
+  span: { tokenStart: number; tokenEnd: number; score: number },
+): QuestionAnsweringResult {
+  const first = offsets[span.tokenStart];
+  const last = offsets[span.tokenEnd];
+  const placed = first !== null && first !== undefined && last !== null && last !== undefined;
+  return {
+    answer: placed
+      ? context.slice(first[0], last[1])
+      : tokenizer.decode(windows.contextIds.slice(span.tokenStart, span.tokenEnd + 1)),
+    score: span.score,
+    tokenStart: span.tokenStart,
+    tokenEnd: span.tokenEnd,
+    start: placed ? first[0] : null,
+    end: placed ? last[1] : null,
+  };
 }
 
 /**

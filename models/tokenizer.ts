@@ -16,6 +16,7 @@
 // checks this version equals deno.json's).
 // deno-lint-ignore no-import-prefix
 import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
+import { type BertNormalization, type Offset, wordPieceOffsets } from "./offsets.ts";
 
 /** Options of {@linkcode BertTokenizer.encodeBatch}. */
 export interface EncodeBatchOptions {
@@ -90,6 +91,7 @@ export class BertTokenizer {
   #label: string;
   #tokens: string[] = [];
   #special = new Set<number>();
+  #alignment: { normalization: BertNormalization; prefix: string; unknown: string };
 
   /**
    * Builds a tokenizer from parsed files; {@linkcode BertTokenizer.fromFile} reads them for you.
@@ -119,7 +121,25 @@ export class BertTokenizer {
     for (const t of Array.isArray(added) ? added : []) {
       if (t.special === true && typeof t.id === "number") this.#special.add(t.id);
     }
-    const model = (tokenizerJson.model ?? {}) as { unk_token?: string };
+    const model = (tokenizerJson.model ?? {}) as {
+      unk_token?: string;
+      continuing_subword_prefix?: string;
+    };
+    const normalizer = (tokenizerJson.normalizer ?? {}) as {
+      lowercase?: boolean;
+      strip_accents?: boolean | null;
+      clean_text?: boolean;
+    };
+    const lowercase = normalizer.lowercase ?? false;
+    this.#alignment = {
+      normalization: {
+        lowercase,
+        stripAccents: normalizer.strip_accents ?? lowercase,
+        cleanText: normalizer.clean_text ?? false,
+      },
+      prefix: model.continuing_subword_prefix ?? "##",
+      unknown: model.unk_token ?? "[UNK]",
+    };
     const padding = (tokenizerJson.padding ?? null) as { pad_id?: number } | null;
     const padToken = (tokenizerConfig.pad_token as string | undefined) ?? "[PAD]";
     this.#unkId = this.#vocab.get(model.unk_token ?? "[UNK]") ?? 0;
@@ -179,6 +199,15 @@ export class BertTokenizer {
   /** Word pieces of a text, without special tokens. */
   tokenize(text: string): string[] {
     return this.#tok.tokenize(text, { add_special_tokens: false });
+  }
+
+  /**
+   * `[start, end)` of each word piece of {@linkcode tokenize}`(text)` in `text` (UTF-16
+   * indices, so `text.slice(start, end)` is the piece's surface), or null where a piece cannot
+   * be placed.
+   */
+  offsets(text: string): Offset[] {
+    return wordPieceOffsets(text, this.tokenize(text), this.#alignment);
   }
 
   /** The vocabulary entry of `id` (a word piece or a special token), or null past the end. */

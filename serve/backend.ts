@@ -91,7 +91,7 @@ export interface QaPair {
 
 /** The best answer span (the question-answering pipeline's result). */
 export interface QaAnswer {
-  /** The answer text (decoded from its word pieces). */
+  /** The answer text: the context's characters (the decoded word pieces if not placed). */
   answer: string;
   /** P(start) x P(end) of the span. */
   score: number;
@@ -99,6 +99,10 @@ export interface QaAnswer {
   tokenStart: number;
   /** Last context word piece of the span (inclusive). */
   tokenEnd: number;
+  /** Character offset of the answer in the context (`context.slice(start, end)`), or null. */
+  start: number | null;
+  /** End of the answer in the context (exclusive), or null. */
+  end: number | null;
 }
 
 /** One labelled word piece (the token-classification pipeline's result). */
@@ -111,6 +115,10 @@ export interface TokenEntity {
   index: number;
   /** The word piece. */
   word: string;
+  /** Character offset of the word piece in the text, or null. */
+  start: number | null;
+  /** End of the word piece in the text (exclusive), or null. */
+  end: number | null;
 }
 
 /** Options for the text tasks. */

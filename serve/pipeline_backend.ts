@@ -16,6 +16,7 @@ import type { LinearFactory } from "../models/bert.ts";
 import { loadModel } from "../models/load.ts";
 import type { TextInput } from "../models/tokenizer.ts";
 import {
+  answerOf,
   bestSpans,
   type ClassificationResult,
   declaredPooling,
@@ -193,7 +194,7 @@ class PipelineBackend implements InferenceBackend {
     }
     const { data } = pipe.logits({ shape: [total, seq], inputIds, attentionMask, tokenTypeIds });
     row = 0;
-    const answers = windows.map((w: QuestionWindows) => {
+    const answers = windows.map((w: QuestionWindows, i: number) => {
       const n = w.shape[0];
       const logits = data.subarray(row * seq * 2, (row + n) * seq * 2);
       row += n;
@@ -201,12 +202,8 @@ class PipelineBackend implements InferenceBackend {
         topK: 1,
         maxAnswer: QA_MAX_ANSWER,
       });
-      return {
-        answer: pipe.tokenizer.decode(w.contextIds.slice(best.tokenStart, best.tokenEnd + 1)),
-        score: best.score,
-        tokenStart: best.tokenStart,
-        tokenEnd: best.tokenEnd,
-      };
+      const context = pairs[i].context;
+      return answerOf(pipe.tokenizer, context, pipe.tokenizer.offsets(context), w, best);
     });
     return Promise.resolve(answers);
   }

@@ -136,6 +136,9 @@ Deno.test("pipeline: token-classification on a generated head matches ORT", asyn
       const row = reference.subarray((b * seq + t.index) * 5, (b * seq + t.index + 1) * 5);
       assert.equal(t.entity, tagger.labels[row.indexOf(Math.max(...row))]);
       assert.equal(t.word, tagger.tokenizer.decode([enc.inputIds[b * seq + t.index]]));
+      // Character offsets slice the text to the word piece (uncased vocabulary: lower-cased).
+      assert.ok(t.start !== null && t.end !== null, `no offsets for "${t.word}"`);
+      assert.equal(TEXTS[b].slice(t.start, t.end).toLowerCase(), t.word.replace(/^##/, ""));
     }
   }
   const ignored = await tagger(TEXTS[1], { ignoreLabels: [tagger.labels[0]] });
@@ -187,10 +190,15 @@ Deno.test("pipeline: question-answering windows a long context and matches ORT's
     expected.map((s) => [s.tokenStart, s.tokenEnd]),
   );
   const best = await qa(question, context, { docStride: 8 }) as QuestionAnsweringResult;
+  // The answer is the context's own characters, and its offsets slice the context to it; the
+  // word pieces decode to the same text up to case.
+  assert.ok(best.start !== null && best.end !== null, "the answer has character offsets");
+  assert.equal(best.answer, context.slice(best.start, best.end));
   assert.equal(
-    best.answer,
+    best.answer.toLowerCase(),
     qa.tokenizer.decode(windows.contextIds.slice(expected[0].tokenStart, expected[0].tokenEnd + 1)),
   );
+  for (const a of answers) assert.equal(a.answer, context.slice(a.start!, a.end!));
   assert.ok(best.score > 0 && best.score <= 1);
 });
 

@@ -217,7 +217,17 @@ Deno.test({
         seq: first.ids.length,
       });
       assert.ok(maxAbsDiff(seen.embed_all[0].flat(), tokens) <= 1e-4, "embed_all token vectors");
-      const tokenized = seen.tokenize[0].tokens as { id: number; special: boolean }[];
+      const tokenized = seen.tokenize[0].tokens as {
+        id: number;
+        special: boolean;
+        text: string;
+        start: number | null;
+        stop: number | null;
+      }[];
+      for (const t of tokenized) {
+        if (t.special) assert.equal(t.start, null);
+        else assert.equal(TEXTS[0].slice(t.start!, t.stop!), t.text, `token ${t.id} offsets`);
+      }
       assert.deepEqual(tokenized.map((t) => t.id), ids);
       assert.deepEqual(
         tokenized.map((t) => t.special),

@@ -725,8 +725,12 @@ Deno.test({
         score: number;
         tokenStart: number;
         tokenEnd: number;
+        start: number;
+        end: number;
       }[];
       for (const [i, p] of pairs.entries()) {
+        // Character offsets slice the context to the answer.
+        assert.equal(p.context.slice(got[i].start, got[i].end), got[i].answer, `pair ${i} offsets`);
         const want = await answerer(p.question, p.context) as {
           answer: string;
           score: number;
@@ -767,9 +771,19 @@ Deno.test({
       const tags = await json(await post(`${url}/v1/token-classification`, { input: texts }));
       const gotTags = tags.data as {
         index: number;
-        entities: { entity: string; index: number; word: string; score: number }[];
+        entities: {
+          entity: string;
+          index: number;
+          word: string;
+          score: number;
+          start: number;
+          end: number;
+        }[];
       }[];
       gotTags.forEach((g, i) => {
+        for (const e of g.entities) {
+          assert.equal(texts[i].slice(e.start, e.end).toLowerCase(), e.word.replace(/^##/, ""));
+        }
         assert.deepEqual(
           g.entities.map((e) => [e.entity, e.index, e.word]),
           wantTags[i].map((e) => [e.entity, e.index, e.word]),

@@ -6,8 +6,8 @@
  * `/predict` and `/rerank` the first text-classification model, `/tokenize`, `/decode` and
  * `/info` the first model served.
  *
- * Not yet as TEI: `/tokenize` gives no character offsets (`start`/`stop` are null) and `text`
- * is the vocabulary entry, not the input's substring.
+ * `/tokenize` gives each word piece's UTF-16 offsets in the input (`start`/`stop`, null for
+ * special tokens) and `text` as the input's own characters.
  *
  * @module
  */
@@ -169,18 +169,26 @@ async function tokenize(context: RouteContext): Promise<Response> {
   const { texts } = textList(body.inputs, "inputs", context.state.config.limits.maxInputs);
   const prompt = model.config.task === "feature-extraction" ? promptOf(model, body) : "";
   const tokenizer = model.tokenizer;
+  // Word piece i sits at position i + leading (after [CLS]) when special tokens are added.
+  const leading = addSpecial ? tokenizer.withSpecialTokens(["x"]).tokens.indexOf("x") : 0;
   return jsonResponse(texts.map((text) => {
-    const { ids } = tokenizer.encode(prompt + text, {
+    const input = prompt + text;
+    const { ids } = tokenizer.encode(input, {
       addSpecialTokens: addSpecial,
       maxLength: Number.MAX_SAFE_INTEGER,
     });
-    return ids.map((id) => ({
-      id,
-      text: tokenizer.tokenOf(id) ?? "",
-      special: tokenizer.isSpecial(id),
-      start: null,
-      stop: null,
-    }));
+    const offsets = tokenizer.offsets(input);
+    return ids.map((id, k) => {
+      const special = tokenizer.isSpecial(id) && (k < leading || k >= leading + offsets.length);
+      const at = special ? null : offsets[k - leading] ?? null;
+      return {
+        id,
+        text: at === null ? tokenizer.tokenOf(id) ?? "" : input.slice(at[0], at[1]),
+        special,
+        start: at?.[0] ?? null,
+        stop: at?.[1] ?? null,
+      };
+    });
   }));
 }
 

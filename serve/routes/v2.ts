@@ -11,7 +11,8 @@
  * `embedding` (FP32 `[N,H]`); text-classification takes `text` and returns `label` (BYTES),
  * `score` (FP32) and `probabilities` (FP32 `[N,C]`, in label order); question-answering takes
  * `question` and `context` (BYTES `[N]`) and returns `answer`, `score`, `token_start` and
- * `token_end` (context word pieces, inclusive);
+ * `token_end` (context word pieces, inclusive), `char_start` and `char_end` (the answer's
+ * UTF-16 offsets in the context, -1 where unknown);
  * token-classification takes `text` and returns `entities` (BYTES, one JSON array per text).
  *
  * @module
@@ -84,6 +85,8 @@ function tensorSpecs(model: ServedModel): { inputs: TensorSpec[]; outputs: Tenso
           { name: "score", datatype: "FP32", shape: [-1] },
           { name: "token_start", datatype: "INT64", shape: [-1] },
           { name: "token_end", datatype: "INT64", shape: [-1] },
+          { name: "char_start", datatype: "INT64", shape: [-1] },
+          { name: "char_end", datatype: "INT64", shape: [-1] },
         ],
       };
     case "token-classification":
@@ -783,6 +786,13 @@ async function runTask(
           data: answers.map((a) => a.tokenStart),
         },
         { name: "token_end", datatype: "INT64", shape: [n], data: answers.map((a) => a.tokenEnd) },
+        {
+          name: "char_start",
+          datatype: "INT64",
+          shape: [n],
+          data: answers.map((a) => a.start ?? -1),
+        },
+        { name: "char_end", datatype: "INT64", shape: [n], data: answers.map((a) => a.end ?? -1) },
       ];
     }
     case "token-classification": {
