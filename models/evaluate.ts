@@ -21,6 +21,7 @@ import {
   tokenizeBatches,
 } from "./calibrate.ts";
 import { analyzeOnnx, type OnnxAnalysis } from "./onnx_import.ts";
+import { declaredEmbedding } from "./load.ts";
 import { BertTokenizer } from "./tokenizer.ts";
 import type { DenseWeight } from "./weights.ts";
 import type { Int8Activations } from "./packed_linear.ts";
@@ -218,21 +219,15 @@ export interface EvaluateOptions {
   onNote?: (line: string) => void;
 }
 
-/** Pooling declared next to a model (sentence-transformers files), or by its name. */
+/**
+ * The pooling a model declares (sentence-transformers files beside it, or its registry entry),
+ * else mean.
+ */
 export async function detectPooling(path: string): Promise<"mean" | "cls"> {
-  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : ".";
-  for (const file of ["pooling_config.json", "1_Pooling/config.json"]) {
-    try {
-      const c = JSON.parse(await Deno.readTextFile(`${dir}/${file}`));
-      if (c.pooling_mode_cls_token) return "cls";
-      if (c.pooling_mode_mean_tokens) return "mean";
-    } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound)) {
-        throw new Error(`Cannot read "${dir}/${file}": ${(err as Error).message}`, { cause: err });
-      }
-    }
-  }
-  return /bge/i.test(path) ? "cls" : "mean";
+  const declared = await declaredEmbedding(path);
+  if (declared === null) return "mean";
+  if (declared.pooling === "mean" || declared.pooling === "cls") return declared.pooling;
+  throw new Error(`"${path}" declares ${declared.pooling} pooling, which evaluate cannot run yet`);
 }
 
 /** Mean or [CLS] pooling of `[batch, seq, H]` with the mask, L2-normalised. */

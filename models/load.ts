@@ -15,7 +15,7 @@ import { isCompiledModel, loadCompiled } from "./compiled.ts";
 import { loadHfFolder } from "./hf_folder.ts";
 import { type KernelChoiceOptions, KernelChooser, type KernelDecision } from "./kernel_choice.ts";
 import { importOnnx } from "./onnx_import.ts";
-import { ensureModel, modelNames, MODELS } from "./registry.ts";
+import { ensureModel, modelFiles, modelNames, MODELS } from "./registry.ts";
 import { type EmbeddingDefinition, readSentenceConfig } from "./sentence_config.ts";
 import { BertTokenizer } from "./tokenizer.ts";
 import type { BertWeights } from "./weights.ts";
@@ -51,8 +51,8 @@ export interface LoadedModel {
 /** Options of {@linkcode loadModel}. */
 export interface LoadModelOptions {
   /**
-   * Longest tokenized input (special tokens included); default the smaller of the tokenizer's
-   * limit and the model's position table.
+   * Longest tokenized input (special tokens included); default the smallest of the tokenizer's
+   * limit, the model's position table and its sentence-transformers `max_seq_length`.
    */
   maxLength?: number;
   /** Called with progress lines while a registry model is fetched. */
@@ -109,11 +109,11 @@ export async function loadModel(
         verify: options.verify,
         maxLength: options.maxLength,
       });
-      compiled.embedding = await embeddingBeside(pathOrName);
+      compiled.embedding = await declaredEmbedding(pathOrName);
       return compiled;
     }
     weights = await loadFile(pathOrName);
-    embedding = await embeddingBeside(pathOrName);
+    embedding = await declaredEmbedding(pathOrName);
   } else {
     throw new Error(
       `Model "${pathOrName}" is neither a file, a folder nor a known model name (known: ${
@@ -131,7 +131,9 @@ export async function loadModel(
   if (weights.source.tokenizer) {
     const limit = weights.config.maxPositionEmbeddings;
     const probe = await BertTokenizer.fromFile(weights.source.tokenizer);
-    const maxLength = options.maxLength ?? Math.min(probe.maxLength, limit);
+    // sentence-transformers' max_seq_length is the model's own limit where it declares one.
+    const declared = embedding?.maxSeqLength ?? Infinity;
+    const maxLength = options.maxLength ?? Math.min(probe.maxLength, limit, declared);
     if (!Number.isInteger(maxLength) || maxLength < 2 || maxLength > limit) {
       throw new Error(
         `maxLength ${maxLength} must be an integer in 2..${limit} (the model's position table)`,
@@ -151,13 +153,30 @@ export async function loadModel(
   return loaded;
 }
 
-/** The sentence-transformers definition in a model file's folder (or above an `onnx/` one). */
-async function embeddingBeside(file: string): Promise<EmbeddingDefinition | null> {
+/**
+ * The embedding a model file declares: sentence-transformers files in its folder (or above an
+ * `onnx/` one), else its registry entry when the file is a cached registry model; else null.
+ */
+export async function declaredEmbedding(file: string): Promise<EmbeddingDefinition | null> {
   const slash = file.lastIndexOf("/");
   const dir = slash >= 0 ? file.slice(0, slash) || "/" : ".";
-  const found = await readSentenceConfig(dir);
-  if (found !== null || !/(^|\/)onnx$/.test(dir)) return found;
-  return await readSentenceConfig(dir.replace(/\/?onnx$/, "") || ".");
+  const found = await readSentenceConfig(dir) ??
+    (/(^|\/)onnx$/.test(dir) ? await readSentenceConfig(dir.replace(/\/?onnx$/, "") || ".") : null);
+  if (found !== null) return found;
+  for (const name of modelNames()) {
+    if (await sameFolder(modelFiles(name).dir, dir)) {
+      return { ...MODELS[name].embedding, source: "registry" };
+    }
+  }
+  return null;
+}
+
+async function sameFolder(a: string, b: string): Promise<boolean> {
+  try {
+    return await Deno.realPath(a) === await Deno.realPath(b);
+  } catch {
+    return false; // one of them does not exist
+  }
 }
 
 async function statKind(path: string): Promise<"file" | "dir" | null> {

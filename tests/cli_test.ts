@@ -53,7 +53,7 @@ Deno.test({
     assert.ok(maxAbsDiff(Float32Array.from(out.result.data), expected.data) <= 1e-6);
     const text = await cli("run", "--model", MINILM.onnx!, "--text", "a", "--text", "b c");
     assert.equal(text.code, 0, text.stderr);
-    assert.match(text.stdout, /dims \[2, 384\] \(mean pooling\)/);
+    assert.match(text.stdout, /dims \[2, 384\] \(mean pooling, declared by the registry entry\)/);
     assert.match(text.stdout, /norm 1\.0000/);
   },
 });

@@ -62,7 +62,18 @@ Deno.test({
       const d = maxAbsDiff(out.data, expected);
       assert.ok(d <= BOUND, `${pooling} pooling differs from ORT by ${d}`);
     }
-    const tokens = await extractor(TEXTS);
+    // The cached registry file declares mean + Normalize; "none" asks for token vectors.
+    assert.deepEqual(
+      {
+        pooling: extractor.model.embedding?.pooling,
+        normalize: extractor.model.embedding?.normalize,
+      },
+      { pooling: "mean", normalize: true },
+    );
+    const declared = await extractor(TEXTS);
+    const meanRef = poolReference(reference, shape, { mode: "mean", normalize: true });
+    assert.ok(maxAbsDiff(declared.data, meanRef) <= BOUND, "declared pooling by default");
+    const tokens = await extractor(TEXTS, { pooling: "none" });
     assert.deepEqual(tokens.dims, [batch, seq, h]);
     const d = maxAbsDiff(tokens.data, reference, { mask: enc.attentionMask, rowWidth: h });
     assert.ok(d <= BOUND, `token vectors differ from ORT by ${d}`);

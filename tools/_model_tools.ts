@@ -12,6 +12,8 @@ import {
   tokenizeBatches,
 } from "../models/calibrate.ts";
 import { DEFAULT_RETRIEVAL_SET } from "../models/evaluate.ts";
+import { declaredEmbedding } from "../models/load.ts";
+import { writeSentenceConfig } from "../models/sentence_config.ts";
 import { modelFiles, MODELS } from "../models/registry.ts";
 import { BertTokenizer } from "../models/tokenizer.ts";
 import type { BertWeights } from "../models/weights.ts";
@@ -172,7 +174,10 @@ export async function copyTokenizer(
     if (!(err instanceof Deno.errors.NotFound)) throw err;
   }
   await Deno.copyFile(src, dest);
-  for (const extra of ["tokenizer_config.json", "pooling_config.json", "config.json"]) {
+  // The embedding the source declares goes along as sentence-transformers files.
+  const declared = await declaredEmbedding(weights.source.path);
+  if (declared !== null) await writeSentenceConfig(dir, declared, weights.config.hiddenSize);
+  for (const extra of ["tokenizer_config.json", "sentence_bert_config.json", "config.json"]) {
     try {
       await Deno.copyFile(`${srcDir}/${extra}`, `${dir}/${extra}`);
     } catch (err) {

@@ -1,0 +1,116 @@
+/**
+ * sentence-transformers fidelity: all-MiniLM-L6-v2 from its safetensors folder with its
+ * sentence-transformers files (modules.json, 1_Pooling, Normalize), no options given, embeds
+ * the 300 texts of data/retrieval_set.json as sentence-transformers itself does, to max abs
+ * 1e-5, through the pipeline, the CLI and the server. The reference is sentence-transformers'
+ * output recorded by tools/st_reference.py (tests/fixtures/st_all_minilm_l6_v2_retrieval.json
+ * says how, with which versions); sentence-transformers needs torch (several GB from PyPI), so
+ * the suite compares against the recording instead of running it.
+ */
+import assert from "node:assert/strict";
+import { sha256Hex } from "../ffi/download.ts";
+import { pipeline } from "../models/pipeline.ts";
+import { modelFiles } from "../models/registry.ts";
+import { spawnServer } from "../serve/spawn.ts";
+
+const BOUND = 1e-5;
+const FOLDER = modelFiles("all-minilm-l6-v2-st").dir;
+const FIXTURE = new URL("./fixtures/st_all_minilm_l6_v2_retrieval", import.meta.url).pathname;
+const SET = new URL("../data/retrieval_set.json", import.meta.url).pathname;
+
+let haveModel = true;
+try {
+  await Deno.stat(`${FOLDER}/modules.json`);
+} catch {
+  haveModel = false;
+  console.warn(`SKIP: ${FOLDER} has no modules.json; run "deno task models"`);
+}
+
+async function reference(): Promise<{ texts: string[]; rows: Float32Array[] }> {
+  const meta = JSON.parse(await Deno.readTextFile(`${FIXTURE}.json`));
+  const bytes = await Deno.readFile(`${FIXTURE}.f32`);
+  assert.equal(await sha256Hex(bytes), meta.sha256, "the recorded embeddings were changed");
+  const setBytes = await Deno.readFile(SET);
+  assert.equal(
+    await sha256Hex(setBytes),
+    meta.retrievalSetSha256,
+    "re-record after editing the set",
+  );
+  const texts = JSON.parse(new TextDecoder().decode(setBytes)).items.map((i: { text: string }) =>
+    i.text
+  );
+  const all = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+  const rows = texts.map((_: string, i: number) => all.subarray(i * meta.dim, (i + 1) * meta.dim));
+  return { texts, rows };
+}
+
+function worstRow(got: ArrayLike<number>[], want: Float32Array[]): number {
+  let worst = 0;
+  got.forEach((row, r) => {
+    for (let i = 0; i < want[r].length; i++) {
+      const d = Math.abs(row[i] - want[r][i]);
+      if (!(d <= worst)) worst = Number.isNaN(d) ? Infinity : d;
+    }
+  });
+  return worst;
+}
+
+Deno.test({
+  name:
+    "sentence-transformers: all-MiniLM-L6-v2's folder embeds as sentence-transformers does (pipeline)",
+  ignore: !haveModel,
+  async fn() {
+    const { texts, rows } = await reference();
+    using embed = await pipeline("feature-extraction", FOLDER);
+    assert.equal(embed.model.embedding?.pooling, "mean");
+    assert.equal(embed.model.embedding?.normalize, true);
+    assert.equal(embed.tokenizer.maxLength, 256, "max_seq_length of sentence_bert_config.json");
+    const out = await embed(texts);
+    assert.deepEqual(out.dims, [300, 384]);
+    const got = rows.map((_, r) => out.data.subarray(r * 384, (r + 1) * 384));
+    const d = worstRow(got, rows);
+    assert.ok(d <= BOUND, `max abs ${d} against sentence-transformers`);
+  },
+});
+
+Deno.test({
+  name: "sentence-transformers: the same through the CLI and the server",
+  ignore: !haveModel,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { texts, rows } = await reference();
+    const cli = new URL("../tools/cli.ts", import.meta.url).pathname;
+    const few = texts.slice(0, 6).flatMap((t) => ["--text", t]);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", cli, "run", "--model", FOLDER, ...few, "--json"],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const report = JSON.parse(new TextDecoder().decode(out.stdout)).result;
+    const cliRows = rows.slice(0, 6).map((_, r) => report.data.slice(r * 384, (r + 1) * 384));
+    assert.ok(worstRow(cliRows, rows.slice(0, 6)) <= BOUND, "CLI");
+
+    const server = await spawnServer({
+      config: { models: [{ name: "st", model: FOLDER, maxLength: 256, kernel: "dense-f32" }] },
+    });
+    try {
+      const got: number[][] = [];
+      for (let i = 0; i < texts.length; i += 100) {
+        const r = await fetch(`${server.url}/v1/embeddings`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model: "st", input: texts.slice(i, i + 100) }),
+        });
+        const body = await r.json();
+        assert.equal(r.status, 200, JSON.stringify(body));
+        got.push(...(body.data as { embedding: number[] }[]).map((d) => d.embedding));
+      }
+      const d = worstRow(got, rows);
+      assert.ok(d <= BOUND, `server: max abs ${d} against sentence-transformers`);
+    } finally {
+      await server.stop();
+    }
+  },
+});
