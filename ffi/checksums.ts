@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "d7216e3b7918416eb5992efcb55e3526af4f8e65af55327920ce1631f40bd8fb",
-  avx2: "d5d7c198d336eb7bfe3440128b22588e7329e02511456e9289ce6e704cd0d0f0",
-  avx512vnni: "4b131b86788da00c954ddc8f1041a7aa94992314f81cd61696086462d18dea9b",
+  baseline: "1fea8eb577f14a4ef49175bbb829cfef79ffd153b14068dfa52c2c88a945312e",
+  avx2: "bb7efd8474a93d25ef966a61c5c6c5117e1fb0623537b5643f338588ff6ba398",
+  avx512vnni: "5ba5e53adc80b14f3aa6c18b21e7fe7e22734623fc573345b0e9a21b3f2b64cf",
 };

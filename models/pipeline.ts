@@ -24,7 +24,7 @@
 import { setThreads } from "../ffi/library.ts";
 import type { LinearOp } from "../ops/linear.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
-import { l2NormalizeRows, pool } from "../ops/pooling.ts";
+import { l2NormalizeRows, pool, type PoolingMode } from "../ops/pooling.ts";
 import { BertEncoder, type LinearFactory } from "./bert.ts";
 import type { KernelChoiceOptions } from "./kernel_choice.ts";
 import { type LoadedModel, loadModel } from "./load.ts";
@@ -40,8 +40,22 @@ export type PipelineTask =
   | "question-answering"
   | "token-classification";
 
-/** Pooling of feature-extraction outputs: `"none"` keeps one vector per token. */
-export type FeaturePooling = "none" | "mean" | "cls";
+/**
+ * Pooling of feature-extraction outputs: `"none"` keeps one vector per token; the others are
+ * sentence-transformers' modes (see {@linkcode PoolingMode}).
+ */
+export type FeaturePooling = "none" | PoolingMode;
+
+/** Every {@linkcode FeaturePooling}. */
+export const FEATURE_POOLING: readonly FeaturePooling[] = [
+  "none",
+  "mean",
+  "cls",
+  "max",
+  "mean_sqrt_len",
+  "weightedmean",
+  "lasttoken",
+];
 
 /** A tensor result: flat data and its dimensions (row-major). */
 export interface FeatureTensor {
@@ -82,16 +96,10 @@ export interface PipelineOptions {
 
 /**
  * The pooling a model declares (its sentence-transformers files or registry entry), else
- * `"none"` as in Transformers.js. A declared mode the pipeline cannot run is an error, never
- * silently another mode.
+ * `"none"` as in Transformers.js.
  */
 export function declaredPooling(declared: EmbeddingDefinition | null): FeaturePooling {
-  if (declared === null) return "none";
-  if (declared.pooling === "mean" || declared.pooling === "cls") return declared.pooling;
-  throw new RangeError(
-    `The model declares "${declared.pooling}" pooling (${declared.source}), which sparsebert ` +
-      'cannot run yet; pass pooling "mean", "cls" or "none" to choose one explicitly',
-  );
+  return declared === null ? "none" : declared.pooling;
 }
 
 /** Members shared by every pipeline. */
@@ -516,8 +524,10 @@ class PipelineCore {
     const texts = this.#asDeclared(textList(input), options.promptName);
     const declared = this.model.embedding ?? null;
     const pooling = options.pooling ?? this.defaults.pooling ?? declaredPooling(declared);
-    if (!["none", "mean", "cls"].includes(pooling)) {
-      throw new RangeError(`Unknown pooling "${pooling}": expected "none", "mean" or "cls"`);
+    if (!FEATURE_POOLING.includes(pooling)) {
+      throw new RangeError(
+        `Unknown pooling "${pooling}": expected ${FEATURE_POOLING.map((p) => `"${p}"`).join(", ")}`,
+      );
     }
     // A declared Normalize module applies to sentence embeddings, not to token vectors.
     const normalize = options.normalize ?? this.defaults.normalize ??

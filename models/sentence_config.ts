@@ -7,18 +7,10 @@
  *
  * @module
  */
+import type { PoolingMode } from "../ops/pooling.ts";
 
-/** A pooling mode of sentence-transformers' `Pooling` module. */
-export type SentencePooling =
-  | "cls"
-  | "mean"
-  | "max"
-  | "mean_sqrt_len"
-  | "weightedmean"
-  | "lasttoken";
-
-/** The pooling modes the pipeline runs today. */
-export const RUNNABLE_POOLING: readonly SentencePooling[] = ["cls", "mean"];
+/** A pooling mode of sentence-transformers' `Pooling` module: the op's own modes. */
+export type SentencePooling = PoolingMode;
 
 /** How a model turns token vectors into one embedding. */
 export interface EmbeddingDefinition {

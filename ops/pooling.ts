@@ -1,21 +1,30 @@
 /**
- * Sentence pooling over the `sb_pool` kernel (`kernels/pooling.zig`): the first token (`cls`)
- * or the masked mean of the tokens (`mean`, as sentence-transformers does), optionally L2
- * normalised; plus an in-place row L2 normaliser for token-level outputs.
+ * Sentence pooling over the `sb_pool` kernel (`kernels/pooling.zig`), with the modes of
+ * sentence-transformers' `Pooling` over the tokens the mask keeps: the first token (`cls`), the
+ * mean (`mean`), the per-feature max (`max`), sum / sqrt(count) (`mean_sqrt_len`), the
+ * position-weighted mean (`weightedmean`) and the last token (`lasttoken`); optionally L2
+ * normalised. Plus an in-place row L2 normaliser for token-level outputs.
  *
  * @module
  */
 import { kernels } from "../ffi/library.ts";
 import { describeArray } from "./linear.ts";
 
-/** How token states become one vector per sequence. */
-export type PoolingMode = "cls" | "mean";
+/** How token states become one vector per sequence (sentence-transformers' names). */
+export type PoolingMode = "cls" | "mean" | "max" | "mean_sqrt_len" | "weightedmean" | "lasttoken";
 
-const MODE_CODE: Record<PoolingMode, number> = { cls: 0, mean: 1 };
+const MODE_CODE: Record<PoolingMode, number> = {
+  cls: 0,
+  mean: 1,
+  max: 2,
+  mean_sqrt_len: 3,
+  weightedmean: 4,
+  lasttoken: 5,
+};
 
 /** Options of {@linkcode pool}. */
 export interface PoolOptions {
-  /** `"mean"` (default) or `"cls"`. */
+  /** `"mean"` (default), `"cls"`, `"max"`, `"mean_sqrt_len"`, `"weightedmean"`, `"lasttoken"`. */
   mode?: PoolingMode;
   /** Divide each pooled vector by its L2 norm (at least 1e-12); default false. */
   normalize?: boolean;
@@ -39,8 +48,10 @@ export function pool(
     }
   }
   const mode = options.mode ?? "mean";
-  if (!(mode in MODE_CODE)) {
-    throw new RangeError(`Unknown pooling mode "${mode}": expected "mean" or "cls"`);
+  if (!Object.hasOwn(MODE_CODE, mode)) {
+    throw new RangeError(
+      `Unknown pooling mode "${mode}": expected ${Object.keys(MODE_CODE).join(", ")}`,
+    );
   }
   if (!(x instanceof Float32Array) || x.length < batch * seq * hidden) {
     throw new RangeError(

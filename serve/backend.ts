@@ -6,6 +6,7 @@
  * @module
  */
 import type { TextInput } from "../models/tokenizer.ts";
+import type { PoolingMode } from "../ops/pooling.ts";
 import type { KernelChoice, ServeTask } from "./config.ts";
 
 /** What a worker loads. */
@@ -23,7 +24,7 @@ export interface ModelSource {
   /** Kernel choice. */
   kernel: KernelChoice;
   /** Embedding pooling; `null`: what the model declares, else mean. */
-  pooling: "mean" | "cls" | null;
+  pooling: PoolingMode | null;
   /** L2-normalize embeddings; `null`: whether the model declares Normalize, else true. */
   normalize: boolean | null;
   /** Longest sequence in tokens. */
@@ -50,7 +51,7 @@ export interface ModelInfo {
   threads: number;
   /** Feature extraction: the pooling and default normalisation in effect, and the prompts. */
   embedding: {
-    pooling: "mean" | "cls";
+    pooling: PoolingMode;
     normalize: boolean;
     prompts: Record<string, string>;
     defaultPromptName: string | null;

@@ -20,6 +20,7 @@
  * @module
  */
 import YAML from "yaml";
+import type { PoolingMode } from "../ops/pooling.ts";
 
 /** Tasks a served model can have (the pipeline task names). */
 export const SERVE_TASKS = [
@@ -30,6 +31,16 @@ export const SERVE_TASKS = [
 ] as const;
 /** One task name. */
 export type ServeTask = typeof SERVE_TASKS[number];
+
+/** Pooling modes a served embedding model can use (sentence-transformers' names). */
+const POOLING_MODES = [
+  "mean",
+  "cls",
+  "max",
+  "mean_sqrt_len",
+  "weightedmean",
+  "lasttoken",
+] as const satisfies readonly PoolingMode[];
 
 /** Kernel choices passed to the pipeline (`auto` lets the model loader decide per layer). */
 export const KERNEL_CHOICES = ["auto", "dense-f32", "dense-i8", "sparse-f32", "sparse-i8"] as const;
@@ -53,7 +64,7 @@ export interface ModelConfig {
   /** Kernel choice handed to the pipeline. */
   kernel: KernelChoice;
   /** Pooling of embeddings (feature-extraction); `null`: what the model declares, else mean. */
-  pooling: "mean" | "cls" | null;
+  pooling: PoolingMode | null;
   /** L2-normalize embeddings; `null`: whether the model declares Normalize, else true. */
   normalize: boolean | null;
   /** Largest batch one inference call gets. */
@@ -296,7 +307,7 @@ function parseModel(raw: unknown, index: number): ModelConfig {
     kernel: oneOf(raw, "kernel", where, KERNEL_CHOICES, "auto"),
     pooling: raw.pooling === undefined || raw.pooling === null
       ? null
-      : oneOf(raw, "pooling", where, ["mean", "cls"] as const, "mean"),
+      : oneOf(raw, "pooling", where, POOLING_MODES, "mean"),
     normalize: raw.normalize === undefined || raw.normalize === null
       ? null
       : bool(raw, "normalize", where, true),

@@ -19,7 +19,6 @@ import {
   answerOf,
   bestSpans,
   type ClassificationResult,
-  declaredPooling,
   type FeatureExtractionPipeline,
   pipeline,
   type PipelineBase,
@@ -103,9 +102,8 @@ export async function buildPipeline(
 /** What the configuration says, else what the model declares (bge: CLS), else mean + L2. */
 function embeddingSettings(pipe: PipelineBase, source: ModelSource): ModelInfo["embedding"] {
   const declared = pipe.model.embedding ?? null;
-  const pooling = source.pooling ?? (declared === null ? "mean" : declaredPooling(declared));
   return {
-    pooling: pooling === "cls" ? "cls" : "mean",
+    pooling: source.pooling ?? declared?.pooling ?? "mean",
     normalize: source.normalize ?? declared?.normalize ?? true,
     prompts: declared?.prompts ?? {},
     defaultPromptName: declared?.defaultPromptName ?? null,

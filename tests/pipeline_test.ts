@@ -256,8 +256,8 @@ Deno.test("pipeline: bad tasks, missing heads and over-long texts fail clearly",
   assert.deepEqual(cut.dims, [1, 256]);
   await assert.rejects(() => extractor([]), /non-empty array of texts/);
   await assert.rejects(
-    () => extractor("x", { pooling: "max" as "mean" }),
-    /Unknown pooling "max"/,
+    () => extractor("x", { pooling: "median" as "mean" }),
+    /Unknown pooling "median": expected "none", "mean", "cls", "max"/,
   );
   extractor.dispose();
   await assert.rejects(() => extractor("x"), /used after dispose/);

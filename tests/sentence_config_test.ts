@@ -257,3 +257,40 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "every declared pooling mode runs, equal to the reference on ORT's token vectors",
+  ignore: !haveBge,
+  sanitizeResources: false,
+  async fn() {
+    for (const mode of ["max", "mean_sqrt_len", "weightedmean", "lasttoken"] as const) {
+      const flags = Object.fromEntries(
+        [["max", "max_tokens"], ["mean_sqrt_len", "mean_sqrt_len_tokens"], [
+          "weightedmean",
+          "weightedmean_tokens",
+        ], ["lasttoken", "lasttoken"]].map(([m, f]) => [`pooling_mode_${f}`, m === mode]),
+      );
+      const dir = await folder({
+        "modules.json": MODULES.slice(0, 2),
+        "1_Pooling/config.json": flags,
+      });
+      try {
+        await Deno.symlink(BGE.onnx!, `${dir}/model.onnx`);
+        await Deno.symlink(BGE.tokenizer, `${dir}/tokenizer.json`);
+        using embed = await pipeline("feature-extraction", dir);
+        assert.equal(embed.model.embedding?.pooling, mode);
+        const out = await embed(TEXTS);
+        const enc = embed.tokenizer.encodeBatch(TEXTS);
+        const [batch, seq] = enc.shape;
+        const hidden = (await runOrt(BGE.onnx!, { ...enc, batch, seq })).last_hidden_state;
+        const shape = { batch, seq, hidden: 384, mask: Uint8Array.from(enc.attentionMask) };
+        const expected = poolReference(hidden, shape, { mode, normalize: false });
+        const d = maxAbsDiff(out.data, expected);
+        assert.ok(d <= 1e-4, `${mode}: differs from ORT + reference by ${d}`);
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    }
+    await releaseOrtSessions();
+  },
+});

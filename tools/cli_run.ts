@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import {
   type ClassificationResult,
   declaredPooling,
+  FEATURE_POOLING,
   type FeaturePooling,
   pipeline,
   type PipelineTask,
@@ -30,7 +31,8 @@ Options:
                      token-classification | question-answering
   --text S           a text; repeat for a batch (for question-answering: the context)
   --question S       the question (question-answering)
-  --pooling P        mean | cls | none (feature-extraction; default: what the model declares
+  --pooling P        mean | cls | max | mean_sqrt_len | weightedmean | lasttoken | none
+                     (feature-extraction; default: what the model declares
                      in its sentence-transformers files or registry entry, else mean)
   --no-normalize     keep the raw pooled vectors (default: L2-normalised, unless the model
                      declares no Normalize module)
@@ -130,8 +132,11 @@ async function run(values: {
   if (task === "question-answering" && values.question === undefined) {
     throw new Error("--question is required for question-answering");
   }
-  if (values.pooling !== undefined && !["mean", "cls", "none"].includes(values.pooling)) {
-    throw new Error(`--pooling must be mean, cls or none, got "${values.pooling}"`);
+  if (
+    values.pooling !== undefined &&
+    !(FEATURE_POOLING as readonly string[]).includes(values.pooling)
+  ) {
+    throw new Error(`--pooling must be ${FEATURE_POOLING.join(", ")}; got "${values.pooling}"`);
   }
   const topK = positiveInt("top-k", values["top-k"]) ?? 1;
   const started = performance.now();

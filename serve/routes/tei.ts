@@ -314,7 +314,7 @@ function info(context: RouteContext): Response {
     label2id: Object.fromEntries(labels.map((l, i) => [l, i])),
   };
   const modelType = model.config.task === "feature-extraction"
-    ? { embedding: { pooling: model.info.embedding?.pooling ?? "mean" } }
+    ? { embedding: { pooling: teiPooling(model.info.embedding?.pooling ?? "mean") } }
     : model.config.task === "text-classification" && labels.length === 1
     ? { reranker: classes }
     : { classifier: classes };
@@ -335,6 +335,11 @@ function info(context: RouteContext): Response {
     sha: null,
     docker_label: null,
   });
+}
+
+/** TEI's name of a pooling mode (it spells the last token `last_token`). */
+function teiPooling(mode: string): string {
+  return mode === "lasttoken" ? "last_token" : mode;
 }
 
 function health(context: RouteContext): Response {

@@ -1,29 +1,61 @@
 /**
- * Scalar reference for sentence pooling (CLS or masked mean, optional L2 normalisation), in f64.
+ * Scalar reference for sentence pooling (every sentence-transformers mode, optional L2
+ * normalisation), in f64.
  *
  * @module
  */
 
-/** Reference pooled vectors `[batch * hidden]`. */
+/** The pooling modes of sentence-transformers. */
+export type ReferencePooling =
+  | "cls"
+  | "mean"
+  | "max"
+  | "mean_sqrt_len"
+  | "weightedmean"
+  | "lasttoken";
+
+/**
+ * Reference pooled vectors `[batch * hidden]`, as sentence-transformers' `Pooling` computes
+ * them over the tokens the mask keeps.
+ */
 export function poolReference(
   x: ArrayLike<number>,
   shape: { batch: number; seq: number; hidden: number; mask: ArrayLike<number> },
-  options: { mode: "cls" | "mean"; normalize: boolean },
+  options: { mode: ReferencePooling; normalize: boolean },
 ): Float64Array {
   const { batch, seq, hidden, mask } = shape;
   const out = new Float64Array(batch * hidden);
+  const at = (b: number, s: number, j: number): number => x[(b * seq + s) * hidden + j];
   for (let b = 0; b < batch; b++) {
     const y = out.subarray(b * hidden, (b + 1) * hidden);
-    if (options.mode === "cls") {
-      for (let j = 0; j < hidden; j++) y[j] = x[b * seq * hidden + j];
-    } else {
-      let count = 0;
-      for (let s = 0; s < seq; s++) {
-        if (mask[b * seq + s] === 0) continue;
-        count++;
-        for (let j = 0; j < hidden; j++) y[j] += x[(b * seq + s) * hidden + j];
+    const kept = [...Array(seq).keys()].filter((s) => mask[b * seq + s] !== 0);
+    switch (options.mode) {
+      case "cls":
+        for (let j = 0; j < hidden; j++) y[j] = at(b, 0, j);
+        break;
+      case "lasttoken": {
+        const last = kept.at(-1) ?? 0;
+        for (let j = 0; j < hidden; j++) y[j] = at(b, last, j);
+        break;
       }
-      for (let j = 0; j < hidden; j++) y[j] /= Math.max(count, 1e-9);
+      case "max":
+        for (let j = 0; j < hidden; j++) {
+          y[j] = Math.max(-1e9, ...kept.map((s) => at(b, s, j)));
+        }
+        break;
+      default: {
+        const weighted = options.mode === "weightedmean";
+        let total = 0;
+        for (const s of kept) {
+          const w = weighted ? s + 1 : 1;
+          total += w;
+          for (let j = 0; j < hidden; j++) y[j] += w * at(b, s, j);
+        }
+        const divisor = options.mode === "mean_sqrt_len"
+          ? Math.sqrt(Math.max(total, 1e-9))
+          : Math.max(total, 1e-9);
+        for (let j = 0; j < hidden; j++) y[j] /= divisor;
+      }
     }
     if (options.normalize) l2NormalizeReference(y);
   }
