@@ -24,7 +24,7 @@
 import { setThreads } from "../ffi/library.ts";
 import type { LinearOp } from "../ops/linear.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
-import { l2NormalizeRows, pool, type PoolingMode } from "../ops/pooling.ts";
+import { l2NormalizeRows, pool, POOLING_MODES, type PoolingMode } from "../ops/pooling.ts";
 import { BertEncoder, type LinearFactory } from "./bert.ts";
 import type { KernelChoiceOptions } from "./kernel_choice.ts";
 import { type LoadedModel, loadModel } from "./load.ts";
@@ -47,15 +47,7 @@ export type PipelineTask =
 export type FeaturePooling = "none" | PoolingMode;
 
 /** Every {@linkcode FeaturePooling}. */
-export const FEATURE_POOLING: readonly FeaturePooling[] = [
-  "none",
-  "mean",
-  "cls",
-  "max",
-  "mean_sqrt_len",
-  "weightedmean",
-  "lasttoken",
-];
+export const FEATURE_POOLING: readonly FeaturePooling[] = ["none", ...POOLING_MODES];
 
 /** A tensor result: flat data and its dimensions (row-major). */
 export interface FeatureTensor {

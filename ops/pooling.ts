@@ -10,8 +10,18 @@
 import { kernels } from "../ffi/library.ts";
 import { describeArray } from "./linear.ts";
 
+/** Every pooling mode, by sentence-transformers' names. */
+export const POOLING_MODES = [
+  "mean",
+  "cls",
+  "max",
+  "mean_sqrt_len",
+  "weightedmean",
+  "lasttoken",
+] as const;
+
 /** How token states become one vector per sequence (sentence-transformers' names). */
-export type PoolingMode = "cls" | "mean" | "max" | "mean_sqrt_len" | "weightedmean" | "lasttoken";
+export type PoolingMode = typeof POOLING_MODES[number];
 
 const MODE_CODE: Record<PoolingMode, number> = {
   cls: 0,

@@ -20,7 +20,7 @@
  * @module
  */
 import YAML from "yaml";
-import type { PoolingMode } from "../ops/pooling.ts";
+import { POOLING_MODES, type PoolingMode } from "../ops/pooling.ts";
 
 /** Tasks a served model can have (the pipeline task names). */
 export const SERVE_TASKS = [
@@ -31,16 +31,6 @@ export const SERVE_TASKS = [
 ] as const;
 /** One task name. */
 export type ServeTask = typeof SERVE_TASKS[number];
-
-/** Pooling modes a served embedding model can use (sentence-transformers' names). */
-const POOLING_MODES = [
-  "mean",
-  "cls",
-  "max",
-  "mean_sqrt_len",
-  "weightedmean",
-  "lasttoken",
-] as const satisfies readonly PoolingMode[];
 
 /** Kernel choices passed to the pipeline (`auto` lets the model loader decide per layer). */
 export const KERNEL_CHOICES = ["auto", "dense-f32", "dense-i8", "sparse-f32", "sparse-i8"] as const;
