@@ -25,6 +25,8 @@ export interface BatchReport {
   bucket: number;
   /** Sum of the items' lengths (tokens). */
   tokens: number;
+  /** Items x the longest item: the padded batch the encoder ran (what maxBatchTokens bounds). */
+  paddedTokens: number;
   /** Seconds the executor took. */
   seconds: number;
   /** Whether the executor failed. */
@@ -380,6 +382,7 @@ export class Batcher<I, R> {
         size: batch.length,
         bucket,
         tokens,
+        paddedTokens: batch.length * Math.max(...batch.map((e) => e.length)),
         seconds: (performance.now() - started) / 1000,
         failed,
       });

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { BatchReport } from "./batcher.ts";
 
 const LATENCY_BUCKETS = [
   0.001,
@@ -23,6 +24,7 @@ const LATENCY_BUCKETS = [
   30,
 ];
 const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+const PADDED_BUCKETS = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536];
 
 function escapeLabel(value: string): string {
   return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
@@ -114,6 +116,7 @@ export class Metrics {
   #requests = new Map<string, number>();
   #latency = new Map<string, Histogram>();
   #batchSize = new Map<string, Histogram>();
+  #batchPadded = new Map<string, Histogram>();
   #batchSeconds = new Map<string, Histogram>();
   #tokens = new Map<string, number>();
   #inputs = new Map<string, number>();
@@ -149,7 +152,11 @@ export class Metrics {
   }
 
   /** Records one batch of a model. */
-  batch(model: string, size: number, tokens: number, seconds: number): void {
+  batch(model: string, report: Omit<BatchReport, "bucket" | "failed">): void {
+    const { size, tokens, seconds } = report;
+    let p = this.#batchPadded.get(model);
+    if (p === undefined) this.#batchPadded.set(model, p = new Histogram(PADDED_BUCKETS));
+    p.observe(report.paddedTokens);
     let h = this.#batchSize.get(model);
     if (h === undefined) this.#batchSize.set(model, h = new Histogram(BATCH_BUCKETS));
     h.observe(size);
@@ -206,6 +213,13 @@ export class Metrics {
     out.push("# HELP sparsebert_batch_size Inputs per inference batch.");
     out.push("# TYPE sparsebert_batch_size histogram");
     for (const [model, h] of this.#batchSize) h.render("sparsebert_batch_size", { model }, out);
+    out.push(
+      "# HELP sparsebert_batch_padded_tokens Padded tokens per batch (inputs x longest input).",
+    );
+    out.push("# TYPE sparsebert_batch_padded_tokens histogram");
+    for (const [model, h] of this.#batchPadded) {
+      h.render("sparsebert_batch_padded_tokens", { model }, out);
+    }
     out.push("# HELP sparsebert_batch_duration_seconds Time one batch took in a worker.");
     out.push("# TYPE sparsebert_batch_duration_seconds histogram");
     for (const [model, h] of this.#batchSeconds) {

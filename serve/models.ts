@@ -115,7 +115,7 @@ export class ServedModel {
       maxQueue: config.maxQueue,
       queueTimeoutMs: options.queueTimeoutMs,
       executors: instances.map((instance) => this.#executor(instance)),
-      onBatch: (r) => options.metrics.batch(config.name, r.size, r.tokens, r.seconds),
+      onBatch: (r) => options.metrics.batch(config.name, r),
     });
     options.metrics.registerQueue(config.name, {
       depth: () => this.#batcher.depth,

@@ -802,3 +802,41 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "serve: a mixed-length load is batched within the token budget (maxBatchTokens)",
+  ...opts,
+  fn: async () => {
+    const budget = 256;
+    const server = await spawnServer({
+      config: baseConfig({ maxBatchTokens: budget, maxBatch: 32, maxWaitMs: 20 }),
+    });
+    try {
+      const word = "token ";
+      const requests = Array.from(
+        { length: 60 },
+        (_, i) =>
+          post(`${server.url}/v1/embeddings`, { input: word.repeat(1 + ((i * 37) % 110)) })
+            .then(async (r) => [r.status, await r.arrayBuffer()] as const),
+      );
+      const results = await Promise.all(requests);
+      assert.deepEqual(results.map(([status]) => status), new Array(60).fill(200));
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      const count = (name: string, le: string): number =>
+        Number(
+          new RegExp(`${name}_bucket\\{model="${MODEL}",le="${le.replace("+", "\\+")}"\\} (\\d+)`)
+            .exec(metrics)?.[1],
+        );
+      const total = count("sparsebert_batch_padded_tokens", "+Inf");
+      assert.ok(total > 0, "no batch was recorded");
+      assert.equal(
+        count("sparsebert_batch_padded_tokens", String(budget)),
+        total,
+        "over the budget",
+      );
+      assert.ok(count("sparsebert_batch_size", "1") < total, "no input was batched with another");
+    } finally {
+      await server.stop();
+    }
+  },
+});

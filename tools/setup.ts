@@ -9,6 +9,7 @@
 import { parseArgs } from "node:util";
 import { ensureLocalDeno, ensureZig, ROOT, run } from "./_toolchain.ts";
 import { build } from "./build.ts";
+import { setupDeployValidator } from "./deploy_setup.ts";
 
 const HELP = `Usage: deno task setup [options]
 
@@ -49,6 +50,8 @@ export async function setup(
     await run(Deno.execPath(), ["run", "-A", `${ROOT}/tools/peers/setup_peers.ts`], {
       quiet: false,
     });
+    // The offline Kubernetes/KServe schema validators used by tests/deploy_test.ts.
+    await setupDeployValidator(log);
   }
 }
 
