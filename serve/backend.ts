@@ -55,6 +55,10 @@ export interface ModelInfo {
     normalize: boolean;
     prompts: Record<string, string>;
     defaultPromptName: string | null;
+    /** sentence-transformers' do_lower_case: lower-case texts before tokenizing. */
+    doLowerCase: boolean;
+    /** Whether prompt tokens are pooled too (include_prompt; false is not supported). */
+    includePrompt: boolean;
   } | null;
 }
 

@@ -23,7 +23,7 @@ import {
   QueueTimeoutError,
   type Sized,
 } from "./batcher.ts";
-import { HttpError } from "./http.ts";
+import { HttpError, quote, typeName } from "./http.ts";
 import { QA_MAX_QUESTION } from "./pipeline_backend.ts";
 import { WorkerInstance } from "./instances.ts";
 import type { Metrics } from "./metrics.ts";
@@ -72,6 +72,11 @@ export interface TokenizeOptions {
   truncate: boolean;
   /** Which end a cut removes: `"right"` (default, keeps the start) or `"left"`. */
   direction?: "left" | "right";
+  /**
+   * Text put before every input (a resolved prompt, see {@linkcode ServedModel.prompt});
+   * default the model's default prompt, if it declares one.
+   */
+  prompt?: string;
   /** Field name used in error messages, e.g. `"input"`. */
   param: string;
   /** Whether the field held a single text (errors then name `input`, not `input[0]`). */
@@ -210,6 +215,51 @@ export class ServedModel {
     }
   }
 
+  /**
+   * The prompt text of `name` (a request's prompt_name), else of the model's default prompt,
+   * else "".
+   *
+   * @throws HttpError 422 for an unknown prompt (TEI's message, listing the prompts) or one
+   *   the model pools without (include_prompt false, not supported).
+   */
+  prompt(name: unknown): string {
+    const embedding = this.info.embedding;
+    const chosen = name ?? embedding?.defaultPromptName ?? null;
+    if (chosen === null) return "";
+    if (typeof chosen !== "string") {
+      throw new HttpError(400, `"prompt_name" must be a string, got ${typeName(chosen)}`, {
+        param: "prompt_name",
+      });
+    }
+    const prompts = embedding?.prompts ?? {};
+    if (Object.keys(prompts).length === 0) {
+      throw new HttpError(
+        422,
+        `"prompt_name" is ${quote(chosen)}, but the model has no prompts configured`,
+        { param: "prompt_name" },
+      );
+    }
+    if (!Object.hasOwn(prompts, chosen)) {
+      const available = Object.keys(prompts).map((p) => `"${p}"`).join(", ");
+      throw new HttpError(
+        422,
+        `Prompt name ${
+          quote(chosen)
+        } not found in the configuration. Available prompts: [${available}]`,
+        { param: "prompt_name" },
+      );
+    }
+    if (embedding?.includePrompt === false) {
+      throw new HttpError(
+        422,
+        "The model pools without its prompt tokens (include_prompt false), which sparsebert " +
+          "cannot do yet",
+        { param: "prompt_name" },
+      );
+    }
+    return prompts[chosen];
+  }
+
   /** Pads rows into one batch (pad id, mask of ones unless given). */
   #pad(rows: TokenRow[]): TokenBatch {
     const seq = Math.max(...rows.map((r) => r.ids.length));
@@ -245,8 +295,14 @@ export class ServedModel {
    *
    * @throws HttpError 422 naming the input and quoting the limit when a text is too long.
    */
-  async tokenize(texts: TextInput[], options: TokenizeOptions): Promise<TokenRow[]> {
+  async tokenize(inputs: TextInput[], options: TokenizeOptions): Promise<TokenRow[]> {
     const limit = this.config.maxLength;
+    const lower = this.info.embedding?.doLowerCase === true;
+    const prompt = options.prompt ?? this.prompt(undefined); // default: the model's default prompt
+    const texts = prompt === "" && !lower ? inputs : inputs.map((t) => {
+      const text = prompt + (t as string);
+      return lower ? text.toLowerCase() : text;
+    });
     const rows: TokenRow[] = [];
     let slice = performance.now();
     for (let i = 0; i < texts.length; i++) {

@@ -107,6 +107,8 @@ function embeddingSettings(pipe: PipelineBase, source: ModelSource): ModelInfo["
     normalize: source.normalize ?? declared?.normalize ?? true,
     prompts: declared?.prompts ?? {},
     defaultPromptName: declared?.defaultPromptName ?? null,
+    doLowerCase: declared?.doLowerCase ?? false,
+    includePrompt: declared?.includePrompt ?? true,
   };
 }
 

@@ -203,7 +203,10 @@ Deno.test({
     const dir = await folder({
       "modules.json": MODULES,
       "1_Pooling/config.json": CLS,
-      "config_sentence_transformers.json": { prompts: { query: "Represent this: " } },
+      "config_sentence_transformers.json": {
+        prompts: { query: "Represent this: ", none: "" },
+        default_prompt_name: "query",
+      },
     });
     await Deno.symlink(BGE.onnx!, `${dir}/model.onnx`);
     await Deno.symlink(BGE.tokenizer, `${dir}/tokenizer.json`);
@@ -249,7 +252,28 @@ Deno.test({
       assert.ok(maxAbsDiff(withPrompt.body[0], expected.data) <= 2e-5, "prompted embedding");
       const unknown = await teiEmbed({ inputs: TEXTS[0], prompt_name: "passage" });
       assert.equal(unknown.status, 422);
-      assert.match(unknown.body.error, /Available prompts: \["query"\]/);
+      assert.match(unknown.body.error, /Available prompts: \["query", "none"\]/);
+      // default_prompt_name applies when a request names none: TEI, OpenAI and the pipeline.
+      const byDefault = await teiEmbed({ inputs: TEXTS[0] });
+      assert.ok(maxAbsDiff(byDefault.body[0], expected.data) <= 2e-5, "TEI default prompt");
+      const openai = await fetch(`${prompted.url}/v1/embeddings`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ input: TEXTS[0] }),
+      });
+      const openaiBody = await openai.json();
+      assert.ok(
+        maxAbsDiff(openaiBody.data[0].embedding, expected.data) <= 2e-5,
+        "OpenAI default prompt",
+      );
+      using local = await pipeline("feature-extraction", dir);
+      assert.ok(
+        maxAbsDiff((await local(TEXTS[0])).data, expected.data) <= 2e-5,
+        "pipeline default",
+      );
+      const plain = await local(TEXTS[0], { promptName: "none" });
+      const plainExpected = await embed(TEXTS[0], { pooling: "cls", normalize: true });
+      assert.ok(maxAbsDiff(plain.data, plainExpected.data) <= 2e-5, "promptName overrides it");
     } finally {
       await server.stop();
       await prompted.stop();

@@ -42,36 +42,6 @@ function firstModel(state: ServerState): ServedModel {
   return first.value;
 }
 
-/** The prompt to prepend: `prompt_name`, else the model's default prompt, else none. */
-function promptOf(model: ServedModel, body: Record<string, unknown>): string {
-  const prompts = model.info.embedding?.prompts ?? {};
-  const name = body.prompt_name ?? model.info.embedding?.defaultPromptName ?? null;
-  if (name === null) return "";
-  if (typeof name !== "string") {
-    throw new HttpError(400, `"prompt_name" must be a string, got ${typeName(name)}`, {
-      param: "prompt_name",
-    });
-  }
-  if (Object.keys(prompts).length === 0) {
-    throw new HttpError(
-      422,
-      `"prompt_name" is ${quote(name)}, but the model has no prompts configured`,
-      { param: "prompt_name" },
-    );
-  }
-  if (!Object.hasOwn(prompts, name)) {
-    const available = Object.keys(prompts).map((p) => `"${p}"`).join(", ");
-    throw new HttpError(
-      422,
-      `Prompt name ${
-        quote(name)
-      } not found in the configuration. Available prompts: [${available}]`,
-      { param: "prompt_name" },
-    );
-  }
-  return prompts[name];
-}
-
 /** Tokenized rows of an embedding request's `inputs`, prompts prepended to texts. */
 async function embeddingRows(
   context: RouteContext,
@@ -84,9 +54,9 @@ async function embeddingRows(
     model.checkTokenRows(input.rows, "inputs", input.single);
     return input.rows;
   }
-  const prompt = promptOf(model, body);
-  return await model.tokenize(input.texts.map((t) => prompt + t), {
+  return await model.tokenize(input.texts, {
     ...truncation,
+    prompt: model.prompt(body.prompt_name),
     param: "inputs",
     single: input.single,
   });
@@ -167,7 +137,7 @@ async function tokenize(context: RouteContext): Promise<Response> {
     throw new HttpError(400, `"inputs" is required`, { param: "inputs" });
   }
   const { texts } = textList(body.inputs, "inputs", context.state.config.limits.maxInputs);
-  const prompt = model.config.task === "feature-extraction" ? promptOf(model, body) : "";
+  const prompt = model.config.task === "feature-extraction" ? model.prompt(body.prompt_name) : "";
   const tokenizer = model.tokenizer;
   // Word piece i sits at position i + leading (after [CLS]) when special tokens are added.
   const leading = addSpecial ? tokenizer.withSpecialTokens(["x"]).tokens.indexOf("x") : 0;
