@@ -1,9 +1,10 @@
 /**
- * `deno task cli run` and `inspect` as a user runs them (a subprocess each): embeddings on a
+ * `deno task cli run`, `inspect` and `info` as a user runs them (a subprocess each): embeddings on a
  * real model, the inspect report of a sparse model, and one clear error line with a non-zero
  * exit for a truncated file, a non-BERT graph, an over-long text and bad arguments.
  */
 import assert from "node:assert/strict";
+import { cpuFeatureReport, cpuSupports, ISA_VARIANTS, probeCpuFeatures } from "../ffi/library.ts";
 import { DataType, encodeOnnxModel, makeTensor } from "../models/onnx_proto.ts";
 import { pipeline } from "../models/pipeline.ts";
 import { modelFiles } from "../models/registry.ts";
@@ -172,4 +173,33 @@ Deno.test("cli inspect: layers, shapes, parameters and the sparsity of a pruned 
   assert.equal(text.code, 0, text.stderr);
   assert.match(text.stdout, /2 layers, hidden 256, 4 heads/);
   assert.match(text.stdout, /intermediate\s+\[1024, 256\]/);
+});
+
+Deno.test("cli info --json: the loaded variant, the CPU features and why that variant", async () => {
+  const r = await cli("info", "--json");
+  assert.equal(r.code, 0, r.stderr);
+  const report = JSON.parse(r.stdout);
+  const probed = probeCpuFeatures();
+  // What the report says must be what the probe says, whatever this CPU is.
+  assert.deepEqual(report.cpu.features, cpuFeatureReport(probed));
+  for (const key of ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx"]) {
+    assert.equal(typeof report.cpu.features[key], "boolean", key);
+  }
+  const runnable = ISA_VARIANTS.filter((isa) => cpuSupports(probed, isa));
+  assert.deepEqual(
+    report.variants.filter((v: { runnable: boolean }) => v.runnable).map((v: { isa: string }) =>
+      v.isa
+    ),
+    runnable,
+  );
+  assert.equal(report.loaded.isa, runnable.at(-1), "the best runnable variant");
+  assert.match(report.loaded.reason, /^best variant this CPU can run \(it needs /);
+  const forced = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, "info", "--json"],
+    env: { NO_COLOR: "1", SPARSEBERT_ISA: "baseline" },
+    stdout: "piped",
+  }).output();
+  const baseline = JSON.parse(new TextDecoder().decode(forced.stdout));
+  assert.equal(baseline.loaded.isa, "baseline");
+  assert.equal(baseline.loaded.reason, "forced by SPARSEBERT_ISA");
 });
