@@ -29,7 +29,7 @@ import { BertEncoder, type LinearFactory } from "./bert.ts";
 import type { KernelChoiceOptions } from "./kernel_choice.ts";
 import { type LoadedModel, loadModel } from "./load.ts";
 import type { Offset } from "./offsets.ts";
-import type { EmbeddingDefinition } from "./sentence_config.ts";
+import type { DenseLayer, EmbeddingDefinition } from "./sentence_config.ts";
 import type { BertTokenizer, EncodedBatch, TextInput } from "./tokenizer.ts";
 import type { BertConfig, BertWeights, HeadWeights } from "./weights.ts";
 
@@ -129,6 +129,42 @@ export interface FeatureExtractionOptions {
 export interface FeatureExtractionPipeline extends PipelineBase {
   /** Embeds one text or a batch. With pooling `"none"` sequences are padded to the longest. */
   (texts: string | string[], options?: FeatureExtractionOptions): Promise<FeatureTensor>;
+  /** The model's `Dense` modules after pooling (identity when it declares none). */
+  readonly sentenceHead: SentenceHead;
+}
+
+/**
+ * The sentence-transformers modules between pooling and Normalize: `Dense` layers
+ * (y = activation(W x + b)) on the fp32 linear kernel. With none it passes vectors through.
+ */
+export class SentenceHead implements Disposable {
+  /** Width of the vectors it returns. */
+  readonly width: number;
+  /** Whether it has no layers (vectors pass through). */
+  readonly identity: boolean;
+  #layers: { op: LinearF32; tanh: boolean }[];
+
+  /** Builds the layers of `dense` for pooled vectors of `hidden` features. */
+  constructor(dense: readonly DenseLayer[], hidden: number) {
+    this.#layers = dense.map((d) => ({ op: new LinearF32(d), tanh: d.activation === "tanh" }));
+    this.width = dense.at(-1)?.out ?? hidden;
+    this.identity = dense.length === 0;
+  }
+
+  /** The head's output for `rows` pooled vectors (`x` itself when there are no layers). */
+  apply(x: Float32Array, rows: number): Float32Array {
+    let y = x;
+    for (const layer of this.#layers) {
+      y = layer.op.forward(y, rows);
+      if (layer.tanh) { for (let i = 0; i < y.length; i++) y[i] = Math.tanh(y[i]); }
+    }
+    return y;
+  }
+
+  /** Frees the layers. */
+  [Symbol.dispose](): void {
+    for (const layer of this.#layers) layer.op[Symbol.dispose]();
+  }
 }
 
 /** One label and its probability. */
@@ -410,6 +446,7 @@ class TaskHead implements Disposable {
 
 class PipelineCore {
   #disposed = false;
+  #sentenceHead: SentenceHead | null = null;
 
   constructor(
     readonly task: PipelineTask,
@@ -429,6 +466,7 @@ class PipelineCore {
     this.#disposed = true;
     this.encoder[Symbol.dispose]();
     this.head?.[Symbol.dispose]();
+    this.#sentenceHead?.[Symbol.dispose]();
   }
 
   /** Attaches the shared members to a call function. */
@@ -508,7 +546,11 @@ class PipelineCore {
         return Promise.reject(error);
       }
     };
-    return this.#wrap(call, {});
+    this.#sentenceHead = new SentenceHead(
+      this.model.embedding?.dense ?? [],
+      this.encoder.hiddenSize,
+    );
+    return this.#wrap(call, { sentenceHead: this.#sentenceHead });
   }
 
   #extract(input: string | string[], options: FeatureExtractionOptions): FeatureTensor {
@@ -533,20 +575,27 @@ class PipelineCore {
       if (normalize) l2NormalizeRows(data, batch * seq, h);
       return { data, dims: [batch, seq, h] };
     }
-    const data = new Float32Array(texts.length * h);
+    const head = this.#sentenceHead!;
+    const width = head.width;
+    const data = new Float32Array(texts.length * width);
     let row = 0;
     for (const chunk of this.#chunks(texts)) {
       const encoded = this.#encode(chunk, options.truncation);
       const [batch, seq] = encoded.shape;
       const hidden = this.#hidden(encoded);
-      pool(hidden, { batch, seq, hidden: h, mask: Uint8Array.from(encoded.attentionMask) }, {
-        mode: pooling,
-        normalize,
-        out: data.subarray(row * h, (row + batch) * h),
-      });
+      const shape = { batch, seq, hidden: h, mask: Uint8Array.from(encoded.attentionMask) };
+      const slice = data.subarray(row * width, (row + batch) * width);
+      if (head.identity) {
+        pool(hidden, shape, { mode: pooling, normalize, out: slice });
+      } else {
+        // Pool, then the Dense modules, then Normalize (sentence-transformers' order).
+        const out = head.apply(pool(hidden, shape, { mode: pooling }), batch);
+        if (normalize) l2NormalizeRows(out, batch, width);
+        slice.set(out);
+      }
       row += batch;
     }
-    return { data, dims: [texts.length, h] };
+    return { data, dims: [texts.length, width] };
   }
 
   /** Texts as the model's sentence-transformers files say: prompt first, lower-cased if asked. */

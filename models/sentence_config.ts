@@ -8,6 +8,7 @@
  * @module
  */
 import type { PoolingMode } from "../ops/pooling.ts";
+import { readSafetensors, type Safetensors, safeTensorToFloat32 } from "./safetensors.ts";
 
 /** A pooling mode of sentence-transformers' `Pooling` module: the op's own modes. */
 export type SentencePooling = PoolingMode;
@@ -28,8 +29,24 @@ export interface EmbeddingDefinition {
   defaultPromptName?: string | null;
   /** `1_Pooling/config.json` `include_prompt` (default true). */
   includePrompt?: boolean;
+  /** `Dense` modules after the pooling, in order (their weights loaded). */
+  dense?: DenseLayer[];
   /** Where this definition came from (a folder, or "registry"). */
   source: string;
+}
+
+/** A sentence-transformers `Dense` module: y = activation(W x + b). */
+export interface DenseLayer {
+  /** Input width. */
+  in: number;
+  /** Output width. */
+  out: number;
+  /** `[out, in]` row-major. */
+  weight: Float32Array;
+  /** `[out]`, or null without bias. */
+  bias: Float32Array | null;
+  /** The activation after the linear map. */
+  activation: "tanh" | "identity";
 }
 
 /** A sentence-transformers layout that cannot be run as it is declared. */
@@ -67,8 +84,33 @@ async function readJson(path: string): Promise<Record<string, unknown> | null> {
   }
 }
 
-/** The pooling mode of a `1_Pooling/config.json` object; exactly one mode must be set. */
+/** sentence-transformers 5+ names the mode in one `pooling_mode` string. */
+const POOLING_NAMES: Record<string, SentencePooling> = {
+  cls: "cls",
+  mean: "mean",
+  max: "max",
+  mean_sqrt_len: "mean_sqrt_len",
+  mean_sqrt_len_tokens: "mean_sqrt_len",
+  weightedmean: "weightedmean",
+  lasttoken: "lasttoken",
+};
+
+/**
+ * The pooling mode of a `1_Pooling/config.json` object: its `pooling_mode` string, or exactly
+ * one of the older `pooling_mode_*` flags.
+ */
 export function poolingFromConfig(config: Record<string, unknown>, where: string): SentencePooling {
+  if (typeof config.pooling_mode === "string") {
+    const mode = POOLING_NAMES[config.pooling_mode];
+    if (mode === undefined) {
+      throw new SentenceConfigError(
+        `${where} has pooling_mode "${config.pooling_mode}"; sparsebert runs ${
+          Object.keys(POOLING_NAMES).join(", ")
+        }`,
+      );
+    }
+    return mode;
+  }
   const modes = POOLING_FLAGS.filter(([flag]) => config[flag] === true).map(([, mode]) => mode);
   if (modes.length !== 1) {
     throw new SentenceConfigError(
@@ -114,12 +156,27 @@ export async function readSentenceConfig(dir: string): Promise<EmbeddingDefiniti
       `${modulesPath} names a Pooling module but ${poolingFile} is missing`,
     );
   }
+  const dense: DenseLayer[] = [];
+  let width = typeof poolingConfig.word_embedding_dimension === "number"
+    ? poolingConfig.word_embedding_dimension
+    : typeof poolingConfig.embedding_dimension === "number"
+    ? poolingConfig.embedding_dimension
+    : null;
   for (const m of modules ?? []) {
     const type = typeOf(m);
-    if (!["Transformer", "Pooling", "Normalize"].includes(type)) {
+    if (type === "Dense") {
+      const layer = await readDense(`${dir}/${m.path ?? ""}`);
+      if (width !== null && layer.in !== width) {
+        throw new SentenceConfigError(
+          `${dir}/${m.path}: Dense takes ${layer.in} features, but the module before it gives ${width}`,
+        );
+      }
+      width = layer.out;
+      dense.push(layer);
+    } else if (!["Transformer", "Pooling", "Normalize"].includes(type)) {
       throw new SentenceConfigError(
         `${modulesPath} has a ${type || "nameless"} module ("${m.path ?? ""}"); sparsebert runs ` +
-          "Transformer, Pooling and Normalize modules only",
+          "Transformer, Pooling, Dense and Normalize modules only",
       );
     }
   }
@@ -128,6 +185,7 @@ export async function readSentenceConfig(dir: string): Promise<EmbeddingDefiniti
     normalize: (modules ?? []).some((m) => typeOf(m) === "Normalize"),
     source: dir,
   };
+  if (dense.length > 0) definition.dense = dense;
   if (typeof poolingConfig.include_prompt === "boolean") {
     definition.includePrompt = poolingConfig.include_prompt;
   }
@@ -144,17 +202,77 @@ export async function readSentenceConfig(dir: string): Promise<EmbeddingDefiniti
   return definition;
 }
 
+const ACTIVATIONS: Record<string, DenseLayer["activation"]> = {
+  "torch.nn.modules.activation.Tanh": "tanh",
+  "torch.nn.modules.linear.Identity": "identity",
+};
+
+/** A `Dense` module folder: `config.json` and `model.safetensors` (`linear.weight`, `.bias`). */
+async function readDense(dir: string): Promise<DenseLayer> {
+  const config = await readJson(`${dir}/config.json`);
+  if (config === null) throw new SentenceConfigError(`${dir}/config.json is missing`);
+  const [inF, outF] = [config.in_features, config.out_features];
+  if (
+    !Number.isInteger(inF) || !Number.isInteger(outF) || (inF as number) < 1 || (outF as number) < 1
+  ) {
+    throw new SentenceConfigError(`${dir}/config.json needs positive in_features and out_features`);
+  }
+  const activationName = String(config.activation_function ?? "torch.nn.modules.linear.Identity");
+  const activation = ACTIVATIONS[activationName];
+  if (activation === undefined) {
+    throw new SentenceConfigError(
+      `${dir}/config.json has activation "${activationName}"; sparsebert runs ${
+        Object.keys(ACTIVATIONS).join(", ")
+      }`,
+    );
+  }
+  let file: Safetensors;
+  try {
+    file = await readSafetensors(`${dir}/model.safetensors`);
+  } catch (err) {
+    throw new SentenceConfigError(
+      `Cannot read the Dense weights ${dir}/model.safetensors (pytorch_model.bin is not read; ` +
+        `save the model with safetensors): ${(err as Error).message}`,
+    );
+  }
+  const tensor = (name: string, shape: number[]): Float32Array | null => {
+    const t = file.tensors.get(name);
+    if (t === undefined) return null;
+    if (JSON.stringify(t.shape) !== JSON.stringify(shape)) {
+      throw new SentenceConfigError(
+        `${dir}/model.safetensors: ${name} has shape [${t.shape}], expected [${shape}]`,
+      );
+    }
+    return safeTensorToFloat32(t);
+  };
+  const weight = tensor("linear.weight", [outF as number, inF as number]);
+  if (weight === null) {
+    throw new SentenceConfigError(`${dir}/model.safetensors has no linear.weight`);
+  }
+  const bias = tensor("linear.bias", [outF as number]);
+  if (config.bias !== false && bias === null) {
+    throw new SentenceConfigError(`${dir}/model.safetensors has no linear.bias`);
+  }
+  return { in: inF as number, out: outF as number, weight, bias, activation };
+}
+
 /**
- * Writes `definition` as sentence-transformers files into `dir` (`modules.json`,
- * `1_Pooling/config.json`), so a model written there (pruned, quantized, compiled) keeps the
- * embedding its source declared. Files already there are left alone.
+ * Gives `dir` the sentence-transformers files of `definition`, so a model written there
+ * (pruned, quantized, compiled) keeps the embedding its source declared: a source folder's
+ * own files are copied (modules.json, every module folder, sentence_bert_config.json,
+ * config_sentence_transformers.json); a registry declaration is written as `modules.json` and
+ * `1_Pooling/config.json`. A folder that already declares one is left alone.
  */
 export async function writeSentenceConfig(
   dir: string,
-  definition: Pick<EmbeddingDefinition, "pooling" | "normalize">,
+  definition: EmbeddingDefinition,
   hiddenSize: number,
 ): Promise<void> {
   if (await readSentenceConfig(dir) !== null) return;
+  if (definition.source !== "registry") {
+    await copySentenceFiles(definition.source, dir);
+    return;
+  }
   const modules = [
     { idx: 0, name: "0", path: "", type: "sentence_transformers.models.Transformer" },
     { idx: 1, name: "1", path: "1_Pooling", type: "sentence_transformers.models.Pooling" },
@@ -172,4 +290,26 @@ export async function writeSentenceConfig(
   await Deno.mkdir(`${dir}/1_Pooling`, { recursive: true });
   await Deno.writeTextFile(`${dir}/1_Pooling/config.json`, JSON.stringify(pooling, null, 2) + "\n");
   await Deno.writeTextFile(`${dir}/modules.json`, JSON.stringify(modules, null, 2) + "\n");
+}
+
+async function copySentenceFiles(from: string, to: string): Promise<void> {
+  const modules = JSON.parse(await Deno.readTextFile(`${from}/modules.json`)) as ModuleEntry[];
+  const folders = modules.map((m) => m.path ?? "").filter((path) => path !== "");
+  for (const folder of folders) {
+    await Deno.mkdir(`${to}/${folder}`, { recursive: true });
+    for await (const entry of Deno.readDir(`${from}/${folder}`)) {
+      if (entry.isFile) {
+        await Deno.copyFile(`${from}/${folder}/${entry.name}`, `${to}/${folder}/${entry.name}`);
+      }
+    }
+  }
+  for (
+    const file of ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"]
+  ) {
+    try {
+      await Deno.copyFile(`${from}/${file}`, `${to}/${file}`);
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
+  }
 }

@@ -37,8 +37,10 @@ export interface ModelInfo {
   loaded: string;
   /** Why `model` was not loaded when the fallback was, else `null`. */
   fallbackReason: string | null;
-  /** Width of an embedding (hidden size), or of the logits for classification. */
+  /** Width of an embedding (after any Dense module), or of the logits for classification. */
   hiddenSize: number;
+  /** Width of the encoder's token vectors (`/embed_all`). */
+  tokenWidth: number;
   /** Class labels of a classification or token-classification head, else `null`. */
   labels: string[] | null;
   /** The `tokenizer.json` the pipeline uses (the main thread loads the same file). */

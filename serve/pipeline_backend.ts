@@ -152,11 +152,14 @@ class PipelineBackend implements InferenceBackend {
     const shape = {
       batch: batch.batch,
       seq: batch.seq,
-      hidden: this.info.hiddenSize,
+      hidden: this.info.tokenWidth,
       mask: Uint8Array.from(batch.attentionMask),
     };
-    // Normalisation is the request's choice: the server applies it after the batch.
-    return Promise.resolve(pool(hidden, shape, { mode: this.info.embedding!.pooling }));
+    // Pool, then the model's Dense modules; normalisation is the request's choice, applied
+    // by the server after the batch.
+    const pooled = pool(hidden, shape, { mode: this.info.embedding!.pooling });
+    const pipe = this.#require<FeatureExtractionPipeline>("feature-extraction");
+    return Promise.resolve(pipe.sentenceHead.apply(pooled, batch.batch));
   }
 
   embedTokens(batch: TokenBatch): Promise<Float32Array> {
@@ -289,7 +292,10 @@ export async function loadPipelineBackend(
   const info: ModelInfo = {
     loaded,
     fallbackReason,
-    hiddenSize: pipe.encoder.hiddenSize,
+    hiddenSize: pipe.task === "feature-extraction"
+      ? (pipe as FeatureExtractionPipeline).sentenceHead.width
+      : pipe.encoder.hiddenSize,
+    tokenWidth: pipe.encoder.hiddenSize,
     labels,
     tokenizerPath: pipe.model.weights.source.tokenizer ?? "",
     kernels: countKernels(pipe),

@@ -101,21 +101,28 @@ Deno.test("a folder without sentence-transformers files declares nothing; bad on
     "modules.json": [...MODULES, { path: "2_Dense", type: "sentence_transformers.models.Dense" }],
     "1_Pooling/config.json": CLS,
   });
+  const lstm = await folder({
+    "modules.json": [...MODULES, { path: "2_LSTM", type: "sentence_transformers.models.LSTM" }],
+    "1_Pooling/config.json": CLS,
+  });
   const broken = await folder({ "modules.json": MODULES, "1_Pooling/config.json": "{ nope" });
   try {
     assert.equal(await readSentenceConfig(empty), null);
     await assert.rejects(() => readSentenceConfig(two), /sets cls \+ max pooling mode/);
+    await assert.rejects(() => readSentenceConfig(dense), /2_Dense\/config\.json is missing/);
     await assert.rejects(
-      () => readSentenceConfig(dense),
+      () => readSentenceConfig(lstm),
       (e: unknown) =>
-        e instanceof SentenceConfigError && /a Dense module \("2_Dense"\)/.test(e.message),
+        e instanceof SentenceConfigError && /a LSTM module \("2_LSTM"\)/.test(e.message),
     );
     await assert.rejects(
       () => readSentenceConfig(broken),
       /1_Pooling\/config\.json" is not valid JSON/,
     );
   } finally {
-    for (const dir of [empty, two, dense, broken]) await Deno.remove(dir, { recursive: true });
+    for (const dir of [empty, two, dense, lstm, broken]) {
+      await Deno.remove(dir, { recursive: true });
+    }
   }
 });
 

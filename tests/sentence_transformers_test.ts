@@ -2,7 +2,7 @@
  * sentence-transformers fidelity: all-MiniLM-L6-v2 from its safetensors folder with its
  * sentence-transformers files (modules.json, 1_Pooling, Normalize), no options given, embeds
  * the 300 texts of data/retrieval_set.json as sentence-transformers itself does, to max abs
- * 1e-5, through the pipeline, the CLI and the server. The reference is sentence-transformers'
+ * 1e-5, through the pipeline, the CLI and the server; and a model with a Dense module. The reference is sentence-transformers'
  * output recorded by tools/st_reference.py (tests/fixtures/st_all_minilm_l6_v2_retrieval.json
  * says how, with which versions); sentence-transformers needs torch (several GB from PyPI), so
  * the suite compares against the recording instead of running it.
@@ -111,6 +111,63 @@ Deno.test({
       assert.ok(d <= BOUND, `server: max abs ${d} against sentence-transformers`);
     } finally {
       await server.stop();
+    }
+  },
+});
+
+/** A folder with the fixture's modules around the registry folder's Transformer files. */
+async function denseFolder(): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "st_dense_" });
+  const fixture = new URL("./fixtures/st_dense", import.meta.url).pathname;
+  for (
+    const file of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+  ) {
+    await Deno.symlink(`${FOLDER}/${file}`, `${dir}/${file}`);
+  }
+  for (const path of ["modules.json", "1_Pooling", "2_Dense", "3_Normalize"]) {
+    await Deno.symlink(`${fixture}/${path}`, `${dir}/${path}`);
+  }
+  return dir;
+}
+
+Deno.test({
+  name:
+    "sentence-transformers: a Dense module (384 -> 256, Tanh) runs as sentence-transformers does",
+  ignore: !haveModel,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { texts } = await reference();
+    const bytes = await Deno.readFile(
+      new URL("./fixtures/st_dense/reference.f32", import.meta.url),
+    );
+    const all = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+    const rows = Array.from({ length: 24 }, (_, r) => all.subarray(r * 256, (r + 1) * 256));
+    const dir = await denseFolder();
+    const server = await spawnServer({
+      config: { models: [{ name: "dense", model: dir, maxLength: 256, kernel: "dense-f32" }] },
+    });
+    try {
+      using embed = await pipeline("feature-extraction", dir);
+      assert.equal(embed.model.embedding?.dense?.length, 1);
+      const out = await embed(texts.slice(0, 24));
+      assert.deepEqual(out.dims, [24, 256]);
+      const got = rows.map((_, r) => out.data.subarray(r * 256, (r + 1) * 256));
+      const d = worstRow(got, rows);
+      assert.ok(d <= BOUND, `pipeline: max abs ${d} against sentence-transformers`);
+      const r = await fetch(`${server.url}/v1/embeddings`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "dense", input: texts.slice(0, 24) }),
+      });
+      const body = await r.json();
+      assert.equal(r.status, 200, JSON.stringify(body));
+      const served = (body.data as { embedding: number[] }[]).map((x) => x.embedding);
+      const ds = worstRow(served, rows);
+      assert.ok(ds <= BOUND, `server: max abs ${ds} against sentence-transformers`);
+    } finally {
+      await server.stop();
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });

@@ -118,7 +118,7 @@ async function embedAll(context: RouteContext): Promise<Response> {
     { normalize: false },
   );
   context.log.tokens = result.tokens;
-  const width = model.info.hiddenSize;
+  const width = model.info.tokenWidth;
   return jsonResponse(
     result.embeddings.map((e) =>
       Array.from(
