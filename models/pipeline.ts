@@ -555,7 +555,7 @@ class PipelineCore {
 
   #extract(input: string | string[], options: FeatureExtractionOptions): FeatureTensor {
     this.#check();
-    const texts = this.#asDeclared(textList(input), options.promptName);
+    const { texts, excluded } = this.#asDeclared(textList(input), options.promptName);
     const declared = this.model.embedding ?? null;
     const pooling = options.pooling ?? this.defaults.pooling ?? declaredPooling(declared);
     if (!FEATURE_POOLING.includes(pooling)) {
@@ -583,7 +583,10 @@ class PipelineCore {
       const encoded = this.#encode(chunk, options.truncation);
       const [batch, seq] = encoded.shape;
       const hidden = this.#hidden(encoded);
-      const shape = { batch, seq, hidden: h, mask: Uint8Array.from(encoded.attentionMask) };
+      const mask = Uint8Array.from(encoded.attentionMask);
+      // include_prompt false: [CLS] and the prompt's tokens do not count in the pooling.
+      for (let b = 0; b < batch && excluded > 0; b++) mask.fill(0, b * seq, b * seq + excluded);
+      const shape = { batch, seq, hidden: h, mask };
       const slice = data.subarray(row * width, (row + batch) * width);
       if (head.identity) {
         pool(hidden, shape, { mode: pooling, normalize, out: slice });
@@ -598,8 +601,15 @@ class PipelineCore {
     return { data, dims: [texts.length, width] };
   }
 
-  /** Texts as the model's sentence-transformers files say: prompt first, lower-cased if asked. */
-  #asDeclared(texts: string[], promptName: string | undefined): string[] {
+  /**
+   * Texts with the prompt put first (lower-cased when the model says so), and how many leading
+   * tokens the pooling leaves out: [CLS] and the prompt's, when it pools without the prompt
+   * (include_prompt false), as sentence-transformers does; else 0.
+   */
+  #asDeclared(
+    texts: string[],
+    promptName: string | undefined,
+  ): { texts: string[]; excluded: number } {
     const declared = this.model.embedding ?? null;
     const name = promptName ?? declared?.defaultPromptName ?? null;
     let prompt = "";
@@ -612,16 +622,14 @@ class PipelineCore {
           }`,
         );
       }
-      if (declared?.includePrompt === false) {
-        throw new RangeError(
-          `The model pools without its prompt tokens (include_prompt false), which sparsebert ` +
-            "cannot do yet",
-        );
-      }
       prompt = prompts[name];
     }
     const lower = declared?.doLowerCase === true;
-    return texts.map((t) => (lower ? (prompt + t).toLowerCase() : prompt + t));
+    const cased = (t: string): string => (lower ? t.toLowerCase() : t);
+    const excluded = declared?.includePrompt === false && prompt !== ""
+      ? this.tokenizer.encode(cased(prompt)).ids.length - 1 // [CLS] + prompt, not [SEP]
+      : 0;
+    return { texts: texts.map((t) => cased(prompt + t)), excluded };
   }
 
   textClassification(): TextClassificationPipeline {

@@ -76,6 +76,11 @@ export interface TokenBatch {
   batch: number;
   /** Columns. */
   seq: number;
+  /**
+   * The tokens pooling counts, where it differs from the attention mask (a model that pools
+   * without its prompt: include_prompt false); absent: the attention mask.
+   */
+  poolMask?: Uint8Array;
 }
 
 /** One class and its probability. */

@@ -38,6 +38,8 @@ export interface TokenRow {
   mask: Int32Array | null;
   /** Return the encoder's token vectors (`[length * hidden]`) instead of the pooled vector. */
   tokenVectors?: boolean;
+  /** Leading tokens the pooling leaves out ([CLS] + prompt when include_prompt is false). */
+  poolSkip?: number;
 }
 
 type Item = TokenRow | TextInput | QaPair;
@@ -219,8 +221,7 @@ export class ServedModel {
    * The prompt text of `name` (a request's prompt_name), else of the model's default prompt,
    * else "".
    *
-   * @throws HttpError 422 for an unknown prompt (TEI's message, listing the prompts) or one
-   *   the model pools without (include_prompt false, not supported).
+   * @throws HttpError 422 for an unknown prompt (TEI's message, listing the prompts).
    */
   prompt(name: unknown): string {
     const embedding = this.info.embedding;
@@ -249,14 +250,6 @@ export class ServedModel {
         { param: "prompt_name" },
       );
     }
-    if (embedding?.includePrompt === false) {
-      throw new HttpError(
-        422,
-        "The model pools without its prompt tokens (include_prompt false), which sparsebert " +
-          "cannot do yet",
-        { param: "prompt_name" },
-      );
-    }
     return prompts[chosen];
   }
 
@@ -273,7 +266,13 @@ export class ServedModel {
       if (r.mask === null) attentionMask.fill(1, i * seq, i * seq + r.ids.length);
       else attentionMask.set(r.mask, i * seq);
     });
-    return { inputIds, attentionMask, tokenTypeIds, batch, seq };
+    const padded: TokenBatch = { inputIds, attentionMask, tokenTypeIds, batch, seq };
+    if (rows.some((r) => (r.poolSkip ?? 0) > 0)) {
+      const poolMask = Uint8Array.from(attentionMask);
+      rows.forEach((r, i) => poolMask.fill(0, i * seq, i * seq + (r.poolSkip ?? 0)));
+      padded.poolMask = poolMask;
+    }
+    return padded;
   }
 
   #name(options: TokenizeOptions, i: number): string {
@@ -303,6 +302,10 @@ export class ServedModel {
       const text = prompt + (t as string);
       return lower ? text.toLowerCase() : text;
     });
+    // include_prompt false: pooling leaves out [CLS] and the prompt's tokens (not [SEP]).
+    const poolSkip = this.info.embedding?.includePrompt === false && prompt !== ""
+      ? this.tokenizer.encode(lower ? prompt.toLowerCase() : prompt).ids.length - 1
+      : 0;
     const rows: TokenRow[] = [];
     let slice = performance.now();
     for (let i = 0; i < texts.length; i++) {
@@ -330,6 +333,7 @@ export class ServedModel {
         ids: Int32Array.from(encoded.ids),
         typeIds: Int32Array.from(encoded.typeIds),
         mask: null,
+        ...(poolSkip > 0 ? { poolSkip } : {}),
       });
       if (performance.now() - slice > YIELD_EVERY_MS) {
         await yieldToEventLoop();

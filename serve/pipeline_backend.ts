@@ -153,7 +153,7 @@ class PipelineBackend implements InferenceBackend {
       batch: batch.batch,
       seq: batch.seq,
       hidden: this.info.tokenWidth,
-      mask: Uint8Array.from(batch.attentionMask),
+      mask: batch.poolMask ?? Uint8Array.from(batch.attentionMask),
     };
     // Pool, then the model's Dense modules; normalisation is the request's choice, applied
     // by the server after the batch.

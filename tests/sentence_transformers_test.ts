@@ -115,19 +115,27 @@ Deno.test({
   },
 });
 
-/** A folder with the fixture's modules around the registry folder's Transformer files. */
-async function denseFolder(): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "st_dense_" });
-  const fixture = new URL("./fixtures/st_dense", import.meta.url).pathname;
+/** A folder with a fixture's modules around the registry folder's Transformer files. */
+async function fixtureFolder(name: string, paths: string[]): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: `${name}_` });
+  const fixture = new URL(`./fixtures/${name}`, import.meta.url).pathname;
   for (
     const file of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
   ) {
     await Deno.symlink(`${FOLDER}/${file}`, `${dir}/${file}`);
   }
-  for (const path of ["modules.json", "1_Pooling", "2_Dense", "3_Normalize"]) {
-    await Deno.symlink(`${fixture}/${path}`, `${dir}/${path}`);
-  }
+  for (const path of paths) await Deno.symlink(`${fixture}/${path}`, `${dir}/${path}`);
   return dir;
+}
+
+/** A fixture's reference.f32 as rows of `width`. */
+async function fixtureRows(name: string, width: number): Promise<Float32Array[]> {
+  const bytes = await Deno.readFile(new URL(`./fixtures/${name}/reference.f32`, import.meta.url));
+  const all = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+  return Array.from(
+    { length: all.length / width },
+    (_, r) => all.subarray(r * width, (r + 1) * width),
+  );
 }
 
 Deno.test({
@@ -138,12 +146,13 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     const { texts } = await reference();
-    const bytes = await Deno.readFile(
-      new URL("./fixtures/st_dense/reference.f32", import.meta.url),
-    );
-    const all = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-    const rows = Array.from({ length: 24 }, (_, r) => all.subarray(r * 256, (r + 1) * 256));
-    const dir = await denseFolder();
+    const rows = await fixtureRows("st_dense", 256);
+    const dir = await fixtureFolder("st_dense", [
+      "modules.json",
+      "1_Pooling",
+      "2_Dense",
+      "3_Normalize",
+    ]);
     const server = await spawnServer({
       config: { models: [{ name: "dense", model: dir, maxLength: 256, kernel: "dense-f32" }] },
     });
@@ -164,6 +173,53 @@ Deno.test({
       assert.equal(r.status, 200, JSON.stringify(body));
       const served = (body.data as { embedding: number[] }[]).map((x) => x.embedding);
       const ds = worstRow(served, rows);
+      assert.ok(ds <= BOUND, `server: max abs ${ds} against sentence-transformers`);
+    } finally {
+      await server.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "sentence-transformers: a prompt the pooling leaves out (include_prompt false)",
+  ignore: !haveModel,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const { texts } = await reference();
+    const rows = await fixtureRows("st_prompt", 384);
+    const dir = await fixtureFolder("st_prompt", [
+      "modules.json",
+      "1_Pooling",
+      "2_Normalize",
+      "config_sentence_transformers.json",
+    ]);
+    const server = await spawnServer({
+      config: { models: [{ name: "prompted", model: dir, maxLength: 256, kernel: "dense-f32" }] },
+    });
+    try {
+      using embed = await pipeline("feature-extraction", dir);
+      assert.equal(embed.model.embedding?.includePrompt, false);
+      const out = await embed(texts.slice(0, 24), { promptName: "query" });
+      const got = rows.map((_, r) => out.data.subarray(r * 384, (r + 1) * 384));
+      const d = worstRow(got, rows);
+      assert.ok(d <= BOUND, `pipeline: max abs ${d} against sentence-transformers`);
+      // Counting the prompt's tokens would give other vectors: the test can tell.
+      const counted = await embed(texts.slice(0, 24).map((t) => `query: ${t}`), {
+        promptName: "document",
+      });
+      assert.ok(
+        worstRow(rows.map((_, r) => counted.data.subarray(r * 384, (r + 1) * 384)), rows) > 1e-3,
+      );
+      const r = await fetch(`${server.url}/embed`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ inputs: texts.slice(0, 24), prompt_name: "query" }),
+      });
+      const body = await r.json();
+      assert.equal(r.status, 200, JSON.stringify(body));
+      const ds = worstRow(body as number[][], rows);
       assert.ok(ds <= BOUND, `server: max abs ${ds} against sentence-transformers`);
     } finally {
       await server.stop();
