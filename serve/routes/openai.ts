@@ -15,7 +15,7 @@ import {
   type Route,
   type RouteContext,
 } from "../state.ts";
-import { checkCount, readJsonObject, truncationOf } from "./_input.ts";
+import { checkCount, optionalInt, readJsonObject, truncationOf } from "./_input.ts";
 
 const EMBEDDING_KEYS = [
   "input",
@@ -144,18 +144,8 @@ async function embeddings(context: RouteContext): Promise<Response> {
       { param: "encoding_format" },
     );
   }
-  const dimensions = body.dimensions ?? model.info.hiddenSize;
-  if (
-    typeof dimensions !== "number" || !Number.isInteger(dimensions) || dimensions < 1 ||
-    dimensions > model.info.hiddenSize
-  ) {
-    throw new HttpError(
-      400,
-      `"dimensions" must be an integer in 1..${model.info.hiddenSize} for model ` +
-        `"${model.config.name}", got ${quote(dimensions)}`,
-      { param: "dimensions" },
-    );
-  }
+  const width = model.info.hiddenSize;
+  const dimensions = optionalInt(body, "dimensions", { min: 1, max: width, dflt: width });
   if (body.user !== undefined && typeof body.user !== "string") {
     throw new HttpError(400, `"user" must be a string, got ${typeName(body.user)}`, {
       param: "user",

@@ -27,6 +27,7 @@ import {
 import {
   checkCount,
   optionalBool,
+  optionalInt,
   readJsonObject,
   textList,
   type Truncation,
@@ -81,19 +82,7 @@ async function embed(context: RouteContext): Promise<Response> {
   ]);
   const normalize = optionalBool(body, "normalize", true);
   const width = model.info.hiddenSize;
-  const dimensions = body.dimensions ?? width;
-  if (
-    typeof dimensions !== "number" || !Number.isInteger(dimensions) || dimensions < 1 ||
-    dimensions > width
-  ) {
-    throw new HttpError(
-      400,
-      `"dimensions" must be an integer in 1..${width}, got ${quote(dimensions)}`,
-      {
-        param: "dimensions",
-      },
-    );
-  }
+  const dimensions = optionalInt(body, "dimensions", { min: 1, max: width, dflt: width });
   const rows = await embeddingRows(context, model, body, truncationOf(context, body));
   context.log.inputs = rows.length;
   const result = await model.embedRows(rows, context.signal, { normalize });
