@@ -738,6 +738,28 @@ function dirname(path: string): string {
   return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
 }
 
+/** Refuses external data that a symbolic link takes outside the model's folder. */
+async function checkInside(
+  dir: string,
+  loc: string,
+  modelPath: string,
+  tensor: string,
+): Promise<void> {
+  let real: string;
+  let root: string;
+  try {
+    [real, root] = [await Deno.realPath(`${dir}/${loc}`), await Deno.realPath(dir)];
+  } catch {
+    return; // missing: the read below reports it
+  }
+  if (!real.startsWith(root.endsWith("/") ? root : `${root}/`)) {
+    throw new Error(
+      `Invalid ONNX model "${modelPath}": tensor "${tensor}" points to external data "${loc}", ` +
+        `a link to "${real}" outside the model's folder`,
+    );
+  }
+}
+
 async function resolveExternalData(graph: OnnxGraph, modelPath: string): Promise<void> {
   const dir = dirname(modelPath);
   const files = new Map<string, Uint8Array>();
@@ -752,6 +774,7 @@ async function resolveExternalData(graph: OnnxGraph, modelPath: string): Promise
     }
     let data = files.get(loc);
     if (data === undefined) {
+      await checkInside(dir, loc, modelPath, t.name);
       try {
         data = await Deno.readFile(`${dir}/${loc}`);
       } catch (err) {

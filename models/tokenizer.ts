@@ -35,6 +35,43 @@ export interface EncodeBatchOptions {
   addSpecialTokens?: boolean;
 }
 
+/** Largest token id accepted: far above any real vocabulary, far below a table too big to build. */
+const MAX_TOKEN_ID = 10_000_000;
+
+/**
+ * Refuses vocabulary and added-token ids that are not integers in 0..MAX_TOKEN_ID before the
+ * tokenizer package sees them (a fuzzed id of 2^31 made it build a table for minutes).
+ */
+function checkTokenIds(json: Record<string, unknown>, label: string): void {
+  const bad = (id: unknown): boolean =>
+    typeof id !== "number" || !Number.isInteger(id) || id < 0 || id > MAX_TOKEN_ID;
+  const model = json.model as { vocab?: unknown } | undefined;
+  const vocab = model?.vocab;
+  if (vocab !== null && typeof vocab === "object" && !Array.isArray(vocab)) {
+    for (const [token, id] of Object.entries(vocab as Record<string, unknown>)) {
+      if (bad(id)) {
+        throw new Error(
+          `Cannot load tokenizer "${label}": vocabulary entry ${
+            JSON.stringify(token.slice(0, 40))
+          } ` +
+            `has id ${JSON.stringify(id)}; ids must be integers in 0..${MAX_TOKEN_ID}`,
+        );
+      }
+    }
+  }
+  const added = json.added_tokens;
+  if (Array.isArray(added)) {
+    for (const t of added as { id?: unknown; content?: unknown }[]) {
+      if (bad(t?.id)) {
+        throw new Error(
+          `Cannot load tokenizer "${label}": added token ${JSON.stringify(t?.content)} has id ` +
+            `${JSON.stringify(t?.id)}; ids must be integers in 0..${MAX_TOKEN_ID}`,
+        );
+      }
+    }
+  }
+}
+
 /** The first (`"right"` truncation) or last (`"left"`) `count` tokens. */
 function keep(tokens: string[], count: number, side: "left" | "right"): string[] {
   return side === "left" ? tokens.slice(tokens.length - count) : tokens.slice(0, count);
@@ -108,6 +145,7 @@ export class BertTokenizer {
     label = "tokenizer.json",
   ) {
     this.#label = label;
+    checkTokenIds(tokenizerJson, label);
     try {
       this.#tok = new Tokenizer(tokenizerJson, tokenizerConfig);
     } catch (err) {

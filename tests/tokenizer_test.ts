@@ -222,3 +222,19 @@ print(json.dumps(out))
     }
   },
 });
+
+Deno.test({
+  name: "tokenizer: out-of-range vocabulary ids are a clear error (a fuzz finding: 2^31 hung)",
+  ignore: !haveMiniLM,
+  fn: async () => {
+    const json = JSON.parse(await Deno.readTextFile(MINILM.tokenizer));
+    for (const id of [2 ** 31, -1, 1e308, 1.5]) {
+      const broken = structuredClone(json);
+      broken.model.vocab.belfast = id;
+      assert.throws(
+        () => new BertTokenizer(broken, {}, {}, "broken.json"),
+        /Cannot load tokenizer "broken\.json": vocabulary entry "belfast" has id .*; ids must be integers in 0\.\.10000000/,
+      );
+    }
+  },
+});
