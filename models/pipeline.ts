@@ -29,7 +29,12 @@ import { BertEncoder, type LinearFactory } from "./bert.ts";
 import type { KernelChoiceOptions } from "./kernel_choice.ts";
 import { type LoadedModel, loadModel } from "./load.ts";
 import type { Offset } from "./offsets.ts";
-import type { DenseLayer, EmbeddingDefinition } from "./sentence_config.ts";
+import {
+  applyPrompt,
+  type DenseLayer,
+  type EmbeddingDefinition,
+  resolvePrompt,
+} from "./sentence_config.ts";
 import type { BertTokenizer, EncodedBatch, TextInput } from "./tokenizer.ts";
 import type { BertConfig, BertWeights, HeadWeights } from "./weights.ts";
 
@@ -555,8 +560,9 @@ class PipelineCore {
 
   #extract(input: string | string[], options: FeatureExtractionOptions): FeatureTensor {
     this.#check();
-    const { texts, excluded } = this.#asDeclared(textList(input), options.promptName);
     const declared = this.model.embedding ?? null;
+    const prompt = resolvePrompt(declared, options.promptName);
+    const { texts, excluded } = applyPrompt(declared, prompt, textList(input), this.tokenizer);
     const pooling = options.pooling ?? this.defaults.pooling ?? declaredPooling(declared);
     if (!FEATURE_POOLING.includes(pooling)) {
       throw new RangeError(
@@ -599,37 +605,6 @@ class PipelineCore {
       row += batch;
     }
     return { data, dims: [texts.length, width] };
-  }
-
-  /**
-   * Texts with the prompt put first (lower-cased when the model says so), and how many leading
-   * tokens the pooling leaves out: [CLS] and the prompt's, when it pools without the prompt
-   * (include_prompt false), as sentence-transformers does; else 0.
-   */
-  #asDeclared(
-    texts: string[],
-    promptName: string | undefined,
-  ): { texts: string[]; excluded: number } {
-    const declared = this.model.embedding ?? null;
-    const name = promptName ?? declared?.defaultPromptName ?? null;
-    let prompt = "";
-    if (name !== null) {
-      const prompts = declared?.prompts ?? {};
-      if (!Object.hasOwn(prompts, name)) {
-        throw new RangeError(
-          `Unknown prompt "${name}": the model declares ${
-            Object.keys(prompts).map((p) => `"${p}"`).join(", ") || "no prompts"
-          }`,
-        );
-      }
-      prompt = prompts[name];
-    }
-    const lower = declared?.doLowerCase === true;
-    const cased = (t: string): string => (lower ? t.toLowerCase() : t);
-    const excluded = declared?.includePrompt === false && prompt !== ""
-      ? this.tokenizer.encode(cased(prompt)).ids.length - 1 // [CLS] + prompt, not [SEP]
-      : 0;
-    return { texts: texts.map((t) => cased(prompt + t)), excluded };
   }
 
   textClassification(): TextClassificationPipeline {
@@ -701,8 +676,7 @@ class PipelineCore {
     const texts = textList(input);
     const labels = this.head!.labels;
     const ignore = new Set(options.ignoreLabels ?? ["O"]);
-    // Word piece i of a text sits at position i + leading of its encoded sequence.
-    const leading = this.tokenizer.withSpecialTokens(["x"]).tokens.indexOf("x");
+    const leading = this.tokenizer.leadingSpecialTokens;
     const results: TokenClassificationResult[][] = [];
     for (const chunk of this.#chunks(texts)) {
       const encoded = this.#encode(chunk, options.truncation);

@@ -49,6 +49,67 @@ export interface DenseLayer {
   activation: "tanh" | "identity";
 }
 
+/** The prompt fields of a declaration (the server's workers pass on a copy of them). */
+export type PromptDeclaration = Partial<
+  Pick<EmbeddingDefinition, "prompts" | "defaultPromptName" | "doLowerCase" | "includePrompt">
+>;
+
+/** A prompt the model does not declare. */
+export class PromptError extends Error {
+  /** Creates the error. */
+  constructor(message: string) {
+    super(message);
+    this.name = "PromptError";
+  }
+}
+
+/**
+ * The prompt text `name` selects; without a name the model's default prompt; else "".
+ *
+ * @throws PromptError for a name the model does not declare (TEI's wording, with the list).
+ */
+export function resolvePrompt(
+  declared: PromptDeclaration | null,
+  name: string | null | undefined,
+): string {
+  const chosen = name ?? declared?.defaultPromptName ?? null;
+  if (chosen === null) return "";
+  const prompts = declared?.prompts ?? {};
+  if (Object.keys(prompts).length === 0) {
+    throw new PromptError(
+      `Prompt ${JSON.stringify(chosen)} was asked for, but the model has no prompts configured`,
+    );
+  }
+  if (!Object.hasOwn(prompts, chosen)) {
+    const available = Object.keys(prompts).map((p) => JSON.stringify(p)).join(", ");
+    throw new PromptError(
+      `Prompt name ${
+        JSON.stringify(chosen)
+      } not found in the configuration. Available prompts: [${available}]`,
+    );
+  }
+  return prompts[chosen];
+}
+
+/**
+ * Texts as the model declares them: `prompt` first, lower-cased under do_lower_case; and how
+ * many leading tokens pooling leaves out: [CLS] and the prompt's (not [SEP]) when the model
+ * pools without its prompt (include_prompt false), as sentence-transformers does; else 0.
+ */
+export function applyPrompt(
+  declared: PromptDeclaration | null,
+  prompt: string,
+  texts: readonly string[],
+  tokenizer: { encode(text: string): { ids: number[] } },
+): { texts: string[]; excluded: number } {
+  const lower = declared?.doLowerCase === true;
+  const cased = (t: string): string => (lower ? t.toLowerCase() : t);
+  const excluded = declared?.includePrompt === false && prompt !== ""
+    ? tokenizer.encode(cased(prompt)).ids.length - 1
+    : 0;
+  return { texts: texts.map((t) => cased(prompt + t)), excluded };
+}
+
 /** A sentence-transformers layout that cannot be run as it is declared. */
 export class SentenceConfigError extends Error {
   /** Creates the error. */

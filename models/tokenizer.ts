@@ -283,6 +283,14 @@ export class BertTokenizer {
     };
   }
 
+  /**
+   * Special tokens before a single text's first word piece ([CLS]: 1 for BERT), so word piece
+   * i sits at position i + this of its encoded sequence.
+   */
+  get leadingSpecialTokens(): number {
+    return this.withSpecialTokens(["x"]).tokens.indexOf("x");
+  }
+
   /** How many special tokens {@linkcode withSpecialTokens} adds for a single text or a pair. */
   numSpecialTokens(pair: boolean): number {
     return this.withSpecialTokens([], pair ? [] : null).tokens.length;

@@ -6,6 +6,7 @@
  */
 import { BertTokenizer, type TextInput } from "../models/tokenizer.ts";
 import { l2NormalizeRows } from "../ops/pooling.ts";
+import { applyPrompt, PromptError, resolvePrompt } from "../models/sentence_config.ts";
 import type { ModelConfig } from "./config.ts";
 import type {
   LabelScore,
@@ -23,7 +24,7 @@ import {
   QueueTimeoutError,
   type Sized,
 } from "./batcher.ts";
-import { HttpError, quote, typeName } from "./http.ts";
+import { HttpError, typeName } from "./http.ts";
 import { QA_MAX_QUESTION } from "./pipeline_backend.ts";
 import { WorkerInstance } from "./instances.ts";
 import type { Metrics } from "./metrics.ts";
@@ -224,33 +225,17 @@ export class ServedModel {
    * @throws HttpError 422 for an unknown prompt (TEI's message, listing the prompts).
    */
   prompt(name: unknown): string {
-    const embedding = this.info.embedding;
-    const chosen = name ?? embedding?.defaultPromptName ?? null;
-    if (chosen === null) return "";
-    if (typeof chosen !== "string") {
-      throw new HttpError(400, `"prompt_name" must be a string, got ${typeName(chosen)}`, {
+    if (name !== undefined && name !== null && typeof name !== "string") {
+      throw new HttpError(400, `"prompt_name" must be a string, got ${typeName(name)}`, {
         param: "prompt_name",
       });
     }
-    const prompts = embedding?.prompts ?? {};
-    if (Object.keys(prompts).length === 0) {
-      throw new HttpError(
-        422,
-        `"prompt_name" is ${quote(chosen)}, but the model has no prompts configured`,
-        { param: "prompt_name" },
-      );
+    try {
+      return resolvePrompt(this.info.embedding, name);
+    } catch (err) {
+      if (!(err instanceof PromptError)) throw err;
+      throw new HttpError(422, err.message, { param: "prompt_name" });
     }
-    if (!Object.hasOwn(prompts, chosen)) {
-      const available = Object.keys(prompts).map((p) => `"${p}"`).join(", ");
-      throw new HttpError(
-        422,
-        `Prompt name ${
-          quote(chosen)
-        } not found in the configuration. Available prompts: [${available}]`,
-        { param: "prompt_name" },
-      );
-    }
-    return prompts[chosen];
   }
 
   /** Pads rows into one batch (pad id, mask of ones unless given). */
@@ -296,16 +281,12 @@ export class ServedModel {
    */
   async tokenize(inputs: TextInput[], options: TokenizeOptions): Promise<TokenRow[]> {
     const limit = this.config.maxLength;
-    const lower = this.info.embedding?.doLowerCase === true;
     const prompt = options.prompt ?? this.prompt(undefined); // default: the model's default prompt
-    const texts = prompt === "" && !lower ? inputs : inputs.map((t) => {
-      const text = prompt + (t as string);
-      return lower ? text.toLowerCase() : text;
-    });
-    // include_prompt false: pooling leaves out [CLS] and the prompt's tokens (not [SEP]).
-    const poolSkip = this.info.embedding?.includePrompt === false && prompt !== ""
-      ? this.tokenizer.encode(lower ? prompt.toLowerCase() : prompt).ids.length - 1
-      : 0;
+    // Only embedding models declare prompts and casing; their inputs are texts, not pairs.
+    const embedding = this.info.embedding;
+    const { texts, excluded: poolSkip } = embedding === null
+      ? { texts: inputs, excluded: 0 }
+      : applyPrompt(embedding, prompt, inputs as string[], this.tokenizer);
     const rows: TokenRow[] = [];
     let slice = performance.now();
     for (let i = 0; i < texts.length; i++) {

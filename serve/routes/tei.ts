@@ -14,6 +14,7 @@
 import { RELEASE_VERSION } from "../../ffi/checksums.ts";
 import type { TextInput } from "../../models/tokenizer.ts";
 import type { LabelScore } from "../backend.ts";
+import type { ServeTask } from "../config.ts";
 import { HttpError, jsonResponse, quote, typeName } from "../http.ts";
 import type { ServedModel, TokenRow } from "../models.ts";
 import {
@@ -63,16 +64,17 @@ async function embeddingRows(
   });
 }
 
-function embeddingModel(context: RouteContext): ServedModel {
+/** The first served model of `task`, after the readiness and queue-room checks. */
+function servingModel(context: RouteContext, task: ServeTask): ServedModel {
   requireServing(context.state);
-  const model = modelForTask(context.state, undefined, "feature-extraction");
+  const model = modelForTask(context.state, undefined, task);
   context.log.model = model.config.name;
   requireRoom(context.state, model);
   return model;
 }
 
 async function embed(context: RouteContext): Promise<Response> {
-  const model = embeddingModel(context);
+  const model = servingModel(context, "feature-extraction");
   const body = await readJsonObject(context, [
     "inputs",
     "normalize",
@@ -91,7 +93,7 @@ async function embed(context: RouteContext): Promise<Response> {
 }
 
 async function embedAll(context: RouteContext): Promise<Response> {
-  const model = embeddingModel(context);
+  const model = servingModel(context, "feature-extraction");
   // `normalize` is accepted and ignored, as TEI does (clients send it; token vectors are raw).
   const body = await readJsonObject(context, [
     "inputs",
@@ -128,8 +130,7 @@ async function tokenize(context: RouteContext): Promise<Response> {
   const { texts } = textList(body.inputs, "inputs", context.state.config.limits.maxInputs);
   const prompt = model.config.task === "feature-extraction" ? model.prompt(body.prompt_name) : "";
   const tokenizer = model.tokenizer;
-  // Word piece i sits at position i + leading (after [CLS]) when special tokens are added.
-  const leading = addSpecial ? tokenizer.withSpecialTokens(["x"]).tokens.indexOf("x") : 0;
+  const leading = addSpecial ? tokenizer.leadingSpecialTokens : 0;
   return jsonResponse(texts.map((text) => {
     const input = prompt + text;
     const { ids } = tokenizer.encode(input, {
@@ -196,14 +197,6 @@ function predictInputs(
   return { inputs: [one(value, "inputs")], single: true };
 }
 
-function classifierModel(context: RouteContext): ServedModel {
-  requireServing(context.state);
-  const model = modelForTask(context.state, undefined, "text-classification");
-  context.log.model = model.config.name;
-  requireRoom(context.state, model);
-  return model;
-}
-
 async function classifyInputs(
   context: RouteContext,
   model: ServedModel,
@@ -217,7 +210,7 @@ async function classifyInputs(
 }
 
 async function predict(context: RouteContext): Promise<Response> {
-  const model = classifierModel(context);
+  const model = servingModel(context, "text-classification");
   const body = await readJsonObject(context, ["inputs", "raw_scores", ...TRUNCATION_KEYS]);
   const raw = optionalBool(body, "raw_scores", false);
   const { inputs, single } = predictInputs(body.inputs, context.state.config.limits.maxInputs);
@@ -230,7 +223,7 @@ async function predict(context: RouteContext): Promise<Response> {
 }
 
 async function rerank(context: RouteContext): Promise<Response> {
-  const model = classifierModel(context);
+  const model = servingModel(context, "text-classification");
   const body = await readJsonObject(context, [
     "query",
     "texts",
