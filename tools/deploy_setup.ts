@@ -9,8 +9,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-
-const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
+import { ROOT, run } from "./_toolchain.ts";
 
 /** The pinned requirements (the full closure, installed with --no-deps). */
 export const DEPLOY_REQUIREMENTS = `${ROOT}/tools/requirements-deploy.txt`;
@@ -46,19 +45,6 @@ export async function deployPins(): Promise<Record<string, string>> {
     pins[match[1]] = match[2];
   }
   return pins;
-}
-
-async function run(cmd: string, args: string[]): Promise<void> {
-  let out: Deno.CommandOutput;
-  try {
-    out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  } catch (err) {
-    throw new Error(`Could not start "${cmd}": ${(err as Error).message}`, { cause: err });
-  }
-  if (!out.success) {
-    const text = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-6).join("\n");
-    throw new Error(`"${cmd} ${args.join(" ")}" failed with exit code ${out.code}:\n${text}`);
-  }
 }
 
 /** Names of the pins the venv does not satisfy (all of them when there is no venv). */
@@ -104,7 +90,7 @@ export async function setupDeployValidator(
     log(`Creating ${DEPLOY_VENV} with kubernetes-validate and the KServe SDK (PyPI) ...`);
     await Deno.remove(DEPLOY_VENV, { recursive: true }).catch(() => {});
     await Deno.mkdir(`${ROOT}/.cache/venv`, { recursive: true });
-    await run("python3", ["-m", "venv", DEPLOY_VENV]);
+    await run("python3", ["-m", "venv", DEPLOY_VENV], { quiet: true });
   }
   await run(DEPLOY_PYTHON, [
     "-m",
@@ -115,7 +101,7 @@ export async function setupDeployValidator(
     "--no-deps",
     "-r",
     DEPLOY_REQUIREMENTS,
-  ]);
+  ], { quiet: true });
   const still = await unmetPins(pins);
   if (still.length > 0) {
     throw new Error(

@@ -9,8 +9,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-
-const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
+import { ROOT, run } from "./_toolchain.ts";
 
 /** The pinned client release. */
 export const TRITONCLIENT_VERSION = "2.73.0";
@@ -30,19 +29,6 @@ server's KServe v2 and TEI routes. Idempotent.
 Options:
   --json      print one JSON line with the python path and versions
   -h, --help  show this help`;
-
-async function run(cmd: string, args: string[]): Promise<void> {
-  let out: Deno.CommandOutput;
-  try {
-    out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  } catch (err) {
-    throw new Error(`Could not start "${cmd}": ${(err as Error).message}`, { cause: err });
-  }
-  if (!out.success) {
-    const text = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-4).join("\n");
-    throw new Error(`"${cmd} ${args.join(" ")}" failed with exit code ${out.code}:\n${text}`);
-  }
-}
 
 async function installedVersion(): Promise<string | null> {
   try {
@@ -77,7 +63,7 @@ export async function ensureServeClients(
   );
   await Deno.remove(CLIENTS_VENV, { recursive: true }).catch(() => {});
   await Deno.mkdir(`${ROOT}/.cache/venv`, { recursive: true });
-  await run("python3", ["-m", "venv", CLIENTS_VENV]);
+  await run("python3", ["-m", "venv", CLIENTS_VENV], { quiet: true });
   await run(CLIENTS_PYTHON, [
     "-m",
     "pip",
@@ -86,7 +72,7 @@ export async function ensureServeClients(
     "--disable-pip-version-check",
     `tritonclient[http]==${TRITONCLIENT_VERSION}`,
     `tei-client==${TEI_CLIENT_VERSION}`,
-  ]);
+  ], { quiet: true });
   const version = await installedVersion();
   if (version !== wanted) {
     throw new Error(
