@@ -12,12 +12,11 @@
  * @module
  */
 import { compileModel, loadCompiled } from "../../models/compiled.ts";
-import { analyzeOnnxModel } from "../../models/onnx_import.ts";
+import { analyzeOnnxModel, importOnnx } from "../../models/onnx_import.ts";
 import { decodeOnnxModel } from "../../models/onnx_proto.ts";
 import { modelFiles } from "../../models/registry.ts";
 import { parseSafetensors, safeTensorToFloat32 } from "../../models/safetensors.ts";
 import { BertTokenizer } from "../../models/tokenizer.ts";
-import { importOnnx } from "../../models/onnx_import.ts";
 import { ensureTestModel } from "../../tools/write_test_model.ts";
 import { rng } from "../harness.ts";
 
