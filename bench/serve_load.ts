@@ -18,6 +18,7 @@
 import autocannon from "autocannon";
 import { parseArgs } from "node:util";
 import { type SpawnedServer, spawnServer } from "../serve/spawn.ts";
+import { compareInstances, soak } from "./serve_soak.ts";
 
 const HELP = `Usage: deno task bench:serve [options]
 
@@ -29,6 +30,11 @@ Options:
   --connections N    load connections (default 64)
   --model NAME       registry model or .onnx file (default: the server's default model)
   --threads N        kernel threads of the server (default: the library default)
+  --soak MINUTES     instead: a soak at 70% of measured capacity with mixed lengths (RSS,
+                     p99 and errors per minute; see bench/serve_soak.ts)
+  --instances-compare
+                     instead: embeddings/s of one model instance against two (each a worker
+                     process with its share of the cores), closed loop, 32 clients
   --json             print the JSON report instead of the summary
   --out FILE         where to write the JSON (default bench/results/serve_load-<time>.json)
   -h, --help         show this help`;
@@ -450,6 +456,47 @@ async function disconnects(server: SpawnedServer, model: string, rounds: number)
   return { attempts, liveAfter: live.status, inferenceAfter: after.status };
 }
 
+async function longRun(values: {
+  soak?: string;
+  threads?: string;
+  model?: string;
+  duration?: string;
+  json: boolean;
+  out?: string;
+}): Promise<number> {
+  const minutes = Number(values.soak ?? 0);
+  if (values.soak !== undefined && !(Number.isInteger(minutes) && minutes >= 1 && minutes <= 600)) {
+    console.error(
+      `error: --soak must be a whole number of minutes in 1..600, got "${values.soak}"`,
+    );
+    return 2;
+  }
+  const threads = values.threads === undefined ? 0 : Number(values.threads);
+  const say = values.json ? () => {} : (line: string) => console.error(line);
+  const result = values.soak !== undefined
+    ? await soak({ minutes, threads, model: values.model, say })
+    : await compareInstances({
+      threads,
+      seconds: Number(values.duration ?? 20),
+      model: values.model,
+      say,
+    });
+  const report = {
+    date: new Date().toISOString(),
+    machine: { cpus: navigator.hardwareConcurrency, deno: Deno.version.deno },
+    command: `deno task bench:serve ${Deno.args.join(" ")}`.trim(),
+    ...result,
+  };
+  const kind = values.soak !== undefined ? "serve_soak" : "serve_instances";
+  const out = values.out ??
+    `bench/results/${kind}-${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
+  await Deno.mkdir(out.split("/").slice(0, -1).join("/") || ".", { recursive: true });
+  await Deno.writeTextFile(out, JSON.stringify(report, null, 2) + "\n");
+  if (values.json) console.log(JSON.stringify(report, null, 2));
+  else say(`wrote ${out}`);
+  return 0;
+}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({
     args: Deno.args,
@@ -461,6 +508,8 @@ async function main(): Promise<number> {
       threads: { type: "string" },
       json: { type: "boolean", default: false },
       out: { type: "string" },
+      soak: { type: "string" },
+      "instances-compare": { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -468,6 +517,7 @@ async function main(): Promise<number> {
     console.log(HELP);
     return 0;
   }
+  if (values.soak !== undefined || values["instances-compare"]) return await longRun(values);
   const quick = values.quick;
   const duration = Number(values.duration ?? (quick ? 10 : 60));
   const connections = Number(values.connections);

@@ -1,6 +1,6 @@
 /**
  * What the server needs from a model, independent of how it runs: the data types crossing
- * the worker boundary, the inference interface a worker implements over the library's
+ * the worker process boundary, the inference interface a worker implements over the library's
  * pipelines, and the messages exchanged with a worker.
  *
  * @module
@@ -165,14 +165,21 @@ export type BackendCall =
   | { op: "answer"; pairs: QaPair[]; options: TextTaskOptions }
   | { op: "classifyTokens"; texts: string[]; options: TextTaskOptions };
 
-/** Messages the main thread sends a worker. */
+/** Messages the server sends a worker process. */
 export type ToWorker =
-  | { type: "load"; source: ModelSource; threads: number }
+  | {
+    type: "load";
+    source: ModelSource;
+    /** Kernel threads (0: this worker's share of the library default). */
+    threads: number;
+    /** Workers sharing the machine's cores (all instances of all models). */
+    share: number;
+  }
   | { type: "call"; id: number; call: BackendCall };
 
-/** Messages a worker sends the main thread. */
+/** Messages a worker process sends the server. */
 export type FromWorker =
-  | { type: "loaded"; info: ModelInfo }
+  | { type: "loaded"; info: ModelInfo; pid: number }
   | { type: "load-failed"; message: string }
   | { type: "result"; id: number; value: unknown }
   | { type: "failed"; id: number; message: string };

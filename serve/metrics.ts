@@ -109,6 +109,12 @@ export interface QueueProbe {
   depth(): number;
   /** Batches running. */
   running(): number;
+  /** Worker processes loaded and serving. */
+  workersLive(): number;
+  /** Worker processes configured. */
+  workers(): number;
+  /** Resident memory of the live workers, bytes (0 where unknown). */
+  workerResidentBytes(): number;
 }
 
 /** The server's metrics registry. */
@@ -123,6 +129,7 @@ export class Metrics {
   #rates = new Map<string, RateWindow>();
   #rejected = new Map<string, number>();
   #queues = new Map<string, QueueProbe>();
+  #workerFaults = new Map<string, number>();
   #inflight = 0;
   #started = Date.now();
 
@@ -149,6 +156,12 @@ export class Metrics {
   /** Records a request refused for `reason` (e.g. `queue_full`). */
   rejected(reason: string): void {
     this.#rejected.set(reason, (this.#rejected.get(reason) ?? 0) + 1);
+  }
+
+  /** Counts a worker process of `model` that died (`cause`: `signal:SIGKILL`, `exit:1`, ...). */
+  workerFault(model: string, cause: string): void {
+    const key = JSON.stringify([model, cause]);
+    this.#workerFaults.set(key, (this.#workerFaults.get(key) ?? 0) + 1);
   }
 
   /** Records one batch of a model. */
@@ -234,6 +247,33 @@ export class Metrics {
     out.push("# TYPE sparsebert_batches_running gauge");
     for (const [model, q] of this.#queues) {
       out.push(`sparsebert_batches_running${labelText({ model })} ${q.running()}`);
+    }
+    out.push("# HELP sparsebert_workers_live Worker processes loaded and serving.");
+    out.push("# TYPE sparsebert_workers_live gauge");
+    for (const [model, q] of this.#queues) {
+      out.push(`sparsebert_workers_live${labelText({ model })} ${q.workersLive()}`);
+    }
+    out.push("# HELP sparsebert_workers Worker processes configured.");
+    out.push("# TYPE sparsebert_workers gauge");
+    for (const [model, q] of this.#queues) {
+      out.push(`sparsebert_workers${labelText({ model })} ${q.workers()}`);
+    }
+    out.push(
+      "# HELP sparsebert_worker_restarts_total Worker processes that died and were restarted, by cause.",
+    );
+    out.push("# TYPE sparsebert_worker_restarts_total counter");
+    for (const [key, n] of this.#workerFaults) {
+      const [model, cause] = JSON.parse(key) as string[];
+      out.push(`sparsebert_worker_restarts_total${labelText({ model, cause })} ${n}`);
+    }
+    out.push(
+      "# HELP sparsebert_worker_resident_memory_bytes Resident memory of a model's worker processes.",
+    );
+    out.push("# TYPE sparsebert_worker_resident_memory_bytes gauge");
+    for (const [model, q] of this.#queues) {
+      out.push(
+        `sparsebert_worker_resident_memory_bytes${labelText({ model })} ${q.workerResidentBytes()}`,
+      );
     }
     out.push("# HELP sparsebert_tokens_total Tokens run through the encoder (padding excluded).");
     out.push("# TYPE sparsebert_tokens_total counter");

@@ -1,6 +1,6 @@
 /**
- * A served model on the main thread: its tokenizer (limits are checked and texts tokenized
- * here, so a bad input is refused before it queues), its batcher, and its worker instances.
+ * A served model in the server process: its tokenizer (limits are checked and texts tokenized
+ * here, so a bad input is refused before it queues), its batcher, and its worker processes.
  *
  * @module
  */
@@ -26,7 +26,7 @@ import {
 } from "./batcher.ts";
 import { HttpError, typeName } from "./http.ts";
 import { QA_MAX_QUESTION } from "./pipeline_backend.ts";
-import { WorkerInstance } from "./instances.ts";
+import { WorkerFaultError, WorkerInstance, WorkerUnavailableError } from "./instances.ts";
 import type { Metrics } from "./metrics.ts";
 
 /** A sequence of token ids ready to batch. */
@@ -55,8 +55,10 @@ export interface EmbedResult {
 
 /** Options of {@linkcode ServedModel.start}. */
 export interface ServedModelOptions {
-  /** Kernel threads for the process (0: library default). */
+  /** Kernel threads per worker process (0: its share of the library default). */
   threads: number;
+  /** Worker processes sharing the machine's cores (all instances of all models). */
+  share: number;
   /** Longest an input may wait in the queue. */
   queueTimeoutMs: number;
   /** Longest text in characters. */
@@ -65,8 +67,8 @@ export interface ServedModelOptions {
   retryAfterS: number;
   /** Metrics registry. */
   metrics: Metrics;
-  /** Log line sink. */
-  log: (line: string) => void;
+  /** Structured log sink (worker events). */
+  log: (fields: Record<string, unknown>) => void;
 }
 
 /** Options for tokenizing request texts. */
@@ -128,6 +130,9 @@ export class ServedModel {
     options.metrics.registerQueue(config.name, {
       depth: () => this.#batcher.depth,
       running: () => this.#batcher.running,
+      workersLive: () => instances.filter((i) => i.live).length,
+      workers: () => instances.length,
+      workerResidentBytes: () => instances.reduce((s, i) => s + i.residentBytes(), 0),
     });
   }
 
@@ -148,16 +153,20 @@ export class ServedModel {
       normalize: config.normalize,
       maxLength: config.maxLength,
     };
-    const first = await WorkerInstance.start(source, {
+    const start = {
       threads: options.threads,
+      share: options.share,
       log: options.log,
-    });
+      onFault: (fault: { model: string; cause: string }) =>
+        options.metrics.workerFault(fault.model, fault.cause),
+    };
+    const first = await WorkerInstance.start(source, start);
     const instances = [first];
     try {
       // The others load the model the first one ended up with, so all instances agree.
       const pinned = { ...source, model: first.info.loaded, fallback: null };
       for (let i = 1; i < config.instances; i++) {
-        instances.push(await WorkerInstance.start(pinned, { threads: options.threads }));
+        instances.push(await WorkerInstance.start(pinned, start));
       }
       const tokenizer = await BertTokenizer.fromFile(first.info.tokenizerPath, {
         maxLength: config.maxLength,
@@ -167,6 +176,16 @@ export class ServedModel {
       for (const instance of instances) instance.close();
       throw err;
     }
+  }
+
+  /** Whether at least one worker of this model is live (none: readiness is false). */
+  get live(): boolean {
+    return this.#instances.some((i) => i.live);
+  }
+
+  /** Process ids of the live workers (for operators and the fault tests). */
+  get workerPids(): number[] {
+    return this.#instances.map((i) => i.pid).filter((p) => p !== null);
   }
 
   /** Inputs waiting in this model's queue. */
@@ -185,6 +204,15 @@ export class ServedModel {
   }
 
   #executor(instance: WorkerInstance): (items: Item[], bucket: number) => Promise<unknown[]> {
+    const run = this.#run(instance);
+    // A batch given to an instance whose worker is restarting waits for it (bounded).
+    return async (items, bucket) => {
+      await instance.whenLive(this.#options.queueTimeoutMs);
+      return await run(items, bucket);
+    };
+  }
+
+  #run(instance: WorkerInstance): (items: Item[], bucket: number) => Promise<unknown[]> {
     const maxLength = this.config.maxLength;
     switch (this.config.task) {
       case "feature-extraction":
@@ -455,6 +483,16 @@ export class ServedModel {
     }
     if (err instanceof CancelledError) {
       return new HttpError(499, err.message, { code: "client_closed_request" });
+    }
+    if (err instanceof WorkerFaultError) {
+      return new HttpError(
+        503,
+        `Model "${this.config.name}" lost this request: ${err.message}; it is restarting, retry`,
+        { code: "worker_failed", headers: retry },
+      );
+    }
+    if (err instanceof WorkerUnavailableError) {
+      return new HttpError(503, err.message, { code: "worker_unavailable", headers: retry });
     }
     if (err instanceof HttpError) return err;
     return new HttpError(500, `Inference failed: ${(err as Error).message}`, {

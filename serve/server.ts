@@ -145,7 +145,8 @@ export async function startServer(
     models,
     metrics,
     version: denoJson.version,
-    ready: () => ready && !draining,
+    ready: () => ready && !draining && [...models.values()].every((m) => m.live),
+    accepting: () => ready && !draining,
     draining: () => draining,
   };
   const routes: Route[] = [];
@@ -293,15 +294,18 @@ export async function startServer(
 
   try {
     if (config.threads > 0) event({ level: "info", event: "threads", threads: config.threads });
+    // Every instance is a process with its own thread pool; by default they split the cores.
+    const share = config.models.reduce((n, m) => n + m.instances, 0);
     for (const modelConfig of config.models) {
       const t0 = performance.now();
       const model = await ServedModel.start(modelConfig, {
         threads: config.threads,
+        share,
         queueTimeoutMs: config.limits.queueTimeoutMs,
         maxTextChars: config.limits.maxTextChars,
         retryAfterS: config.retryAfterS,
         metrics,
-        log: (line) => event({ level: "warn", event: "worker", message: line }),
+        log: (fields) => event({ level: "warn", ...fields }),
       });
       models.set(modelConfig.name, model);
       event({
@@ -312,6 +316,7 @@ export async function startServer(
         loaded: model.info.loaded,
         ...(model.info.fallbackReason ? { fallback_reason: model.info.fallbackReason } : {}),
         instances: modelConfig.instances,
+        pids: model.workerPids,
         threads: model.info.threads,
         hidden: model.info.hiddenSize,
         seconds: Math.round((performance.now() - t0) / 100) / 10,

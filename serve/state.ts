@@ -19,8 +19,16 @@ export interface ServerState {
   readonly metrics: Metrics;
   /** The server version reported by metadata routes. */
   readonly version: string;
-  /** True once every model is loaded and until shutdown starts. */
+  /**
+   * True once every model is loaded, while each has a live worker, until shutdown starts
+   * (readiness; false while a model's only worker restarts after a fault).
+   */
   ready(): boolean;
+  /**
+   * True once every model is loaded and until shutdown starts: inference requests are taken
+   * (while a worker restarts they wait in the queue for it).
+   */
+  accepting(): boolean;
   /** True once shutdown has started. */
   draining(): boolean;
 }
@@ -140,7 +148,7 @@ export function requireServing(state: ServerState): void {
       headers: { "retry-after": String(state.config.retryAfterS) },
     });
   }
-  if (!state.ready()) {
+  if (!state.accepting()) {
     throw new HttpError(503, "The server is still loading its models", {
       code: "not_ready",
       headers: { "retry-after": String(state.config.retryAfterS) },

@@ -1,46 +1,74 @@
-/// <reference lib="deno.worker" />
 /**
- * Entry of an inference worker (a Deno Worker). It loads one model through the library's
- * pipelines and runs the batches the main thread sends, one at a time, so that the main
- * event loop (HTTP, health checks, batching) never waits on inference.
+ * Entry of an inference worker process. The server starts one per model instance (see
+ * `instances.ts`), so a native crash, an out-of-memory kill or a hang in a model takes down
+ * that worker only, and each process has its own kernel thread pool. It loads one model through
+ * the library's pipelines and runs the batches the server sends, one at a time.
  *
- * Protocol: {@linkcode ToWorker} in, {@linkcode FromWorker} out (see `backend.ts`).
+ * Protocol: frames (`frames.ts`) on stdin and stdout: {@linkcode ToWorker} in,
+ * {@linkcode FromWorker} out (see `backend.ts`). stdout carries nothing else: console output
+ * goes to stderr, which the server forwards to its log. The worker exits when stdin closes.
  *
  * @module
  */
+import { threads } from "../ffi/library.ts";
 import { type FromWorker, type InferenceBackend, runCall, type ToWorker } from "./backend.ts";
+import { encodeFrame, readFrames } from "./frames.ts";
 import { loadPipelineBackend } from "./pipeline_backend.ts";
 
-let backend: InferenceBackend | null = null;
-
-function send(message: FromWorker, transfer: Transferable[] = []): void {
-  self.postMessage(message, transfer);
+function keepStdoutForFrames(): void {
+  const toStderr = (...args: unknown[]): void => console.error(...args);
+  console.log = toStderr;
+  console.info = toStderr;
+  console.debug = toStderr;
 }
 
-function transferables(value: unknown): Transferable[] {
-  if (ArrayBuffer.isView(value) && value.buffer instanceof ArrayBuffer) return [value.buffer];
-  return [];
+function send(message: FromWorker): void {
+  const frame = encodeFrame(message);
+  let written = 0;
+  // Bounded: every write moves at least one byte or throws (the server went away).
+  while (written < frame.length) written += Deno.stdout.writeSync(frame.subarray(written));
 }
 
-self.onmessage = async (event: MessageEvent<ToWorker>) => {
-  const message = event.data;
+/** Kernel threads for this worker: as asked, else its share of the library default. */
+function threadCount(asked: number, share: number): number {
+  return asked > 0 ? asked : Math.max(1, Math.floor(threads() / Math.max(1, share)));
+}
+
+async function handle(message: ToWorker, backend: InferenceBackend | null) {
   if (message.type === "load") {
     try {
-      backend = await loadPipelineBackend(message.source, { threads: message.threads });
-      send({ type: "loaded", info: backend.info });
+      const loaded = await loadPipelineBackend(message.source, {
+        threads: threadCount(message.threads, message.share),
+      });
+      send({ type: "loaded", info: loaded.info, pid: Deno.pid });
+      return loaded;
     } catch (err) {
       send({ type: "load-failed", message: (err as Error).message });
+      return backend;
     }
-    return;
   }
   if (backend === null) {
     send({ type: "failed", id: message.id, message: "The model is not loaded" });
-    return;
+    return backend;
   }
   try {
-    const value = await runCall(backend, message.call);
-    send({ type: "result", id: message.id, value }, transferables(value));
+    send({ type: "result", id: message.id, value: await runCall(backend, message.call) });
   } catch (err) {
     send({ type: "failed", id: message.id, message: (err as Error).message });
   }
-};
+  return backend;
+}
+
+async function main(): Promise<void> {
+  keepStdoutForFrames();
+  let backend: InferenceBackend | null = null;
+  for await (const message of readFrames(Deno.stdin.readable)) {
+    backend = await handle(message as ToWorker, backend);
+  }
+  backend?.dispose();
+}
+
+if (import.meta.main) {
+  await main();
+  Deno.exit(0);
+}

@@ -876,7 +876,7 @@ function modelConfig(context: RouteContext): Response {
 
 function modelReady(context: RouteContext): Response {
   const model = modelFromPath(context.state, context.params);
-  const ready = context.state.ready();
+  const ready = context.state.accepting() && model.live;
   return jsonResponse({ name: model.config.name, ready }, ready ? 200 : 503);
 }
 
