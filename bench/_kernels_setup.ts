@@ -18,7 +18,8 @@ import { LinearI8 } from "../ops/linear_i8.ts";
 import { quantizeActivations, quantizeWeights } from "../ops/quantize.ts";
 import { SparseLinearF32 } from "../ops/sparse_linear_f32.ts";
 import { SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
-import { mulberry32, randomBlockSparse } from "../ops/sparsity.ts";
+import { mulberry32 } from "../ops/random.ts";
+import { randomBlockSparse } from "../ops/sparsity.ts";
 import { loadOrtSession, matMulIntegerModel, matMulModel } from "./peers/ort_node.ts";
 import { type Contender, stats } from "./_timing.ts";
 

@@ -138,21 +138,44 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
           `p99 ${row.p99Ms} ms, RSS ${row.rssMiB} MiB`,
       );
     }
-    const first = minutes[0];
-    const last = minutes.at(-1)!;
-    const summary = {
-      rssGrowthAfterWarmupPercent: round((last.rssMiB / first.rssMiB - 1) * 100, 2),
-      worstP99OverFirst: round(Math.max(...minutes.map((m) => m.p99Ms)) / first.p99Ms, 2),
-      errors: minutes.reduce((s, m) => s + m.errors, 0),
-    };
+    const summary = summarize(minutes);
     options.say(
-      `RSS growth after minute 1: ${summary.rssGrowthAfterWarmupPercent}%; worst p99 / minute 1 ` +
-        `p99: ${summary.worstP99OverFirst}x; errors: ${summary.errors}`,
+      `RSS growth after the ${summary.warmupMinutes}-minute warm-up: ` +
+        `${summary.rssGrowthAfterWarmupPercent}% (slope ${summary.rssSlopeMiBPer10Minutes} ` +
+        `MiB / 10 min; since minute 1: ${summary.rssGrowthSinceMinute1Percent}%); worst p99 / ` +
+        `minute 1 p99: ${summary.worstP99OverFirst}x; errors: ${summary.errors}`,
     );
     return { capacityPerSecond: round(measured), ratePerSecond: round(rate), minutes, summary };
   } finally {
     await server.stop();
   }
+}
+
+/**
+ * The soak's verdict figures. Warm-up: the first 5 minutes (a third of a short run), while the
+ * workspaces of every batch shape and the allocator's arenas grow; RSS growth is measured from
+ * its end to the last minute, with the least-squares slope over the same minutes.
+ */
+export function summarize(minutes: SoakMinute[]): Record<string, number> {
+  const warmup = Math.max(1, Math.min(5, Math.floor(minutes.length / 3)));
+  const after = minutes.slice(warmup - 1);
+  const last = minutes.at(-1)!;
+  const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
+  const t = after.map((m) => m.minute);
+  const r = after.map((m) => m.rssMiB);
+  const tm = mean(t);
+  const rm = mean(r);
+  const den = t.reduce((s, x) => s + (x - tm) ** 2, 0);
+  const slope = den === 0 ? 0 : t.reduce((s, x, i) => s + (x - tm) * (r[i] - rm), 0) / den;
+  return {
+    warmupMinutes: warmup,
+    rssGrowthAfterWarmupPercent: round((last.rssMiB / after[0].rssMiB - 1) * 100, 2),
+    rssGrowthSinceMinute1Percent: round((last.rssMiB / minutes[0].rssMiB - 1) * 100, 2),
+    rssSlopeMiBPer10Minutes: round(slope * 10, 2),
+    worstP99OverFirst: round(Math.max(...minutes.map((m) => m.p99Ms)) / minutes[0].p99Ms, 2),
+    minutesOverP99Bound: minutes.filter((m) => m.p99Ms > 1.5 * minutes[0].p99Ms).length,
+    errors: minutes.reduce((s, m) => s + m.errors, 0),
+  };
 }
 
 /** Embeddings/s of one instance against two on the same machine (closed loop, 32 clients). */

@@ -18,6 +18,7 @@
  */
 import { kernels } from "../ffi/library.ts";
 import { describeArray } from "./linear.ts";
+import { mulberry32 } from "./random.ts";
 
 /** Rows per block of the 4x1 pattern. */
 export const BLOCK_ROWS = 4;
@@ -186,16 +187,4 @@ export function randomBlockSparse(options: RandomPatternOptions): Float32Array {
     }
   }
   return weight;
-}
-
-/** A seeded PRNG (mulberry32) returning floats in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }

@@ -70,7 +70,7 @@ export interface ModelConfig {
   maxLength: number;
   /** Sequence-length bucket bounds; inputs are batched with others of the same bucket. */
   buckets: number[];
-  /** Worker instances, each with its own copy of the model. */
+  /** Worker processes, each with its own copy of the model and its own kernel thread pool. */
   instances: number;
   /** Most inputs waiting in this model's queue; beyond it requests get 429. */
   maxQueue: number;
@@ -98,7 +98,10 @@ export interface ServeConfig {
   host: string;
   /** Port to listen on (0 picks a free one). */
   port: number;
-  /** Kernel worker threads for the process (0: the library default, physical cores). */
+  /**
+   * Kernel threads per worker process (0: the library default, physical cores, split evenly
+   * between all instances of all models).
+   */
   threads: number;
   /** Request limits. */
   limits: LimitsConfig;

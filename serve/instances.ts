@@ -271,6 +271,7 @@ export class WorkerInstance {
   #spawn(): Promise<ModelInfo> {
     return new Promise<ModelInfo>((resolve, reject) => {
       let settled = false;
+      let loaded = false;
       const settle = (error: Error | null, info?: ModelInfo): void => {
         if (settled) return;
         settled = true;
@@ -281,6 +282,7 @@ export class WorkerInstance {
       const process = new WorkerProcess(
         (message) => {
           if (message.type === "loaded") {
+            loaded = true;
             this.#info = message.info;
             this.#pid = message.pid;
             this.#setLive(true);
@@ -309,6 +311,8 @@ export class WorkerInstance {
           settle(new Error(reason));
           return;
         }
+        // A load that failed or timed out was reported by the start or restart that ran it.
+        if (!loaded) return;
         this.#died(process, process.protocolError !== null ? "protocol" : cause, reason);
       });
       const load: ToWorker = {

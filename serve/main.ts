@@ -36,7 +36,8 @@ Options:
   --config FILE   JSON or YAML configuration (models, limits, batching; see serve/config.ts)
   --host HOST     listen address (default 127.0.0.1; overrides the file)
   --port PORT     listen port (default 5543; 0 picks a free one; overrides the file)
-  --threads N     kernel threads for the process (default: physical cores)
+  --threads N     kernel threads per worker process (default: physical cores split
+                  between the instances)
   --model NAME    serve this registry model or .onnx file instead of the default
   --quiet         no per-request log lines
   --max-batch-tokens N

@@ -8,6 +8,7 @@
  * @module
  */
 import { kernels } from "../ffi/library.ts";
+import { mulberry32 } from "../ops/random.ts";
 
 /** Describes the kernel library under test, e.g. `"avx2 (build/fast)"`. */
 export function variantLabel(): string {
@@ -78,17 +79,8 @@ export function assertEqualInts(
   }
 }
 
-/** A seeded PRNG (mulberry32) so failures reproduce. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A seeded PRNG (mulberry32, `ops/random.ts`) so failures reproduce. */
+export const rng: (seed: number) => () => number = mulberry32;
 
 /** `n` uniform floats in [lo, hi) from a seeded PRNG. */
 export function randomF32(n: number, seed: number, lo = -1, hi = 1): Float32Array {

@@ -5,6 +5,7 @@
  * @module
  */
 import * as ort from "onnxruntime-node";
+import { lcg32 } from "../ops/random.ts";
 
 /** A padded batch as int32 arrays, `[batch, seq]` row-major. */
 export interface OrtBatch {
@@ -87,11 +88,8 @@ export function randomBatch(
 ): OrtBatch {
   const batch = lengths.length;
   const seq = Math.max(...lengths);
-  let state = options.seed >>> 0;
-  const next = (): number => {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    return state / 4294967296;
-  };
+  const lcg = lcg32(options.seed);
+  const next = (): number => lcg() / 4294967296;
   const inputIds = new Int32Array(batch * seq);
   const attentionMask = new Int32Array(batch * seq);
   const tokenTypeIds = new Int32Array(batch * seq);

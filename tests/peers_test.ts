@@ -26,18 +26,7 @@ import {
 } from "../bench/peers/mod.ts";
 import { writeTestModel } from "../tools/write_test_model.ts";
 import { cpuFeatureReport, probeCpuFeatures } from "../ffi/library.ts";
-
-/** Deterministic PRNG for test data (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from "./harness.ts";
 
 function refMatMul(x: Float32Array, w: Float32Array, m: number, k: number, n: number) {
   const y = new Float64Array(m * n);

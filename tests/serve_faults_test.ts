@@ -223,6 +223,11 @@ Deno.test({
       await until("the worker to come back", () => readiness(server.url));
       const again = await embed(server.url, 1);
       assert.equal(again.status, 200, again.message ?? "");
+      // One death, one replacement: a failed restart is retried, not counted as a new fault.
+      const count = (event: string) => server.logs.filter((l) => l.event === event).length;
+      assert.equal(count("worker_died"), 1);
+      assert.equal(count("worker_restarted"), 1);
+      assert.ok(count("worker_restart_failed") >= 1);
     } finally {
       await server.stop();
       await Deno.remove(dir, { recursive: true });

@@ -11,6 +11,7 @@ import { parseArgs } from "node:util";
 import * as ort from "onnxruntime-node";
 import { setThreads } from "../ffi/library.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
+import { lcg32 } from "../ops/random.ts";
 import { environment, fmt, interleave, probePeakF32, type Stats } from "../bench/_timing.ts";
 import { loadOrtSession, matMulModel } from "../bench/peers/ort_node.ts";
 import { transpose2d } from "../models/weights.ts";
@@ -48,11 +49,8 @@ const FULL_SHAPES: [number, number][] = [[768, 768], [768, 3072], [3072, 768], [
 
 function seeded(n: number, seed: number): Float32Array {
   const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 4294967296 - 0.5) * 0.2;
-  }
+  const next = lcg32(seed);
+  for (let i = 0; i < n; i++) out[i] = (next() / 4294967296 - 0.5) * 0.2;
   return out;
 }
 

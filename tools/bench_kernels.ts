@@ -14,7 +14,7 @@ import { setThreads } from "../ffi/library.ts";
 import { environment, fmt, interleave, type Stats } from "../bench/_timing.ts";
 import { probePeakI8, setupShape, SHAPES, SPARSITIES } from "../bench/_kernels_setup.ts";
 import { quantizeActivations, quantizeWeights } from "../ops/quantize.ts";
-import { mulberry32 } from "../ops/sparsity.ts";
+import { mulberry32 } from "../ops/random.ts";
 
 const HELP = `Usage: deno task bench:kernels [options]
 

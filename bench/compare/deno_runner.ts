@@ -27,6 +27,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { lcg32 } from "../../ops/random.ts";
 
 /** The runtimes this runner hosts. */
 export type DenoRuntime = "sparsebert" | "ort-node";
@@ -53,11 +54,8 @@ class StageError extends Error {
  */
 export function lcgInputIds(batch: number, seq: number, seed: number): Int32Array {
   const out = new Int32Array(batch * seq);
-  let state = seed >>> 0;
-  for (let i = 0; i < out.length; i++) {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    out[i] = 1000 + ((state >>> 16) % 1000);
-  }
+  const next = lcg32(seed);
+  for (let i = 0; i < out.length; i++) out[i] = 1000 + ((next() >>> 16) % 1000);
   return out;
 }
 

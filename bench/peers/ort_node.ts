@@ -16,6 +16,7 @@
  */
 
 import * as ort from "onnxruntime-node";
+import { lcg32 } from "../../ops/random.ts";
 import {
   DataType,
   encodeOnnxModel,
@@ -170,11 +171,8 @@ export function bertInputIds(batch: number, seq: number, seed: number): BigInt64
     throw new RangeError(`Seed must be a non-negative integer, got '${seed}'`);
   }
   const out = new BigInt64Array(batch * seq);
-  let state = seed >>> 0;
-  for (let i = 0; i < out.length; i++) {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    out[i] = BigInt(1000 + ((state >>> 16) % 1000));
-  }
+  const next = lcg32(seed);
+  for (let i = 0; i < out.length; i++) out[i] = BigInt(1000 + ((next() >>> 16) % 1000));
   return out;
 }
 

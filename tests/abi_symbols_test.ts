@@ -1,0 +1,113 @@
+// The C ABI and its one binding agree: every `export fn` of kernels.zig is in ffi/symbols.ts
+// (and nothing else is), in the same order, with the same parameter and result types. A
+// mismatch here would otherwise show up as a wrong result or a crash, not an error.
+import assert from "node:assert/strict";
+import { symbols } from "../ffi/symbols.ts";
+
+interface ZigExport {
+  name: string;
+  parameters: { name: string; type: string }[];
+  result: string;
+}
+
+const SCALARS: Record<string, string> = {
+  usize: "usize",
+  isize: "isize",
+  u8: "u8",
+  i8: "i8",
+  u16: "u16",
+  i16: "i16",
+  u32: "u32",
+  i32: "i32",
+  c_int: "i32",
+  u64: "u64",
+  i64: "i64",
+  f32: "f32",
+  f64: "f64",
+  bool: "bool",
+  void: "void",
+};
+
+/** The FFI types a Zig parameter type may be bound as. */
+function allowed(zigType: string): string[] {
+  const type = zigType.trim();
+  const scalar = SCALARS[type];
+  if (scalar !== undefined) return [scalar];
+  // Pointers of any kind ([*]T, ?[*]T, *T, *anyopaque, [*]align(64) u8) cross as a buffer
+  // (a TypedArray the call reads or writes) or a native pointer.
+  if (/^\??(\[\*\]|\*)/.test(type)) return ["buffer", "pointer"];
+  throw new Error(`kernels.zig uses a type the test does not map: ${type}`);
+}
+
+function zigExports(source: string): ZigExport[] {
+  const out: ZigExport[] = [];
+  // Parameter lists hold one level of parentheses at most (`[*]align(64) u8`).
+  const pattern = /^export fn (\w+)\(((?:[^()]|\([^()]*\))*)\)\s*([^{]+?)\s*\{/gm;
+  for (const match of source.matchAll(pattern)) {
+    const parameters = match[2].split(",").map((p) => p.trim()).filter((p) => p !== "").map(
+      (p) => {
+        const colon = p.indexOf(":");
+        return { name: p.slice(0, colon).trim(), type: p.slice(colon + 1).trim() };
+      },
+    );
+    out.push({ name: match[1], parameters, result: match[3].trim() });
+  }
+  return out;
+}
+
+type Binding = { parameters: readonly string[]; result: string };
+
+/** Why `bound` does not bind `fn`, or null when it does. */
+function mismatch(fn: ZigExport, bound: Binding): string | null {
+  if (bound.parameters.length !== fn.parameters.length) {
+    return `${fn.name}: ${fn.parameters.length} parameters in kernels.zig, ${bound.parameters.length} in ffi/symbols.ts`;
+  }
+  for (let i = 0; i < fn.parameters.length; i++) {
+    const p = fn.parameters[i];
+    const ok = allowed(p.type);
+    if (!ok.includes(bound.parameters[i])) {
+      return `${fn.name} parameter ${i} (${p.name}: ${p.type}) is bound as "${
+        bound.parameters[i]
+      }"; expected ${ok.join(" or ")}`;
+    }
+  }
+  const pointer = /^\??(\[\*\]|\*)/.test(fn.result);
+  const resultOk = pointer ? ["pointer"] : allowed(fn.result);
+  if (!resultOk.includes(bound.result)) {
+    return `${fn.name} returns ${fn.result} in kernels.zig, "${bound.result}" in ffi/symbols.ts`;
+  }
+  return null;
+}
+
+Deno.test("ABI: every export fn of kernels.zig matches ffi/symbols.ts (names, order, types)", async () => {
+  const source = await Deno.readTextFile(new URL("../kernels.zig", import.meta.url));
+  const exports = zigExports(source);
+  const declared = source.match(/^export fn /gm)?.length ?? 0;
+  assert.equal(exports.length, declared, "the test's parser missed an export fn");
+  assert.ok(exports.length >= 40, `only ${exports.length} exports found`);
+  assert.deepEqual(
+    Object.keys(symbols),
+    exports.map((e) => e.name),
+    "ffi/symbols.ts must list kernels.zig's exports, in order",
+  );
+  const table = symbols as Record<string, Binding>;
+  for (const fn of exports) assert.equal(mismatch(fn, table[fn.name]), null);
+});
+
+Deno.test("ABI: the check catches a wrong binding (a parameter type, a missing parameter)", () => {
+  const [fn] = zigExports(
+    "export fn sb_x(a: [*]const f32, b: [*]align(64) u8, n: usize, s: f32) ?[*]u8 {\n}\n",
+  );
+  const right = { parameters: ["buffer", "pointer", "usize", "f32"], result: "pointer" };
+  assert.equal(mismatch(fn, right), null);
+  assert.match(
+    mismatch(fn, { ...right, parameters: ["buffer", "pointer", "u32", "f32"] })!,
+    /parameter 2 \(n: usize\) is bound as "u32"/,
+  );
+  assert.match(
+    mismatch(fn, { ...right, parameters: ["buffer", "usize", "f32"] })!,
+    /4 parameters in kernels.zig, 3/,
+  );
+  assert.match(mismatch(fn, { ...right, result: "u32" })!, /returns \?\[\*\]u8/);
+  assert.throws(() => allowed("[]const u8"), /does not map/);
+});
