@@ -26,7 +26,7 @@ import {
 } from "../bench/peers/mod.ts";
 import { writeTestModel } from "../tools/write_test_model.ts";
 import { cpuFeatureReport, probeCpuFeatures } from "../ffi/library.ts";
-import { rng } from "./harness.ts";
+import { mulberry32 as rng } from "../ops/random.ts";
 
 function refMatMul(x: Float32Array, w: Float32Array, m: number, k: number, n: number) {
   const y = new Float64Array(m * n);
