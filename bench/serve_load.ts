@@ -19,6 +19,7 @@ import autocannon from "autocannon";
 import { parseArgs } from "node:util";
 import { type SpawnedServer, spawnServer } from "../serve/spawn.ts";
 import { compareInstances, soak } from "./serve_soak.ts";
+import { metricsText, metricSum, percentile, round, writeReport } from "./_serve_common.ts";
 
 const HELP = `Usage: deno task bench:serve [options]
 
@@ -36,7 +37,7 @@ Options:
                      instead: embeddings/s of one model instance against two (each a worker
                      process with its share of the cores), closed loop, 32 clients
   --json             print the JSON report instead of the summary
-  --out FILE         where to write the JSON (default bench/results/serve_load-<time>.json)
+  --out FILE         where to write the JSON (default bench/results/<run>-<time>.json)
   -h, --help         show this help`;
 
 const TEXTS = [
@@ -49,33 +50,6 @@ const TEXTS = [
   "Deno workers keep inference off the main event loop.",
   "Every bad input gets a clear JSON error.",
 ];
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1));
-  return sorted[i];
-}
-
-function round(x: number, digits = 1): number {
-  const f = 10 ** digits;
-  return Math.round(x * f) / f;
-}
-
-async function metricsText(url: string): Promise<string> {
-  const r = await fetch(`${url}/metrics`);
-  return await r.text();
-}
-
-function metricSum(text: string, name: string, filter = ""): number {
-  let total = 0;
-  for (const line of text.split("\n")) {
-    if (line.startsWith(name) && (line[name.length] === "{" || line[name.length] === " ")) {
-      if (filter && !line.includes(filter)) continue;
-      total += Number(line.slice(line.lastIndexOf(" ") + 1));
-    }
-  }
-  return total;
-}
 
 function count5xx(text: string): number {
   let total = 0;
@@ -488,10 +462,7 @@ async function longRun(values: {
     ...result,
   };
   const kind = values.soak !== undefined ? "serve_soak" : "serve_instances";
-  const out = values.out ??
-    `bench/results/${kind}-${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
-  await Deno.mkdir(out.split("/").slice(0, -1).join("/") || ".", { recursive: true });
-  await Deno.writeTextFile(out, JSON.stringify(report, null, 2) + "\n");
+  const out = await writeReport(kind, report, values.out);
   if (values.json) console.log(JSON.stringify(report, null, 2));
   else say(`wrote ${out}`);
   return 0;
@@ -719,12 +690,7 @@ async function main(): Promise<number> {
   }
 
   report.failures = failures;
-  const out = values.out ?? new URL(
-    `./results/serve_load-${new Date().toISOString().replace(/[:.]/g, "-")}.json`,
-    import.meta.url,
-  ).pathname;
-  await Deno.mkdir(out.slice(0, out.lastIndexOf("/")), { recursive: true });
-  await Deno.writeTextFile(out, JSON.stringify(report, null, 2) + "\n");
+  const out = await writeReport("serve_load", report, values.out);
   if (values.json) console.log(JSON.stringify(report));
   else {say(
       `Report: ${out}; ${failures === 0 ? "all checks passed" : `${failures} check(s) failed`}`,

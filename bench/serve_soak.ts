@@ -4,13 +4,15 @@
  * - `--soak MINUTES`: measures capacity (closed loop, 32 clients, mixed lengths), then sends
  *   an open-loop load at 70% of it for MINUTES and reports per minute: p50/p99 latency, errors,
  *   and resident memory of the server and its workers (from /metrics); at the end, the RSS
- *   growth after the first minute (warm-up), and p99 of every minute against the first's.
+ *   growth after a warm-up and its slope, and p99 of every minute against the first's
+ *   ({@linkcode summarize}).
  * - `--instances-compare`: the same closed-loop load on one instance (all threads) and on two
  *   instances (each a worker process with its share of the cores), embeddings/s side by side.
  *
  * @module
  */
 import { spawnServer } from "../serve/spawn.ts";
+import { metricsText, metricSum, percentile, round } from "./_serve_common.ts";
 
 /** Short, medium and long inputs (about 8, 40 and 120 tokens), mixed in every phase. */
 const MIXED = [
@@ -20,13 +22,6 @@ const MIXED = [
   ("Mixed lengths exercise the bucketed batcher: long inputs run with long ones and short " +
     "ones with short ones, and the token budget bounds every batch. ").repeat(4),
 ];
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))];
-}
-
-const round = (x: number, digits = 1): number => Math.round(x * 10 ** digits) / 10 ** digits;
 
 async function embedOnce(url: string, n: number): Promise<{ ms: number; status: number }> {
   const started = performance.now();
@@ -57,16 +52,11 @@ async function capacity(url: string, clients: number, seconds: number): Promise<
   return ok / ((performance.now() - t0) / 1000);
 }
 
+/** Resident memory of the server process and its workers, bytes. */
 async function residentBytes(url: string): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  let total = 0;
-  for (const line of text.split("\n")) {
-    if (
-      line.startsWith("process_resident_memory_bytes ") ||
-      line.startsWith("sparsebert_worker_resident_memory_bytes{")
-    ) total += Number(line.slice(line.lastIndexOf(" ") + 1));
-  }
-  return total;
+  const text = await metricsText(url);
+  return metricSum(text, "process_resident_memory_bytes") +
+    metricSum(text, "sparsebert_worker_resident_memory_bytes");
 }
 
 /** One minute of the soak. */

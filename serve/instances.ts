@@ -25,15 +25,11 @@ import type {
 import { encodeFrame, readFrames } from "./frames.ts";
 import type { TextInput } from "../models/tokenizer.ts";
 
-/** A call lost because its worker process died while running it. */
+/** A call lost because its worker process died while running it (the message says why). */
 export class WorkerFaultError extends Error {
-  /** What killed the worker: `signal:SIGKILL`, `exit:1`, `protocol`. */
-  readonly kind: string;
-
-  constructor(message: string, kind: string) {
+  constructor(message: string) {
     super(message);
     this.name = "WorkerFaultError";
-    this.kind = kind;
   }
 }
 
@@ -73,8 +69,6 @@ export interface StartOptions {
 
 const WORKER_URL = new URL("./worker.ts", import.meta.url);
 const ROOT_CONFIG = new URL("../deno.json", import.meta.url);
-/** Lines of a worker's stderr kept to explain its death. */
-const STDERR_LINES = 8;
 /** Restart delays while restarts keep failing (milliseconds); the last one repeats. */
 const BACKOFF_MS = [0, 500, 1000, 2000, 5000, 10_000, 30_000];
 
@@ -107,7 +101,8 @@ function describeExit(status: Deno.CommandStatus): { cause: string; text: string
 class WorkerProcess {
   readonly child: Deno.ChildProcess;
   readonly pending = new Map<number, Pending>();
-  readonly stderr: string[] = [];
+  /** The worker's last stderr line (it explains a death), or null. */
+  lastStderr: string | null = null;
   /** Resolves with the exit status once the process is gone and its output is read. */
   readonly exited: Promise<Deno.CommandStatus>;
   #writer: WritableStreamDefaultWriter<Uint8Array>;
@@ -167,8 +162,7 @@ class WorkerProcess {
 
   #keep(line: string, log: StartOptions["log"], name: string): void {
     if (line.trim() === "") return;
-    this.stderr.push(line);
-    if (this.stderr.length > STDERR_LINES) this.stderr.shift();
+    this.lastStderr = line;
     log?.({ level: "warn", event: "worker_stderr", model: name, pid: this.child.pid, line });
   }
 
@@ -303,10 +297,10 @@ export class WorkerInstance {
       }, timeoutMs);
       process.exited.then((status) => {
         const { cause, text } = describeExit(status);
-        const last = process.stderr.at(-1);
+        const last = process.lastStderr;
         const reason = `Worker ${process.child.pid} of model "${this.#source.name}" ${text}` +
           (process.protocolError !== null ? ` (${process.protocolError})` : "") +
-          (last !== undefined ? `; its last output: ${last.slice(0, 300)}` : "");
+          (last !== null ? `; its last output: ${last.slice(0, 300)}` : "");
         if (!settled) {
           settle(new Error(reason));
           return;
@@ -340,7 +334,7 @@ export class WorkerInstance {
     this.#setLive(false);
     const failed = [...process.pending.values()];
     process.pending.clear();
-    for (const call of failed) call.reject(new WorkerFaultError(reason, cause));
+    for (const call of failed) call.reject(new WorkerFaultError(reason));
     if (this.#closed) return;
     this.#restarts++;
     const fault = { model: this.#source.name, cause, reason, pid: process.child.pid };

@@ -238,26 +238,19 @@ export class Metrics {
     for (const [model, h] of this.#batchSeconds) {
       h.render("sparsebert_batch_duration_seconds", { model }, out);
     }
-    out.push("# HELP sparsebert_queue_depth Inputs waiting to be batched.");
-    out.push("# TYPE sparsebert_queue_depth gauge");
-    for (const [model, q] of this.#queues) {
-      out.push(`sparsebert_queue_depth${labelText({ model })} ${q.depth()}`);
-    }
-    out.push("# HELP sparsebert_batches_running Batches running in workers now.");
-    out.push("# TYPE sparsebert_batches_running gauge");
-    for (const [model, q] of this.#queues) {
-      out.push(`sparsebert_batches_running${labelText({ model })} ${q.running()}`);
-    }
-    out.push("# HELP sparsebert_workers_live Worker processes loaded and serving.");
-    out.push("# TYPE sparsebert_workers_live gauge");
-    for (const [model, q] of this.#queues) {
-      out.push(`sparsebert_workers_live${labelText({ model })} ${q.workersLive()}`);
-    }
-    out.push("# HELP sparsebert_workers Worker processes configured.");
-    out.push("# TYPE sparsebert_workers gauge");
-    for (const [model, q] of this.#queues) {
-      out.push(`sparsebert_workers${labelText({ model })} ${q.workers()}`);
-    }
+    const gauge = (name: string, help: string, read: (q: QueueProbe) => number): void => {
+      out.push(`# HELP ${name} ${help}`);
+      out.push(`# TYPE ${name} gauge`);
+      for (const [model, q] of this.#queues) out.push(`${name}${labelText({ model })} ${read(q)}`);
+    };
+    gauge("sparsebert_queue_depth", "Inputs waiting to be batched.", (q) => q.depth());
+    gauge("sparsebert_batches_running", "Batches running in workers now.", (q) => q.running());
+    gauge(
+      "sparsebert_workers_live",
+      "Worker processes loaded and serving.",
+      (q) => q.workersLive(),
+    );
+    gauge("sparsebert_workers", "Worker processes configured.", (q) => q.workers());
     out.push(
       "# HELP sparsebert_worker_restarts_total Worker processes that died and were restarted, by cause.",
     );
@@ -266,15 +259,11 @@ export class Metrics {
       const [model, cause] = JSON.parse(key) as string[];
       out.push(`sparsebert_worker_restarts_total${labelText({ model, cause })} ${n}`);
     }
-    out.push(
-      "# HELP sparsebert_worker_resident_memory_bytes Resident memory of a model's worker processes.",
+    gauge(
+      "sparsebert_worker_resident_memory_bytes",
+      "Resident memory of a model's worker processes.",
+      (q) => q.workerResidentBytes(),
     );
-    out.push("# TYPE sparsebert_worker_resident_memory_bytes gauge");
-    for (const [model, q] of this.#queues) {
-      out.push(
-        `sparsebert_worker_resident_memory_bytes${labelText({ model })} ${q.workerResidentBytes()}`,
-      );
-    }
     out.push("# HELP sparsebert_tokens_total Tokens run through the encoder (padding excluded).");
     out.push("# TYPE sparsebert_tokens_total counter");
     for (const [model, n] of this.#tokens) {

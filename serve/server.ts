@@ -140,13 +140,14 @@ export async function startServer(
   const models = new Map<string, ServedModel>();
   let ready = false;
   let draining = false;
+  const accepting = (): boolean => ready && !draining;
   const state: ServerState = {
     config,
     models,
     metrics,
     version: denoJson.version,
-    ready: () => ready && !draining && [...models.values()].every((m) => m.live),
-    accepting: () => ready && !draining,
+    ready: () => accepting() && [...models.values()].every((m) => m.live),
+    accepting,
     draining: () => draining,
   };
   const routes: Route[] = [];
