@@ -39,10 +39,13 @@ export { type KernelSymbols, symbols } from "./ffi/symbols.ts";
 export {
   type Activation,
   type ForwardOptions,
+  KERNEL_KINDS,
+  type KernelKind,
   type LinearOp,
   type LinearOptions,
   type LinearWeight,
 } from "./ops/linear.ts";
+export { type PackedSlice, type PackedSource, SharedRegion } from "./ops/packed.ts";
 export { LinearF32 } from "./ops/linear_f32.ts";
 export { LinearI8, type LinearI8Options, type RequantizeOptions } from "./ops/linear_i8.ts";
 export { SparseLinearI8 } from "./ops/sparse_linear_i8.ts";

@@ -52,11 +52,105 @@ async function capacity(url: string, clients: number, seconds: number): Promise<
   return ok / ((performance.now() - t0) / 1000);
 }
 
-/** Resident memory of the server process and its workers, bytes. */
-async function residentBytes(url: string): Promise<number> {
+/** What `/metrics` says at one moment: memory, and counts of slow batches and requests. */
+interface ServerSample {
+  rssBytes: number;
+  batches: number;
+  batchesUnder250Ms: number;
+  requests: number;
+  requestsUnder250Ms: number;
+}
+
+async function sampleServer(url: string): Promise<ServerSample> {
   const text = await metricsText(url);
-  return metricSum(text, "process_resident_memory_bytes") +
-    metricSum(text, "sparsebert_worker_resident_memory_bytes");
+  const route = 'route="/v1/embeddings"';
+  return {
+    rssBytes: metricSum(text, "process_resident_memory_bytes") +
+      metricSum(text, "sparsebert_worker_resident_memory_bytes"),
+    batches: metricSum(text, "sparsebert_batch_duration_seconds_count"),
+    batchesUnder250Ms: metricSum(text, "sparsebert_batch_duration_seconds_bucket", 'le="0.25"'),
+    requests: metricSum(text, "sparsebert_request_duration_seconds_count", route),
+    requestsUnder250Ms: metricSum(
+      text,
+      "sparsebert_request_duration_seconds_bucket",
+      `${route},le="0.25"`,
+    ),
+  };
+}
+
+/** Steal and total CPU jiffies of the machine (/proc/stat), to tell a stolen CPU from ours. */
+function cpuJiffies(): { steal: number; total: number } {
+  try {
+    const fields = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/)
+      .slice(1).map(Number);
+    return { steal: fields[7] ?? 0, total: fields.reduce((a, b) => a + b, 0) };
+  } catch {
+    return { steal: 0, total: 0 };
+  }
+}
+
+/** CPU ticks of every process (/proc/PID/stat utime + stime), with its command name. */
+function processTicks(): Map<number, { name: string; ticks: number }> {
+  const out = new Map<number, { name: string; ticks: number }>();
+  try {
+    for (const entry of Deno.readDirSync("/proc")) {
+      const pid = Number(entry.name);
+      if (!Number.isInteger(pid)) continue;
+      try {
+        const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+        const close = stat.lastIndexOf(")");
+        const fields = stat.slice(close + 2).split(" ");
+        out.set(pid, {
+          name: stat.slice(stat.indexOf("(") + 1, close),
+          ticks: Number(fields[11]) + Number(fields[12]),
+        });
+      } catch {
+        // The process ended meanwhile.
+      }
+    }
+  } catch {
+    // No /proc (not Linux): nothing to attribute.
+  }
+  return out;
+}
+
+/**
+ * The processes other than `ours` that used the most CPU between two {@linkcode processTicks}
+ * samples, as "name PID: percent of one core" (at most 3): what competed with the server.
+ */
+function otherProcesses(
+  before: Map<number, { name: string; ticks: number }>,
+  after: Map<number, { name: string; ticks: number }>,
+  ours: Set<number>,
+  seconds: number,
+): string[] {
+  const ticksPerSecond = 100; // USER_HZ on Linux
+  return [...after].filter(([pid]) => !ours.has(pid))
+    .map(([pid, p]) => ({ pid, name: p.name, used: p.ticks - (before.get(pid)?.ticks ?? 0) }))
+    .filter((p) => p.used > 0).sort((a, b) => b.used - a.used).slice(0, 3)
+    .map((p) => `${p.name} ${p.pid}: ${round((100 * p.used) / (ticksPerSecond * seconds))}%`);
+}
+
+/**
+ * Largest delay of this process's event loop over a 50 ms timer, reset on read: a stall of
+ * the load generator itself shows here, not in the server's counts.
+ */
+function eventLoopLag(): { read: () => number; stop: () => void } {
+  let worst = 0;
+  let last = performance.now();
+  const id = setInterval(() => {
+    const now = performance.now();
+    worst = Math.max(worst, now - last - 50);
+    last = now;
+  }, 50);
+  return {
+    read: () => {
+      const w = worst;
+      worst = 0;
+      return w;
+    },
+    stop: () => clearInterval(id),
+  };
 }
 
 /** One minute of the soak. */
@@ -72,6 +166,23 @@ export interface SoakMinute {
   p99Ms: number;
   /** Server + workers resident memory at the minute's end, MiB. */
   rssMiB: number;
+  /** Where a slow minute's time went: batches and requests over 250 ms by the server's clocks, */
+  slowBatches: number;
+  slowServerRequests: number;
+  /**
+   * the load generator's worst event-loop delay (ms), the machine's stolen CPU share (%), the
+   * other processes that used the most CPU (name PID: % of one core),
+   */
+  clientLagMs: number;
+  stealPercent: number;
+  otherProcesses: string[];
+  /** the minute's slowest seconds (second of the run: worst latency ms), at most 5, */
+  slowestSeconds: string[];
+  /**
+   * and the workers' calls of 250 ms or more (`slow_call` log events: batch x seq, wall and
+   * process CPU ms), at most 5.
+   */
+  slowCalls: string[];
 }
 
 /** Options of {@linkcode soak}. */
@@ -86,7 +197,7 @@ export interface SoakOptions {
 export async function soak(options: SoakOptions): Promise<Record<string, unknown>> {
   const server = await spawnServer({
     config: {
-      log: false,
+      log: true, // for the workers' slow_call events
       threads: options.threads,
       ...(options.model ? { models: [{ name: "bench", model: options.model }] } : {}),
       limits: { queueTimeoutMs: 30_000 },
@@ -101,33 +212,85 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
     const minutes: SoakMinute[] = [];
     const intervalMs = 1000 / rate;
     const t0 = performance.now();
+    const lag = eventLoopLag();
+    let before = await sampleServer(server.url);
+    let cpuBefore = cpuJiffies();
+    // Ours: this load generator, the server and its workers (and their deno task parents).
+    const ours = new Set([Deno.pid, server.process.pid, Deno.ppid]);
+    for (const l of server.logs) {
+      if (l.event === "model_loaded") { for (const pid of l.pids as number[]) ours.add(pid); }
+    }
+    server.logs.splice(0); // the capacity phase's events are not the soak's
+    let ticksBefore = processTicks();
     let n = 0;
+    // Answers are counted in the minute they arrive in; the schedule never pauses between
+    // minutes (waiting for a minute's stragglers would send a burst afterwards).
+    let done: { ms: number; status: number; at: number }[] = [];
+    const outstanding = new Set<Promise<void>>();
     for (let minute = 1; minute <= options.minutes; minute++) {
       const end = t0 + minute * 60_000;
-      const inflight: Promise<{ ms: number; status: number }>[] = [];
       // Open loop: arrivals on a fixed schedule, whatever the answers' latency.
       while (performance.now() < end) {
         const due = t0 + n * intervalMs;
         const wait = due - performance.now();
         if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-        inflight.push(embedOnce(server.url, n++));
+        const at = Math.floor((performance.now() - t0) / 1000);
+        const request = embedOnce(server.url, n++).then((a) => {
+          done.push({ ...a, at });
+          outstanding.delete(request);
+        });
+        outstanding.add(request);
       }
-      const answers = await Promise.all(inflight);
+      if (minute === options.minutes) await Promise.all(outstanding);
+      const answers = done;
+      done = [];
+      const after = await sampleServer(server.url);
+      const calls = server.logs.splice(0).filter((l) => l.event === "slow_call");
+      const cpuAfter = cpuJiffies();
+      const ticksAfter = processTicks();
       const latencies = answers.map((a) => a.ms).sort((a, b) => a - b);
+      const worstBySecond = new Map<number, number>();
+      for (const a of answers) {
+        worstBySecond.set(a.at, Math.max(worstBySecond.get(a.at) ?? 0, a.ms));
+      }
       const row: SoakMinute = {
         minute,
         requests: answers.length,
         errors: answers.filter((a) => a.status !== 200).length,
         p50Ms: round(percentile(latencies, 0.5), 2),
         p99Ms: round(percentile(latencies, 0.99), 2),
-        rssMiB: round((await residentBytes(server.url)) / 2 ** 20),
+        rssMiB: round(after.rssBytes / 2 ** 20),
+        slowBatches: (after.batches - after.batchesUnder250Ms) -
+          (before.batches - before.batchesUnder250Ms),
+        slowServerRequests: (after.requests - after.requestsUnder250Ms) -
+          (before.requests - before.requestsUnder250Ms),
+        clientLagMs: round(lag.read()),
+        stealPercent: round(
+          100 * (cpuAfter.steal - cpuBefore.steal) / Math.max(1, cpuAfter.total - cpuBefore.total),
+          2,
+        ),
+        otherProcesses: otherProcesses(ticksBefore, ticksAfter, ours, 60),
+        slowestSeconds: [...worstBySecond].sort((a, b) => b[1] - a[1]).slice(0, 5)
+          .map(([second, ms]) => `${second}: ${round(ms)}`),
+        slowCalls: calls.slice(0, 5).map((c) =>
+          `${c.batch ?? c.inputs}x${c.seq ?? ""} ${c.ms} ms (cpu ${c.cpuMs}, sys ${c.systemMs})`
+        ),
       };
+      before = after;
+      cpuBefore = cpuAfter;
+      ticksBefore = ticksAfter;
       minutes.push(row);
       options.say(
         `minute ${minute}: ${row.requests} requests, ${row.errors} errors, p50 ${row.p50Ms} ms, ` +
-          `p99 ${row.p99Ms} ms, RSS ${row.rssMiB} MiB`,
+          `p99 ${row.p99Ms} ms, RSS ${row.rssMiB} MiB; over 250 ms: ${row.slowBatches} batches, ` +
+          `${row.slowServerRequests} requests (server); client lag ${row.clientLagMs} ms, ` +
+          `steal ${row.stealPercent}%; others ${row.otherProcesses.join(", ")}; slowest seconds ${
+            row.slowestSeconds.join(", ")
+          }; ` +
+          `${calls.length} slow worker calls ${row.slowCalls.join(", ")}`,
       );
     }
+    lag.stop();
     const summary = summarize(minutes);
     options.say(
       `RSS growth after the ${summary.warmupMinutes}-minute warm-up: ` +

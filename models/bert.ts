@@ -74,7 +74,11 @@ export const BERT_PRESETS: Readonly<Record<string, Readonly<BertConfig>>> = Obje
   "e5-base-v2": config(12, 768, 12),
 });
 
-/** Which linear layer of an encoder layer a {@linkcode LinearFactory} is asked to build. */
+/**
+ * Which linear layer a {@linkcode LinearFactory} is asked to build: one of an encoder layer's,
+ * or one of a head's (the pipelines' task heads and sentence-transformers Dense modules, at
+ * layer {@linkcode HEAD_LAYER}).
+ */
 export type LinearRole =
   | "qkv"
   | "query"
@@ -82,11 +86,18 @@ export type LinearRole =
   | "value"
   | "attention-output"
   | "intermediate"
-  | "output";
+  | "output"
+  | "pooler"
+  | "pre-classifier"
+  | "classifier"
+  | "sentence-dense";
+
+/** The {@linkcode LinearSpec.layer} of a head's linear layers (they follow the encoder's). */
+export const HEAD_LAYER = -1;
 
 /** What a {@linkcode LinearFactory} is told about the layer it builds. */
 export interface LinearSpec {
-  /** Encoder layer index, from 0. */
+  /** Encoder layer index, from 0; {@linkcode HEAD_LAYER} for a head's layers. */
   layer: number;
   /** Role in the layer. */
   role: LinearRole;

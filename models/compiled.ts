@@ -25,7 +25,7 @@
  * | data | the plain region (fp32 tensors, tokenizer files), then the packed region (linear weights) |
  *
  * Loading reads the plain region with one read into JavaScript memory, maps the file into memory
- * (private, copy-on-write) and builds {@linkcode PackedLinear} ops over slices of the packed
+ * (private, copy-on-write) and builds the `ops/*` linear ops over slices of the packed
  * region where it lies in the map: no read, copy or repacking of the packed weights, whose pages
  * come from the page cache as the kernels first touch them. The fixed header and the JSON header are always checked (magic, versions, size,
  * header hash, ISA); hashing the data is on demand (`verify: true`) because it costs as much as
@@ -35,14 +35,21 @@
  */
 import { createHash } from "node:crypto";
 import { kernels } from "../ffi/library.ts";
-import { MappedFile, type NativeBuffer } from "../ffi/memory.ts";
+import { MappedFile } from "../ffi/memory.ts";
 import { ABI_VERSION } from "../ffi/symbols.ts";
-import type { Activation } from "../ops/linear.ts";
+import type { Activation, KernelKind, LinearOp } from "../ops/linear.ts";
+import { SharedRegion } from "../ops/packed.ts";
 import type { ActivationQuantization } from "../ops/quantize.ts";
-import { concatDense, type LinearFactory, type LinearRole, type LinearSpec } from "./bert.ts";
+import {
+  concatDense,
+  HEAD_LAYER,
+  type LinearFactory,
+  type LinearRole,
+  type LinearSpec,
+} from "./bert.ts";
 import { type KernelChoiceOptions, KernelChooser, type KernelDecision } from "./kernel_choice.ts";
 import type { LoadedModel } from "./load.ts";
-import { type KernelKind, PackedLinear, packLinear, SharedRegion } from "./packed_linear.ts";
+import { buildLinear, linearFromPacked } from "./linear_kinds.ts";
 import { BertTokenizer } from "./tokenizer.ts";
 import type { BertConfig, BertWeights, DenseWeight, HeadWeights, NormWeight } from "./weights.ts";
 
@@ -167,7 +174,8 @@ export async function compileModel(
   const fuseQkv = options.fuseQkv ?? true;
   const chooser = new KernelChooser(options.kernels);
   const plain: { name: string; data: Uint8Array }[] = [];
-  const packed: { name: string; buffer: NativeBuffer }[] = [];
+  // The ops the chooser built: their packed bytes are what the file stores.
+  const packed: { name: string; op: LinearOp }[] = [];
   const addPlain = (name: string, a: ArrayBufferView): string => {
     plain.push({ name, data: bytesOf(a) });
     return name;
@@ -186,21 +194,21 @@ export async function compileModel(
   const linears: LinearEntry[] = [];
   try {
     const pack = (weight: DenseWeight, spec: LinearSpec): void => {
-      chooser.build(weight, spec)[Symbol.dispose]();
-      const kind = chooser.decisions[chooser.decisions.length - 1].kind;
-      const p = packLinear(kind, weight, options.kernels?.int8Activations);
+      const op = chooser.build(weight, spec);
       const section = `layers.${spec.layer}.${spec.role}`;
-      packed.push({ name: section, buffer: p.buffer });
+      packed.push({ name: section, op });
       const entry: LinearEntry = {
         layer: spec.layer,
         role: spec.role,
-        kind,
-        out: p.out,
-        in: p.in,
+        kind: op.kind,
+        out: op.outFeatures,
+        in: op.inFeatures,
         activation: spec.activation,
         section,
       };
-      if (p.activationQuantization) entry.activationQuantization = p.activationQuantization;
+      if ("activationQuantization" in op) {
+        entry.activationQuantization = op.activationQuantization as ActivationQuantization;
+      }
       linears.push(entry);
     };
     const c = weights.config;
@@ -280,9 +288,9 @@ export async function compileModel(
     }
     let packedBytes = 0;
     for (const p of packed) {
-      const bytes = p.buffer.bytes;
+      const bytes = p.op.packedBytes;
       sections.push({ name: p.name, region: "packed", offset: packedBytes, bytes });
-      hash.update(p.buffer.u8());
+      hash.update(p.op.packedData());
       const padded = align(bytes);
       hash.update(zeros.subarray(0, padded - bytes));
       packedBytes += padded;
@@ -332,8 +340,8 @@ export async function compileModel(
         await write(zeros.subarray(0, align(p.data.length) - p.data.length));
       }
       for (const p of packed) {
-        await write(p.buffer.u8());
-        await write(zeros.subarray(0, align(p.buffer.bytes) - p.buffer.bytes));
+        await write(p.op.packedData());
+        await write(zeros.subarray(0, align(p.op.packedBytes) - p.op.packedBytes));
       }
     } finally {
       file.close();
@@ -341,7 +349,7 @@ export async function compileModel(
     await Deno.rename(tmp, path);
     return { path, bytes: fileBytes, packedBytes, plainBytes, decisions: chooser.decisions };
   } finally {
-    for (const p of packed) p.buffer[Symbol.dispose]();
+    for (const p of packed) p.op[Symbol.dispose]();
   }
 }
 
@@ -602,6 +610,8 @@ function buildModel(
   };
   const entries = new Map(header.linears.map((l) => [`${l.layer}|${l.role}`, l]));
   const linear: LinearFactory = (weight, spec) => {
+    // Head layers are stored as plain fp32 tensors (their weights are real, not placeholders).
+    if (spec.layer === HEAD_LAYER) return buildLinear("dense-f32", weight, spec);
     const e = entries.get(`${spec.layer}|${spec.role}`);
     if (e === undefined) {
       throw new Error(
@@ -614,10 +624,8 @@ function buildModel(
       );
     }
     const s = section(e.section, "packed");
-    return new PackedLinear({ region, offset: s.offset, bytes: s.bytes }, {
-      kind: e.kind,
-      out: e.out,
-      in: e.in,
+    const source = { out: e.out, in: e.in, packed: { region, offset: s.offset, bytes: s.bytes } };
+    return linearFromPacked(e.kind, source, {
       activation: e.activation,
       activationQuantization: e.activationQuantization,
     });

@@ -24,7 +24,7 @@ import { analyzeOnnx, type OnnxAnalysis } from "./onnx_import.ts";
 import { declaredEmbedding } from "./load.ts";
 import { BertTokenizer } from "./tokenizer.ts";
 import type { DenseWeight } from "./weights.ts";
-import type { Int8Activations } from "./packed_linear.ts";
+import type { Int8Activations } from "./linear_kinds.ts";
 
 /** One labelled text of a retrieval set. */
 export interface RetrievalItem {
@@ -329,7 +329,7 @@ export function retrievalStats(
  * values when symmetric), dense fp32 otherwise.
  */
 async function int8AwareFactory(activations: Int8Activations): Promise<LinearFactory> {
-  const { buildLinear } = await import("./kernel_choice.ts");
+  const { buildLinear } = await import("./linear_kinds.ts");
   return (weight: DenseWeight, spec) =>
     buildLinear(weight.quantized ? "dense-i8" : "dense-f32", weight, spec, activations);
 }

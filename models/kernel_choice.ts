@@ -26,28 +26,12 @@
  */
 import { kernels, threads } from "../ffi/library.ts";
 import { userCacheDir } from "../ffi/download.ts";
-import type { LinearOp } from "../ops/linear.ts";
-import { LinearF32 } from "../ops/linear_f32.ts";
-import { LinearI8 } from "../ops/linear_i8.ts";
-import { SparseLinearF32 } from "../ops/sparse_linear_f32.ts";
-import { SPARSE_I8_MAX_IN, SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
+import { KERNEL_KINDS, type KernelKind, type LinearOp } from "../ops/linear.ts";
+import { SPARSE_I8_MAX_IN } from "../ops/sparse_linear_i8.ts";
 import type { LinearFactory, LinearRole, LinearSpec } from "./bert.ts";
-import {
-  INT8_ACTIVATIONS,
-  type Int8Activations,
-  int8Form,
-  KERNEL_KINDS,
-  type KernelKind,
-} from "./packed_linear.ts";
+import { buildLinear, INT8_ACTIVATIONS, type Int8Activations } from "./linear_kinds.ts";
 import { measureSparsity, type WeightSparsity } from "./quantized.ts";
 import type { DenseWeight } from "./weights.ts";
-
-export {
-  INT8_ACTIVATIONS,
-  type Int8Activations,
-  KERNEL_KINDS,
-  type KernelKind,
-} from "./packed_linear.ts";
 
 /** Which arithmetic to run: fp32, int8, or int8 where the model has int8 weights. */
 export type Precision = "fp32" | "int8" | "auto";
@@ -116,38 +100,6 @@ export interface KernelDecision {
 interface CacheFile {
   version: 1;
   entries: Record<string, number>;
-}
-
-/** Builds the op of `kind` for `weight` with the `ops/*` classes (int8 forms as the model has). */
-export function buildLinear(
-  kind: KernelKind,
-  weight: DenseWeight,
-  spec: LinearSpec,
-  activations: Int8Activations = "per-token",
-): LinearOp {
-  const activation = spec.activation;
-  switch (kind) {
-    case "dense-f32":
-      return new LinearF32(weight, { activation });
-    case "sparse-f32":
-      return new SparseLinearF32(weight, { activation });
-    case "dense-i8": {
-      const f = int8Form(weight, kind, activations);
-      return new LinearI8(f.weight, {
-        activation,
-        activationQuantization: f.activationQuantization,
-      });
-    }
-    case "sparse-i8": {
-      const f = int8Form(weight, kind, activations);
-      return new SparseLinearI8(f.weight, {
-        activation,
-        activationQuantization: f.activationQuantization,
-      });
-    }
-    default:
-      throw new RangeError(`Unknown kernel kind "${kind}": expected one of ${KERNEL_KINDS}`);
-  }
 }
 
 function fixed(x: number): string {

@@ -23,9 +23,14 @@
  */
 import { setThreads } from "../ffi/library.ts";
 import type { LinearOp } from "../ops/linear.ts";
-import { LinearF32 } from "../ops/linear_f32.ts";
 import { l2NormalizeRows, pool, POOLING_MODES, type PoolingMode } from "../ops/pooling.ts";
-import { BertEncoder, type LinearFactory } from "./bert.ts";
+import {
+  BertEncoder,
+  denseF32Linear,
+  HEAD_LAYER,
+  type LinearFactory,
+  type LinearRole,
+} from "./bert.ts";
 import type { KernelChoiceOptions } from "./kernel_choice.ts";
 import { type LoadedModel, loadModel } from "./load.ts";
 import type { Offset } from "./offsets.ts";
@@ -130,28 +135,71 @@ export interface FeatureExtractionOptions {
   truncation?: boolean;
 }
 
+/** Options of {@linkcode FeatureExtractionPipeline.embedEncoded}. */
+export interface EmbedEncodedOptions {
+  /** `"mean"` or `"cls"`. */
+  pooling: Exclude<FeaturePooling, "none">;
+  /** Divide each vector by its L2 norm (after the Dense modules). */
+  normalize: boolean;
+  /**
+   * The tokens pooling counts, `[batch * seq]`, where they differ from the attention mask (a
+   * model that pools without its prompt); default the attention mask.
+   */
+  poolMask?: Uint8Array;
+  /** Output buffer of `batch * width` values; allocated when absent. */
+  out?: Float32Array;
+}
+
 /** `extractor(texts, options)`: token or sentence vectors. */
 export interface FeatureExtractionPipeline extends PipelineBase {
   /** Embeds one text or a batch. With pooling `"none"` sequences are padded to the longest. */
   (texts: string | string[], options?: FeatureExtractionOptions): Promise<FeatureTensor>;
   /** The model's `Dense` modules after pooling (identity when it declares none). */
   readonly sentenceHead: SentenceHead;
+  /**
+   * Sentence vectors `[batch * width]` of a batch tokenized by the caller: the encoder, pooling,
+   * the Dense modules and, when asked, L2 normalisation (what the call does per chunk).
+   */
+  embedEncoded(input: EncodedInput, options: EmbedEncodedOptions): Float32Array;
+  /** The encoder's token vectors `[batch * seq * H]` of a batch tokenized by the caller. */
+  hiddenStates(input: EncodedInput): Float32Array;
 }
 
 /**
  * The sentence-transformers modules between pooling and Normalize: `Dense` layers
- * (y = activation(W x + b)) on the fp32 linear kernel. With none it passes vectors through.
+ * (y = activation(W x + b)), built by the pipeline's linear factory (role `"sentence-dense"`).
+ * With none it passes vectors through.
  */
 export class SentenceHead implements Disposable {
   /** Width of the vectors it returns. */
   readonly width: number;
   /** Whether it has no layers (vectors pass through). */
   readonly identity: boolean;
-  #layers: { op: LinearF32; tanh: boolean }[];
+  #layers: { op: LinearOp; tanh: boolean }[] = [];
 
-  /** Builds the layers of `dense` for pooled vectors of `hidden` features. */
-  constructor(dense: readonly DenseLayer[], hidden: number) {
-    this.#layers = dense.map((d) => ({ op: new LinearF32(d), tanh: d.activation === "tanh" }));
+  /**
+   * Builds the layers of `dense` for pooled vectors of `hidden` features with `linear`
+   * (default dense fp32).
+   */
+  constructor(
+    dense: readonly DenseLayer[],
+    hidden: number,
+    linear: LinearFactory = denseF32Linear,
+  ) {
+    try {
+      for (const d of dense) {
+        const weight = { ...d, bias: d.bias ?? new Float32Array(d.out) };
+        const op = linear(weight, {
+          layer: HEAD_LAYER,
+          role: "sentence-dense",
+          activation: "none",
+        });
+        this.#layers.push({ op, tanh: d.activation === "tanh" });
+      }
+    } catch (error) {
+      this[Symbol.dispose]();
+      throw error;
+    }
     this.width = dense.at(-1)?.out ?? hidden;
     this.identity = dense.length === 0;
   }
@@ -375,20 +423,19 @@ export async function pipeline<T extends PipelineTask>(
         }; "${task}" needs a ${kind} head`,
       );
     }
-    head = new TaskHead(weights);
   }
+  // One factory builds every linear: the encoder's and the heads'.
+  const linear = options.linear ?? loaded.linear ?? denseF32Linear;
   let encoder: BertEncoder;
   try {
-    encoder = new BertEncoder(weights, {
-      linear: options.linear ?? loaded.linear,
-      fuseQkv: options.fuseQkv ?? loaded.fuseQkv,
-    });
+    if (task !== "feature-extraction") head = new TaskHead(weights, linear);
+    encoder = new BertEncoder(weights, { linear, fuseQkv: options.fuseQkv ?? loaded.fuseQkv });
     await loaded.saveKernelCache?.();
   } catch (error) {
     head?.[Symbol.dispose]();
     throw error;
   }
-  const base = new PipelineCore(task, loaded, encoder, head, batchSize, options);
+  const base = new PipelineCore(task, loaded, encoder, head, batchSize, options, linear);
   switch (task) {
     case "feature-extraction":
       return base.featureExtraction() as PipelineByTask[T];
@@ -401,32 +448,45 @@ export async function pipeline<T extends PipelineTask>(
   }
 }
 
-/** The pooler / classifier weights of a task, run on the encoder output. */
+/**
+ * The pooler / classifier weights of a task, run on the encoder output; built by the
+ * pipeline's linear factory like the encoder's layers.
+ */
 class TaskHead implements Disposable {
   readonly kind: HeadWeights["kind"];
   readonly labels: string[];
   #pooler: LinearOp | null = null;
   #preClassifier: LinearOp | null = null;
-  #dense: LinearOp;
+  #dense: LinearOp | null = null;
   #hidden: number;
 
-  constructor(weights: BertWeights) {
+  constructor(weights: BertWeights, linear: LinearFactory) {
     const head = weights.head!;
     this.kind = head.kind;
     this.#hidden = weights.config.hiddenSize;
     const out = head.dense.out;
     this.labels = Array.from({ length: out }, (_, i) => head.labels?.[i] ?? `LABEL_${i}`);
-    this.#dense = new LinearF32(head.dense);
-    if (head.kind === "classification") {
-      if (weights.pooler) this.#pooler = new LinearF32(weights.pooler);
-      if (weights.preClassifier) this.#preClassifier = new LinearF32(weights.preClassifier);
+    const build = (role: LinearRole, weight: NonNullable<BertWeights["pooler"]>) =>
+      linear(weight, { layer: HEAD_LAYER, role, activation: "none" });
+    try {
+      if (head.kind === "classification") {
+        if (weights.pooler) this.#pooler = build("pooler", weights.pooler);
+        if (weights.preClassifier) {
+          this.#preClassifier = build("pre-classifier", weights.preClassifier);
+        }
+      }
+      this.#dense = build("classifier", head.dense);
+    } catch (error) {
+      this[Symbol.dispose]();
+      throw error;
     }
   }
 
   /** Logits of the head from the encoder output `[batch * seq * H]`. */
   logits(hidden: Float32Array, batch: number, seq: number): Float32Array {
     const h = this.#hidden;
-    if (this.kind !== "classification") return this.#dense.forward(hidden, batch * seq);
+    const dense = this.#dense!;
+    if (this.kind !== "classification") return dense.forward(hidden, batch * seq);
     let pooled: Float32Array = new Float32Array(batch * h);
     for (let b = 0; b < batch; b++) {
       pooled.set(hidden.subarray(b * seq * h, b * seq * h + h), b * h);
@@ -439,13 +499,13 @@ class TaskHead implements Disposable {
       pooled = this.#preClassifier.forward(pooled, batch);
       for (let i = 0; i < pooled.length; i++) pooled[i] = Math.max(0, pooled[i]);
     }
-    return this.#dense.forward(pooled, batch);
+    return dense.forward(pooled, batch);
   }
 
   [Symbol.dispose](): void {
     this.#pooler?.[Symbol.dispose]();
     this.#preClassifier?.[Symbol.dispose]();
-    this.#dense[Symbol.dispose]();
+    this.#dense?.[Symbol.dispose]();
   }
 }
 
@@ -460,6 +520,7 @@ class PipelineCore {
     readonly head: TaskHead | null,
     readonly batchSize: number,
     readonly defaults: PipelineOptions,
+    readonly linear: LinearFactory,
   ) {}
 
   get tokenizer(): BertTokenizer {
@@ -554,8 +615,14 @@ class PipelineCore {
     this.#sentenceHead = new SentenceHead(
       this.model.embedding?.dense ?? [],
       this.encoder.hiddenSize,
+      this.linear,
     );
-    return this.#wrap(call, { sentenceHead: this.#sentenceHead });
+    return this.#wrap(call, {
+      sentenceHead: this.#sentenceHead,
+      embedEncoded: (input: EncodedInput, options: EmbedEncodedOptions) =>
+        this.#embedEncoded(input, options),
+      hiddenStates: (input: EncodedInput) => this.#hidden(input),
+    });
   }
 
   #extract(input: string | string[], options: FeatureExtractionOptions): FeatureTensor {
@@ -588,23 +655,42 @@ class PipelineCore {
     for (const chunk of this.#chunks(texts)) {
       const encoded = this.#encode(chunk, options.truncation);
       const [batch, seq] = encoded.shape;
-      const hidden = this.#hidden(encoded);
-      const mask = Uint8Array.from(encoded.attentionMask);
-      // include_prompt false: [CLS] and the prompt's tokens do not count in the pooling.
-      for (let b = 0; b < batch && excluded > 0; b++) mask.fill(0, b * seq, b * seq + excluded);
-      const shape = { batch, seq, hidden: h, mask };
-      const slice = data.subarray(row * width, (row + batch) * width);
-      if (head.identity) {
-        pool(hidden, shape, { mode: pooling, normalize, out: slice });
-      } else {
-        // Pool, then the Dense modules, then Normalize (sentence-transformers' order).
-        const out = head.apply(pool(hidden, shape, { mode: pooling }), batch);
-        if (normalize) l2NormalizeRows(out, batch, width);
-        slice.set(out);
+      let poolMask: Uint8Array | undefined;
+      if (excluded > 0) {
+        // include_prompt false: [CLS] and the prompt's tokens do not count in the pooling.
+        poolMask = Uint8Array.from(encoded.attentionMask);
+        for (let b = 0; b < batch; b++) poolMask.fill(0, b * seq, b * seq + excluded);
       }
+      const out = data.subarray(row * width, (row + batch) * width);
+      this.#embedEncoded(encoded, { pooling, normalize, poolMask, out });
       row += batch;
     }
     return { data, dims: [texts.length, width] };
+  }
+
+  /** Encoder, pooling, Dense modules, Normalize (sentence-transformers' order) of one batch. */
+  #embedEncoded(input: EncodedInput, options: EmbedEncodedOptions): Float32Array {
+    const [batch, seq] = input.shape;
+    const head = this.#sentenceHead!;
+    const width = head.width;
+    const out = options.out ?? new Float32Array(batch * width);
+    if (out.length < batch * width) {
+      throw new RangeError(`The output needs ${batch * width} values, got ${out.length}`);
+    }
+    const mask = options.poolMask ?? Uint8Array.from(input.attentionMask);
+    if (mask.length !== batch * seq) {
+      throw new RangeError(`The pool mask needs ${batch * seq} values, got ${mask.length}`);
+    }
+    const hidden = this.#hidden(input);
+    const shape = { batch, seq, hidden: this.encoder.hiddenSize, mask };
+    if (head.identity) {
+      pool(hidden, shape, { mode: options.pooling, normalize: options.normalize, out });
+      return out;
+    }
+    const y = head.apply(pool(hidden, shape, { mode: options.pooling }), batch);
+    if (options.normalize) l2NormalizeRows(y, batch, width);
+    out.set(y.subarray(0, batch * width));
+    return out;
   }
 
   textClassification(): TextClassificationPipeline {

@@ -4,6 +4,18 @@
  *
  * @module
  */
+import type { PackedSource } from "./packed.ts";
+
+/** The four linear kernel families, one op class each. */
+export type KernelKind = "dense-f32" | "dense-i8" | "sparse-f32" | "sparse-i8";
+
+/** Every {@linkcode KernelKind}. */
+export const KERNEL_KINDS: readonly KernelKind[] = Object.freeze([
+  "dense-f32",
+  "dense-i8",
+  "sparse-f32",
+  "sparse-i8",
+]);
 
 /** Activation fused into a linear op's epilogue: y = act(x W^T + b) + residual. */
 export type Activation = "none" | "gelu" | "gelu_tanh";
@@ -37,10 +49,10 @@ export interface ForwardOptions {
   residual?: Float32Array;
 }
 
-/** A linear layer that owns its packed weights. */
+/** A linear layer over packed weights (its own, or borrowed from a shared region). */
 export interface LinearOp extends Disposable {
-  /** Kernel family, e.g. `"dense-f32"`. */
-  readonly kind: string;
+  /** Kernel family. */
+  readonly kind: KernelKind;
   /** Input features K. */
   readonly inFeatures: number;
   /** Output features N. */
@@ -49,6 +61,11 @@ export interface LinearOp extends Disposable {
   readonly activation: Activation;
   /** Bytes of packed weights held in native memory. */
   readonly packedBytes: number;
+  /**
+   * The packed weights (a view): what a compiled model stores, and what the op of the same
+   * kind runs from when built from a {@linkcode PackedSource} over these bytes.
+   */
+  packedData(): Uint8Array;
   /** Y [m, out] = act(X [m, in] W^T + b) + residual. */
   forward(x: Float32Array, m: number, options?: ForwardOptions): Float32Array;
 }
@@ -74,6 +91,23 @@ export function isStagingLinearOp(op: LinearOp): op is StagingLinearOp {
   const candidate = op as Partial<StagingLinearOp>;
   return typeof candidate.stagesInto === "function" &&
     typeof candidate.forwardThrough === "function";
+}
+
+/**
+ * Checks the shape of a {@linkcode PackedSource} and that its byte count is `need` when the
+ * kind's packed size follows from the shape alone (`need` undefined: the kernel checks the
+ * bytes' own header when it runs).
+ */
+export function checkPackedSource(source: PackedSource, what: string, need?: number): void {
+  const { out, in: inFeatures } = source;
+  if (!Number.isInteger(out) || out < 1 || !Number.isInteger(inFeatures) || inFeatures < 1) {
+    throw new RangeError(`The packed ${what} needs positive sizes, got [${out}, ${inFeatures}]`);
+  }
+  if (need !== undefined && need !== source.packed.bytes) {
+    throw new RangeError(
+      `A ${what} [${out}, ${inFeatures}] packs to ${need} bytes, got ${source.packed.bytes}`,
+    );
+  }
 }
 
 /** Checks a weight's shape against its data and returns it. */

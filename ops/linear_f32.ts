@@ -4,17 +4,18 @@
  * @module
  */
 import { kernels } from "../ffi/library.ts";
-import { NativeBuffer } from "../ffi/memory.ts";
 import {
   type Activation,
   ACTIVATION_CODE,
   checkForward,
   checkLinearWeight,
+  checkPackedSource,
   type ForwardOptions,
   type LinearOp,
   type LinearOptions,
   type LinearWeight,
 } from "./linear.ts";
+import { isPackedSource, PackedBytes, type PackedSource } from "./packed.ts";
 
 /** Y = act(X W^T + b) + residual with W prepacked into native panels. */
 export class LinearF32 implements LinearOp {
@@ -26,20 +27,29 @@ export class LinearF32 implements LinearOp {
   readonly outFeatures: number;
   /** Activation fused into the epilogue. */
   readonly activation: Activation;
-  #packed: NativeBuffer;
+  #packed: PackedBytes;
 
-  /** Packs `weight` (`[out, in]`, torch layout) once; the source arrays are not kept. */
-  constructor(weight: LinearWeight, options: LinearOptions = {}) {
-    checkLinearWeight(weight);
-    this.inFeatures = weight.in;
-    this.outFeatures = weight.out;
+  /**
+   * Packs `weight` (`[out, in]`, torch layout) once (the source arrays are not kept), or runs
+   * from the bytes of `source.packed` as this op packed them (retained until disposal).
+   */
+  constructor(source: LinearWeight | PackedSource, options: LinearOptions = {}) {
     this.activation = options.activation ?? "none";
     if (!(this.activation in ACTIVATION_CODE)) {
       throw new RangeError(`Unknown activation "${this.activation}"`);
     }
     const lib = kernels().symbols;
-    const floats = Number(lib.sb_linear_f32_packed_len(BigInt(weight.out), BigInt(weight.in)));
-    this.#packed = new NativeBuffer(floats * 4);
+    const bytes = (out: number, k: number) =>
+      4 * Number(lib.sb_linear_f32_packed_len(BigInt(out), BigInt(k)));
+    this.inFeatures = source.in;
+    this.outFeatures = source.out;
+    if (isPackedSource(source)) {
+      checkPackedSource(source, this.kind, bytes(source.out, source.in));
+      this.#packed = PackedBytes.borrow(source.packed, `${this.kind} linear`);
+      return;
+    }
+    const weight = checkLinearWeight(source);
+    this.#packed = PackedBytes.allocate(bytes(weight.out, weight.in), `${this.kind} linear`);
     lib.sb_linear_f32_pack(
       weight.weight,
       weight.bias ?? null,
@@ -52,6 +62,11 @@ export class LinearF32 implements LinearOp {
   /** Bytes of packed weights in native memory. */
   get packedBytes(): number {
     return this.#packed.bytes;
+  }
+
+  /** The packed weights (a view). */
+  packedData(): Uint8Array {
+    return this.#packed.u8();
   }
 
   /** Y [m, out] = act(X [m, in] W^T + b) + residual. */
@@ -70,7 +85,7 @@ export class LinearF32 implements LinearOp {
     return out;
   }
 
-  /** Frees the packed weights. */
+  /** Frees the packed weights (or drops the borrowed region's reference). */
   [Symbol.dispose](): void {
     this.#packed[Symbol.dispose]();
   }

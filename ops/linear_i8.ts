@@ -25,13 +25,16 @@ import {
   checkInput,
   checkLinearWeight,
   checkOutput,
+  checkPackedSource,
   describeArray,
   type ForwardOptions,
+  type KernelKind,
   type LinearOp,
   type LinearOptions,
   type LinearWeight,
   overlaps,
 } from "./linear.ts";
+import { isPackedSource, PackedBytes, type PackedSource } from "./packed.ts";
 import {
   type ActivationQuantization,
   checkQuantizedWeight,
@@ -71,7 +74,7 @@ export interface RequantizeOptions {
  * (`sb_spmm_i8_quantized`): the packed 7-bit activations handed on, the native staging
  * scratch, and the fp32 buffer of the unfused path. Grown on demand and reused.
  */
-export class StagedOutput implements Disposable {
+class StagedOutput implements Disposable {
   /** Output features of the layer. */
   readonly outFeatures: number;
   #hidden: Float32Array | undefined;
@@ -112,52 +115,10 @@ export class StagedOutput implements Disposable {
   }
 }
 
-/** How `runThrough` runs a fused pair: stage the first layer, then run the second on it. */
-export interface StagedPair {
-  /** Runs the first layer's kernel into `into` through `staging`; returns its status. */
-  stage(into: QuantizedActivations, staging: NativeBuffer): number;
-  /** Runs the second layer on `into` (already checked). */
-  consume(into: QuantizedActivations, residual: Float32Array | null, out: Float32Array): void;
-}
-
-/**
- * The body of the ops' `forwardThrough`: Y = next(first(X)), fused through `pair` when given,
- * else through the fp32 buffer of `buffers`. Checks the shapes and `next`'s output options.
- */
-export function runThrough(
-  first: LinearOp,
-  next: LinearOp,
-  x: Float32Array,
-  m: number,
-  options: ForwardOptions,
-  buffers: StagedOutput,
-  pair: StagedPair | null,
-): Float32Array {
-  if (next.inFeatures !== first.outFeatures) {
-    throw new RangeError(
-      `The next op takes ${next.inFeatures} features, this one gives ${first.outFeatures}`,
-    );
-  }
-  checkInput(first, x, m);
-  if (pair === null) {
-    const hidden = buffers.hidden(m);
-    first.forward(x, m, { out: hidden });
-    return next.forward(hidden, m, options);
-  }
-  const out = checkOutput(next, m, options);
-  const { into, staging } = buffers.prepare(m);
-  checkStatus(
-    pair.stage(into, staging),
-    `${first.kind} linear [${m}, ${first.inFeatures}] -> ${first.outFeatures} (quantized output)`,
-  );
-  pair.consume(into, options.residual ?? null, out);
-  return out;
-}
-
 /** Output codes of the int8 kernels (`kernels/int8.zig` `Output`). */
-export const OUTPUT_CODE = { f32: 0, u8: 1, s32: 2 } as const;
+const OUTPUT_CODE = { f32: 0, u8: 1, s32: 2 } as const;
 
-/** What one int8 kernel call writes. */
+/** What one int8 kernel call writes (the arguments of `sb_gemm_i8` / `sb_spmm_i8`). */
 export interface Int8KernelCall {
   /** Quantized activations in the op's layout. */
   q: QuantizedActivations;
@@ -175,7 +136,7 @@ export interface Int8KernelCall {
   outQmax: number;
 }
 
-/** What a kernel call of {@linkcode Int8Linear.forwardThrough} writes. */
+/** What the staged kernel call of {@linkcode Int8Linear.forwardThrough} writes. */
 export interface StagedKernelCall {
   /** Quantized activations in the op's layout. */
   q: QuantizedActivations;
@@ -192,7 +153,7 @@ export interface StagedKernelCall {
  */
 export abstract class Int8Linear implements LinearOp {
   /** Kernel family. */
-  abstract readonly kind: string;
+  abstract readonly kind: KernelKind;
   /** Input features K. */
   readonly inFeatures: number;
   /** Output features N. */
@@ -207,9 +168,9 @@ export abstract class Int8Linear implements LinearOp {
   #repacked: QuantizedActivations | undefined;
   #staged: StagedOutput | undefined;
 
-  /** Validates the weight and options; returns the int8 weight to pack. */
+  /** Validates the weight (or packed source) and the options. */
   protected constructor(
-    weight: LinearWeight | QuantizedLinearWeight,
+    weight: LinearWeight | QuantizedLinearWeight | PackedSource,
     options: LinearI8Options,
   ) {
     this.activation = options.activation ?? "none";
@@ -220,19 +181,50 @@ export abstract class Int8Linear implements LinearOp {
     if (!isActivationQuantization(this.activationQuantization)) {
       throw new RangeError(`Unknown activation quantization "${this.activationQuantization}"`);
     }
-    if (isQuantizedWeight(weight)) checkQuantizedWeight(weight);
+    if (isPackedSource(weight)) checkPackedSource(weight, "int8 linear");
+    else if (isQuantizedWeight(weight)) checkQuantizedWeight(weight);
     else checkLinearWeight(weight);
     this.inFeatures = weight.in;
     this.outFeatures = weight.out;
   }
 
-  /** The weight as int8 (quantized per channel if given in fp32). */
-  protected static int8Weight(weight: LinearWeight | QuantizedLinearWeight): QuantizedLinearWeight {
-    return isQuantizedWeight(weight) ? weight : quantizeWeights(weight);
+  /**
+   * The packed bytes of a subclass: borrowed from `source` when it is a {@linkcode PackedSource}
+   * (checked against `need` bytes when the size follows from the shape), else allocated by
+   * `sizeOf` and written by `pack` from the int8 weight.
+   */
+  protected static packedFor(
+    source: LinearWeight | QuantizedLinearWeight | PackedSource,
+    kind: KernelKind,
+    pack: {
+      need?: number;
+      sizeOf: (q: QuantizedLinearWeight) => number;
+      write: (q: QuantizedLinearWeight, into: PackedBytes) => number;
+    },
+  ): PackedBytes {
+    const what = `${kind} linear`;
+    if (isPackedSource(source)) {
+      checkPackedSource(source, kind, pack.need);
+      return PackedBytes.borrow(source.packed, what);
+    }
+    const q = isQuantizedWeight(source) ? source : quantizeWeights(source);
+    const bytes = pack.sizeOf(q);
+    if (bytes === 0) throw new RangeError(`Weight [${q.out}, ${q.in}] is too large to pack`);
+    const packed = PackedBytes.allocate(bytes, what);
+    try {
+      checkStatus(pack.write(q, packed), `Packing the ${kind} weight`);
+    } catch (error) {
+      packed[Symbol.dispose]();
+      throw error;
+    }
+    return packed;
   }
 
   /** Bytes of packed weights in native memory. */
   abstract get packedBytes(): number;
+
+  /** The packed weights (a view). */
+  abstract packedData(): Uint8Array;
 
   /** Runs the kernel; returns its status. */
   protected abstract runKernel(call: Int8KernelCall): number;
@@ -371,16 +363,26 @@ export abstract class Int8Linear implements LinearOp {
     m: number,
     options: ForwardOptions = {},
   ): Float32Array {
-    this.#staged ??= new StagedOutput(this.outFeatures);
-    const staged = this.runKernelQuantized?.bind(this);
-    if (staged === undefined || !this.stagesInto(next)) {
-      return runThrough(this, next, x, m, options, this.#staged, null);
+    if (next.inFeatures !== this.outFeatures) {
+      throw new RangeError(
+        `The next op takes ${next.inFeatures} features, this one gives ${this.outFeatures}`,
+      );
     }
-    return runThrough(this, next, x, m, options, this.#staged, {
-      stage: (into, staging) => staged({ q: this.quantizeInput(x, m), into, staging }),
-      consume: (into, residual, out) =>
-        (next as Int8Linear).#run(into, residual, out, OUTPUT_CODE.f32, 1, 0, 127),
-    });
+    checkInput(this, x, m);
+    this.#staged ??= new StagedOutput(this.outFeatures);
+    if (this.runKernelQuantized === undefined || !this.stagesInto(next)) {
+      const hidden = this.#staged.hidden(m);
+      this.forward(x, m, { out: hidden });
+      return next.forward(hidden, m, options);
+    }
+    const out = checkOutput(next, m, options);
+    const { into, staging } = this.#staged.prepare(m);
+    checkStatus(
+      this.runKernelQuantized({ q: this.quantizeInput(x, m), into, staging }),
+      `${this.kind} linear [${m}, ${this.inFeatures}] -> ${this.outFeatures} (quantized output)`,
+    );
+    (next as Int8Linear).#run(into, options.residual ?? null, out, OUTPUT_CODE.f32, 1, 0, 127);
+    return out;
   }
 
   /** Frees the buffers of {@linkcode forwardThrough}. */
@@ -477,35 +479,6 @@ export abstract class Int8Linear implements LinearOp {
 }
 
 /**
- * Runs `sb_gemm_i8` on dense packed weights at `pointer` (`bytes` long): the arguments are
- * `call`'s (see {@linkcode Int8KernelCall}) under the kernel's names. Returns the kernel's status.
- */
-export function gemmI8(
-  pointer: Deno.PointerObject,
-  bytes: number,
-  activation: Activation,
-  call: Int8KernelCall,
-): number {
-  return kernels().symbols.sb_gemm_i8(
-    pointer,
-    BigInt(bytes),
-    call.q.data,
-    BigInt(call.q.stride),
-    BigInt(call.q.m),
-    call.q.scale,
-    call.q.zeroPoint,
-    call.residual,
-    call.y,
-    call.output,
-    call.outScale,
-    call.outZero,
-    call.outQmax,
-    ACTIVATION_CODE[activation],
-    call.q.qmax,
-  );
-}
-
-/**
  * Dense int8 linear layer: `new LinearI8(weight, options)` quantizes an fp32 weight per output
  * channel (or takes an int8 one) and packs it into 16-channel panels.
  */
@@ -514,30 +487,34 @@ export class LinearI8 extends Int8Linear {
   readonly kind = "dense-i8";
   /** Activation layout of the kernel. */
   protected readonly layout = "rows" as const;
-  #packed: NativeBuffer;
+  #packed: PackedBytes;
 
-  /** Quantizes (if fp32) and packs `weight` once; the source arrays are not kept. */
-  constructor(weight: LinearWeight | QuantizedLinearWeight, options: LinearI8Options = {}) {
+  /**
+   * Quantizes (if fp32) and packs `weight` once (the source arrays are not kept), or runs from
+   * the bytes of `weight.packed` as this op packed them (retained until disposal).
+   */
+  constructor(
+    weight: LinearWeight | QuantizedLinearWeight | PackedSource,
+    options: LinearI8Options = {},
+  ) {
     super(weight, options);
-    const q = Int8Linear.int8Weight(weight);
     const lib = kernels().symbols;
-    const n = BigInt(q.out);
-    const k = BigInt(q.in);
-    const bytes = Number(lib.sb_gemm_i8_packed_len(n, k));
-    if (bytes === 0) throw new RangeError(`Weight [${q.out}, ${q.in}] is too large to pack`);
-    this.#packed = new NativeBuffer(bytes);
-    checkStatus(
-      lib.sb_gemm_i8_pack(
-        q.weight,
-        q.scale,
-        q.bias ?? null,
-        n,
-        k,
-        this.#packed.pointer,
-        BigInt(bytes),
-      ),
-      "Packing the int8 weight",
-    );
+    const sizeOf = (out: number, k: number) =>
+      Number(lib.sb_gemm_i8_packed_len(BigInt(out), BigInt(k)));
+    this.#packed = Int8Linear.packedFor(weight, this.kind, {
+      need: sizeOf(weight.out, weight.in),
+      sizeOf: (q) => sizeOf(q.out, q.in),
+      write: (q, into) =>
+        lib.sb_gemm_i8_pack(
+          q.weight,
+          q.scale,
+          q.bias ?? null,
+          BigInt(q.out),
+          BigInt(q.in),
+          into.pointer,
+          BigInt(into.bytes),
+        ),
+    });
   }
 
   /** Bytes of packed weights in native memory. */
@@ -545,9 +522,30 @@ export class LinearI8 extends Int8Linear {
     return this.#packed.bytes;
   }
 
+  /** The packed weights (a view). */
+  packedData(): Uint8Array {
+    return this.#packed.u8();
+  }
+
   /** Runs `sb_gemm_i8`. */
   protected runKernel(call: Int8KernelCall): number {
-    return gemmI8(this.#packed.pointer, this.#packed.bytes, this.activation, call);
+    return kernels().symbols.sb_gemm_i8(
+      this.#packed.pointer,
+      BigInt(this.#packed.bytes),
+      call.q.data,
+      BigInt(call.q.stride),
+      BigInt(call.q.m),
+      call.q.scale,
+      call.q.zeroPoint,
+      call.residual,
+      call.y,
+      call.output,
+      call.outScale,
+      call.outZero,
+      call.outQmax,
+      ACTIVATION_CODE[this.activation],
+      call.q.qmax,
+    );
   }
 
   /** Copies rows into a stride that is a multiple of 4 (or unpacks nothing: packed is refused). */
@@ -570,8 +568,9 @@ export class LinearI8 extends Int8Linear {
     return { ...q, stride, data };
   }
 
-  /** Frees the packed weights. */
+  /** Frees the packed weights (or drops the borrowed region's reference) and the buffers. */
   [Symbol.dispose](): void {
+    this.disposeStaging();
     this.#packed[Symbol.dispose]();
   }
 }

@@ -15,17 +15,18 @@
  * @module
  */
 import { kernels } from "../ffi/library.ts";
-import { NativeBuffer } from "../ffi/memory.ts";
 import {
   type Activation,
   ACTIVATION_CODE,
   checkForward,
   checkLinearWeight,
+  checkPackedSource,
   type ForwardOptions,
   type LinearOp,
   type LinearOptions,
   type LinearWeight,
 } from "./linear.ts";
+import { isPackedSource, PackedBytes, type PackedSource } from "./packed.ts";
 import { checkStatus } from "./quantize.ts";
 
 /** Y = act(X W^T + b) + residual with W's non-zeros in native CSR. */
@@ -38,34 +39,41 @@ export class SparseLinearF32 implements LinearOp {
   readonly outFeatures: number;
   /** Activation fused into the epilogue. */
   readonly activation: Activation;
-  /** Non-zero weights kept. */
-  readonly nonZeros: number;
-  #packed: NativeBuffer;
+  #nonZeros: number | undefined;
+  #packed: PackedBytes;
   #workspace = new Float32Array(0);
 
-  /** Packs the non-zeros of `weight` (`[out, in]`, torch layout) once. */
-  constructor(weight: LinearWeight, options: LinearOptions = {}) {
-    checkLinearWeight(weight);
-    for (let i = 0; i < weight.weight.length; i++) {
-      if (!Number.isFinite(weight.weight[i])) {
-        throw new RangeError(`Weight ${i} must be finite, got ${weight.weight[i]}`);
-      }
-    }
-    this.inFeatures = weight.in;
-    this.outFeatures = weight.out;
+  /**
+   * Packs the non-zeros of `weight` (`[out, in]`, torch layout) once, or runs from the bytes of
+   * `source.packed` as this op packed them (retained until disposal; the kernel checks them).
+   */
+  constructor(source: LinearWeight | PackedSource, options: LinearOptions = {}) {
     this.activation = options.activation ?? "none";
     if (!(this.activation in ACTIVATION_CODE)) {
       throw new RangeError(`Unknown activation "${this.activation}"`);
     }
+    this.inFeatures = source.in;
+    this.outFeatures = source.out;
+    if (isPackedSource(source)) {
+      checkPackedSource(source, this.kind);
+      this.#packed = PackedBytes.borrow(source.packed, `${this.kind} linear`);
+      return;
+    }
+    const weight = checkLinearWeight(source);
     let nonZeros = 0;
-    for (let i = 0; i < weight.weight.length; i++) nonZeros += weight.weight[i] !== 0 ? 1 : 0;
-    this.nonZeros = nonZeros;
+    for (let i = 0; i < weight.weight.length; i++) {
+      if (!Number.isFinite(weight.weight[i])) {
+        throw new RangeError(`Weight ${i} must be finite, got ${weight.weight[i]}`);
+      }
+      nonZeros += weight.weight[i] !== 0 ? 1 : 0;
+    }
+    this.#nonZeros = nonZeros;
     const lib = kernels().symbols;
     const n = BigInt(weight.out);
     const k = BigInt(weight.in);
     const bytes = Number(lib.sb_spmm_f32_packed_len(weight.weight, n, k));
     if (bytes === 0) throw new RangeError(`Weight [${weight.out}, ${weight.in}] is too large`);
-    this.#packed = new NativeBuffer(bytes);
+    this.#packed = PackedBytes.allocate(bytes, `${this.kind} linear`);
     checkStatus(
       lib.sb_spmm_f32_pack(
         weight.weight,
@@ -79,6 +87,17 @@ export class SparseLinearF32 implements LinearOp {
     );
   }
 
+  /** Non-zero weights kept (counted from the packed bytes for an op built from them). */
+  get nonZeros(): number {
+    if (this.#nonZeros === undefined) {
+      const w = this.unpack().weight;
+      let count = 0;
+      for (let i = 0; i < w.length; i++) count += w[i] !== 0 ? 1 : 0;
+      this.#nonZeros = count;
+    }
+    return this.#nonZeros;
+  }
+
   /** Fraction of zero weights. */
   get sparsity(): number {
     return 1 - this.nonZeros / (this.inFeatures * this.outFeatures);
@@ -87,6 +106,11 @@ export class SparseLinearF32 implements LinearOp {
   /** Bytes of packed weights in native memory. */
   get packedBytes(): number {
     return this.#packed.bytes;
+  }
+
+  /** The packed weights (a view). */
+  packedData(): Uint8Array {
+    return this.#packed.u8();
   }
 
   /** The packed weight expanded back to a dense `[out, in]` weight with its bias. */
@@ -127,7 +151,7 @@ export class SparseLinearF32 implements LinearOp {
     return out;
   }
 
-  /** Frees the packed weights. */
+  /** Frees the packed weights (or drops the borrowed region's reference). */
   [Symbol.dispose](): void {
     this.#packed[Symbol.dispose]();
   }

@@ -16,77 +16,24 @@
  * @module
  */
 import { kernels } from "../ffi/library.ts";
-import { NativeBuffer } from "../ffi/memory.ts";
-import { type Activation, ACTIVATION_CODE, type LinearWeight } from "./linear.ts";
+import { ACTIVATION_CODE, type LinearWeight } from "./linear.ts";
 import {
   type Int8KernelCall,
   Int8Linear,
   type LinearI8Options,
   type StagedKernelCall,
 } from "./linear_i8.ts";
+import type { PackedBytes, PackedSource } from "./packed.ts";
 import {
   checkStatus,
   packActivations,
   type QuantizedActivations,
   type QuantizedLinearWeight,
 } from "./quantize.ts";
-import { sparsityStats } from "./sparsity.ts";
+import { type SparsityStats, sparsityStats } from "./sparsity.ts";
 
 /** Largest input width of the 4x1-block format (16-bit indices in units of 8). */
 export const SPARSE_I8_MAX_IN = 8191;
-
-/**
- * Runs `sb_spmm_i8` on packed weights at `pointer` (`bytes` long) with the output `call`
- * names. Returns the kernel's status.
- */
-export function spmmI8(
-  pointer: Deno.PointerObject,
-  bytes: number,
-  activation: Activation,
-  call: Int8KernelCall,
-): number {
-  return kernels().symbols.sb_spmm_i8(
-    pointer,
-    BigInt(bytes),
-    call.q.data,
-    BigInt(call.q.m),
-    call.q.scale,
-    call.q.zeroPoint,
-    call.residual,
-    call.y,
-    call.output,
-    call.outScale,
-    call.outZero,
-    call.outQmax,
-    ACTIVATION_CODE[activation],
-  );
-}
-
-/**
- * Runs `sb_spmm_i8_quantized` on packed weights at `pointer` (`bytes` long): the layer with its
- * output quantized per token into `call.into` (packed layout). Returns the kernel's status.
- */
-export function spmmI8Staged(
-  pointer: Deno.PointerObject,
-  bytes: number,
-  activation: Activation,
-  call: StagedKernelCall,
-): number {
-  return kernels().symbols.sb_spmm_i8_quantized(
-    pointer,
-    BigInt(bytes),
-    call.q.data,
-    BigInt(call.q.m),
-    call.q.scale,
-    call.q.zeroPoint,
-    ACTIVATION_CODE[activation],
-    call.staging.pointer,
-    BigInt(call.staging.bytes),
-    call.into.data,
-    call.into.scale,
-    call.into.zeroPoint,
-  );
-}
 
 /** Sparse int8 linear layer with 4x1-block weights. */
 export class SparseLinearI8 extends Int8Linear {
@@ -94,17 +41,18 @@ export class SparseLinearI8 extends Int8Linear {
   readonly kind = "sparse-i8";
   /** Activation layout of the kernel. */
   protected readonly layout = "packed" as const;
-  /** Fraction of all-zero 4x1 blocks of the int8 weight (the work skipped). */
-  readonly blockSparsity: number;
-  /** Fraction of zero weights. */
-  readonly elementSparsity: number;
-  #packed: NativeBuffer;
+  #stats: SparsityStats | undefined;
+  #packed: PackedBytes;
 
   /**
-   * Quantizes (if fp32) and packs `weight` once; every all-zero 4x1 block of the int8 weight
-   * is skipped. The source arrays are not kept.
+   * Quantizes (if fp32) and packs `weight` once, skipping every all-zero 4x1 block of the int8
+   * weight (the source arrays are not kept), or runs from the bytes of `weight.packed` as this
+   * op packed them (retained until disposal; the kernel checks them).
    */
-  constructor(weight: LinearWeight | QuantizedLinearWeight, options: LinearI8Options = {}) {
+  constructor(
+    weight: LinearWeight | QuantizedLinearWeight | PackedSource,
+    options: LinearI8Options = {},
+  ) {
     super(weight, options);
     if (this.activationQuantization === "ort-u8") {
       throw new RangeError(
@@ -116,33 +64,51 @@ export class SparseLinearI8 extends Int8Linear {
         `The sparse int8 format takes at most ${SPARSE_I8_MAX_IN} input features, got ${weight.in}`,
       );
     }
-    const q = Int8Linear.int8Weight(weight);
-    const stats = sparsityStats(q.weight, q.out, q.in);
-    this.blockSparsity = stats.blockSparsity;
-    this.elementSparsity = stats.elementSparsity;
     const lib = kernels().symbols;
-    const n = BigInt(q.out);
-    const k = BigInt(q.in);
-    const bytes = Number(lib.sb_spmm_i8_packed_len(q.weight, n, k));
-    if (bytes === 0) throw new RangeError(`Weight [${q.out}, ${q.in}] is too large to pack`);
-    this.#packed = new NativeBuffer(bytes);
-    checkStatus(
-      lib.sb_spmm_i8_pack(
-        q.weight,
-        q.scale,
-        q.bias ?? null,
-        n,
-        k,
-        this.#packed.pointer,
-        BigInt(bytes),
-      ),
-      "Packing the sparse int8 weight",
-    );
+    this.#packed = Int8Linear.packedFor(weight, this.kind, {
+      sizeOf: (q) => {
+        this.#stats = sparsityStats(q.weight, q.out, q.in);
+        return Number(lib.sb_spmm_i8_packed_len(q.weight, BigInt(q.out), BigInt(q.in)));
+      },
+      write: (q, into) =>
+        lib.sb_spmm_i8_pack(
+          q.weight,
+          q.scale,
+          q.bias ?? null,
+          BigInt(q.out),
+          BigInt(q.in),
+          into.pointer,
+          BigInt(into.bytes),
+        ),
+    });
+  }
+
+  /** Zero fractions of the int8 weight (from the packed bytes for an op built from them). */
+  get #sparsity(): SparsityStats {
+    if (this.#stats === undefined) {
+      this.#stats = sparsityStats(this.unpack().weight, this.outFeatures, this.inFeatures);
+    }
+    return this.#stats;
+  }
+
+  /** Fraction of all-zero 4x1 blocks of the int8 weight (the work skipped). */
+  get blockSparsity(): number {
+    return this.#sparsity.blockSparsity;
+  }
+
+  /** Fraction of zero weights. */
+  get elementSparsity(): number {
+    return this.#sparsity.elementSparsity;
   }
 
   /** Bytes of packed weights in native memory. */
   get packedBytes(): number {
     return this.#packed.bytes;
+  }
+
+  /** The packed weights (a view). */
+  packedData(): Uint8Array {
+    return this.#packed.u8();
   }
 
   /** The packed weight expanded back to int8 `[out, in]` with its scales and bias. */
@@ -165,12 +131,42 @@ export class SparseLinearI8 extends Int8Linear {
 
   /** Runs `sb_spmm_i8`. */
   protected runKernel(call: Int8KernelCall): number {
-    return spmmI8(this.#packed.pointer, this.#packed.bytes, this.activation, call);
+    return kernels().symbols.sb_spmm_i8(
+      this.#packed.pointer,
+      BigInt(this.#packed.bytes),
+      call.q.data,
+      BigInt(call.q.m),
+      call.q.scale,
+      call.q.zeroPoint,
+      call.residual,
+      call.y,
+      call.output,
+      call.outScale,
+      call.outZero,
+      call.outQmax,
+      ACTIVATION_CODE[this.activation],
+    );
   }
 
-  /** Runs `sb_spmm_i8_quantized` (see {@linkcode Int8Linear.forwardThrough}). */
+  /**
+   * Runs `sb_spmm_i8_quantized`: the layer with its output quantized per token into `call.into`
+   * (packed layout; see {@linkcode Int8Linear.forwardThrough}).
+   */
   protected override runKernelQuantized(call: StagedKernelCall): number {
-    return spmmI8Staged(this.#packed.pointer, this.#packed.bytes, this.activation, call);
+    return kernels().symbols.sb_spmm_i8_quantized(
+      this.#packed.pointer,
+      BigInt(this.#packed.bytes),
+      call.q.data,
+      BigInt(call.q.m),
+      call.q.scale,
+      call.q.zeroPoint,
+      ACTIVATION_CODE[this.activation],
+      call.staging.pointer,
+      BigInt(call.staging.bytes),
+      call.into.data,
+      call.into.scale,
+      call.into.zeroPoint,
+    );
   }
 
   /** Packs row-layout activations into the kernel's layout. */

@@ -162,6 +162,15 @@ class WorkerProcess {
 
   #keep(line: string, log: StartOptions["log"], name: string): void {
     if (line.trim() === "") return;
+    if (line.startsWith('{"event":"slow_call"')) {
+      // The worker's own report of a slow call (worker.ts), logged as an event of its own.
+      try {
+        log?.({ level: "warn", ...JSON.parse(line), model: name, pid: this.child.pid });
+        return;
+      } catch {
+        // Not the worker's report after all: logged as a stderr line.
+      }
+    }
     this.lastStderr = line;
     log?.({ level: "warn", event: "worker_stderr", model: name, pid: this.child.pid, line });
   }

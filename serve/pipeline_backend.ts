@@ -1,24 +1,19 @@
 /**
  * The {@linkcode InferenceBackend} over the library's pipelines (`models/pipeline.ts`), as a
- * worker runs it. Embeddings run the pipeline's encoder on the server's own padded batch (the
- * main thread tokenized it) and pool it with the same kernel the feature-extraction pipeline
- * uses; the text tasks call the pipelines; question answering merges the context windows of
- * every pair in the batch into one encoder call.
+ * worker runs it. Embeddings call the feature-extraction pipeline on the server's own padded
+ * batch (the main thread tokenized it); the text tasks call the pipelines; question answering
+ * merges the context windows of every pair in the batch into one call of the pipeline's logits.
  *
  * @module
  */
 import { setThreads, threads } from "../ffi/library.ts";
-import { pool } from "../ops/pooling.ts";
-import { LinearI8 } from "../ops/linear_i8.ts";
-import { SparseLinearF32 } from "../ops/sparse_linear_f32.ts";
-import { SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
-import type { LinearFactory } from "../models/bert.ts";
 import { loadModel } from "../models/load.ts";
 import type { TextInput } from "../models/tokenizer.ts";
 import {
   answerOf,
   bestSpans,
   type ClassificationResult,
+  type EncodedInput,
   type FeatureExtractionPipeline,
   pipeline,
   type PipelineBase,
@@ -45,26 +40,6 @@ export const QA_MAX_ANSWER = 15;
 /** Question word pieces the question-answering pipeline keeps. */
 export const QA_MAX_QUESTION = 64;
 
-/**
- * The linear-layer factory for a forced kernel choice: `dense-f32` keeps the pipeline's default
- * (dense fp32; an int8 ONNX file runs on its dequantized weights), the others build every layer
- * with that op (the int8 ops quantize the weights per output channel). `auto` is handled by the
- * per-layer chooser in {@linkcode buildPipeline}.
- */
-export function linearFactory(kernel: KernelChoice): LinearFactory | undefined {
-  switch (kernel) {
-    case "auto":
-    case "dense-f32":
-      return undefined;
-    case "dense-i8":
-      return (weight, spec) => new LinearI8(weight, { activation: spec.activation });
-    case "sparse-f32":
-      return (weight, spec) => new SparseLinearF32(weight, { activation: spec.activation });
-    case "sparse-i8":
-      return (weight, spec) => new SparseLinearI8(weight, { activation: spec.activation });
-  }
-}
-
 /** Options of {@linkcode buildPipeline}. */
 export interface BuildPipelineOptions {
   /** Kernel choice. */
@@ -86,15 +61,15 @@ export async function buildPipeline(
   model: string,
   options: BuildPipelineOptions,
 ): Promise<PipelineBase> {
-  // `auto`: the per-layer chooser (int8 kernels where the file has int8 weights, sparse
-  // kernels where they measure faster); a compiled model brings its own choice.
+  // The kernel chooser builds every linear: `auto` per layer (int8 kernels where the file has
+  // int8 weights, sparse kernels where they measure faster), else the kind the configuration
+  // forces; a compiled model brings its own choice.
   const loaded = await loadModel(model, {
     maxLength: options.maxLength,
-    kernels: options.kernel === "auto" ? { precision: "auto" } : undefined,
+    kernels: options.kernel === "auto" ? { precision: "auto" } : { kernels: options.kernel },
     tokenizer: options.tokenizer ?? undefined,
   });
-  const linear = options.kernel === "auto" ? loaded.linear : linearFactory(options.kernel);
-  const pipe = await pipeline(task, loaded, { linear });
+  const pipe = await pipeline(task, loaded);
   await loaded.saveKernelCache?.();
   return pipe;
 }
@@ -136,34 +111,29 @@ class PipelineBackend implements InferenceBackend {
     return this.#pipe as T;
   }
 
-  #hidden(batch: TokenBatch): Float32Array {
-    const pipe = this.#require<FeatureExtractionPipeline>("feature-extraction");
-    return pipe.encoder.forward({
+  /** The batch the main thread tokenized, as the pipelines take it. */
+  #encoded(batch: TokenBatch): EncodedInput {
+    return {
+      shape: [batch.batch, batch.seq],
       inputIds: batch.inputIds,
       attentionMask: batch.attentionMask,
-      tokenTypeIds: pipe.config.typeVocabSize > 0 ? batch.tokenTypeIds : null,
-      batch: batch.batch,
-      seq: batch.seq,
-    });
+      tokenTypeIds: batch.tokenTypeIds,
+    };
   }
 
   embed(batch: TokenBatch): Promise<Float32Array> {
-    const hidden = this.#hidden(batch);
-    const shape = {
-      batch: batch.batch,
-      seq: batch.seq,
-      hidden: this.info.tokenWidth,
-      mask: batch.poolMask ?? Uint8Array.from(batch.attentionMask),
-    };
-    // Pool, then the model's Dense modules; normalisation is the request's choice, applied
-    // by the server after the batch.
-    const pooled = pool(hidden, shape, { mode: this.info.embedding!.pooling });
     const pipe = this.#require<FeatureExtractionPipeline>("feature-extraction");
-    return Promise.resolve(pipe.sentenceHead.apply(pooled, batch.batch));
+    // Normalisation is the request's choice, applied by the server after the batch.
+    return Promise.resolve(pipe.embedEncoded(this.#encoded(batch), {
+      pooling: this.info.embedding!.pooling,
+      normalize: false,
+      poolMask: batch.poolMask,
+    }));
   }
 
   embedTokens(batch: TokenBatch): Promise<Float32Array> {
-    return Promise.resolve(this.#hidden(batch));
+    const pipe = this.#require<FeatureExtractionPipeline>("feature-extraction");
+    return Promise.resolve(pipe.hiddenStates(this.#encoded(batch)));
   }
 
   async classify(texts: TextInput[], _options: TextTaskOptions): Promise<LabelScore[][]> {

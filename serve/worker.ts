@@ -10,8 +10,15 @@
  *
  * @module
  */
+import { cpuUsage } from "node:process";
 import { threads } from "../ffi/library.ts";
-import { type FromWorker, type InferenceBackend, runCall, type ToWorker } from "./backend.ts";
+import {
+  type BackendCall,
+  type FromWorker,
+  type InferenceBackend,
+  runCall,
+  type ToWorker,
+} from "./backend.ts";
 import { encodeFrame, readFrames } from "./frames.ts";
 import { loadPipelineBackend } from "./pipeline_backend.ts";
 
@@ -27,6 +34,45 @@ function send(message: FromWorker): void {
   let written = 0;
   // Bounded: every write moves at least one byte or throws (the server went away).
   while (written < frame.length) written += Deno.stdout.writeSync(frame.subarray(written));
+}
+
+/** A call that takes this long is reported on stderr (the server logs it as `slow_call`). */
+export const SLOW_CALL_MS = 250;
+
+/** The size of a call, for the slow-call report: batch x sequence, or the number of texts. */
+function callSize(call: BackendCall): Record<string, number> {
+  if (call.op === "embed" || call.op === "embedTokens") {
+    return { batch: call.batch.batch, seq: call.batch.seq };
+  }
+  return { inputs: call.op === "answer" ? call.pairs.length : call.texts.length };
+}
+
+/**
+ * Runs `call`; one that took {@linkcode SLOW_CALL_MS} or more is reported with the process's CPU
+ * time over the same span: CPU close to threads x wall is work (a large batch), much less is
+ * waiting (other processes on the cores, page faults, a pause).
+ */
+async function timedCall(backend: InferenceBackend, call: BackendCall): Promise<unknown> {
+  const started = performance.now();
+  const cpu = cpuUsage();
+  try {
+    return await runCall(backend, call);
+  } finally {
+    const ms = performance.now() - started;
+    if (ms >= SLOW_CALL_MS) {
+      const used = cpuUsage(cpu);
+      const report = {
+        event: "slow_call",
+        op: call.op,
+        ...callSize(call),
+        ms: Math.round(ms),
+        cpuMs: Math.round((used.user + used.system) / 1000),
+        systemMs: Math.round(used.system / 1000),
+        threads: threads(),
+      };
+      console.error(JSON.stringify(report));
+    }
+  }
 }
 
 /** Kernel threads for this worker: as asked, else its share of the library default. */
@@ -52,7 +98,7 @@ async function handle(message: ToWorker, backend: InferenceBackend | null) {
     return backend;
   }
   try {
-    send({ type: "result", id: message.id, value: await runCall(backend, message.call) });
+    send({ type: "result", id: message.id, value: await timedCall(backend, message.call) });
   } catch (err) {
     send({ type: "failed", id: message.id, message: (err as Error).message });
   }

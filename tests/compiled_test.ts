@@ -9,9 +9,11 @@ import {
 import { type KernelChoiceOptions, KernelChooser } from "../models/kernel_choice.ts";
 import { loadModel } from "../models/load.ts";
 import { importOnnx } from "../models/onnx_import.ts";
-import { MappedFile } from "../ffi/memory.ts";
-import { PackedLinear, packLinear, SharedRegion } from "../models/packed_linear.ts";
+import { MappedFile, NativeBuffer } from "../ffi/memory.ts";
+import { buildLinear, linearFromPacked } from "../models/linear_kinds.ts";
 import type { DenseWeight } from "../models/weights.ts";
+import { KERNEL_KINDS, type LinearOp } from "../ops/linear.ts";
+import { SharedRegion } from "../ops/packed.ts";
 import { quantizeWeights } from "../ops/quantize.ts";
 import { SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
 import { randomBlockSparse } from "../ops/sparsity.ts";
@@ -211,7 +213,57 @@ Deno.test("a compiled model's packed weights are read from the file's map, not a
   assert.notDeepEqual(changed, expected);
 });
 
-Deno.test("packed sparse int8 pairs run fused with the two forwards' bits, and as the ops do", () => {
+/** A region holding copies of `ops`' packed bytes at 64-byte aligned offsets (after a gap). */
+function regionOf(ops: LinearOp[]): { region: SharedRegion; offsets: number[] } {
+  const offsets: number[] = [];
+  let end = 64; // nothing at offset 0: the ops must honour their slice's offset
+  for (const op of ops) {
+    offsets.push(end);
+    end += Math.ceil(op.packedBytes / 64) * 64;
+  }
+  const memory = new NativeBuffer(end);
+  ops.forEach((op, i) => memory.u8().set(op.packedData(), offsets[i]));
+  return { region: new SharedRegion(memory), offsets };
+}
+
+Deno.test("every linear kind built from its packed bytes computes the bits of the op built from the weight", () => {
+  const [m, k, n] = [19, 40, 24];
+  const weight: DenseWeight = {
+    out: n,
+    in: k,
+    weight: randomBlockSparse({ out: n, in: k, sparsity: 0.6, seed: 5 }),
+    bias: new Float32Array(n).map((_, i) => Math.cos(i)),
+  };
+  const x = new Float32Array(m * k).map((_, i) => Math.sin(i * 0.23));
+  const bits = (y: Float32Array) => new Uint32Array(y.buffer, y.byteOffset, y.length);
+  const built = KERNEL_KINDS.map((kind) => buildLinear(kind, weight, { activation: "gelu" }));
+  const { region, offsets } = regionOf(built);
+  const again = KERNEL_KINDS.map((kind, i) =>
+    linearFromPacked(kind, {
+      out: n,
+      in: k,
+      packed: { region, offset: offsets[i], bytes: built[i].packedBytes },
+    }, { activation: "gelu" })
+  );
+  region[Symbol.dispose](); // the ops hold their own references
+  try {
+    for (let i = 0; i < KERNEL_KINDS.length; i++) {
+      assert.equal(again[i].kind, KERNEL_KINDS[i]);
+      assert.equal(again[i].packedBytes, built[i].packedBytes);
+      assert.deepEqual(bits(again[i].forward(x, m)), bits(built[i].forward(x, m)), KERNEL_KINDS[i]);
+    }
+    const packed = { region, offset: 0, bytes: 64 };
+    assert.throws(
+      () => linearFromPacked("dense-f32", { out: n, in: k, packed }, { activation: "none" }),
+      /packs to \d+ bytes, got 64/,
+    );
+  } finally {
+    for (const op of [...built, ...again]) op[Symbol.dispose]();
+  }
+  assert.throws(() => again[0].forward(x, m), /used after it was disposed/);
+});
+
+Deno.test("sparse int8 ops built from packed bytes run fused with the two forwards' bits, and as the ops do", () => {
   const [m, k, n] = [37, 48, 80];
   const weight = (out: number, inFeatures: number, seed: number): DenseWeight => ({
     out,
@@ -221,18 +273,15 @@ Deno.test("packed sparse int8 pairs run fused with the two forwards' bits, and a
   });
   const first = weight(n, k, 1);
   const second = weight(k, n, 2);
-  const packedOp = (w: DenseWeight, activation: "gelu" | "none"): PackedLinear => {
-    const packed = packLinear("sparse-i8", w);
-    using region = new SharedRegion(packed.buffer);
-    return new PackedLinear({ region, offset: 0, bytes: packed.buffer.bytes }, {
-      kind: "sparse-i8",
-      out: w.out,
-      in: w.in,
-      activation,
-    });
+  const packedOp = (w: DenseWeight, activation: "gelu" | "none"): LinearOp => {
+    using built = buildLinear("sparse-i8", w, { activation });
+    const { region, offsets } = regionOf([built]);
+    using _ = region;
+    const packed = { region, offset: offsets[0], bytes: built.packedBytes };
+    return linearFromPacked("sparse-i8", { out: w.out, in: w.in, packed }, { activation });
   };
-  using a = packedOp(first, "gelu");
-  using b = packedOp(second, "none");
+  using a = packedOp(first, "gelu") as SparseLinearI8;
+  using b = packedOp(second, "none") as SparseLinearI8;
   using opA = new SparseLinearI8(quantizeWeights(first), { activation: "gelu" });
   using opB = new SparseLinearI8(quantizeWeights(second));
   const x = new Float32Array(m * k).map((_, i) => Math.cos(i * 0.37) * 2);

@@ -6,7 +6,8 @@
  */
 import { parseArgs } from "node:util";
 import { compileModel } from "../models/compiled.ts";
-import { KERNEL_KINDS, type KernelKind, summarizeDecisions } from "../models/kernel_choice.ts";
+import { summarizeDecisions } from "../models/kernel_choice.ts";
+import { KERNEL_KINDS, type KernelKind } from "../ops/linear.ts";
 import { loadModel } from "../models/load.ts";
 
 /** One-line summary. */

@@ -7,7 +7,7 @@
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_RETRIEVAL_SET, evaluate, type EvaluateReport } from "../models/evaluate.ts";
-import { INT8_ACTIVATIONS } from "../models/packed_linear.ts";
+import { INT8_ACTIVATIONS } from "../models/linear_kinds.ts";
 import {
   checkTextsFile,
   choiceOption,

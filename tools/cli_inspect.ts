@@ -6,12 +6,8 @@
  */
 import { parseArgs } from "node:util";
 import { BertEncoder } from "../models/bert.ts";
-import {
-  KERNEL_KINDS,
-  type KernelDecision,
-  type KernelKind,
-  type Precision,
-} from "../models/kernel_choice.ts";
+import type { KernelDecision, Precision } from "../models/kernel_choice.ts";
+import { KERNEL_KINDS, type KernelKind } from "../ops/linear.ts";
 import { loadModel } from "../models/load.ts";
 import { measureSparsity } from "../models/quantized.ts";
 import { type BertWeights, type DenseWeight, parameterCount } from "../models/weights.ts";
