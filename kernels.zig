@@ -14,7 +14,11 @@ const attention = @import("kernels/attention.zig");
 const embeddings = @import("kernels/embeddings.zig");
 const pooling = @import("kernels/pooling.zig");
 const int8 = @import("kernels/int8.zig");
+const int8_epilogue = @import("kernels/int8_epilogue.zig");
 const quantize = @import("kernels/quantize.zig");
+const quantize_packed = @import("kernels/quantize_packed.zig");
+const quantize_staged = @import("kernels/quantize_staged.zig");
+const pack_f32 = @import("kernels/pack_f32.zig");
 const sparse_format = @import("kernels/sparse_format.zig");
 const spmm_i8 = @import("kernels/spmm_i8.zig");
 const gemm_i8 = @import("kernels/gemm_i8.zig");
@@ -179,8 +183,13 @@ export fn sb_l2_normalize_rows(x: [*]f32, rows: usize, cols: usize) void {
 }
 
 // ---- int8 and sparse linear layers ----
-// Status results: 0 ok, -1 non-finite input, -2 bad packed blob, -3 bad enum code,
-// -4 shape too large for the format, -5 buffer too small, -6 activation above 127.
+// Status results: 0 ok, -1 non-finite input, -2 bad packed blob, -3 bad argument (an enum
+// code, or a size or stride the kernel cannot take), -4 shape too large for the format, -5
+// buffer too small, -6 activation above 127.
+//
+// The size checks below are explicit, not `assert`s: the kernels' asserts are optimizer
+// assumptions in ReleaseFast, the build users load, so a bad call from a binding would be
+// undefined behaviour there instead of status -3.
 
 fn status(err: anyerror) i32 {
     return switch (err) {
@@ -197,12 +206,20 @@ fn enumCode(comptime E: type, code: u32) ?E {
     return null;
 }
 
+/// Whether every size is at least 1.
+fn positive(sizes: anytype) bool {
+    inline for (sizes) |size| if (size == 0) return false;
+    return true;
+}
+
 export fn sb_quantize_weights_i8(w: [*]const f32, n: usize, k: usize, q: [*]i8, scale: [*]f32) i32 {
+    if (!positive(.{ n, k })) return -3;
     quantize.quantizeWeights(w, n, k, q, scale) catch |e| return status(e);
     return 0;
 }
 
 export fn sb_quantize_rows(x: [*]const f32, m: usize, k: usize, mode: u32, qmax: u32, q: [*]u8, ldq: usize, scale: [*]f32, zero: [*]i32) i32 {
+    if (!positive(.{ m, k }) or ldq < k) return -3;
     const md = enumCode(quantize.Mode, mode) orelse return -3;
     if (qmax != 127 and qmax != 255) return -3;
     if (md == .ort_u8 and qmax != 255) return -3;
@@ -211,18 +228,20 @@ export fn sb_quantize_rows(x: [*]const f32, m: usize, k: usize, mode: u32, qmax:
 }
 
 export fn sb_quantize_packed_len(m: usize, k: usize) usize {
-    return quantize.packedLen(m, k);
+    return quantize_packed.packedLen(m, k);
 }
 
 export fn sb_quantize_packed(x: [*]const f32, m: usize, k: usize, mode: u32, packed_x: [*]u8, scale: [*]f32, zero: [*]i32) i32 {
+    if (!positive(.{ m, k })) return -3;
     const md = enumCode(quantize.Mode, mode) orelse return -3;
     if (md == .ort_u8) return -3;
-    quantize.quantizePacked(x, m, k, md, packed_x, scale, zero) catch |e| return status(e);
+    quantize_packed.quantizePacked(x, m, k, md, packed_x, scale, zero) catch |e| return status(e);
     return 0;
 }
 
 export fn sb_pack_rows_u8(q: [*]const u8, m: usize, k: usize, ldq: usize, packed_x: [*]u8) i32 {
-    return if (quantize.packRows(q, m, k, ldq, packed_x)) 0 else -6;
+    if (!positive(.{ m, k }) or ldq < k) return -3;
+    return if (quantize_packed.packRows(q, m, k, ldq, packed_x)) 0 else -6;
 }
 
 export fn sb_u8_max(data: [*]const u8, len: usize) u32 {
@@ -230,11 +249,11 @@ export fn sb_u8_max(data: [*]const u8, len: usize) u32 {
 }
 
 export fn sb_pack_f32_len(m: usize, k: usize) usize {
-    return quantize.packedF32Len(m, k);
+    return pack_f32.packedF32Len(m, k);
 }
 
 export fn sb_pack_f32(x: [*]const f32, m: usize, k: usize, out: [*]f32) void {
-    quantize.packF32(x, m, k, out);
+    pack_f32.packF32(x, m, k, out);
 }
 
 export fn sb_sparsity_stats_f32(w: [*]const f32, n: usize, k: usize, out: *sparse_format.Stats) void {
@@ -250,6 +269,7 @@ export fn sb_spmm_i8_packed_len(q: [*]const i8, n: usize, k: usize) usize {
 }
 
 export fn sb_spmm_i8_pack(q: [*]const i8, scale: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [*]align(64) u8, blob_len: usize) i32 {
+    if (!positive(.{ n, k })) return -3;
     sparse_format.i8Pack(q, scale, bias, n, k, blob, blob_len) catch |e| return status(e);
     return 0;
 }
@@ -274,6 +294,7 @@ export fn sb_spmm_i8(
     out_qmax: u32,
     activation: u32,
 ) i32 {
+    if (m == 0) return -3;
     if (output == @intFromEnum(int8.Output.u8) and
         (!(out_scale > 0) or !std.math.isFinite(out_scale) or (out_qmax != 127 and out_qmax != 255) or
             out_zero < 0 or out_zero > out_qmax)) return -3;
@@ -314,6 +335,7 @@ export fn sb_spmm_i8_quantized(
     y_scale: [*]f32,
     y_zero: [*]i32,
 ) i32 {
+    if (m == 0) return -3;
     const w = sparse_format.view(blob, blob_len) catch |e| return status(e);
     if (staging_len < spmm_i8.Staging.len(m, w.header.n)) return status(error.BufferTooSmall);
     var scratch = spmm_i8.Staging.init(staging, m, w.header.n);
@@ -338,6 +360,7 @@ export fn sb_gemm_i8_packed_len(n: usize, k: usize) usize {
 }
 
 export fn sb_gemm_i8_pack(q: [*]const i8, scale: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [*]align(64) u8, blob_len: usize) i32 {
+    if (!positive(.{ n, k })) return -3;
     gemm_i8.pack(q, scale, bias, n, k, blob, blob_len) catch |e| return status(e);
     return 0;
 }
@@ -363,8 +386,11 @@ export fn sb_gemm_i8(
     if (output == @intFromEnum(int8.Output.u8) and
         (!(out_scale > 0) or !std.math.isFinite(out_scale) or (out_qmax != 127 and out_qmax != 255) or
             out_zero < 0 or out_zero > out_qmax)) return -3;
+    const w = gemm_i8.view(blob, blob_len) catch |e| return status(e);
+    // Rows of whole 4-byte groups, zero-padded past k (`sb_quantize_rows` with ldq from k).
+    if (m == 0 or ldx % 4 != 0 or ldx < 4 * @as(usize, w.header.k4)) return -3;
     const args = gemm_i8.Args{
-        .w = gemm_i8.view(blob, blob_len) catch |e| return status(e),
+        .w = w,
         .x = x,
         .ldx = ldx,
         .m = m,
@@ -386,6 +412,7 @@ export fn sb_spmm_f32_packed_len(w: [*]const f32, n: usize, k: usize) usize {
 }
 
 export fn sb_spmm_f32_pack(w: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [*]align(64) u8, blob_len: usize) i32 {
+    if (!positive(.{ n, k })) return -3;
     sparse_format.f32Pack(w, bias, n, k, blob, blob_len) catch |e| return status(e);
     return 0;
 }
@@ -404,6 +431,7 @@ export fn sb_spmm_f32(
     y: [*]f32,
     activation: u32,
 ) i32 {
+    if (m == 0) return -3;
     const args = spmm_f32.Args{
         .w = sparse_format.viewF32(blob, blob_len) catch |e| return status(e),
         .x = packed_x,
@@ -437,7 +465,11 @@ test {
     _ = embeddings;
     _ = pooling;
     _ = int8;
+    _ = int8_epilogue;
     _ = quantize;
+    _ = quantize_packed;
+    _ = quantize_staged;
+    _ = pack_f32;
     _ = sparse_format;
     _ = spmm_i8;
     _ = gemm_i8;

@@ -89,8 +89,9 @@ export {
   type LinearRole,
   type LinearSpec,
   type TokenArray,
-} from "./models/bert.ts";
-export { type LoadedModel, loadModel, type LoadModelOptions } from "./models/load.ts";
+} from "./encoder/bert.ts";
+export { loadModel, type LoadModelOptions } from "./hub/load.ts";
+export type { LoadedModel } from "./hub/loaded_model.ts";
 export {
   type ClassificationInput,
   type ClassificationResult,
@@ -106,14 +107,14 @@ export {
   type PipelineTask,
   type QuestionAnsweringOptions,
   type QuestionAnsweringPipeline,
-  type QuestionAnsweringResult,
   type QuestionWindows,
   type TextClassificationOptions,
   type TextClassificationPipeline,
   type TokenClassificationOptions,
   type TokenClassificationPipeline,
   type TokenClassificationResult,
-} from "./models/pipeline.ts";
+} from "./pipelines/pipeline.ts";
+export type { QuestionAnsweringResult } from "./pipelines/logits.ts";
 export {
   type BertConfig,
   type BertLayerWeights,
@@ -123,20 +124,17 @@ export {
   type NormWeight,
   type OutputKind,
   parameterCount,
-} from "./models/weights.ts";
-export {
-  type ActivationQuantization,
   type QuantizedOnnxForm,
   type QuantizedWeight,
   type WeightInitializer,
   type WeightSparsity,
-} from "./models/quantized.ts";
+} from "./encoder/weights.ts";
 export {
   BertTokenizer,
   type BertTokenizerOptions,
   type EncodeBatchOptions,
   type EncodedBatch,
   type TextInput,
-} from "./models/tokenizer.ts";
-export { importOnnx, type ImportOnnxOptions } from "./models/onnx_import.ts";
-export { loadHfFolder, type LoadHfFolderOptions } from "./models/hf_folder.ts";
+} from "./pipelines/tokenizer.ts";
+export { importOnnx, type ImportOnnxOptions } from "./formats/onnx_import.ts";
+export { loadHfFolder, type LoadHfFolderOptions } from "./formats/hf_folder.ts";

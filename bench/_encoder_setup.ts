@@ -7,11 +7,11 @@
  * @module
  */
 import * as ort from "onnxruntime-node";
-import { BertEncoder, type BertEncoderOptions } from "../models/bert.ts";
-import { importOnnx } from "../models/onnx_import.ts";
-import { modelFiles } from "../models/registry.ts";
-import type { BertConfig } from "../models/weights.ts";
-import { ensureTestModel } from "../tools/write_test_model.ts";
+import { BertEncoder, type BertEncoderOptions } from "../encoder/bert.ts";
+import { importOnnx } from "../formats/onnx_import.ts";
+import { modelFiles } from "../hub/registry.ts";
+import type { BertConfig } from "../encoder/weights.ts";
+import { ensureTestModel } from "../tests/fixtures/write_test_model.ts";
 import { loadOrtSession } from "./peers/ort_node.ts";
 
 /** Models the encoder benchmarks know. */

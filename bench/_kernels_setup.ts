@@ -2,7 +2,7 @@
  * Contenders of the sparse/int8 kernel benchmark for one shape: our sparse int8 (kernel and
  * whole op), sparse fp32, dense int8, dense fp32, and ONNX Runtime's MatMulInteger and fp32
  * MatMul as one-op models on the same threads. Shared by `bench/kernels_bench.ts` and
- * `tools/bench_kernels.ts`.
+ * `bench/kernels.ts`.
  *
  * What each timing covers:
  *   - `*_kernel`: the int8 kernel from already quantized u8 activations to fp32 output

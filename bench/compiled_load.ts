@@ -14,9 +14,9 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { compileModel, loadCompiled } from "../models/compiled.ts";
-import { loadModel } from "../models/load.ts";
-import { BertEncoder } from "../models/bert.ts";
+import { compileModel, loadCompiled } from "../formats/compiled.ts";
+import { loadModel } from "../hub/load.ts";
+import { BertEncoder } from "../encoder/bert.ts";
 import { setThreads } from "../ffi/library.ts";
 import { stats } from "./_timing.ts";
 

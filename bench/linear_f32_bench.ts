@@ -11,7 +11,7 @@ import * as ort from "onnxruntime-node";
 import { setThreads } from "../ffi/library.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
 import { loadOrtSession, matMulModel } from "./peers/ort_node.ts";
-import { transpose2d } from "../models/weights.ts";
+import { transpose2d } from "../encoder/weights.ts";
 
 const THREADS = Number(Deno.env.get("SPARSEBERT_THREADS") ?? 2);
 setThreads(THREADS);

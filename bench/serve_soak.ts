@@ -55,6 +55,9 @@ async function capacity(url: string, clients: number, seconds: number): Promise<
 /** What `/metrics` says at one moment: memory, and counts of slow batches and requests. */
 interface ServerSample {
   rssBytes: number;
+  serverRssBytes: number;
+  workerHeapBytes: number;
+  workerExternalBytes: number;
   batches: number;
   batchesUnder250Ms: number;
   requests: number;
@@ -67,6 +70,9 @@ async function sampleServer(url: string): Promise<ServerSample> {
   return {
     rssBytes: metricSum(text, "process_resident_memory_bytes") +
       metricSum(text, "sparsebert_worker_resident_memory_bytes"),
+    serverRssBytes: metricSum(text, "process_resident_memory_bytes"),
+    workerHeapBytes: metricSum(text, "sparsebert_worker_heap_bytes"),
+    workerExternalBytes: metricSum(text, "sparsebert_worker_external_bytes"),
     batches: metricSum(text, "sparsebert_batch_duration_seconds_count"),
     batchesUnder250Ms: metricSum(text, "sparsebert_batch_duration_seconds_bucket", 'le="0.25"'),
     requests: metricSum(text, "sparsebert_request_duration_seconds_count", route),
@@ -164,8 +170,12 @@ export interface SoakMinute {
   /** Latency percentiles, milliseconds. */
   p50Ms: number;
   p99Ms: number;
-  /** Server + workers resident memory at the minute's end, MiB. */
+  /** Server + workers resident memory at the minute's end, MiB, */
   rssMiB: number;
+  /** of which the server process's; the workers' V8 heap and external (ArrayBuffer) memory. */
+  serverRssMiB: number;
+  workerHeapMiB: number;
+  workerExternalMiB: number;
   /** Where a slow minute's time went: batches and requests over 250 ms by the server's clocks, */
   slowBatches: number;
   slowServerRequests: number;
@@ -260,6 +270,9 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
         p50Ms: round(percentile(latencies, 0.5), 2),
         p99Ms: round(percentile(latencies, 0.99), 2),
         rssMiB: round(after.rssBytes / 2 ** 20),
+        serverRssMiB: round(after.serverRssBytes / 2 ** 20),
+        workerHeapMiB: round(after.workerHeapBytes / 2 ** 20),
+        workerExternalMiB: round(after.workerExternalBytes / 2 ** 20),
         slowBatches: (after.batches - after.batchesUnder250Ms) -
           (before.batches - before.batchesUnder250Ms),
         slowServerRequests: (after.requests - after.requestsUnder250Ms) -
@@ -282,7 +295,8 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
       minutes.push(row);
       options.say(
         `minute ${minute}: ${row.requests} requests, ${row.errors} errors, p50 ${row.p50Ms} ms, ` +
-          `p99 ${row.p99Ms} ms, RSS ${row.rssMiB} MiB; over 250 ms: ${row.slowBatches} batches, ` +
+          `p99 ${row.p99Ms} ms, RSS ${row.rssMiB} MiB (server ${row.serverRssMiB}; worker heap ` +
+          `${row.workerHeapMiB}, external ${row.workerExternalMiB}); over 250 ms: ${row.slowBatches} batches, ` +
           `${row.slowServerRequests} requests (server); client lag ${row.clientLagMs} ms, ` +
           `steal ${row.stealPercent}%; others ${row.otherProcesses.join(", ")}; slowest seconds ${
             row.slowestSeconds.join(", ")

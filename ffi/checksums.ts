@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "1fea8eb577f14a4ef49175bbb829cfef79ffd153b14068dfa52c2c88a945312e",
-  avx2: "bb7efd8474a93d25ef966a61c5c6c5117e1fb0623537b5643f338588ff6ba398",
-  avx512vnni: "5ba5e53adc80b14f3aa6c18b21e7fe7e22734623fc573345b0e9a21b3f2b64cf",
+  baseline: "4cc0ac86277a70bc704c148d94d3ecad673f38e6c4f9fe2b74dca16af034b60e",
+  avx2: "811b7628e8612680d83b9b6a0d5df13fed76989e6cad4f9160eeb7d1fe3b5366",
+  avx512vnni: "5343b3fd6f7ff54c9830caa472fcaf2e37fc6e49badc70723e609470c8ff5730",
 };

@@ -16,12 +16,13 @@ const assert = std.debug.assert;
 const pool = @import("pool.zig");
 const vmath = @import("vmath.zig");
 const int8 = @import("int8.zig");
+const epilogue = @import("int8_epilogue.zig");
 
 const I32x8 = int8.I32x8;
 const F8 = @Vector(8, f32);
-/// Output channels per panel.
-pub const panel_width: usize = 16;
-const V16 = @Vector(panel_width, f32);
+/// Output channels per panel: one row of the shared epilogue.
+pub const panel_width: usize = epilogue.lanes;
+const V16 = epilogue.F16;
 /// Rows of X per micro-tile.
 pub const tile_rows: usize = 6;
 /// Rows of X per outer block, so an X block stays in L2 while the panels stream past.
@@ -263,9 +264,9 @@ fn tile(
         var exact: [2]I32x8 = undefined;
         inline for (0..2) |h| exact[h] = acc[r][h] -% zero *% wsum[h];
         const at = t * n + c0;
+        const target = epilogue.Target{ .y = args.y, .residual = args.residual, .requant = args.requant };
         if (out == .s32) {
-            const v: @Vector(panel_width, i32) = std.simd.join(exact[0], exact[1]);
-            storeRow(i32, @as([*]i32, @ptrCast(@alignCast(args.y))) + at, v, cols);
+            epilogue.storeExact(target, at, std.simd.join(exact[0], exact[1]), cols);
         } else {
             const sx: F8 = @splat(args.x_scale[t]);
             var f: [2]F8 = undefined;
@@ -276,42 +277,9 @@ fn tile(
                 // for bit); ORT's 8-bit codes keep the exact one.
                 f[h] = if (args.act_max == int8.act_max) act.applyInt8(8, pre) else act.apply(8, pre);
             }
-            var v: V16 = std.simd.join(f[0], f[1]);
-            if (args.residual) |res| v += loadRow(res + at, cols);
-            if (out == .f32) {
-                storeRow(f32, @as([*]f32, @ptrCast(@alignCast(args.y))) + at, v, cols);
-            } else {
-                storeRow(u8, @as([*]u8, @ptrCast(args.y)) + at, requantize(v, args.requant), cols);
-            }
+            epilogue.storeActivated(out, target, at, std.simd.join(f[0], f[1]), cols);
         }
     }
-}
-
-inline fn loadRow(p: [*]const f32, count: usize) V16 {
-    if (count == panel_width) return p[0..panel_width].*;
-    var v: V16 = @splat(0);
-    for (0..count) |c| v[c] = p[c];
-    return v;
-}
-
-inline fn storeRow(comptime T: type, p: [*]T, v: @Vector(panel_width, T), count: usize) void {
-    if (count == panel_width) {
-        p[0..panel_width].* = v;
-    } else {
-        for (0..count) |c| p[c] = v[c];
-    }
-}
-
-/// clamp(rne(v / scale) + zero, 0, qmax) per lane.
-pub fn requantize(v: V16, rq: int8.Requant) @Vector(panel_width, u8) {
-    const I = @Vector(panel_width, i32);
-    const round_magic: V16 = @splat(12582912.0);
-    const scaled = v * @as(V16, @splat(rq.inv_scale));
-    // Clamp before rounding so that huge values stay within the magic-number range.
-    const bounded = std.math.clamp(scaled, @as(V16, @splat(-1.0e6)), @as(V16, @splat(1.0e6)));
-    const r: I = @intFromFloat((bounded + round_magic) - round_magic);
-    const q = std.math.clamp(r + @as(I, @splat(rq.zero)), @as(I, @splat(0)), @as(I, @splat(rq.qmax)));
-    return @intCast(q);
 }
 
 // ---- tests ----

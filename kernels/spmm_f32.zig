@@ -1,6 +1,6 @@
 //! Unstructured sparse fp32 linear layer: Y = act(W X^T + b) + R with W in CSR
 //! (`sparse_format.zig`, one row per output channel) and X in the packed f32 layout
-//! (`quantize.packF32`: chunks of 16 tokens, token-contiguous per input channel).
+//! (`pack_f32.packF32`: chunks of 16 tokens, token-contiguous per input channel).
 //!
 //! Per output channel and chunk, every non-zero w (input channel k) does two FMAs:
 //! acc[0..16 tokens] += w * X[k][0..16], spread over 4 accumulator pairs to hide the FMA
@@ -15,11 +15,12 @@ const assert = std.debug.assert;
 const pool = @import("pool.zig");
 const vmath = @import("vmath.zig");
 const format = @import("sparse_format.zig");
-const quantize = @import("quantize.zig");
+const pack_f32 = @import("pack_f32.zig");
+const layout = @import("quantize_packed.zig");
 const transpose = @import("transpose.zig");
 
 const F8 = @Vector(8, f32);
-const chunk_tokens = quantize.chunk_tokens;
+const chunk_tokens = layout.chunk_tokens;
 /// Output channels per tile: one 64-byte row of fp32 per token.
 const tile_channels: usize = 16;
 const V16 = @Vector(tile_channels, f32);
@@ -28,7 +29,7 @@ const slice_bytes: usize = 128 * 1024;
 
 pub const Args = struct {
     w: format.F32View,
-    /// Packed activations, `quantize.packedF32Len(m, k)` floats.
+    /// Packed activations, `pack_f32.packedF32Len(m, k)` floats.
     x: [*]const f32,
     m: usize,
     /// Token-major [m, n] fp32 added after the activation, or null.
@@ -71,7 +72,7 @@ fn Worker(comptime act: vmath.Activation) type {
             while (slice_begin < end) {
                 var slice_end = slice_begin + 1;
                 while (slice_end < end and nnzBetween(args, slice_begin, slice_end) * 8 < slice_bytes) slice_end += 1;
-                for (0..quantize.chunksOf(args.m)) |chunk| {
+                for (0..layout.chunksOf(args.m)) |chunk| {
                     for (slice_begin..slice_end) |tile| outputTile(act, args, tile, chunk);
                 }
                 slice_begin = slice_end;
@@ -184,9 +185,9 @@ fn checkShape(m: usize, n: usize, k: usize, keep_percent: u32, seed: u64) !void 
     const x = try gpa.alloc(f32, m * k);
     defer gpa.free(x);
     for (x) |*v| v.* = rnd.floatNorm(f32);
-    const xp = try gpa.alloc(f32, quantize.packedF32Len(m, k));
+    const xp = try gpa.alloc(f32, pack_f32.packedF32Len(m, k));
     defer gpa.free(xp);
-    quantize.packF32(x.ptr, m, k, xp.ptr);
+    pack_f32.packF32(x.ptr, m, k, xp.ptr);
     const res = try gpa.alloc(f32, m * n);
     defer gpa.free(res);
     for (res, 0..) |*r, i| r.* = @as(f32, @floatFromInt(i % 9)) * 0.25;

@@ -1,6 +1,6 @@
 //! Sparse int8 linear layer: Y = act(dequant(W_q X_q^T) + b) + R with W_q in 4x1 blocks
 //! (`sparse_format.zig`) and X_q u7 activations in the packed token-contiguous layout
-//! (`quantize.zig`). Output Y is token-major [m, n]: fp32, requantized u8, or exact s32.
+//! (`quantize_packed.zig`). Output Y is token-major [m, n]: fp32, requantized u8, or exact s32.
 //!
 //! Micro-kernel: one block row (4 output channels) x one chunk (16 tokens), 8 ymm
 //! accumulators. Per group of 4 kept blocks (input channels k0..k3):
@@ -24,15 +24,19 @@ const assert = std.debug.assert;
 const pool = @import("pool.zig");
 const vmath = @import("vmath.zig");
 const int8 = @import("int8.zig");
+const epilogue = @import("int8_epilogue.zig");
 const format = @import("sparse_format.zig");
 const quantize = @import("quantize.zig");
+const layout = @import("quantize_packed.zig");
+const quantize_staged = @import("quantize_staged.zig");
+const pack_f32 = @import("pack_f32.zig");
 
 const I32x8 = int8.I32x8;
 const F8 = @Vector(8, f32);
 const F4 = @Vector(4, f32);
 const U16x16 = @Vector(16, u16);
-const chunk_tokens = quantize.chunk_tokens;
-const row_bytes = quantize.packed_row_bytes;
+const chunk_tokens = layout.chunk_tokens;
+const row_bytes = layout.packed_row_bytes;
 /// Weight bytes (values and indices) per slice of block rows.
 const slice_bytes: usize = 96 * 1024;
 const group_bytes: usize = 16 + 8;
@@ -41,7 +45,7 @@ const k_scale = row_bytes / format.k_unit;
 
 pub const Args = struct {
     w: format.I8View,
-    /// Packed activations, `quantize.packedLen(m, k)` bytes.
+    /// Packed activations, `layout.packedLen(m, k)` bytes.
     x: [*]const u8,
     m: usize,
     x_scale: [*]const f32,
@@ -58,13 +62,13 @@ pub const Args = struct {
 };
 
 /// Scratch of `forwardQuantized`, carved from one 64-byte aligned buffer of `len(m, n)` bytes:
-/// the fp32 result in the packed order of `quantize.zig` and each thread's per-token ranges.
+/// the fp32 result in the packed order of `quantize_packed.zig` and each thread's per-token ranges.
 pub const Staging = struct {
-    /// [chunks][n][16] fp32 (`quantize.packedF32Len(m, n)` floats).
+    /// [chunks][n][16] fp32 (`pack_f32.packedF32Len(m, n)` floats).
     y: [*]f32,
     /// [max_threads][chunks]: the ranges of what each thread staged; merged into the first.
-    ranges: [*]quantize.ChunkRange,
-    /// [chunks] per-token quantization parameters (`quantize.quantizeStaged`'s scratch).
+    ranges: [*]quantize_staged.ChunkRange,
+    /// [chunks] per-token quantization parameters (`quantize_staged.quantizeStaged`'s scratch).
     inv: [*]@Vector(chunk_tokens, f32),
     zero: [*]@Vector(chunk_tokens, i32),
     /// Threads of the last staged run (the job's nth).
@@ -73,19 +77,19 @@ pub const Staging = struct {
     split: [pool.max_threads + 1]usize = undefined,
 
     fn yBytes(m: usize, n: usize) usize {
-        return (quantize.packedF32Len(m, n) * 4 + 63) / 64 * 64;
+        return (pack_f32.packedF32Len(m, n) * 4 + 63) / 64 * 64;
     }
 
     pub fn len(m: usize, n: usize) usize {
-        const chunks = quantize.chunksOf(m);
-        return yBytes(m, n) + chunks * (pool.max_threads * @sizeOf(quantize.ChunkRange) + 2 * 64);
+        const chunks = layout.chunksOf(m);
+        return yBytes(m, n) + chunks * (pool.max_threads * @sizeOf(quantize_staged.ChunkRange) + 2 * 64);
     }
 
     pub fn init(buffer: [*]align(64) u8, m: usize, n: usize) Staging {
-        const chunks = quantize.chunksOf(m);
+        const chunks = layout.chunksOf(m);
         const ranges_at = yBytes(m, n);
-        const inv_at = ranges_at + chunks * pool.max_threads * @sizeOf(quantize.ChunkRange);
-        comptime assert(@sizeOf(quantize.ChunkRange) % 64 == 0);
+        const inv_at = ranges_at + chunks * pool.max_threads * @sizeOf(quantize_staged.ChunkRange);
+        comptime assert(@sizeOf(quantize_staged.ChunkRange) % 64 == 0);
         return .{
             .y = @ptrCast(@alignCast(buffer)),
             .ranges = @ptrCast(@alignCast(buffer + ranges_at)),
@@ -109,7 +113,7 @@ pub fn forward(args: *const Args) void {
 
 /// Runs the layer (fp32 epilogue, no residual) and quantizes its output per token into the
 /// packed layout that the next `spmm_i8` reads: the same codes, scales and zero points as
-/// `forward` followed by `quantize.quantizePacked(.per_token)`, but the epilogue stages its
+/// `forward` followed by `layout.quantizePacked(.per_token)`, but the epilogue stages its
 /// values in packed order and keeps their per-token ranges, so the quantizer neither
 /// transposes nor takes a range pass over the token-major output.
 pub fn forwardQuantized(
@@ -129,25 +133,29 @@ pub fn forwardQuantized(
     switch (args.activation) {
         inline else => |act| pool.parallel(Args, &staged, Worker(.f32, act).run),
     }
-    const chunks = quantize.chunksOf(args.m);
+    const chunks = layout.chunksOf(args.m);
     const nth = staging.threads.load(.monotonic);
     assert(nth >= 1 and nth <= pool.max_threads);
     for (1..nth) |t| for (0..chunks) |c| staging.ranges[c].merge(&staging.ranges[t * chunks + c]);
-    try quantize.quantizeStaged(staging.y, args.m, h.n, staging.ranges, staging.split[0 .. nth + 1], staging.inv, staging.zero, packed_y, y_scale, y_zero);
+    try quantize_staged.quantizeStaged(staging.y, args.m, h.n, staging.ranges, staging.split[0 .. nth + 1], staging.inv, staging.zero, packed_y, y_scale, y_zero);
 }
 
 /// Safe builds check the activations' 7-bit bound (the saturation rule of `int8.zig`).
 fn checkActivations(x: [*]const u8, m: usize, k: usize) void {
-    const rows = quantize.chunksOf(m) * k;
+    const rows = layout.chunksOf(m) * k;
     for (0..rows) |i| {
         const lo: *align(1) const [16]u16 = @ptrCast(x + i * row_bytes);
         for (lo) |v| assert(v <= int8.act_max);
     }
 }
 
-/// Block rows per output tile: 16 channels, one cache line of fp32 per token.
+/// Block rows per output tile: 16 channels, one cache line of fp32 per token, one row of the
+/// shared epilogue.
 const tile_block_rows: usize = 4;
 const tile_channels: usize = 4 * tile_block_rows;
+comptime {
+    assert(tile_channels == epilogue.lanes);
+}
 
 /// First tile whose cumulative cost reaches `target`; a tile costs its groups plus one per
 /// block row (the epilogue).
@@ -172,12 +180,12 @@ fn Worker(comptime out: int8.Output, comptime act: vmath.Activation) type {
             const total: u64 = @as(u64, h.groups) + block_rows;
             const begin = if (ith == 0) 0 else splitPoint(args.w.group_ptr, block_rows, total * ith / nth);
             const end = if (ith + 1 == nth) tiles else splitPoint(args.w.group_ptr, block_rows, total * (ith + 1) / nth);
-            const chunks = quantize.chunksOf(args.m);
+            const chunks = layout.chunksOf(args.m);
             if (args.staging) |st| {
                 if (ith == 0) st.threads.store(nth, .monotonic);
                 st.split[ith] = @min(begin * tile_channels, h.n);
                 if (ith + 1 == nth) st.split[nth] = h.n;
-                for (st.ranges[ith * chunks ..][0..chunks]) |*r| r.* = quantize.ChunkRange.empty;
+                for (st.ranges[ith * chunks ..][0..chunks]) |*r| r.* = quantize_staged.ChunkRange.empty;
             }
             var slice_begin = begin;
             while (slice_begin < end) {
@@ -310,25 +318,20 @@ fn outputTile(comptime out: int8.Output, comptime act: vmath.Activation, args: *
     const c0 = br0 * 4;
     const channels: usize = @min(tile_channels, n - c0);
     const t0 = tokens.chunk * chunk_tokens;
+    const target = epilogue.Target{ .y = args.y, .residual = args.residual, .requant = args.requant };
     for (0..tokens.count) |j| {
         const at = (t0 + j) * n + c0;
         const V = @Vector(tile_channels, T);
         const row: *const [tile_channels]T = &buffer[j];
-        var v: V = row.*;
+        const v: V = row.*;
         if (out == .s32) {
-            storeRow(i32, @as([*]i32, @ptrCast(@alignCast(args.y))) + at, v, channels);
+            epilogue.storeExact(target, at, v, channels);
             continue;
         }
         // The activation runs here, on two vectors per token, rather than in `blockRow` on
         // eight at once, where its temporaries spilled: GELU cost the intermediate layer of
         // BERT-Base 11 -> 5 cycles per 8 outputs (Zig harness of this kernel, one thread).
-        v = act.applyInt8(tile_channels, v);
-        if (args.residual) |res| v += loadRow16(res + at, channels);
-        if (out == .f32) {
-            storeRow(f32, @as([*]f32, @ptrCast(@alignCast(args.y))) + at, v, channels);
-        } else {
-            storeRow(u8, @as([*]u8, @ptrCast(args.y)) + at, requantize(v, args.requant), channels);
-        }
+        epilogue.storeActivated(out, target, at, act.applyInt8(tile_channels, v), channels);
     }
 }
 
@@ -392,7 +395,7 @@ fn blockRow(
 /// `forwardQuantized`'s tile: 16 channels x 16 tokens staged in packed order (no transpose),
 /// the activation applied row by row (two vectors at a time, as in `outputTile`), and the
 /// per-token ranges of the staged values widened.
-fn stagedTile(comptime act: vmath.Activation, args: *const Args, tile: usize, tokens: *const Tokens, range: *quantize.ChunkRange) void {
+fn stagedTile(comptime act: vmath.Activation, args: *const Args, tile: usize, tokens: *const Tokens, range: *quantize_staged.ChunkRange) void {
     const st = args.staging.?;
     const n: usize = args.w.header.n;
     const block_rows: usize = args.w.header.block_rows;
@@ -418,33 +421,6 @@ fn stagedTile(comptime act: vmath.Activation, args: *const Args, tile: usize, to
         widened.add(v);
     }
     range.* = widened;
-}
-
-inline fn loadRow16(p: [*]const f32, count: usize) @Vector(tile_channels, f32) {
-    if (count == tile_channels) return p[0..tile_channels].*;
-    var v: @Vector(tile_channels, f32) = @splat(0);
-    for (0..count) |c| v[c] = p[c];
-    return v;
-}
-
-inline fn storeRow(comptime T: type, p: [*]T, v: @Vector(tile_channels, T), count: usize) void {
-    if (count == tile_channels) {
-        p[0..tile_channels].* = v;
-    } else {
-        for (0..count) |c| p[c] = v[c];
-    }
-}
-
-fn requantize(v: @Vector(tile_channels, f32), rq: int8.Requant) @Vector(tile_channels, u8) {
-    const V = @Vector(tile_channels, f32);
-    const I = @Vector(tile_channels, i32);
-    const magic: V = @splat(12582912.0);
-    const scaled = v * @as(V, @splat(rq.inv_scale));
-    // Clamp before rounding so that huge values stay within the magic-number range.
-    const bounded = std.math.clamp(scaled, @as(V, @splat(-1.0e6)), @as(V, @splat(1.0e6)));
-    const r: I = @intFromFloat((bounded + magic) - magic);
-    const q = std.math.clamp(r + @as(I, @splat(rq.zero)), @as(I, @splat(0)), @as(I, @splat(rq.qmax)));
-    return @intCast(q);
 }
 
 // ---- tests ----
@@ -502,8 +478,8 @@ const Fixture = struct {
             s.* = 0.02 + 0.001 * @as(f32, @floatFromInt(t % 3));
             z.* = @intCast((t * 37) % 128);
         }
-        const packed_x = try gpa.alignedAlloc(u8, .@"64", quantize.packedLen(m, k));
-        try testing.expect(quantize.packRows(xq.ptr, m, k, k, packed_x.ptr));
+        const packed_x = try gpa.alignedAlloc(u8, .@"64", layout.packedLen(m, k));
+        try testing.expect(layout.packRows(xq.ptr, m, k, k, packed_x.ptr));
         return .{ .m = m, .n = n, .k = k, .q = q, .scale = scale, .bias = bias, .blob = blob, .xq = xq, .x_scale = x_scale, .x_zero = x_zero, .packed_x = packed_x };
     }
 
@@ -606,9 +582,9 @@ fn checkQuantizedOutput(m: usize, n: usize, k: usize, keep_percent: u32, seed: u
     defer f.deinit();
     const y = try gpa.alloc(f32, m * n);
     defer gpa.free(y);
-    const want = try gpa.alignedAlloc(u8, .@"64", quantize.packedLen(m, n));
+    const want = try gpa.alignedAlloc(u8, .@"64", layout.packedLen(m, n));
     defer gpa.free(want);
-    const got = try gpa.alignedAlloc(u8, .@"64", quantize.packedLen(m, n));
+    const got = try gpa.alignedAlloc(u8, .@"64", layout.packedLen(m, n));
     defer gpa.free(got);
     const params = try gpa.alloc(f32, 2 * m);
     defer gpa.free(params);
@@ -619,7 +595,7 @@ fn checkQuantizedOutput(m: usize, n: usize, k: usize, keep_percent: u32, seed: u
     for ([_]vmath.Activation{ .none, .gelu_erf }) |act| {
         const args = try f.args(y.ptr, .f32, act);
         forward(&args);
-        try quantize.quantizePacked(y.ptr, m, n, .per_token, want.ptr, params.ptr, zeros.ptr);
+        try layout.quantizePacked(y.ptr, m, n, .per_token, want.ptr, params.ptr, zeros.ptr);
         @memset(scratch, 0xff); // NaN everywhere: nothing may be read before it is written
         var staging = Staging.init(scratch.ptr, m, n);
         try forwardQuantized(&args, &staging, got.ptr, params[m..].ptr, zeros[m..].ptr);

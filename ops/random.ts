@@ -6,7 +6,7 @@
  *   (`bench/peers/peer_runner.py` implements the same recurrence in Python:
  *   `state = state * 1664525 + 1013904223 mod 2^32`).
  *
- * (`tools/write_test_model.ts` keeps its own xoshiro128** streams, one per tensor keyed by
+ * (`tests/fixtures/write_test_model.ts` keeps its own xoshiro128** streams, one per tensor keyed by
  * name, because the generated test models' weights are defined by them.)
  *
  * @module

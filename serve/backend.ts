@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { TextInput } from "../models/tokenizer.ts";
+import type { TextInput } from "../pipelines/tokenizer.ts";
 import type { PoolingMode } from "../ops/pooling.ts";
 import type { KernelChoice, ServeTask } from "./config.ts";
 
@@ -157,6 +157,14 @@ export interface InferenceBackend {
   dispose(): void;
 }
 
+/** A worker's JavaScript memory when it answered (`Deno.memoryUsage()`), bytes. */
+export interface WorkerMemory {
+  /** V8 heap in use. */
+  heapUsed: number;
+  /** Memory of ArrayBuffers and other objects outside the V8 heap. */
+  external: number;
+}
+
 /** A method of {@linkcode InferenceBackend} with one batch argument, as sent to a worker. */
 export type BackendCall =
   | { op: "embed"; batch: TokenBatch }
@@ -181,7 +189,7 @@ export type ToWorker =
 export type FromWorker =
   | { type: "loaded"; info: ModelInfo; pid: number }
   | { type: "load-failed"; message: string }
-  | { type: "result"; id: number; value: unknown }
+  | { type: "result"; id: number; value: unknown; memory: WorkerMemory }
   | { type: "failed"; id: number; message: string };
 
 /** Runs one call on a backend (the worker's dispatcher). */

@@ -21,9 +21,10 @@ import type {
   TokenBatch,
   TokenEntity,
   ToWorker,
+  WorkerMemory,
 } from "./backend.ts";
 import { encodeFrame, readFrames } from "./frames.ts";
-import type { TextInput } from "../models/tokenizer.ts";
+import type { TextInput } from "../pipelines/tokenizer.ts";
 
 /** A call lost because its worker process died while running it (the message says why). */
 export class WorkerFaultError extends Error {
@@ -103,6 +104,8 @@ class WorkerProcess {
   readonly pending = new Map<number, Pending>();
   /** The worker's last stderr line (it explains a death), or null. */
   lastStderr: string | null = null;
+  /** The worker's JavaScript memory at its last answer. */
+  memory: WorkerMemory = { heapUsed: 0, external: 0 };
   /** Resolves with the exit status once the process is gone and its output is read. */
   readonly exited: Promise<Deno.CommandStatus>;
   #writer: WritableStreamDefaultWriter<Uint8Array>;
@@ -136,8 +139,10 @@ class WorkerProcess {
           const call = this.pending.get(message.id);
           if (call === undefined) continue;
           this.pending.delete(message.id);
-          if (message.type === "result") call.resolve(message.value);
-          else call.reject(new Error(message.message));
+          if (message.type === "result") {
+            this.memory = message.memory;
+            call.resolve(message.value);
+          } else call.reject(new Error(message.message));
         } else {
           this.#onLoad(message);
         }
@@ -436,6 +441,11 @@ export class WorkerInstance {
     } catch {
       return 0;
     }
+  }
+
+  /** The live worker's JavaScript memory at its last answer (zeros when none is live). */
+  memory(): WorkerMemory {
+    return this.#process?.memory ?? { heapUsed: 0, external: 0 };
   }
 
   /** Stops the worker; calls still pending fail. */

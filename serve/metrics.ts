@@ -115,6 +115,10 @@ export interface QueueProbe {
   workers(): number;
   /** Resident memory of the live workers, bytes (0 where unknown). */
   workerResidentBytes(): number;
+  /** V8 heap in use in the live workers at their last answers, bytes. */
+  workerHeapBytes(): number;
+  /** Their memory outside the V8 heap held by JavaScript objects (ArrayBuffers), bytes. */
+  workerExternalBytes(): number;
 }
 
 /** The server's metrics registry. */
@@ -263,6 +267,16 @@ export class Metrics {
       "sparsebert_worker_resident_memory_bytes",
       "Resident memory of a model's worker processes.",
       (q) => q.workerResidentBytes(),
+    );
+    gauge(
+      "sparsebert_worker_heap_bytes",
+      "V8 heap in use in a model's worker processes at their last answers.",
+      (q) => q.workerHeapBytes(),
+    );
+    gauge(
+      "sparsebert_worker_external_bytes",
+      "Memory held by JavaScript objects outside the V8 heap (ArrayBuffers) in a model's workers.",
+      (q) => q.workerExternalBytes(),
     );
     out.push("# HELP sparsebert_tokens_total Tokens run through the encoder (padding excluded).");
     out.push("# TYPE sparsebert_tokens_total counter");

@@ -4,9 +4,9 @@
  *
  * @module
  */
-import { BertTokenizer, type TextInput } from "../models/tokenizer.ts";
+import { BertTokenizer, type TextInput } from "../pipelines/tokenizer.ts";
 import { l2NormalizeRows } from "../ops/pooling.ts";
-import { applyPrompt, PromptError, resolvePrompt } from "../models/sentence_config.ts";
+import { applyPrompt, PromptError, resolvePrompt } from "../formats/sentence_config.ts";
 import type { ModelConfig } from "./config.ts";
 import type {
   LabelScore,
@@ -133,6 +133,8 @@ export class ServedModel {
       workersLive: () => instances.filter((i) => i.live).length,
       workers: () => instances.length,
       workerResidentBytes: () => instances.reduce((s, i) => s + i.residentBytes(), 0),
+      workerHeapBytes: () => instances.reduce((s, i) => s + i.memory().heapUsed, 0),
+      workerExternalBytes: () => instances.reduce((s, i) => s + i.memory().external, 0),
     });
   }
 

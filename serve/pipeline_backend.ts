@@ -1,5 +1,5 @@
 /**
- * The {@linkcode InferenceBackend} over the library's pipelines (`models/pipeline.ts`), as a
+ * The {@linkcode InferenceBackend} over the library's pipelines (`pipelines/pipeline.ts`), as a
  * worker runs it. Embeddings call the feature-extraction pipeline on the server's own padded
  * batch (the main thread tokenized it); the text tasks call the pipelines; question answering
  * merges the context windows of every pair in the batch into one call of the pipeline's logits.
@@ -7,11 +7,10 @@
  * @module
  */
 import { setThreads, threads } from "../ffi/library.ts";
-import { loadModel } from "../models/load.ts";
-import type { TextInput } from "../models/tokenizer.ts";
+import { loadModel } from "../hub/load.ts";
+import type { TextInput } from "../pipelines/tokenizer.ts";
+import { answerOf, bestSpans } from "../pipelines/logits.ts";
 import {
-  answerOf,
-  bestSpans,
   type ClassificationResult,
   type EncodedInput,
   type FeatureExtractionPipeline,
@@ -21,7 +20,7 @@ import {
   type QuestionWindows,
   type TextClassificationPipeline,
   type TokenClassificationPipeline,
-} from "../models/pipeline.ts";
+} from "../pipelines/pipeline.ts";
 import type {
   InferenceBackend,
   LabelScore,

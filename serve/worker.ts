@@ -98,7 +98,9 @@ async function handle(message: ToWorker, backend: InferenceBackend | null) {
     return backend;
   }
   try {
-    send({ type: "result", id: message.id, value: await timedCall(backend, message.call) });
+    const value = await timedCall(backend, message.call);
+    const { heapUsed, external } = Deno.memoryUsage();
+    send({ type: "result", id: message.id, value, memory: { heapUsed, external } });
   } catch (err) {
     send({ type: "failed", id: message.id, message: (err as Error).message });
   }

@@ -2,6 +2,8 @@
 // (and nothing else is), in the same order, with the same parameter and result types. A
 // mismatch here would otherwise show up as a wrong result or a crash, not an error.
 import assert from "node:assert/strict";
+import { kernels } from "../ffi/library.ts";
+import { NativeBuffer } from "../ffi/memory.ts";
 import { symbols } from "../ffi/symbols.ts";
 
 interface ZigExport {
@@ -110,4 +112,23 @@ Deno.test("ABI: the check catches a wrong binding (a parameter type, a missing p
   );
   assert.match(mismatch(fn, { ...right, result: "u32" })!, /returns \?\[\*\]u8/);
   assert.throws(() => allowed("[]const u8"), /does not map/);
+});
+
+Deno.test("ABI: sizes a kernel cannot take are refused with status -3 in the build users load", () => {
+  // Explicit checks at the C ABI, not asserts (which ReleaseFast assumes true): a zero size or
+  // a short stride returns -3 instead of reading out of bounds.
+  const lib = kernels().symbols;
+  const x = new Float32Array(8);
+  const q = new Uint8Array(64);
+  const scale = new Float32Array(4);
+  const zero = new Int32Array(4);
+  assert.equal(lib.sb_quantize_rows(x, 0n, 4n, 1, 127, q, 4n, scale, zero), -3, "m = 0");
+  assert.equal(lib.sb_quantize_rows(x, 2n, 4n, 1, 127, q, 3n, scale, zero), -3, "ldq < k");
+  assert.equal(lib.sb_quantize_rows(x, 2n, 4n, 1, 127, q, 4n, scale, zero), 0, "a good call");
+  assert.equal(lib.sb_quantize_packed(x, 2n, 0n, 1, q, scale, zero), -3, "k = 0");
+  assert.equal(lib.sb_pack_rows_u8(q, 2n, 4n, 2n, q), -3, "ldq < k");
+  const w = new Float32Array(16).fill(1);
+  assert.equal(lib.sb_quantize_weights_i8(w, 0n, 4n, new Int8Array(16), scale), -3, "n = 0");
+  using blob = new NativeBuffer(64);
+  assert.equal(lib.sb_spmm_f32(blob.pointer, 64n, x, 0n, null, x, 0), -3, "m = 0");
 });

@@ -1,5 +1,5 @@
 /**
- * The side-by-side benchmark harness (bench/compare, tools/bench_compare.ts): its pure parts
+ * The side-by-side benchmark harness (bench/compare, bench/compare/main.ts): its pure parts
  * (token ids, doc section replacement, command line, plans), and the `--quick` run end to end
  * on the tiny generated model: the JSON, markdown and SVG are written, every runtime is present
  * with results or with its failure stated, and the runtimes agree on the outputs. No timing is
@@ -40,8 +40,8 @@ import {
   modelBytes,
   peakRssBytes,
 } from "../bench/compare/memory.ts";
-import { parseCompareArgs, writeOutputs } from "../tools/bench_compare.ts";
-import { readOnnxModel } from "../models/onnx_proto.ts";
+import { parseCompareArgs, writeOutputs } from "../bench/compare/main.ts";
+import { readOnnxModel } from "../formats/onnx_proto.ts";
 
 Deno.test("the Deno runner's token ids are the peers' token ids", () => {
   for (const [batch, seq, seed] of [[1, 7, 1], [3, 64, 5], [8, 128, 0]]) {

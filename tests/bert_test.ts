@@ -5,13 +5,13 @@
  * DistilBERT and BERT-Base files. Acceptance bound: max abs 1e-4.
  */
 import assert from "node:assert/strict";
-import { BertEncoder, concatDense, denseF32Linear, type LinearSpec } from "../models/bert.ts";
-import { loadModel } from "../models/load.ts";
-import { importOnnx } from "../models/onnx_import.ts";
-import { modelFiles } from "../models/registry.ts";
-import type { BertWeights } from "../models/weights.ts";
+import { BertEncoder, concatDense, denseF32Linear, type LinearSpec } from "../encoder/bert.ts";
+import { loadModel } from "../hub/load.ts";
+import { importOnnx } from "../formats/onnx_import.ts";
+import { modelFiles } from "../hub/registry.ts";
+import type { BertWeights } from "../encoder/weights.ts";
 import { pool } from "../ops/pooling.ts";
-import { ensureTestModel } from "../tools/write_test_model.ts";
+import { ensureTestModel } from "./fixtures/write_test_model.ts";
 import {
   maxAbsDiff,
   type OrtBatch,

@@ -5,10 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { cpuFeatureReport, cpuSupports, ISA_VARIANTS, probeCpuFeatures } from "../ffi/library.ts";
-import { DataType, encodeOnnxModel, makeTensor } from "../models/onnx_proto.ts";
-import { pipeline } from "../models/pipeline.ts";
-import { modelFiles } from "../models/registry.ts";
-import { ensureTestModel } from "../tools/write_test_model.ts";
+import { makeTensor } from "../formats/onnx_tensors.ts";
+import { DataType } from "../formats/onnx_types.ts";
+import { encodeOnnxModel } from "../formats/onnx_write.ts";
+import { pipeline } from "../pipelines/pipeline.ts";
+import { modelFiles } from "../hub/registry.ts";
+import { ensureTestModel } from "./fixtures/write_test_model.ts";
 import { maxAbsDiff } from "./ort_reference.ts";
 
 const CLI = new URL("../tools/cli.ts", import.meta.url).pathname;

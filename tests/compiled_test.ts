@@ -1,23 +1,23 @@
 import assert from "node:assert/strict";
-import { BertEncoder } from "../models/bert.ts";
+import { BertEncoder } from "../encoder/bert.ts";
 import {
   COMPILED_FORMAT_VERSION,
   CompiledModelError,
   compileModel,
   loadCompiled,
-} from "../models/compiled.ts";
-import { type KernelChoiceOptions, KernelChooser } from "../models/kernel_choice.ts";
-import { loadModel } from "../models/load.ts";
-import { importOnnx } from "../models/onnx_import.ts";
+} from "../formats/compiled.ts";
+import { type KernelChoiceOptions, KernelChooser } from "../encoder/kernel_choice.ts";
+import { loadModel } from "../hub/load.ts";
+import { importOnnx } from "../formats/onnx_import.ts";
 import { MappedFile, NativeBuffer } from "../ffi/memory.ts";
-import { buildLinear, linearFromPacked } from "../models/linear_kinds.ts";
-import type { DenseWeight } from "../models/weights.ts";
+import { buildLinear, linearFromPacked } from "../encoder/linear_kinds.ts";
+import type { DenseWeight } from "../encoder/weights.ts";
 import { KERNEL_KINDS, type LinearOp } from "../ops/linear.ts";
 import { SharedRegion } from "../ops/packed.ts";
 import { quantizeWeights } from "../ops/quantize.ts";
 import { SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
 import { randomBlockSparse } from "../ops/sparsity.ts";
-import { ensureTestModel } from "../tools/write_test_model.ts";
+import { ensureTestModel } from "./fixtures/write_test_model.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "sbert_compiled_" });
 const { path: onnx } = await ensureTestModel({

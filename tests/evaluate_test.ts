@@ -10,10 +10,10 @@ import {
   readEvaluationTexts,
   type RetrievalSet,
   retrievalStats,
-} from "../models/evaluate.ts";
-import { pruneModel } from "../models/prune.ts";
-import { modelFiles } from "../models/registry.ts";
-import { ensureTestModel } from "../tools/write_test_model.ts";
+} from "../compress/evaluate.ts";
+import { pruneModel } from "../compress/prune.ts";
+import { modelFiles } from "../hub/registry.ts";
+import { ensureTestModel } from "./fixtures/write_test_model.ts";
 
 const CLI = new URL("../tools/cli.ts", import.meta.url).pathname;
 const MINILM = modelFiles("all-minilm-l6-v2");

@@ -5,9 +5,9 @@
  * `deno task fuzz --minutes N` runs longer.
  */
 import assert from "node:assert/strict";
-import { importOnnx } from "../models/onnx_import.ts";
+import { importOnnx } from "../formats/onnx_import.ts";
 import { spawnServer } from "../serve/spawn.ts";
-import { ensureTestModel } from "../tools/write_test_model.ts";
+import { ensureTestModel } from "./fixtures/write_test_model.ts";
 import {
   allTargets,
   fuzz,

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import type { LinearSpec } from "../models/bert.ts";
-import { KernelChooser } from "../models/kernel_choice.ts";
-import type { DenseWeight } from "../models/weights.ts";
+import type { LinearSpec } from "../encoder/bert.ts";
+import { KernelChooser } from "../encoder/kernel_choice.ts";
+import type { DenseWeight } from "../encoder/weights.ts";
 import { randomBlockSparse } from "../ops/sparsity.ts";
 
 const spec: LinearSpec = { layer: 0, role: "intermediate", activation: "none" };

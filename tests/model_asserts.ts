@@ -4,7 +4,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import type { BertWeights, DenseWeight, NormWeight } from "../models/weights.ts";
+import type { BertWeights, DenseWeight, NormWeight } from "../encoder/weights.ts";
 
 /** Asserts two fp32 arrays are bitwise equal, naming the first differing index. */
 export function assertSameArray(actual: Float32Array, expected: Float32Array, what: string): void {

@@ -1,13 +1,13 @@
 /**
- * Character offsets of word pieces (models/offsets.ts through BertTokenizer.offsets): every
+ * Character offsets of word pieces (pipelines/offsets.ts through BertTokenizer.offsets): every
  * piece of texts with accents, upper case, emoji ([UNK]), CJK, tabs, control characters and
  * punctuation maps back to the characters it came from, in order, without overlap; a piece
  * that cannot be placed gives null from there on, never a wrong span.
  */
 import assert from "node:assert/strict";
-import { wordPieceOffsets } from "../models/offsets.ts";
-import { modelFiles } from "../models/registry.ts";
-import { BertTokenizer } from "../models/tokenizer.ts";
+import { wordPieceOffsets } from "../pipelines/offsets.ts";
+import { modelFiles } from "../hub/registry.ts";
+import { BertTokenizer } from "../pipelines/tokenizer.ts";
 
 const MINILM = modelFiles("all-minilm-l6-v2");
 let haveTokenizer = true;

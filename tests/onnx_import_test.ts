@@ -5,22 +5,14 @@
  */
 import assert from "node:assert/strict";
 import * as ort from "onnxruntime-node";
-import { importOnnx, importOnnxModel } from "../models/onnx_import.ts";
-import {
-  DataType,
-  decodeOnnxModel,
-  makeAttribute,
-  makeTensor,
-  type OnnxModel,
-  type OnnxNode,
-  type OnnxTensor,
-  readOnnxModel,
-  tensorToFloat32,
-  writeOnnxModel,
-} from "../models/onnx_proto.ts";
-import { modelFiles } from "../models/registry.ts";
-import { transpose2d } from "../models/weights.ts";
-import { testModelWeights, writeTestModel } from "../tools/write_test_model.ts";
+import { importOnnx, importOnnxModel } from "../formats/onnx_import.ts";
+import { decodeOnnxModel, readOnnxModel } from "../formats/onnx_proto.ts";
+import { makeAttribute, makeTensor, tensorToFloat32 } from "../formats/onnx_tensors.ts";
+import { DataType, type OnnxModel, type OnnxNode, type OnnxTensor } from "../formats/onnx_types.ts";
+import { writeOnnxModel } from "../formats/onnx_write.ts";
+import { modelFiles } from "../hub/registry.ts";
+import { transpose2d } from "../encoder/weights.ts";
+import { testModelWeights, writeTestModel } from "./fixtures/write_test_model.ts";
 import { assertSameWeights } from "./model_asserts.ts";
 
 const MINILM = modelFiles("all-minilm-l6-v2");

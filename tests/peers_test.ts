@@ -24,7 +24,7 @@ import {
   runPeerOnce,
   stderrSummary,
 } from "../bench/peers/mod.ts";
-import { writeTestModel } from "../tools/write_test_model.ts";
+import { writeTestModel } from "./fixtures/write_test_model.ts";
 import { cpuFeatureReport, probeCpuFeatures } from "../ffi/library.ts";
 import { mulberry32 as rng } from "../ops/random.ts";
 

@@ -5,18 +5,17 @@
  * heads are available here. The MiniLM tokenizer (the BERT uncased vocabulary) drives them.
  */
 import assert from "node:assert/strict";
-import type { LoadedModel } from "../models/load.ts";
-import { importOnnx } from "../models/onnx_import.ts";
+import type { LoadedModel } from "../hub/loaded_model.ts";
+import { importOnnx } from "../formats/onnx_import.ts";
+import { bestSpans, type QuestionAnsweringResult } from "../pipelines/logits.ts";
 import {
-  bestSpans,
   type ClassificationResult,
   pipeline,
-  type QuestionAnsweringResult,
   type TokenClassificationResult,
-} from "../models/pipeline.ts";
-import { modelFiles } from "../models/registry.ts";
-import { BertTokenizer } from "../models/tokenizer.ts";
-import { ensureTestModel, type TestModelOptions } from "../tools/write_test_model.ts";
+} from "../pipelines/pipeline.ts";
+import { modelFiles } from "../hub/registry.ts";
+import { BertTokenizer } from "../pipelines/tokenizer.ts";
+import { ensureTestModel, type TestModelOptions } from "./fixtures/write_test_model.ts";
 import { maxAbsDiff, releaseOrtSessions, runOrt } from "./ort_reference.ts";
 import { poolReference } from "./reference/pooling.ts";
 

@@ -4,13 +4,15 @@
  * ONNX Runtime on the output, and the errors of the API and the CLI.
  */
 import assert from "node:assert/strict";
-import { OrtModel, randomBatches } from "../models/calibrate.ts";
-import { analyzeOnnx, LAYER_LINEARS } from "../models/onnx_import.ts";
-import { readOnnxModel, tensorToFloat32 } from "../models/onnx_proto.ts";
-import { lowestUnits, pruneModel, unitScores } from "../models/prune.ts";
-import { quantizeModel } from "../models/quantize.ts";
-import type { BertWeights, DenseWeight } from "../models/weights.ts";
-import { ensureTestModel, writeTestModel } from "../tools/write_test_model.ts";
+import { OrtModel, randomBatches } from "../compress/calibrate.ts";
+import { analyzeOnnx } from "../formats/onnx_import.ts";
+import { LAYER_LINEARS } from "../formats/onnx_layer.ts";
+import { readOnnxModel } from "../formats/onnx_proto.ts";
+import { tensorToFloat32 } from "../formats/onnx_tensors.ts";
+import { lowestUnits, pruneModel, unitScores } from "../compress/prune.ts";
+import { quantizeModel } from "../compress/quantize_model.ts";
+import type { BertWeights, DenseWeight } from "../encoder/weights.ts";
+import { ensureTestModel, writeTestModel } from "./fixtures/write_test_model.ts";
 
 const CLI = new URL("../tools/cli.ts", import.meta.url).pathname;
 const TINY = {

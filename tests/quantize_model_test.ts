@@ -1,16 +1,17 @@
 /**
- * Model quantization (`models/quantize.ts`, `deno task cli quantize`): the acceptance figure on
+ * Model quantization (`compress/quantize_model.ts`, `deno task cli quantize`): the acceptance figure on
  * all-MiniLM-L6-v2 (int8 dense, cosine to fp32 >= 0.99 on every text of the retrieval set),
  * the saturation rule, the per-layer error report, and the errors of the API and the CLI.
  * (`quantize_test.ts` is the kernel test of `ops/quantize.ts`.)
  */
 import assert from "node:assert/strict";
-import { randomBatches } from "../models/calibrate.ts";
-import { evaluate } from "../models/evaluate.ts";
-import { analyzeOnnx, LAYER_LINEARS } from "../models/onnx_import.ts";
-import { quantizeAnalysis, quantizeModel } from "../models/quantize.ts";
-import { modelFiles } from "../models/registry.ts";
-import { ensureTestModel } from "../tools/write_test_model.ts";
+import { randomBatches } from "../compress/calibrate.ts";
+import { evaluate } from "../compress/evaluate.ts";
+import { analyzeOnnx } from "../formats/onnx_import.ts";
+import { LAYER_LINEARS } from "../formats/onnx_layer.ts";
+import { quantizeAnalysis, quantizeModel } from "../compress/quantize_model.ts";
+import { modelFiles } from "../hub/registry.ts";
+import { ensureTestModel } from "./fixtures/write_test_model.ts";
 
 const CLI = new URL("../tools/cli.ts", import.meta.url).pathname;
 const MINILM = modelFiles("all-minilm-l6-v2");
@@ -72,7 +73,7 @@ Deno.test("quantize: weight ranges never saturate int16 pair sums", async () => 
   const a = await analyzeOnnx((await ensureTestModel(TINY)).path);
   const pairMax = async (opts: Parameters<typeof quantizeAnalysis>[2]): Promise<number> => {
     const { model, report } = await quantizeAnalysis(a, "tiny.onnx", opts);
-    const back = await import("../models/onnx_import.ts").then((m) =>
+    const back = await import("../formats/onnx_import.ts").then((m) =>
       m.analyzeOnnxModel(model, "q.onnx")
     );
     let maxW = 0;

@@ -1,35 +1,29 @@
 /**
  * Importing quantized ONNX: the Maven Central `-q` models (ORT `quantize_dynamic`,
- * MatMulInteger form), the three layouts `models/quantize.ts` writes, ORT's contrib fusions
+ * MatMulInteger form), the three layouts `compress/quantize_model.ts` writes, ORT's contrib fusions
  * (DynamicQuantizeMatMul, MatMulIntegerToFloat), uint8 weights, QDQ, the sparsity record and
  * the errors for unsupported quantized graphs.
  */
 import assert from "node:assert/strict";
-import { OrtModel, randomBatches, tokenizeBatches } from "../models/calibrate.ts";
-import { evaluate } from "../models/evaluate.ts";
+import { OrtModel, randomBatches, tokenizeBatches } from "../compress/calibrate.ts";
+import { evaluate } from "../compress/evaluate.ts";
 import {
   analyzeOnnx,
   analyzeOnnxModel,
   importOnnxModel,
-  LAYER_LINEARS,
   type OnnxAnalysis,
-} from "../models/onnx_import.ts";
-import {
-  DataType,
-  decodeOnnxModel,
-  encodeOnnxModel,
-  makeTensor,
-  type OnnxModel,
-  type OnnxNode,
-  type OnnxTensor,
-  tensorToNumbers,
-} from "../models/onnx_proto.ts";
-import { dequantizeWeight, roundHalfEven } from "../models/quantized.ts";
-import { quantizeAnalysis } from "../models/quantize.ts";
-import { modelFiles } from "../models/registry.ts";
-import { BertTokenizer } from "../models/tokenizer.ts";
-import type { DenseWeight } from "../models/weights.ts";
-import { ensureTestModel, testModelWeights } from "../tools/write_test_model.ts";
+} from "../formats/onnx_import.ts";
+import { LAYER_LINEARS } from "../formats/onnx_layer.ts";
+import { decodeOnnxModel } from "../formats/onnx_proto.ts";
+import { makeTensor, tensorToNumbers } from "../formats/onnx_tensors.ts";
+import { DataType, type OnnxModel, type OnnxNode, type OnnxTensor } from "../formats/onnx_types.ts";
+import { encodeOnnxModel } from "../formats/onnx_write.ts";
+import { dequantizeWeight, roundHalfEven } from "../encoder/quantized.ts";
+import { quantizeAnalysis } from "../compress/quantize_model.ts";
+import { modelFiles } from "../hub/registry.ts";
+import { BertTokenizer } from "../pipelines/tokenizer.ts";
+import type { DenseWeight } from "../encoder/weights.ts";
+import { ensureTestModel, testModelWeights } from "./fixtures/write_test_model.ts";
 
 const MINILM_Q = modelFiles("all-minilm-l6-v2-q");
 const BGE_Q = modelFiles("bge-small-en-v15-q");
@@ -215,7 +209,7 @@ function cosine(a: Float32Array, b: Float32Array): number {
   return d / Math.sqrt(na * nb);
 }
 
-Deno.test("quantized import: the three layouts of models/quantize.ts round-trip", async () => {
+Deno.test("quantized import: the three layouts of compress/quantize_model.ts round-trip", async () => {
   const fp32 = await tinyAnalysis(14);
   const fp32Old = await tinyAnalysis(11);
   const reference = await runOrt(fp32.graph);

@@ -10,7 +10,7 @@ import {
   modelNames,
   MODELS,
   ZipReader,
-} from "../models/registry.ts";
+} from "../hub/registry.ts";
 import { main } from "../tools/fetch_models.ts";
 
 function crc32(data: Uint8Array): number {

@@ -4,12 +4,12 @@
  * half-precision conversion, and clear errors on truncated or malformed files.
  */
 import assert from "node:assert/strict";
-import { bertWeightsFromSafetensors, type HfConfig, loadHfFolder } from "../models/hf_folder.ts";
-import { importOnnx } from "../models/onnx_import.ts";
-import { modelFiles } from "../models/registry.ts";
-import { parseSafetensors, readSafetensors, safeTensorToFloat32 } from "../models/safetensors.ts";
-import type { BertWeights, DenseWeight, NormWeight } from "../models/weights.ts";
-import { type TestModelOptions, testModelWeights } from "../tools/write_test_model.ts";
+import { bertWeightsFromSafetensors, type HfConfig, loadHfFolder } from "../formats/hf_folder.ts";
+import { importOnnx } from "../formats/onnx_import.ts";
+import { modelFiles } from "../hub/registry.ts";
+import { parseSafetensors, readSafetensors, safeTensorToFloat32 } from "../formats/safetensors.ts";
+import type { BertWeights, DenseWeight, NormWeight } from "../encoder/weights.ts";
+import { type TestModelOptions, testModelWeights } from "./fixtures/write_test_model.ts";
 import { assertSameArray, assertSameWeights } from "./model_asserts.ts";
 
 interface RawTensor {

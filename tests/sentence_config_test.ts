@@ -6,9 +6,9 @@
  * model file next to a differently named tokenizer works by discovery and with `--tokenizer`.
  */
 import assert from "node:assert/strict";
-import { pipeline } from "../models/pipeline.ts";
-import { modelFiles } from "../models/registry.ts";
-import { readSentenceConfig, SentenceConfigError } from "../models/sentence_config.ts";
+import { pipeline } from "../pipelines/pipeline.ts";
+import { modelFiles } from "../hub/registry.ts";
+import { readSentenceConfig, SentenceConfigError } from "../formats/sentence_config.ts";
 import { spawnServer } from "../serve/spawn.ts";
 import { maxAbsDiff, releaseOrtSessions, runOrt } from "./ort_reference.ts";
 import { poolReference } from "./reference/pooling.ts";

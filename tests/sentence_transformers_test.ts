@@ -9,8 +9,8 @@
  */
 import assert from "node:assert/strict";
 import { sha256Hex } from "../ffi/download.ts";
-import { pipeline } from "../models/pipeline.ts";
-import { modelFiles } from "../models/registry.ts";
+import { pipeline } from "../pipelines/pipeline.ts";
+import { modelFiles } from "../hub/registry.ts";
 import { spawnServer } from "../serve/spawn.ts";
 
 const BOUND = 1e-5;

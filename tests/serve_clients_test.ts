@@ -7,10 +7,10 @@ import type {
   ClassificationResult,
   FeatureExtractionPipeline,
   TextClassificationPipeline,
-} from "../models/pipeline.ts";
+} from "../pipelines/pipeline.ts";
 import { buildPipeline } from "../serve/pipeline_backend.ts";
 import { spawnServer } from "../serve/spawn.ts";
-import { ensureTestModel } from "../tools/write_test_model.ts";
+import { ensureTestModel } from "./fixtures/write_test_model.ts";
 import { ensureServeClients } from "../tools/serve_clients_setup.ts";
 import { libraryEmbeddings } from "./serve_expected.ts";
 import { maxAbsDiff } from "./serve_helpers.ts";

@@ -1,6 +1,6 @@
 // Expected results for the server tests: the library's own pipeline, built the way the server
 // builds it (serve/pipeline_backend.ts), called directly in the test process.
-import type { FeatureExtractionPipeline } from "../models/pipeline.ts";
+import type { FeatureExtractionPipeline } from "../pipelines/pipeline.ts";
 import type { KernelChoice } from "../serve/config.ts";
 import { buildPipeline } from "../serve/pipeline_backend.ts";
 

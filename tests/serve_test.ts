@@ -6,7 +6,7 @@ import type {
   QuestionAnsweringPipeline,
   TextClassificationPipeline,
   TokenClassificationPipeline,
-} from "../models/pipeline.ts";
+} from "../pipelines/pipeline.ts";
 import { buildPipeline } from "../serve/pipeline_backend.ts";
 import { type SpawnedServer, spawnServer } from "../serve/spawn.ts";
 import { libraryEmbeddings } from "./serve_expected.ts";
@@ -614,7 +614,7 @@ Deno.test({
 
 async function writeTaskModel(dir: string, task: string, extra: string[] = []): Promise<string> {
   const out = `${dir}/${task}.onnx`;
-  const writer = new URL("../tools/write_test_model.ts", import.meta.url).pathname;
+  const writer = new URL("./fixtures/write_test_model.ts", import.meta.url).pathname;
   const result = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",

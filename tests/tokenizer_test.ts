@@ -4,8 +4,8 @@
  * truncation keeps the special tokens, and an over-long text is a clear error.
  */
 import assert from "node:assert/strict";
-import { modelFiles } from "../models/registry.ts";
-import { BertTokenizer, toBigInt64 } from "../models/tokenizer.ts";
+import { modelFiles } from "../hub/registry.ts";
+import { BertTokenizer, toBigInt64 } from "../pipelines/tokenizer.ts";
 
 const MINILM = modelFiles("all-minilm-l6-v2");
 const MINILM_ST = modelFiles("all-minilm-l6-v2-st");

@@ -5,8 +5,8 @@
  */
 import assert from "node:assert/strict";
 import * as ort from "onnxruntime-node";
-import { importOnnx } from "../models/onnx_import.ts";
-import type { BertWeights, DenseWeight, NormWeight } from "../models/weights.ts";
+import { importOnnx } from "../formats/onnx_import.ts";
+import type { BertWeights, DenseWeight, NormWeight } from "../encoder/weights.ts";
 import { assertSameWeights } from "./model_asserts.ts";
 import {
   ensureTestModel,
@@ -14,7 +14,7 @@ import {
   testModelWeights,
   writeTestModel,
   type WriteTestModelOptions,
-} from "../tools/write_test_model.ts";
+} from "./fixtures/write_test_model.ts";
 
 /** A tiny BERT so that every variant writes, loads and runs in well under a second. */
 const TINY = {

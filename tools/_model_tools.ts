@@ -10,13 +10,13 @@ import {
   randomBatches,
   readTexts,
   tokenizeBatches,
-} from "../models/calibrate.ts";
-import { DEFAULT_RETRIEVAL_SET } from "../models/evaluate.ts";
-import { declaredEmbedding } from "../models/load.ts";
-import { writeSentenceConfig } from "../models/sentence_config.ts";
-import { modelFiles, MODELS } from "../models/registry.ts";
-import { BertTokenizer } from "../models/tokenizer.ts";
-import type { BertWeights } from "../models/weights.ts";
+} from "../compress/calibrate.ts";
+import { DEFAULT_RETRIEVAL_SET } from "../compress/evaluate.ts";
+import { declaredEmbedding } from "../hub/load.ts";
+import { writeSentenceConfig } from "../formats/sentence_config.ts";
+import { modelFiles, MODELS } from "../hub/registry.ts";
+import { BertTokenizer } from "../pipelines/tokenizer.ts";
+import type { BertWeights } from "../encoder/weights.ts";
 
 /**
  * Resolves `--model`: an `.onnx` file, a folder holding `model.onnx`, or the name of a cached
@@ -185,14 +185,6 @@ export async function copyTokenizer(
     }
   }
   return dest;
-}
-
-/** Writes `error: message` (text mode) or `{ ok: false, error }` (JSON mode); returns 1. */
-export function reportError(json: boolean, err: unknown): number {
-  const message = err instanceof Error ? err.message : String(err);
-  if (json) console.log(JSON.stringify({ ok: false, error: message }));
-  else console.error(`error: ${message}`);
-  return 1;
 }
 
 /** Creates the folder of an output file when it does not exist. */

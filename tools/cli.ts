@@ -25,11 +25,6 @@ const COMMANDS: Record<string, () => Promise<CliCommand>> = {
   compile: () => import("./cli_compile.ts"),
 };
 
-/** Registers more commands (used by modules that add subcommands). */
-export function commandNames(): string[] {
-  return Object.keys(COMMANDS);
-}
-
 async function usage(): Promise<string> {
   const lines = ["Usage: deno task cli <command> [options]", "", "Commands:"];
   for (const [name, load] of Object.entries(COMMANDS)) {

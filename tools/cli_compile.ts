@@ -4,11 +4,11 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { compileModel } from "../models/compiled.ts";
-import { summarizeDecisions } from "../models/kernel_choice.ts";
+import { compileModel } from "../formats/compiled.ts";
+import { summarizeDecisions } from "../encoder/kernel_choice.ts";
+import { runCommand } from "./_command.ts";
 import { KERNEL_KINDS, type KernelKind } from "../ops/linear.ts";
-import { loadModel } from "../models/load.ts";
+import { loadModel } from "../hub/load.ts";
 
 /** One-line summary. */
 export const SUMMARY = "Pack a model with per-layer kernels into a compiled .sbert file";
@@ -31,11 +31,10 @@ Options:
   -h, --help       show this help`;
 
 /** Runs the command. */
-export async function main(args: string[]): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({
-      args,
+export function main(args: string[]): Promise<number> {
+  return runCommand(args, {
+    help: HELP,
+    parse: {
       options: {
         model: { type: "string" },
         out: { type: "string" },
@@ -43,18 +42,9 @@ export async function main(args: string[]): Promise<number> {
         precision: { type: "string", default: "auto" },
         "no-autotune": { type: "boolean", default: false },
         json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
       },
-    }).values;
-  } catch (error) {
-    console.error(`error: ${(error as Error).message}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  try {
+    },
+  }, async ({ values }) => {
     if (values.model === undefined) throw new Error("--model is required (a file, folder or name)");
     if (values.out === undefined) throw new Error("--out is required (the .sbert file to write)");
     const log = values.json ? undefined : (line: string) => console.error(line);
@@ -82,9 +72,5 @@ export async function main(args: string[]): Promise<number> {
       console.log(`${String(d.layer).padStart(5)}  ${d.role.padEnd(17)} ${d.reason}`);
     }
     return 0;
-  } catch (error) {
-    const message = (error as Error).message ?? String(error);
-    console.error(`error: ${message.split("\n")[0]}`);
-    return 1;
-  }
+  });
 }

@@ -5,14 +5,13 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { DEFAULT_RETRIEVAL_SET, evaluate, type EvaluateReport } from "../models/evaluate.ts";
-import { INT8_ACTIVATIONS } from "../models/linear_kinds.ts";
+import { runCommand } from "./_command.ts";
+import { DEFAULT_RETRIEVAL_SET, evaluate, type EvaluateReport } from "../compress/evaluate.ts";
+import { INT8_ACTIVATIONS } from "../encoder/linear_kinds.ts";
 import {
   checkTextsFile,
   choiceOption,
   numberOption,
-  reportError,
   resolveModelPath,
   terminalProgress,
 } from "./_model_tools.ts";
@@ -96,11 +95,10 @@ function formatReport(r: EvaluateReport): string {
 }
 
 /** Runs the command. */
-export async function main(args: string[]): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({
-      args,
+export function main(args: string[]): Promise<number> {
+  return runCommand(args, {
+    help: HELP,
+    parse: {
       options: {
         model: { type: "string" },
         variant: { type: "string" },
@@ -115,73 +113,65 @@ export async function main(args: string[]): Promise<number> {
         "min-cosine": { type: "string" },
         threads: { type: "string" },
         json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
       },
-    }).values;
-  } catch (err) {
-    console.error(`error: ${(err as Error).message}\n\n${HELP}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  const json = values.json;
-  const progress = terminalProgress(json);
-  try {
-    const pooling = choiceOption("--pooling", values.pooling, ["auto", "mean", "cls"] as const);
-    const runtime = choiceOption(
-      "--runtime",
-      values.runtime,
-      [
-        "auto",
-        "sparsebert",
-        "ort",
-      ] as const,
-    );
-    const minCosine = numberOption("--min-cosine", values["min-cosine"]);
-    await checkTextsFile(values.texts);
-    const model = await resolveModelPath(values.model, "--model");
-    const variant = await resolveModelPath(values.variant, "--variant");
-    const report = await evaluate(model, variant, {
-      texts: values.texts,
-      pooling,
-      runtime,
-      referenceRuntime: choiceOption(
-        "--reference-runtime",
-        values["reference-runtime"],
+    },
+  }, async ({ values }) => {
+    const json = values.json;
+    const progress = terminalProgress(json);
+    try {
+      const pooling = choiceOption("--pooling", values.pooling, ["auto", "mean", "cls"] as const);
+      const runtime = choiceOption(
+        "--runtime",
+        values.runtime,
         [
+          "auto",
           "sparsebert",
           "ort",
         ] as const,
-      ),
-      kernels: choiceOption("--kernels", values.kernels, ["auto", "fp32"] as const),
-      int8Activations: choiceOption(
-        "--int8-activations",
-        values["int8-activations"],
-        INT8_ACTIVATIONS,
-      ),
-      batchSize: numberOption("--batch-size", values["batch-size"]),
-      layers: values.layers,
-      threads: numberOption("--threads", values.threads),
-      onProgress: progress.onProgress,
-      onNote: (line) => {
-        if (!json) console.error(`note: ${line}`);
-      },
-    });
-    progress.done();
-    console.log(json ? JSON.stringify({ ok: true, ...report }, null, 2) : formatReport(report));
-    if (minCosine !== undefined && report.cosine.min < minCosine) {
-      if (!json) {
-        console.error(`error: min cosine ${report.cosine.min.toFixed(5)} is below ${minCosine}`);
+      );
+      const minCosine = numberOption("--min-cosine", values["min-cosine"]);
+      await checkTextsFile(values.texts);
+      const model = await resolveModelPath(values.model, "--model");
+      const variant = await resolveModelPath(values.variant, "--variant");
+      const report = await evaluate(model, variant, {
+        texts: values.texts,
+        pooling,
+        runtime,
+        referenceRuntime: choiceOption(
+          "--reference-runtime",
+          values["reference-runtime"],
+          [
+            "sparsebert",
+            "ort",
+          ] as const,
+        ),
+        kernels: choiceOption("--kernels", values.kernels, ["auto", "fp32"] as const),
+        int8Activations: choiceOption(
+          "--int8-activations",
+          values["int8-activations"],
+          INT8_ACTIVATIONS,
+        ),
+        batchSize: numberOption("--batch-size", values["batch-size"]),
+        layers: values.layers,
+        threads: numberOption("--threads", values.threads),
+        onProgress: progress.onProgress,
+        onNote: (line) => {
+          if (!json) console.error(`note: ${line}`);
+        },
+      });
+      progress.done();
+      console.log(json ? JSON.stringify({ ok: true, ...report }, null, 2) : formatReport(report));
+      if (minCosine !== undefined && report.cosine.min < minCosine) {
+        if (!json) {
+          console.error(`error: min cosine ${report.cosine.min.toFixed(5)} is below ${minCosine}`);
+        }
+        return 3;
       }
-      return 3;
+      return 0;
+    } finally {
+      progress.done();
     }
-    return 0;
-  } catch (err) {
-    progress.done();
-    return reportError(json, err);
-  }
+  });
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

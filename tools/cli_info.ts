@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { runCommand } from "./_command.ts";
 import {
   type CpuFeatureReport,
   cpuFeatureReport,
@@ -72,40 +72,38 @@ export async function info(): Promise<InfoReport> {
 }
 
 /** Runs the command. */
-export async function main(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      json: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
+export function main(args: string[]): Promise<number> {
+  return runCommand(args, {
+    help: HELP,
+    parse: {
+      options: {
+        json: { type: "boolean", default: false },
+      },
     },
+  }, async ({ values }) => {
+    const report = await info();
+    if (values.json) {
+      console.log(JSON.stringify(report, null, 2));
+      return 0;
+    }
+    console.log(`CPU:       ${report.cpu.model ?? "unknown"}`);
+    const features = Object.entries(report.cpu.features).map(([name, on]) =>
+      `${name} ${on ? "yes" : "no"}`
+    );
+    console.log(`Features:  ${features.join(", ")}`);
+    console.log("Variants:");
+    for (const v of report.variants) {
+      const state = !v.built ? "not built" : v.runnable ? "runnable" : "built, CPU lacks it";
+      console.log(`  ${v.isa.padEnd(11)} ${state.padEnd(20)} ${v.path}`);
+    }
+    console.log(`Loaded:    ${report.loaded.isa} (${report.loaded.path})`);
+    console.log(`Why:       ${report.loaded.reason}`);
+    console.log(`Threads:   ${report.threads}`);
+    console.log(
+      `Versions:  Deno ${report.versions.deno}, Zig ${
+        report.versions.zig ?? "not installed"
+      } (build.zig requires ${report.versions.zigRequired})`,
+    );
+    return 0;
   });
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  const report = await info();
-  if (values.json) {
-    console.log(JSON.stringify(report, null, 2));
-    return 0;
-  }
-  console.log(`CPU:       ${report.cpu.model ?? "unknown"}`);
-  const features = Object.entries(report.cpu.features).map(([name, on]) =>
-    `${name} ${on ? "yes" : "no"}`
-  );
-  console.log(`Features:  ${features.join(", ")}`);
-  console.log("Variants:");
-  for (const v of report.variants) {
-    const state = !v.built ? "not built" : v.runnable ? "runnable" : "built, CPU lacks it";
-    console.log(`  ${v.isa.padEnd(11)} ${state.padEnd(20)} ${v.path}`);
-  }
-  console.log(`Loaded:    ${report.loaded.isa} (${report.loaded.path})`);
-  console.log(`Why:       ${report.loaded.reason}`);
-  console.log(`Threads:   ${report.threads}`);
-  console.log(
-    `Versions:  Deno ${report.versions.deno}, Zig ${
-      report.versions.zig ?? "not installed"
-    } (build.zig requires ${report.versions.zigRequired})`,
-  );
-  return 0;
 }

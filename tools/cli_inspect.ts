@@ -4,13 +4,13 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { BertEncoder } from "../models/bert.ts";
-import type { KernelDecision, Precision } from "../models/kernel_choice.ts";
+import { runCommand } from "./_command.ts";
+import { BertEncoder } from "../encoder/bert.ts";
+import type { KernelDecision, Precision } from "../encoder/kernel_choice.ts";
 import { KERNEL_KINDS, type KernelKind } from "../ops/linear.ts";
-import { loadModel } from "../models/load.ts";
-import { measureSparsity } from "../models/quantized.ts";
-import { type BertWeights, type DenseWeight, parameterCount } from "../models/weights.ts";
+import { loadModel } from "../hub/load.ts";
+import { measureSparsity } from "../encoder/quantized.ts";
+import { type BertWeights, type DenseWeight, parameterCount } from "../encoder/weights.ts";
 
 /** One-line summary. */
 export const SUMMARY = "Show a model's layers, shapes, parameter count and sparsity";
@@ -120,28 +120,18 @@ function pct(value: number): string {
 }
 
 /** Runs the command. */
-export async function main(args: string[]): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({
-      args,
+export function main(args: string[]): Promise<number> {
+  return runCommand(args, {
+    help: HELP,
+    parse: {
       options: {
         model: { type: "string" },
         json: { type: "boolean", default: false },
         kernels: { type: "string", default: "auto" },
         precision: { type: "string", default: "auto" },
-        help: { type: "boolean", short: "h", default: false },
       },
-    }).values;
-  } catch (error) {
-    console.error(`error: ${(error as Error).message}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  try {
+    },
+  }, async ({ values }) => {
     if (values.model === undefined) throw new Error("--model is required (a file, folder or name)");
     const model = await loadModel(values.model, {
       kernels: {
@@ -201,9 +191,5 @@ export async function main(args: string[]): Promise<number> {
       );
     }
     return 0;
-  } catch (error) {
-    const message = (error as Error).message ?? String(error);
-    console.error(`error: ${message.split("\n")[0]}`);
-    return 1;
-  }
+  });
 }

@@ -4,10 +4,10 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { analyzeOnnx } from "../models/onnx_import.ts";
-import { writeOnnxModel } from "../models/onnx_proto.ts";
-import { pruneAnalysis, type PruneReport, resolvePruneOptions } from "../models/prune.ts";
+import { runCommand } from "./_command.ts";
+import { analyzeOnnx } from "../formats/onnx_import.ts";
+import { writeOnnxModel } from "../formats/onnx_write.ts";
+import { pruneAnalysis, type PruneReport, resolvePruneOptions } from "../compress/prune.ts";
 import {
   calibrationBatches,
   checkTextsFile,
@@ -15,7 +15,6 @@ import {
   copyTokenizer,
   ensureParentDir,
   numberOption,
-  reportError,
   resolveModelPath,
   terminalProgress,
 } from "./_model_tools.ts";
@@ -71,11 +70,10 @@ function formatReport(r: PruneReport): string {
 }
 
 /** Runs the command. */
-export async function main(args: string[]): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({
-      args,
+export function main(args: string[]): Promise<number> {
+  return runCommand(args, {
+    help: HELP,
+    parse: {
       options: {
         model: { type: "string" },
         out: { type: "string" },
@@ -88,79 +86,71 @@ export async function main(args: string[]): Promise<number> {
         "max-texts": { type: "string" },
         threads: { type: "string" },
         json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
       },
-    }).values;
-  } catch (err) {
-    console.error(`error: ${(err as Error).message}\n\n${HELP}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  const json = values.json;
-  const progress = terminalProgress(json);
-  try {
-    if (values["per-layer"] && values.global) {
-      throw new Error("Choose one of --per-layer and --global");
+    },
+  }, async ({ values }) => {
+    const json = values.json;
+    const progress = terminalProgress(json);
+    try {
+      if (values["per-layer"] && values.global) {
+        throw new Error("Choose one of --per-layer and --global");
+      }
+      if (!values.out) throw new Error("--out is required");
+      const sparsity = numberOption("--sparsity", values.sparsity);
+      if (sparsity === undefined) throw new Error("--sparsity is required");
+      const method = choiceOption("--method", values.method, ["magnitude", "wanda"] as const);
+      if (method !== "wanda" && values.calibration !== undefined) {
+        throw new Error("--calibration is only used by --method wanda");
+      }
+      const options = {
+        sparsity,
+        scope: values.global ? "global" as const : "per-layer" as const,
+        pattern: choiceOption("--pattern", values.pattern, ["4x1", "unstructured"] as const),
+        method,
+        threads: numberOption("--threads", values.threads),
+        onProgress: progress.onProgress,
+      };
+      // Validate before the (slow) load; Wanda's calibration is checked after it.
+      resolvePruneOptions({ ...options, method: "magnitude" });
+      if (method === "wanda" && values.calibration === undefined) {
+        throw new Error("--method wanda needs --calibration FILE (or --calibration random)");
+      }
+      await checkTextsFile(values.calibration);
+      const input = await resolveModelPath(values.model);
+      const analysis = await analyzeOnnx(input);
+      const source = analysis.source;
+      const calibration = method === "wanda"
+        ? await calibrationBatches(values.calibration, analysis.weights, false, {
+          maxTexts: numberOption("--max-texts", values["max-texts"]),
+        })
+        : null;
+      const report = await pruneAnalysis(analysis, source, input, {
+        ...options,
+        calibration: calibration?.batches,
+      });
+      const external = source.graph.initializers.some((t) => t.externalData !== null);
+      const output = values.out;
+      const base = output.slice(output.lastIndexOf("/") + 1);
+      await ensureParentDir(output);
+      const written = await writeOnnxModel(output, source, {
+        externalData: external ? { location: `${base}.data` } : undefined,
+      });
+      const tokenizer = await copyTokenizer(analysis.weights, output);
+      progress.done();
+      const full: PruneReport & { calibration?: string; tokenizer?: string } = {
+        input,
+        output,
+        ...report,
+        bytes: written.bytes + written.externalBytes,
+      };
+      if (calibration) full.calibration = calibration.source;
+      if (tokenizer) full.tokenizer = tokenizer;
+      console.log(json ? JSON.stringify({ ok: true, ...full }, null, 2) : formatReport(full));
+      return 0;
+    } finally {
+      progress.done();
     }
-    if (!values.out) throw new Error("--out is required");
-    const sparsity = numberOption("--sparsity", values.sparsity);
-    if (sparsity === undefined) throw new Error("--sparsity is required");
-    const method = choiceOption("--method", values.method, ["magnitude", "wanda"] as const);
-    if (method !== "wanda" && values.calibration !== undefined) {
-      throw new Error("--calibration is only used by --method wanda");
-    }
-    const options = {
-      sparsity,
-      scope: values.global ? "global" as const : "per-layer" as const,
-      pattern: choiceOption("--pattern", values.pattern, ["4x1", "unstructured"] as const),
-      method,
-      threads: numberOption("--threads", values.threads),
-      onProgress: progress.onProgress,
-    };
-    // Validate before the (slow) load; Wanda's calibration is checked after it.
-    resolvePruneOptions({ ...options, method: "magnitude" });
-    if (method === "wanda" && values.calibration === undefined) {
-      throw new Error("--method wanda needs --calibration FILE (or --calibration random)");
-    }
-    await checkTextsFile(values.calibration);
-    const input = await resolveModelPath(values.model);
-    const analysis = await analyzeOnnx(input);
-    const source = analysis.source;
-    const calibration = method === "wanda"
-      ? await calibrationBatches(values.calibration, analysis.weights, false, {
-        maxTexts: numberOption("--max-texts", values["max-texts"]),
-      })
-      : null;
-    const report = await pruneAnalysis(analysis, source, input, {
-      ...options,
-      calibration: calibration?.batches,
-    });
-    const external = source.graph.initializers.some((t) => t.externalData !== null);
-    const output = values.out;
-    const base = output.slice(output.lastIndexOf("/") + 1);
-    await ensureParentDir(output);
-    const written = await writeOnnxModel(output, source, {
-      externalData: external ? { location: `${base}.data` } : undefined,
-    });
-    const tokenizer = await copyTokenizer(analysis.weights, output);
-    progress.done();
-    const full: PruneReport & { calibration?: string; tokenizer?: string } = {
-      input,
-      output,
-      ...report,
-      bytes: written.bytes + written.externalBytes,
-    };
-    if (calibration) full.calibration = calibration.source;
-    if (tokenizer) full.tokenizer = tokenizer;
-    console.log(json ? JSON.stringify({ ok: true, ...full }, null, 2) : formatReport(full));
-    return 0;
-  } catch (err) {
-    progress.done();
-    return reportError(json, err);
-  }
+  });
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -5,12 +5,12 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { OrtModel } from "../models/calibrate.ts";
-import { poolEmbeddings } from "../models/evaluate.ts";
-import { analyzeOnnx } from "../models/onnx_import.ts";
-import { writeOnnxModel } from "../models/onnx_proto.ts";
-import { quantizeAnalysis, type QuantizeReport } from "../models/quantize.ts";
+import { runCommand } from "./_command.ts";
+import { OrtModel } from "../compress/calibrate.ts";
+import { poolEmbeddings } from "../compress/evaluate.ts";
+import { analyzeOnnx } from "../formats/onnx_import.ts";
+import { writeOnnxModel } from "../formats/onnx_write.ts";
+import { quantizeAnalysis, type QuantizeReport } from "../compress/quantize_model.ts";
 import {
   calibrationBatches,
   checkTextsFile,
@@ -18,7 +18,6 @@ import {
   copyTokenizer,
   ensureParentDir,
   numberOption,
-  reportError,
   resolveModelPath,
   terminalProgress,
 } from "./_model_tools.ts";
@@ -100,11 +99,10 @@ function formatReport(r: CliReport): string {
 }
 
 /** Runs the command. */
-export async function main(args: string[]): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({
-      args,
+export function main(args: string[]): Promise<number> {
+  return runCommand(args, {
+    help: HELP,
+    parse: {
       options: {
         model: { type: "string" },
         out: { type: "string" },
@@ -118,99 +116,91 @@ export async function main(args: string[]): Promise<number> {
         "no-check": { type: "boolean", default: false },
         threads: { type: "string" },
         json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
       },
-    }).values;
-  } catch (err) {
-    console.error(`error: ${(err as Error).message}\n\n${HELP}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  const json = values.json;
-  const progress = terminalProgress(json);
-  try {
-    if (!values.out) throw new Error("--out is required");
-    const activations = choiceOption(
-      "--activations",
-      values.activations,
-      [
-        "dynamic",
-        "static",
-      ] as const,
-    ) ?? "dynamic";
-    const granularity = choiceOption(
-      "--granularity",
-      values.granularity,
-      [
-        "per-token",
-        "per-tensor",
-      ] as const,
-    );
-    if (activations === "static" && granularity !== undefined) {
-      throw new Error("--granularity applies to dynamic activations only");
+    },
+  }, async ({ values }) => {
+    const json = values.json;
+    const progress = terminalProgress(json);
+    try {
+      if (!values.out) throw new Error("--out is required");
+      const activations = choiceOption(
+        "--activations",
+        values.activations,
+        [
+          "dynamic",
+          "static",
+        ] as const,
+      ) ?? "dynamic";
+      const granularity = choiceOption(
+        "--granularity",
+        values.granularity,
+        [
+          "per-token",
+          "per-tensor",
+        ] as const,
+      );
+      if (activations === "static" && granularity !== undefined) {
+        throw new Error("--granularity applies to dynamic activations only");
+      }
+      const bits = numberOption("--weight-bits", values["weight-bits"]);
+      if (bits !== undefined && bits !== 7 && bits !== 8) {
+        throw new Error(`--weight-bits must be 7 or 8, got "${values["weight-bits"]}"`);
+      }
+      if (activations === "static" && values.calibration === undefined) {
+        throw new Error("--activations static needs --calibration FILE (or --calibration random)");
+      }
+      const threads = numberOption("--threads", values.threads);
+      const errorTokens = numberOption("--error-tokens", values["error-tokens"]);
+      await checkTextsFile(values.calibration);
+      const input = await resolveModelPath(values.model);
+      const analysis = await analyzeOnnx(input);
+      const source = analysis.source;
+      const calibration = await calibrationBatches(values.calibration, analysis.weights, true, {
+        maxTexts: numberOption("--max-texts", values["max-texts"]) ?? 32,
+      });
+      const { model, report } = await quantizeAnalysis(analysis, input, {
+        activations,
+        granularity,
+        weightBits: bits as 7 | 8 | undefined,
+        calibration: calibration?.batches,
+        requantize: values.requantize,
+        errorTokens,
+        threads,
+        onProgress: progress.onProgress,
+      });
+      const output = values.out;
+      await ensureParentDir(output);
+      const external = source.graph.initializers.some((t) => t.externalData !== null);
+      const base = output.slice(output.lastIndexOf("/") + 1);
+      const written = await writeOnnxModel(output, model, {
+        externalData: external ? { location: `${base}.data` } : undefined,
+      });
+      const full: CliReport = {
+        input,
+        output,
+        ...report,
+        bytes: written.bytes + written.externalBytes,
+        calibration: calibration?.source ?? null,
+      };
+      const tokenizer = await copyTokenizer(analysis.weights, output);
+      if (tokenizer) full.tokenizer = tokenizer;
+      if (!values["no-check"] && calibration) {
+        full.ortCheck = await ortCheck(input, output, calibration.batches.slice(0, 2), threads);
+      }
+      progress.done();
+      console.log(json ? JSON.stringify({ ok: true, ...full }, null, 2) : formatReport(full));
+      return 0;
+    } finally {
+      progress.done();
     }
-    const bits = numberOption("--weight-bits", values["weight-bits"]);
-    if (bits !== undefined && bits !== 7 && bits !== 8) {
-      throw new Error(`--weight-bits must be 7 or 8, got "${values["weight-bits"]}"`);
-    }
-    if (activations === "static" && values.calibration === undefined) {
-      throw new Error("--activations static needs --calibration FILE (or --calibration random)");
-    }
-    const threads = numberOption("--threads", values.threads);
-    const errorTokens = numberOption("--error-tokens", values["error-tokens"]);
-    await checkTextsFile(values.calibration);
-    const input = await resolveModelPath(values.model);
-    const analysis = await analyzeOnnx(input);
-    const source = analysis.source;
-    const calibration = await calibrationBatches(values.calibration, analysis.weights, true, {
-      maxTexts: numberOption("--max-texts", values["max-texts"]) ?? 32,
-    });
-    const { model, report } = await quantizeAnalysis(analysis, input, {
-      activations,
-      granularity,
-      weightBits: bits as 7 | 8 | undefined,
-      calibration: calibration?.batches,
-      requantize: values.requantize,
-      errorTokens,
-      threads,
-      onProgress: progress.onProgress,
-    });
-    const output = values.out;
-    await ensureParentDir(output);
-    const external = source.graph.initializers.some((t) => t.externalData !== null);
-    const base = output.slice(output.lastIndexOf("/") + 1);
-    const written = await writeOnnxModel(output, model, {
-      externalData: external ? { location: `${base}.data` } : undefined,
-    });
-    const full: CliReport = {
-      input,
-      output,
-      ...report,
-      bytes: written.bytes + written.externalBytes,
-      calibration: calibration?.source ?? null,
-    };
-    const tokenizer = await copyTokenizer(analysis.weights, output);
-    if (tokenizer) full.tokenizer = tokenizer;
-    if (!values["no-check"] && calibration) {
-      full.ortCheck = await ortCheck(input, output, calibration.batches.slice(0, 2), threads);
-    }
-    progress.done();
-    console.log(json ? JSON.stringify({ ok: true, ...full }, null, 2) : formatReport(full));
-    return 0;
-  } catch (err) {
-    progress.done();
-    return reportError(json, err);
-  }
+  });
 }
 
 /** Loads the output in ONNX Runtime and compares mean-pooled outputs with the input model's. */
 async function ortCheck(
   input: string,
   output: string,
-  batches: import("../models/calibrate.ts").EncoderBatch[],
+  batches: import("../compress/calibrate.ts").EncoderBatch[],
   threads: number | undefined,
 ): Promise<{ sequences: number; minCosine: number; meanCosine: number }> {
   const a = await OrtModel.create(input, { threads });

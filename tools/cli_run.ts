@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { runCommand } from "./_command.ts";
 import {
   type ClassificationResult,
   declaredPooling,
@@ -11,9 +11,9 @@ import {
   type FeaturePooling,
   pipeline,
   type PipelineTask,
-  type QuestionAnsweringResult,
   type TokenClassificationResult,
-} from "../models/pipeline.ts";
+} from "../pipelines/pipeline.ts";
+import type { QuestionAnsweringResult } from "../pipelines/logits.ts";
 
 /** One-line summary. */
 export const SUMMARY = "Run a model on texts: embeddings, classification, tagging, QA";
@@ -70,11 +70,10 @@ function preview(values: Float32Array, count = 6): string {
 }
 
 /** Runs the command. */
-export async function main(args: string[]): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({
-      args,
+export function main(args: string[]): Promise<number> {
+  return runCommand(args, {
+    help: HELP,
+    parse: {
       options: {
         model: { type: "string" },
         task: { type: "string", default: "feature-extraction" },
@@ -88,24 +87,11 @@ export async function main(args: string[]): Promise<number> {
         truncation: { type: "boolean", default: false },
         threads: { type: "string" },
         json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
       },
-    }).values;
-  } catch (error) {
-    console.error(`error: ${(error as Error).message}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  try {
+    },
+  }, async ({ values }) => {
     return await run(values);
-  } catch (error) {
-    const message = (error as Error).message ?? String(error);
-    console.error(`error: ${message.split("\n")[0]}`);
-    return 1;
-  }
+  });
 }
 
 async function run(values: {

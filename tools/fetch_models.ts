@@ -17,7 +17,7 @@ import {
   modelNames,
   MODELS,
   modelsCacheDir,
-} from "../models/registry.ts";
+} from "../hub/registry.ts";
 
 const HELP = `Usage: deno task models [options] [NAME...]
 

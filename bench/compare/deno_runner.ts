@@ -117,16 +117,16 @@ async function packageVersion(): Promise<string> {
 
 async function loadSparsebert(a: Args): Promise<Loaded> {
   const { kernels, setThreads, threads } = await import("../../ffi/library.ts");
-  const { loadModel } = await import("../../models/load.ts");
-  const { BertEncoder } = await import("../../models/bert.ts");
-  const { buildLinear } = await import("../../models/linear_kinds.ts");
+  const { loadModel } = await import("../../hub/load.ts");
+  const { BertEncoder } = await import("../../encoder/bert.ts");
+  const { buildLinear } = await import("../../encoder/linear_kinds.ts");
   const { SPARSE_I8_MAX_IN } = await import("../../ops/sparse_linear_i8.ts");
-  type Factory = import("../../models/bert.ts").LinearFactory;
+  type Factory = import("../../encoder/bert.ts").LinearFactory;
   setThreads(a.threads);
   const { weights } = await loadModel(a.model);
   const t = a.sparseThreshold;
   // The int8 forms (the file's own symmetric int8 values; activations per token unless the
-  // file was made for 7-bit per-tensor ones) are those of models/linear_kinds.ts int8Form.
+  // file was made for 7-bit per-tensor ones) are those of encoder/linear_kinds.ts int8Form.
   const factory: Factory = (w, spec) => {
     const sparsity = w.sparsity ?? { element: 0, block4x1: 0 };
     if (w.quantized !== undefined) {

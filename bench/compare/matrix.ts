@@ -50,7 +50,7 @@ export type Pattern = "4x1" | "unstructured";
 /** The ONNX layout of a model file. */
 export type ModelForm = "fp32" | "int8-pt" | "int8-dyn" | "int8-qdq";
 
-/** What each {@linkcode ModelForm} is and how it is written (models/quantize.ts). */
+/** What each {@linkcode ModelForm} is and how it is written (compress/quantize_model.ts). */
 export const MODEL_FORMS: Readonly<Record<ModelForm, string>> = Object.freeze({
   "fp32": "the fp32 graph (pruned variants: the same graph with zeros in the weights)",
   "int8-pt":
@@ -134,9 +134,9 @@ export function scenarioKey(s: Scenario): string {
 /** Where a model's fp32 ONNX file comes from. */
 export type ModelSource =
   | {
-    /** Written by tools/write_test_model.ts with seeded random weights. */
+    /** Written by tests/fixtures/write_test_model.ts with seeded random weights. */
     kind: "generated";
-    /** A preset of tools/write_test_model.ts. */
+    /** A preset of tests/fixtures/write_test_model.ts. */
     preset: string;
     /** Overrides of the preset's config. */
     config?: Record<string, number>;
@@ -144,7 +144,7 @@ export type ModelSource =
     seed: number;
   }
   | {
-    /** A real model from models/registry.ts (fetched on first use). */
+    /** A real model from hub/registry.ts (fetched on first use). */
     kind: "registry";
     /** Registry name. */
     name: string;
@@ -278,7 +278,7 @@ export const INT8_FORMS: Readonly<Record<RuntimeName, readonly ModelForm[]>> = O
 /** How each runtime loads and runs a model (for the report). */
 export const RUNTIME_NOTES: Readonly<Record<RuntimeName, string>> = Object.freeze({
   "sparsebert":
-    "Deno subprocess (bench/compare/deno_runner.ts): models/load.ts imports the ONNX file, " +
+    "Deno subprocess (bench/compare/deno_runner.ts): hub/load.ts imports the ONNX file, " +
     "BertEncoder runs it; per linear: sparse kernel when the measured sparsity (fp32: element, " +
     "int8: 4x1 block) reaches the threshold, dense kernel otherwise; int8 weights are taken " +
     "from the file as they are",

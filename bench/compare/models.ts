@@ -1,11 +1,11 @@
 /**
  * The model files of the comparison, prepared once and cached under `.cache/bench-models/`:
  *
- * - the fp32 base: a seeded generated model (tools/write_test_model.ts) or a real model from
- *   the registry (models/registry.ts, fetched on first use);
- * - pruned fp32 variants: models/prune.ts (magnitude, per layer), the same graph with zeros;
+ * - the fp32 base: a seeded generated model (tests/fixtures/write_test_model.ts) or a real model from
+ *   the registry (hub/registry.ts, fetched on first use);
+ * - pruned fp32 variants: compress/prune.ts (magnitude, per layer), the same graph with zeros;
  * - int8 variants of any fp32 variant, in the layouts of {@linkcode MODEL_FORMS}: written by
- *   models/quantize.ts from the (pruned) fp32 file, so zeros stay zeros.
+ *   compress/quantize_model.ts from the (pruned) fp32 file, so zeros stay zeros.
  *
  * Every file has a sidecar `<file>.json` with the key it was made from (the source file's path,
  * size and modification time plus the options); a file whose key still matches is reused.
@@ -14,11 +14,11 @@
  * @module
  */
 
-import { randomBatches } from "../../models/calibrate.ts";
-import { pruneModel } from "../../models/prune.ts";
-import { quantizeModel, type QuantizeOptions } from "../../models/quantize.ts";
-import { ensureModel } from "../../models/registry.ts";
-import { ensureTestModel } from "../../tools/write_test_model.ts";
+import { randomBatches } from "../../compress/calibrate.ts";
+import { pruneModel } from "../../compress/prune.ts";
+import { quantizeModel, type QuantizeOptions } from "../../compress/quantize_model.ts";
+import { ensureModel } from "../../hub/registry.ts";
+import { ensureTestModel } from "../../tests/fixtures/write_test_model.ts";
 import {
   fp32Of,
   type ModelDef,
@@ -145,7 +145,7 @@ export class ModelStore {
       const r = await ensureTestModel({ preset: src.preset, config: src.config, seed: src.seed });
       path = r.path;
       made = {
-        tool: "tools/write_test_model.ts",
+        tool: "tests/fixtures/write_test_model.ts",
         preset: src.preset,
         seed: src.seed,
         ...src.config,
@@ -184,7 +184,7 @@ export class ModelStore {
     const key = JSON.stringify({ source: await identity(base.path), prune: options });
     return await this.#cached(model, `${variantKey(variant)}.onnx`, "fp32", key, async (out) => {
       const r = await pruneModel(base.path, out, options);
-      return { tool: "models/prune.ts", ...options, measured: r.total };
+      return { tool: "compress/prune.ts", ...options, measured: r.total };
     });
   }
 
@@ -212,7 +212,7 @@ export class ModelStore {
           : undefined,
       });
       return {
-        tool: "models/quantize.ts",
+        tool: "compress/quantize_model.ts",
         ...options,
         format: r.format,
         weightBits: r.weightBits,

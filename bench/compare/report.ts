@@ -17,7 +17,7 @@ import {
   variantKey,
   variantLabel,
 } from "./matrix.ts";
-import type { ComparisonResult, LatencyGroupResult } from "./run.ts";
+import type { ComparisonResult, LatencyGroupResult } from "./results.ts";
 import { gib } from "./memory.ts";
 import type { ContestantResult } from "./scenario.ts";
 
@@ -448,7 +448,7 @@ export function renderMarkdown(
   }
   for (const rt of r.runtimes) out.push(`- ${RUNTIME_LABELS[rt.name]}: ${rt.note}.`);
   out.push(
-    `- Pruning: models/prune.ts, magnitude, per layer, on every encoder linear (Q, K, V, ` +
+    `- Pruning: compress/prune.ts, magnitude, per layer, on every encoder linear (Q, K, V, ` +
       `attention output, feed-forward); sparsebert's sparse-kernel threshold: ` +
       `${r.sparseThreshold}.`,
   );

@@ -29,7 +29,7 @@ import {
   type StartOptions,
 } from "./contestants.ts";
 import { gib, type MemoryPlanner, modelBytes, peakRssBytes } from "./memory.ts";
-import { encoderMacs, type ModelDef, type RuntimeName, type Scenario } from "./matrix.ts";
+import { encoderMacs, type ModelDef, type Scenario } from "./matrix.ts";
 
 /** Latency statistics of one contestant (numpy-style linear percentiles). */
 export interface LatencySummary {
@@ -432,10 +432,4 @@ export function estimateGroupSeconds(
     total += load + warm + rounds * turn + 0.3;
   }
   return total;
-}
-
-/** Names a runtime for progress lines. */
-export function runtimeList(specs: ContestantSpec[]): string {
-  const seen = new Set<RuntimeName>(specs.map((s) => s.runtime));
-  return [...seen].join(", ");
 }

@@ -17,12 +17,9 @@
 
 import * as ort from "onnxruntime-node";
 import { lcg32 } from "../../ops/random.ts";
-import {
-  DataType,
-  encodeOnnxModel,
-  type OnnxModelInit,
-  type OnnxTensor,
-} from "../../models/onnx_proto.ts";
+import { rawTensor } from "../../formats/onnx_tensors.ts";
+import { DataType, type OnnxTensor } from "../../formats/onnx_types.ts";
+import { encodeOnnxModel, type OnnxModelInit } from "../../formats/onnx_write.ts";
 
 /** Settings of {@linkcode loadOrtSession}. */
 export interface OrtSessionOptions {
@@ -222,22 +219,6 @@ export function bertFeeds(
 
 // ---------------------------------------------------------------------------------------------
 // One-op models for the kernel benchmarks
-
-function rawTensor(name: string, dataType: number, dims: number[], raw: Uint8Array): OnnxTensor {
-  return {
-    name,
-    dataType,
-    dims,
-    rawData: raw,
-    floatData: null,
-    int32Data: null,
-    int64Data: null,
-    doubleData: null,
-    uint64Data: null,
-    stringData: null,
-    externalData: null,
-  };
-}
 
 function checkDims(m: number | null, k: number, n: number): void {
   for (const [name, v] of [["K", k], ["N", n], ["M", m ?? 1]] as const) {

@@ -12,7 +12,7 @@
  * @module
  */
 import { RELEASE_VERSION } from "../../ffi/checksums.ts";
-import type { TextInput } from "../../models/tokenizer.ts";
+import type { TextInput } from "../../pipelines/tokenizer.ts";
 import type { LabelScore } from "../backend.ts";
 import type { ServeTask } from "../config.ts";
 import { HttpError, jsonResponse, quote, typeName } from "../http.ts";

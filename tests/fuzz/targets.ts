@@ -11,13 +11,13 @@
  *
  * @module
  */
-import { compileModel, loadCompiled } from "../../models/compiled.ts";
-import { analyzeOnnxModel, importOnnx } from "../../models/onnx_import.ts";
-import { decodeOnnxModel } from "../../models/onnx_proto.ts";
-import { modelFiles } from "../../models/registry.ts";
-import { parseSafetensors, safeTensorToFloat32 } from "../../models/safetensors.ts";
-import { BertTokenizer } from "../../models/tokenizer.ts";
-import { ensureTestModel } from "../../tools/write_test_model.ts";
+import { compileModel, loadCompiled } from "../../formats/compiled.ts";
+import { analyzeOnnxModel, importOnnx } from "../../formats/onnx_import.ts";
+import { decodeOnnxModel } from "../../formats/onnx_proto.ts";
+import { modelFiles } from "../../hub/registry.ts";
+import { parseSafetensors, safeTensorToFloat32 } from "../../formats/safetensors.ts";
+import { BertTokenizer } from "../../pipelines/tokenizer.ts";
+import { ensureTestModel } from "../fixtures/write_test_model.ts";
 import { rng } from "../harness.ts";
 
 /** A case slower than this is reported as a possible hang. */
