@@ -13,7 +13,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { flagOptions, runCommand, stringOptions, UsageError } from "../tools/_command.ts";
 import * as ort from "onnxruntime-node";
 import { setThreads } from "../ffi/library.ts";
 import { denseF32Linear } from "../encoder/bert.ts";
@@ -139,116 +139,105 @@ function list(
   return items.map(parse);
 }
 
-async function main(): Promise<number> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      threads: { type: "string", default: "2" },
-      models: { type: "string", default: ENCODER_BENCH_MODELS.join(",") },
-      batch: { type: "string", default: "1,8" },
-      seq: { type: "string", default: "128" },
-      rounds: { type: "string" },
-      quick: { type: "boolean", default: false },
-      json: { type: "boolean", default: false },
-      out: { type: "string" },
-      help: { type: "boolean", short: "h", default: false },
+function main(): Promise<number> {
+  return runCommand(Deno.args, {
+    help: HELP,
+    parse: {
+      options: {
+        ...stringOptions("rounds", "out"),
+        ...flagOptions("quick", "json"),
+        threads: { type: "string", default: "2" },
+        models: { type: "string", default: ENCODER_BENCH_MODELS.join(",") },
+        batch: { type: "string", default: "1,8" },
+        seq: { type: "string", default: "128" },
+      },
     },
-  });
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  const positive = (name: string) => (s: string): number => {
-    const n = Number(s);
-    if (!Number.isInteger(n) || n < 1) {
-      throw new Error(`--${name} needs positive integers, got "${s}"`);
-    }
-    return n;
-  };
-  const threads = positive("threads")(values.threads);
-  const seq = positive("seq")(values.seq);
-  const batches = list("batch", values.batch, positive("batch")) as number[];
-  const models = list("models", values.models, (s) => {
-    if (!(ENCODER_BENCH_MODELS as readonly string[]).includes(s)) {
-      throw new Error(
-        `Unknown model "${s}" in --models: expected ${ENCODER_BENCH_MODELS.join(", ")}`,
+  }, async ({ values }) => {
+    const positive = (name: string) => (s: string): number => {
+      const n = Number(s);
+      if (!Number.isInteger(n) || n < 1) {
+        throw new UsageError(`--${name} needs positive integers, got "${s}"`);
+      }
+      return n;
+    };
+    const threads = positive("threads")(values.threads);
+    const seq = positive("seq")(values.seq);
+    const batches = list("batch", values.batch, positive("batch")) as number[];
+    const models = list("models", values.models, (s) => {
+      if (!(ENCODER_BENCH_MODELS as readonly string[]).includes(s)) {
+        throw new Error(
+          `Unknown model "${s}" in --models: expected ${ENCODER_BENCH_MODELS.join(", ")}`,
+        );
+      }
+      return s;
+    }) as EncoderBenchModel[];
+    const rounds = values.rounds !== undefined
+      ? positive("rounds")(values.rounds)
+      : values.quick
+      ? 3
+      : 7;
+    setThreads(threads);
+    const peakBefore = probePeakF32();
+    if (!values.json) {
+      console.log(`fp32 peak (probe, ${threads} threads): ${peakBefore.toFixed(1)} GFLOP/s`);
+      console.log(
+        "model        batch  seq   ours ms    ORT ms  ours/ORT  GFLOP/s  %peak  linear ms  other ms",
       );
     }
-    return s;
-  }) as EncoderBenchModel[];
-  const rounds = values.rounds !== undefined
-    ? positive("rounds")(values.rounds)
-    : values.quick
-    ? 3
-    : 7;
-  setThreads(threads);
-  const peakBefore = probePeakF32();
-  if (!values.json) {
-    console.log(`fp32 peak (probe, ${threads} threads): ${peakBefore.toFixed(1)} GFLOP/s`);
-    console.log(
-      "model        batch  seq   ours ms    ORT ms  ours/ORT  GFLOP/s  %peak  linear ms  other ms",
-    );
-  }
-  const rows: EncoderRow[] = [];
-  for (const model of models) {
-    for (const batch of batches) {
-      const row = await benchOne(model, batch, seq, threads, rounds, peakBefore);
-      rows.push(row);
-      if (!values.json) {
+    const rows: EncoderRow[] = [];
+    for (const model of models) {
+      for (const batch of batches) {
+        const row = await benchOne(model, batch, seq, threads, rounds, peakBefore);
+        rows.push(row);
+        if (!values.json) {
+          console.log(
+            `${model.padEnd(11)} ${fmt(batch, 0, 6)} ${fmt(seq, 0, 4)} ${
+              fmt(row.oursMs.median, 1, 9)
+            } ${fmt(row.ortMs.median, 1, 9)} ${fmt(row.latencyRatio, 3, 9)} ${
+              fmt(row.oursGflops, 1, 8)
+            } ${fmt(100 * row.fractionOfPeak, 1, 6)} ${fmt(row.profile.linearMs, 1, 10)} ${
+              fmt(row.profile.otherMs, 1, 9)
+            }`,
+          );
+        }
+      }
+    }
+    const peakAfter = probePeakF32();
+    const acceptance = rows.find((r) => r.model === "bert-base" && r.batch === 1 && r.seq === 128);
+    const result = {
+      benchmark: "encoder_f32",
+      command: `deno task bench:encoder ${Deno.args.join(" ")}`.trim(),
+      threads,
+      ort: {
+        version: ort.env.versions?.common ?? "unknown",
+        options: "intraOpNumThreads=threads, interOpNumThreads=1, sequential, graph opt all",
+      },
+      environment: environment(),
+      peakGflops: { before: peakBefore, after: peakAfter },
+      rows,
+      acceptance: acceptance
+        ? {
+          criterion: "BERT-Base seq 128 batch 1: ours <= 1.1 x ORT latency",
+          latencyRatio: acceptance.latencyRatio,
+          pass: acceptance.latencyRatio <= 1.1,
+        }
+        : null,
+    };
+    if (values.json) {
+      console.log(JSON.stringify(result, null, 2));
+    } else {
+      console.log(`fp32 peak after: ${peakAfter.toFixed(1)} GFLOP/s`);
+      if (result.acceptance) {
         console.log(
-          `${model.padEnd(11)} ${fmt(batch, 0, 6)} ${fmt(seq, 0, 4)} ${
-            fmt(row.oursMs.median, 1, 9)
-          } ${fmt(row.ortMs.median, 1, 9)} ${fmt(row.latencyRatio, 3, 9)} ${
-            fmt(row.oursGflops, 1, 8)
-          } ${fmt(100 * row.fractionOfPeak, 1, 6)} ${fmt(row.profile.linearMs, 1, 10)} ${
-            fmt(row.profile.otherMs, 1, 9)
-          }`,
+          `acceptance (BERT-Base b1 s128, ours/ORT <= 1.1): ${
+            result.acceptance.latencyRatio.toFixed(3)
+          } ${result.acceptance.pass ? "PASS" : "FAIL"}`,
         );
       }
     }
-  }
-  const peakAfter = probePeakF32();
-  const acceptance = rows.find((r) => r.model === "bert-base" && r.batch === 1 && r.seq === 128);
-  const result = {
-    benchmark: "encoder_f32",
-    command: `deno task bench:encoder ${Deno.args.join(" ")}`.trim(),
-    threads,
-    ort: {
-      version: ort.env.versions?.common ?? "unknown",
-      options: "intraOpNumThreads=threads, interOpNumThreads=1, sequential, graph opt all",
-    },
-    environment: environment(),
-    peakGflops: { before: peakBefore, after: peakAfter },
-    rows,
-    acceptance: acceptance
-      ? {
-        criterion: "BERT-Base seq 128 batch 1: ours <= 1.1 x ORT latency",
-        latencyRatio: acceptance.latencyRatio,
-        pass: acceptance.latencyRatio <= 1.1,
-      }
-      : null,
-  };
-  if (values.json) {
-    console.log(JSON.stringify(result, null, 2));
-  } else {
-    console.log(`fp32 peak after: ${peakAfter.toFixed(1)} GFLOP/s`);
-    if (result.acceptance) {
-      console.log(
-        `acceptance (BERT-Base b1 s128, ours/ORT <= 1.1): ${
-          result.acceptance.latencyRatio.toFixed(3)
-        } ${result.acceptance.pass ? "PASS" : "FAIL"}`,
-      );
-    }
-  }
-  if (values.out) await Deno.writeTextFile(values.out, JSON.stringify(result, null, 2));
-  return 0;
+    if (values.out) await Deno.writeTextFile(values.out, JSON.stringify(result, null, 2));
+    return 0;
+  });
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main());
-  } catch (error) {
-    console.error(`error: ${(error as Error).message.split("\n")[0]}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) Deno.exit(await main());

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { flagOptions, integerOption, runCommand, stringOptions } from "../tools/_command.ts";
 import * as ort from "onnxruntime-node";
 import { setThreads } from "../ffi/library.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
@@ -93,67 +93,60 @@ async function benchShape(
   };
 }
 
-async function main(): Promise<number> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      threads: { type: "string", default: "2" },
-      quick: { type: "boolean", default: false },
-      json: { type: "boolean", default: false },
-      out: { type: "string" },
-      help: { type: "boolean", short: "h", default: false },
+function main(): Promise<number> {
+  return runCommand(Deno.args, {
+    help: HELP,
+    parse: {
+      options: {
+        ...stringOptions("out"),
+        ...flagOptions("quick", "json"),
+        threads: { type: "string", default: "2" },
+      },
     },
-  });
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  const threads = Number(values.threads);
-  if (!Number.isInteger(threads) || threads < 1) {
-    console.error(`error: --threads must be a positive integer, got "${values.threads}"`);
-    return 2;
-  }
-  setThreads(threads);
-  const ms = values.quick ? [128] : [128, 384];
-  const shapes = values.quick ? FULL_SHAPES.slice(0, 2) : FULL_SHAPES;
-  const rounds = values.quick ? 3 : 7;
-  const peakBefore = probePeakF32();
-  const rows: GemmRow[] = [];
-  if (!values.json) {
-    console.log(`fp32 peak (probe, ${threads} threads): ${peakBefore.toFixed(1)} GFLOP/s`);
-    console.log(
-      "    M     K     N   ours ms    ORT ms  ours GF/s  ORT GF/s  %peak  ours/ORT",
-    );
-  }
-  for (const m of ms) {
-    for (const [k, n] of shapes) {
-      const row = await benchShape(m, k, n, threads, rounds, peakBefore);
-      rows.push(row);
-      if (!values.json) {
-        console.log(
-          `${fmt(m, 0, 5)} ${fmt(k, 0, 5)} ${fmt(n, 0, 5)} ${fmt(row.oursMs.median, 3, 9)} ${
-            fmt(row.ortMs.median, 3, 9)
-          } ${fmt(row.oursGflops, 1, 10)} ${fmt(row.ortGflops, 1, 9)} ${
-            fmt(100 * row.fractionOfPeak, 1, 6)
-          } ${fmt(row.ratioOursOverOrt, 2, 9)}`,
-        );
+  }, async ({ values }) => {
+    const threads = integerOption("threads", values.threads);
+    setThreads(threads);
+    const ms = values.quick ? [128] : [128, 384];
+    const shapes = values.quick ? FULL_SHAPES.slice(0, 2) : FULL_SHAPES;
+    const rounds = values.quick ? 3 : 7;
+    const peakBefore = probePeakF32();
+    const rows: GemmRow[] = [];
+    if (!values.json) {
+      console.log(`fp32 peak (probe, ${threads} threads): ${peakBefore.toFixed(1)} GFLOP/s`);
+      console.log(
+        "    M     K     N   ours ms    ORT ms  ours GF/s  ORT GF/s  %peak  ours/ORT",
+      );
+    }
+    for (const m of ms) {
+      for (const [k, n] of shapes) {
+        const row = await benchShape(m, k, n, threads, rounds, peakBefore);
+        rows.push(row);
+        if (!values.json) {
+          console.log(
+            `${fmt(m, 0, 5)} ${fmt(k, 0, 5)} ${fmt(n, 0, 5)} ${fmt(row.oursMs.median, 3, 9)} ${
+              fmt(row.ortMs.median, 3, 9)
+            } ${fmt(row.oursGflops, 1, 10)} ${fmt(row.ortGflops, 1, 9)} ${
+              fmt(100 * row.fractionOfPeak, 1, 6)
+            } ${fmt(row.ratioOursOverOrt, 2, 9)}`,
+          );
+        }
       }
     }
-  }
-  const peakAfter = probePeakF32();
-  const result = {
-    benchmark: "gemm_f32",
-    command: `deno task bench:gemm ${Deno.args.join(" ")}`.trim(),
-    threads,
-    ortVersion: ort.env.versions?.common ?? "unknown",
-    environment: environment(),
-    peakGflops: { before: peakBefore, after: peakAfter },
-    rows,
-  };
-  if (!values.json) console.log(`fp32 peak after: ${peakAfter.toFixed(1)} GFLOP/s`);
-  else console.log(JSON.stringify(result, null, 2));
-  if (values.out) await Deno.writeTextFile(values.out, JSON.stringify(result, null, 2));
-  return 0;
+    const peakAfter = probePeakF32();
+    const result = {
+      benchmark: "gemm_f32",
+      command: `deno task bench:gemm ${Deno.args.join(" ")}`.trim(),
+      threads,
+      ortVersion: ort.env.versions?.common ?? "unknown",
+      environment: environment(),
+      peakGflops: { before: peakBefore, after: peakAfter },
+      rows,
+    };
+    if (!values.json) console.log(`fp32 peak after: ${peakAfter.toFixed(1)} GFLOP/s`);
+    else console.log(JSON.stringify(result, null, 2));
+    if (values.out) await Deno.writeTextFile(values.out, JSON.stringify(result, null, 2));
+    return 0;
+  });
 }
 
 if (import.meta.main) Deno.exit(await main());

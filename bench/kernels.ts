@@ -8,7 +8,13 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import {
+  flagOptions,
+  integerOption,
+  runCommand,
+  stringOptions,
+  UsageError,
+} from "../tools/_command.ts";
 import * as ort from "onnxruntime-node";
 import { setThreads } from "../ffi/library.ts";
 import { environment, fmt, interleave, type Stats } from "./_timing.ts";
@@ -71,163 +77,147 @@ export interface DenseRow {
 function parseList(text: string, what: string): number[] {
   const values = text.split(",").map((s) => Number(s.trim()));
   if (values.some((v) => !Number.isInteger(v) || v < 1)) {
-    throw new RangeError(`--${what} needs positive integers, got "${text}"`);
+    throw new UsageError(`--${what} needs positive integers, got "${text}"`);
   }
   return values;
 }
 
-async function main(): Promise<number> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      threads: { type: "string", default: "2" },
-      quick: { type: "boolean", default: false },
-      m: { type: "string" },
-      "no-ort": { type: "boolean", default: false },
-      accuracy: { type: "boolean", default: false },
-      json: { type: "boolean", default: false },
-      out: { type: "string" },
-      help: { type: "boolean", short: "h", default: false },
+function main(): Promise<number> {
+  return runCommand(Deno.args, {
+    help: HELP,
+    parse: {
+      options: {
+        ...stringOptions("m", "out"),
+        ...flagOptions("quick", "no-ort", "accuracy", "json"),
+        threads: { type: "string", default: "2" },
+      },
     },
-  });
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  const threads = Number(values.threads);
-  if (!Number.isInteger(threads) || threads < 1 || threads > 64) {
-    console.error(`error: --threads must be an integer in 1..64, got "${values.threads}"`);
-    return 2;
-  }
-  let ms: number[];
-  try {
-    ms = values.m ? parseList(values.m, "m") : values.quick ? [128] : [128, 384];
-  } catch (err) {
-    console.error(`error: ${(err as Error).message}`);
-    return 2;
-  }
-  setThreads(threads);
-  if (values.accuracy) {
-    const rows = activationBitsError();
-    if (values.json) {
-      console.log(JSON.stringify({ benchmark: "int8_activation_bits", rows }, null, 2));
-    } else {
-      for (const r of rows) {
-        console.log(
-          `${r.input.padEnd(10)} ${r.mode.padEnd(10)} 7-bit ${r.error7.toFixed(3)}%  8-bit ${
-            r.error8.toFixed(3)
-          }%  (relative RMS error vs fp32)`,
-        );
-      }
-    }
-    return 0;
-  }
-  const noOrt = values["no-ort"];
-  const shapes = values.quick ? [SHAPES[1], SHAPES[2]] : SHAPES;
-  const sparsities = values.quick ? [0, 0.7, 0.9] : SPARSITIES;
-  const rounds = values.quick ? 5 : 7;
-  const roundMs = values.quick ? 80 : 120;
-  const log = (line: string) => values.json || console.log(line);
-
-  const peakBefore = probePeakI8();
-  log(`int8 peak (probe, ${threads} threads): ${peakBefore.toFixed(1)} GOP/s`);
-  log(
-    "    M     K     N  spars  spmm ms  GOP/s  %peak  vs i8  vs f32  vs ORT-i8  vs ORT-f32  spmm_f32 GF/s",
-  );
-  const rows: KernelRow[] = [];
-  const denseRows: DenseRow[] = [];
-  for (const m of ms) {
-    for (const [k, n] of shapes) {
-      const setup = await setupShape({ m, k, n, threads, sparsities, noOrt });
-      const results = await interleave(setup.contenders, { rounds, roundMs });
-      await setup.release();
-      const med = (name: string) => results.get(name)?.median ?? NaN;
-      const gops = (name: string) => 2 * setup.macs.get(name)! / (med(name) * 1e6);
-      const ortI8 = noOrt ? null : med("ort_matmul_integer");
-      const ortF32 = noOrt ? null : med("ort_matmul_f32");
-      denseRows.push({
-        m,
-        k,
-        n,
-        gemmI8Gops: gops("gemm_i8_kernel"),
-        fractionOfPeak: gops("gemm_i8_kernel") / peakBefore,
-        ortMatMulIntegerGops: noOrt ? null : gops("ort_matmul_integer"),
-        ratioGemmI8OverOrt: ortI8 === null ? null : ortI8 / med("gemm_i8_kernel"),
-      });
-      for (const sparsity of sparsities) {
-        const kernel = `spmm_i8_kernel@${sparsity}`;
-        const op = `spmm_i8_op@${sparsity}`;
-        const f32 = `spmm_f32@${sparsity}`;
-        const ms: Record<string, Stats> = {};
-        for (
-          const name of [
-            kernel,
-            op,
-            f32,
-            "gemm_i8_kernel",
-            "gemm_i8_op",
-            "linear_f32",
-            "ort_matmul_integer",
-            "ort_matmul_f32",
-          ]
-        ) {
-          const s = results.get(name);
-          if (s) ms[name.replace(`@${sparsity}`, "")] = s;
+  }, async ({ values }) => {
+    const threads = integerOption("threads", values.threads);
+    const ms = values.m ? parseList(values.m, "m") : values.quick ? [128] : [128, 384];
+    setThreads(threads);
+    if (values.accuracy) {
+      const rows = activationBitsError();
+      if (values.json) {
+        console.log(JSON.stringify({ benchmark: "int8_activation_bits", rows }, null, 2));
+      } else {
+        for (const r of rows) {
+          console.log(
+            `${r.input.padEnd(10)} ${r.mode.padEnd(10)} 7-bit ${r.error7.toFixed(3)}%  8-bit ${
+              r.error8.toFixed(3)
+            }%  (relative RMS error vs fp32)`,
+          );
         }
-        const row: KernelRow = {
+      }
+      return 0;
+    }
+    const noOrt = values["no-ort"];
+    const shapes = values.quick ? [SHAPES[1], SHAPES[2]] : SHAPES;
+    const sparsities = values.quick ? [0, 0.7, 0.9] : SPARSITIES;
+    const rounds = values.quick ? 5 : 7;
+    const roundMs = values.quick ? 80 : 120;
+    const log = (line: string) => values.json || console.log(line);
+
+    const peakBefore = probePeakI8();
+    log(`int8 peak (probe, ${threads} threads): ${peakBefore.toFixed(1)} GOP/s`);
+    log(
+      "    M     K     N  spars  spmm ms  GOP/s  %peak  vs i8  vs f32  vs ORT-i8  vs ORT-f32  spmm_f32 GF/s",
+    );
+    const rows: KernelRow[] = [];
+    const denseRows: DenseRow[] = [];
+    for (const m of ms) {
+      for (const [k, n] of shapes) {
+        const setup = await setupShape({ m, k, n, threads, sparsities, noOrt });
+        const results = await interleave(setup.contenders, { rounds, roundMs });
+        await setup.release();
+        const med = (name: string) => results.get(name)?.median ?? NaN;
+        const gops = (name: string) => 2 * setup.macs.get(name)! / (med(name) * 1e6);
+        const ortI8 = noOrt ? null : med("ort_matmul_integer");
+        const ortF32 = noOrt ? null : med("ort_matmul_f32");
+        denseRows.push({
           m,
           k,
           n,
-          sparsity,
-          ms,
-          effectiveGops: gops(kernel),
-          fractionOfPeak: gops(kernel) / peakBefore,
-          sparseF32Gops: results.has(f32) ? gops(f32) : null,
-          speedup: {
-            vsGemmI8: med("gemm_i8_kernel") / med(kernel),
-            vsLinearF32: med("linear_f32") / med(op),
-            vsOrtMatMulInteger: ortI8 === null ? null : ortI8 / med(kernel),
-            vsOrtMatMulF32: ortF32 === null ? null : ortF32 / med(op),
-          },
-        };
-        rows.push(row);
+          gemmI8Gops: gops("gemm_i8_kernel"),
+          fractionOfPeak: gops("gemm_i8_kernel") / peakBefore,
+          ortMatMulIntegerGops: noOrt ? null : gops("ort_matmul_integer"),
+          ratioGemmI8OverOrt: ortI8 === null ? null : ortI8 / med("gemm_i8_kernel"),
+        });
+        for (const sparsity of sparsities) {
+          const kernel = `spmm_i8_kernel@${sparsity}`;
+          const op = `spmm_i8_op@${sparsity}`;
+          const f32 = `spmm_f32@${sparsity}`;
+          const ms: Record<string, Stats> = {};
+          for (
+            const name of [
+              kernel,
+              op,
+              f32,
+              "gemm_i8_kernel",
+              "gemm_i8_op",
+              "linear_f32",
+              "ort_matmul_integer",
+              "ort_matmul_f32",
+            ]
+          ) {
+            const s = results.get(name);
+            if (s) ms[name.replace(`@${sparsity}`, "")] = s;
+          }
+          const row: KernelRow = {
+            m,
+            k,
+            n,
+            sparsity,
+            ms,
+            effectiveGops: gops(kernel),
+            fractionOfPeak: gops(kernel) / peakBefore,
+            sparseF32Gops: results.has(f32) ? gops(f32) : null,
+            speedup: {
+              vsGemmI8: med("gemm_i8_kernel") / med(kernel),
+              vsLinearF32: med("linear_f32") / med(op),
+              vsOrtMatMulInteger: ortI8 === null ? null : ortI8 / med(kernel),
+              vsOrtMatMulF32: ortF32 === null ? null : ortF32 / med(op),
+            },
+          };
+          rows.push(row);
+          log(
+            `${fmt(m, 0, 5)} ${fmt(k, 0, 5)} ${fmt(n, 0, 5)} ${fmt(sparsity, 2, 6)} ${
+              fmt(med(kernel), 3, 8)
+            } ${fmt(row.effectiveGops, 0, 6)} ${fmt(100 * row.fractionOfPeak, 1, 6)} ${
+              fmt(row.speedup.vsGemmI8, 2, 6)
+            } ${fmt(row.speedup.vsLinearF32, 2, 7)} ${
+              fmt(row.speedup.vsOrtMatMulInteger ?? NaN, 2, 10)
+            } ${fmt(row.speedup.vsOrtMatMulF32 ?? NaN, 2, 11)} ${
+              fmt(row.sparseF32Gops ?? NaN, 1, 14)
+            }`,
+          );
+        }
+        const d = denseRows.at(-1)!;
         log(
-          `${fmt(m, 0, 5)} ${fmt(k, 0, 5)} ${fmt(n, 0, 5)} ${fmt(sparsity, 2, 6)} ${
-            fmt(med(kernel), 3, 8)
-          } ${fmt(row.effectiveGops, 0, 6)} ${fmt(100 * row.fractionOfPeak, 1, 6)} ${
-            fmt(row.speedup.vsGemmI8, 2, 6)
-          } ${fmt(row.speedup.vsLinearF32, 2, 7)} ${
-            fmt(row.speedup.vsOrtMatMulInteger ?? NaN, 2, 10)
-          } ${fmt(row.speedup.vsOrtMatMulF32 ?? NaN, 2, 11)} ${
-            fmt(row.sparseF32Gops ?? NaN, 1, 14)
-          }`,
+          `      dense int8 ${k}x${n}: ${d.gemmI8Gops.toFixed(0)} GOP/s (${
+            (100 * d.fractionOfPeak).toFixed(1)
+          }% of peak), ORT MatMulInteger ${
+            d.ortMatMulIntegerGops?.toFixed(0) ?? "-"
+          } GOP/s, ours/ORT ${d.ratioGemmI8OverOrt?.toFixed(2) ?? "-"}`,
         );
       }
-      const d = denseRows.at(-1)!;
-      log(
-        `      dense int8 ${k}x${n}: ${d.gemmI8Gops.toFixed(0)} GOP/s (${
-          (100 * d.fractionOfPeak).toFixed(1)
-        }% of peak), ORT MatMulInteger ${
-          d.ortMatMulIntegerGops?.toFixed(0) ?? "-"
-        } GOP/s, ours/ORT ${d.ratioGemmI8OverOrt?.toFixed(2) ?? "-"}`,
-      );
     }
-  }
-  const peakAfter = probePeakI8();
-  log(`int8 peak after: ${peakAfter.toFixed(1)} GOP/s`);
-  const result = {
-    benchmark: "kernels_sparse_int8",
-    command: `deno task bench:kernels ${Deno.args.join(" ")}`.trim(),
-    threads,
-    ortVersion: noOrt ? null : (ort.env.versions?.common ?? "unknown"),
-    environment: environment(),
-    int8PeakGops: { before: peakBefore, after: peakAfter },
-    rows,
-    dense: denseRows,
-  };
-  if (values.json) console.log(JSON.stringify(result, null, 2));
-  if (values.out) await Deno.writeTextFile(values.out, JSON.stringify(result, null, 2));
-  return 0;
+    const peakAfter = probePeakI8();
+    log(`int8 peak after: ${peakAfter.toFixed(1)} GOP/s`);
+    const result = {
+      benchmark: "kernels_sparse_int8",
+      command: `deno task bench:kernels ${Deno.args.join(" ")}`.trim(),
+      threads,
+      ortVersion: noOrt ? null : (ort.env.versions?.common ?? "unknown"),
+      environment: environment(),
+      int8PeakGops: { before: peakBefore, after: peakAfter },
+      rows,
+      dense: denseRows,
+    };
+    if (values.json) console.log(JSON.stringify(result, null, 2));
+    if (values.out) await Deno.writeTextFile(values.out, JSON.stringify(result, null, 2));
+    return 0;
+  });
 }
 
 /** One row of the activation-bits accuracy check. */

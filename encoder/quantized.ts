@@ -10,7 +10,12 @@
  * @module
  */
 
-import type { DenseWeight, QuantizedWeight, WeightSparsity } from "./weights.ts";
+import {
+  type DenseWeight,
+  type QuantizedWeight,
+  transposeMatrix,
+  type WeightSparsity,
+} from "./weights.ts";
 
 /**
  * Measures element and 4x1-block sparsity of a torch-layout `[out, in]` weight. An int8 weight
@@ -158,19 +163,5 @@ export function roundHalfEven(v: number): number {
 
 /** Transposes a row-major `[rows, cols]` int8 matrix into a new `[cols, rows]` one. */
 export function transposeInt8(src: Int8Array, rows: number, cols: number): Int8Array {
-  if (src.length !== rows * cols) {
-    throw new RangeError(`Cannot transpose ${src.length} values as [${rows}, ${cols}]`);
-  }
-  const dst = new Int8Array(src.length);
-  const tile = 64;
-  for (let r0 = 0; r0 < rows; r0 += tile) {
-    const r1 = Math.min(rows, r0 + tile);
-    for (let c0 = 0; c0 < cols; c0 += tile) {
-      const c1 = Math.min(cols, c0 + tile);
-      for (let r = r0; r < r1; r++) {
-        for (let c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
-      }
-    }
-  }
-  return dst;
+  return transposeMatrix(src, rows, cols, 64);
 }

@@ -298,15 +298,20 @@ export function bfloat16ToFloat32(bits: Uint16Array): Float32Array {
 }
 
 /**
- * Transposes a row-major `[rows, cols]` matrix into a new `[cols, rows]` one. Used to turn an
- * ONNX MatMul `[in, out]` initializer into the torch `[out, in]` layout.
+ * Transposes a row-major `[rows, cols]` matrix into a new `[cols, rows]` one of the same type,
+ * in cache tiles of `tile` x `tile`. Used to turn an ONNX MatMul `[in, out]` initializer into
+ * the torch `[out, in]` layout ({@linkcode transpose2d}, `transposeInt8`).
  */
-export function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
+export function transposeMatrix<T extends Float32Array | Int8Array>(
+  src: T,
+  rows: number,
+  cols: number,
+  tile = 32,
+): T {
   if (src.length !== rows * cols) {
-    throw new Error(`Cannot transpose ${src.length} values as [${rows}, ${cols}]`);
+    throw new RangeError(`Cannot transpose ${src.length} values as [${rows}, ${cols}]`);
   }
-  const dst = new Float32Array(src.length);
-  const tile = 32;
+  const dst = new (src.constructor as new (n: number) => T)(src.length);
   for (let r0 = 0; r0 < rows; r0 += tile) {
     const r1 = Math.min(rows, r0 + tile);
     for (let c0 = 0; c0 < cols; c0 += tile) {
@@ -317,4 +322,9 @@ export function transpose2d(src: Float32Array, rows: number, cols: number): Floa
     }
   }
   return dst;
+}
+
+/** {@linkcode transposeMatrix} of an fp32 matrix. */
+export function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
+  return transposeMatrix(src, rows, cols, 32);
 }

@@ -532,33 +532,10 @@ fn checkShape(m: usize, n: usize, k: usize, keep_percent: u32, seed: u64) !void 
         for (0..k) |kk| want += (@as(i32, f.xq[t * k + kk]) - f.x_zero[t]) * f.q[c * k + kk];
         try testing.expectEqual(want, y32[t * n + c]);
         const pre = @as(f64, @floatFromInt(want)) * f.x_scale[t] * f.scale[c] + f.bias[c];
-        const gelu = 0.5 * pre * (1 + erf64(pre / std.math.sqrt2));
+        const gelu = 0.5 * pre * (1 + vmath.erfReference(pre / std.math.sqrt2));
         const expect = gelu + res[t * n + c];
         try testing.expectApproxEqAbs(expect, @as(f64, yf[t * n + c]), 1e-4 * (1 + @abs(expect)));
     };
-}
-
-fn erf64(x: f64) f64 {
-    const ax = @abs(x);
-    if (ax >= 3) {
-        // Asymptotic erfc; its truncation error is below 1e-8 from 3 up.
-        const x2 = ax * ax;
-        const series = 1 - 1 / (2 * x2) + 3 / (4 * x2 * x2) - 15 / (8 * x2 * x2 * x2);
-        const erfc = @exp(-x2) / (ax * std.math.sqrt(std.math.pi)) * series;
-        return std.math.sign(x) * (1 - erfc);
-    }
-    // Maclaurin series, well conditioned below 3.
-    var term = x;
-    var sum = x;
-    var i: usize = 1;
-    while (i < 200) : (i += 1) {
-        const fi: f64 = @floatFromInt(i);
-        term *= -x * x / fi;
-        const add = term / (2 * fi + 1);
-        sum += add;
-        if (@abs(add) < 1e-17) break;
-    }
-    return sum * 2 / std.math.sqrt(std.math.pi);
 }
 
 test "spmm_i8 matches the naive sum on odd shapes" {

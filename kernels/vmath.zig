@@ -127,7 +127,8 @@ pub const Activation = enum(u32) {
     }
 };
 
-fn erfReference(x: f64) f64 {
+/// erf in f64 for tests (this file's and the int8 kernels').
+pub fn erfReference(x: f64) f64 {
     // Maclaurin series below 3 (f64 cancellation stays under 1e-12 there); above, the
     // asymptotic expansion of erfc, whose truncation error at 3 is below 1e-9.
     const ax = @abs(x);

@@ -12,8 +12,8 @@ import { pipeline } from "../pipelines/pipeline.ts";
 import { modelFiles } from "../hub/registry.ts";
 import { ensureTestModel } from "./fixtures/write_test_model.ts";
 import { maxAbsDiff } from "./ort_reference.ts";
+import { CLI, cli } from "./cli_helpers.ts";
 
-const CLI = new URL("../tools/cli.ts", import.meta.url).pathname;
 const MINILM = modelFiles("all-minilm-l6-v2");
 let haveMiniLM = true;
 try {
@@ -21,17 +21,6 @@ try {
 } catch {
   haveMiniLM = false;
   console.warn(`SKIP: ${MINILM.onnx} is not in the model cache; run "deno task models"`);
-}
-
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
 }
 
 function assertOneErrorLine(r: { code: number; stderr: string }, pattern: RegExp): void {

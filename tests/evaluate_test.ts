@@ -14,8 +14,8 @@ import {
 import { pruneModel } from "../compress/prune.ts";
 import { modelFiles } from "../hub/registry.ts";
 import { ensureTestModel } from "./fixtures/write_test_model.ts";
+import { cli } from "./cli_helpers.ts";
 
-const CLI = new URL("../tools/cli.ts", import.meta.url).pathname;
 const MINILM = modelFiles("all-minilm-l6-v2");
 let haveMiniLM = true;
 try {
@@ -141,17 +141,6 @@ Deno.test({
     }
   },
 });
-
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
-}
 
 Deno.test("evaluate: the CLI reports in JSON and fails clearly", async () => {
   const dir = await Deno.makeTempDir({ prefix: "sparsebert-evaluate-" });

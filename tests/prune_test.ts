@@ -13,8 +13,8 @@ import { lowestUnits, pruneModel, unitScores } from "../compress/prune.ts";
 import { quantizeModel } from "../compress/quantize_model.ts";
 import type { BertWeights, DenseWeight } from "../encoder/weights.ts";
 import { ensureTestModel, writeTestModel } from "./fixtures/write_test_model.ts";
+import { cli } from "./cli_helpers.ts";
 
-const CLI = new URL("../tools/cli.ts", import.meta.url).pathname;
 const TINY = {
   preset: "bert-mini",
   config: { vocabSize: 400, numLayers: 2, maxPositionEmbeddings: 64 },
@@ -237,17 +237,6 @@ Deno.test("prune: int8 models keep their int8 weights, external data is written 
     assert.deepEqual(table(await readOnnxModel(pruned)), table(await readOnnxModel(ext)));
   });
 });
-
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
-}
 
 Deno.test("prune: bad input is one clear error", async () => {
   const { path } = await ensureTestModel(TINY);

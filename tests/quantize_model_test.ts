@@ -12,8 +12,8 @@ import { LAYER_LINEARS } from "../formats/onnx_layer.ts";
 import { quantizeAnalysis, quantizeModel } from "../compress/quantize_model.ts";
 import { modelFiles } from "../hub/registry.ts";
 import { ensureTestModel } from "./fixtures/write_test_model.ts";
+import { cli } from "./cli_helpers.ts";
 
-const CLI = new URL("../tools/cli.ts", import.meta.url).pathname;
 const MINILM = modelFiles("all-minilm-l6-v2");
 let haveMiniLM = true;
 try {
@@ -118,17 +118,6 @@ Deno.test("quantize: the error report compares each linear with fp32", async () 
   // No calibration, no report.
   assert.deepEqual((await quantizeAnalysis(a, "tiny.onnx")).report.errors, []);
 });
-
-async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
-}
 
 Deno.test("quantize: bad input is one clear error; --json is quiet", async () => {
   const { path } = await ensureTestModel(TINY);

@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import {
   Batcher,
+  type BatcherOptions,
   CancelledError,
   ClosedError,
   OverloadedError,
@@ -31,16 +32,25 @@ function recorder(delayMs = 0): {
 
 const sized = (values: number[], length = 10) => values.map((item) => ({ item, length }));
 
-Deno.test("batcher: inputs of concurrent requests are merged into one batch", async () => {
-  const r = recorder();
-  const b = new Batcher<number, number>({
-    maxBatch: 8,
-    maxWaitMs: 20,
-    buckets: [16, 64],
+/** A batcher over `r`'s executor with these tests' defaults, overridden by `options`. */
+function testBatcher(
+  r: { executor: (items: number[], bucket: number) => Promise<number[]> },
+  options: Partial<BatcherOptions<number, number>> = {},
+): Batcher<number, number> {
+  return new Batcher<number, number>({
+    maxBatch: 16,
+    maxWaitMs: 5,
+    buckets: [16],
     maxQueue: 100,
     queueTimeoutMs: 5000,
     executors: [r.executor],
+    ...options,
   });
+}
+
+Deno.test("batcher: inputs of concurrent requests are merged into one batch", async () => {
+  const r = recorder();
+  const b = testBatcher(r, { maxBatch: 8, maxWaitMs: 20, buckets: [16, 64] });
   const results = await Promise.all([
     b.submit(sized([1, 2])),
     b.submit(sized([3])),
@@ -54,14 +64,7 @@ Deno.test("batcher: inputs of concurrent requests are merged into one batch", as
 
 Deno.test("batcher: a full bucket goes at once; batches never exceed maxBatch", async () => {
   const r = recorder();
-  const b = new Batcher<number, number>({
-    maxBatch: 4,
-    maxWaitMs: 10_000,
-    buckets: [16],
-    maxQueue: 100,
-    queueTimeoutMs: 60_000,
-    executors: [r.executor],
-  });
+  const b = testBatcher(r, { maxBatch: 4, maxWaitMs: 10_000, queueTimeoutMs: 60_000 });
   const t0 = performance.now();
   const out = await b.submit(sized([1, 2, 3, 4, 5, 6, 7, 8]));
   assert.ok(performance.now() - t0 < 5000, "full batches must not wait for maxWaitMs");
@@ -72,14 +75,7 @@ Deno.test("batcher: a full bucket goes at once; batches never exceed maxBatch", 
 
 Deno.test("batcher: inputs are grouped by sequence-length bucket", async () => {
   const r = recorder();
-  const b = new Batcher<number, number>({
-    maxBatch: 16,
-    maxWaitMs: 5,
-    buckets: [16, 64, 128],
-    maxQueue: 100,
-    queueTimeoutMs: 5000,
-    executors: [r.executor],
-  });
+  const b = testBatcher(r, { buckets: [16, 64, 128] });
   await Promise.all([
     b.submit([{ item: 1, length: 5 }, { item: 2, length: 100 }]),
     b.submit([{ item: 3, length: 16 }, { item: 4, length: 17 }]),
@@ -94,14 +90,7 @@ Deno.test("batcher: inputs are grouped by sequence-length bucket", async () => {
 
 Deno.test("batcher: the wait for a batch to fill is bounded by maxWaitMs", async () => {
   const r = recorder();
-  const b = new Batcher<number, number>({
-    maxBatch: 64,
-    maxWaitMs: 30,
-    buckets: [16],
-    maxQueue: 100,
-    queueTimeoutMs: 5000,
-    executors: [r.executor],
-  });
+  const b = testBatcher(r, { maxBatch: 64, maxWaitMs: 30 });
   const t0 = performance.now();
   await b.submit(sized([1]));
   const waited = performance.now() - t0;
@@ -112,14 +101,7 @@ Deno.test("batcher: the wait for a batch to fill is bounded by maxWaitMs", async
 
 Deno.test("batcher: a full queue refuses whole requests and recovers", async () => {
   const r = recorder(50);
-  const b = new Batcher<number, number>({
-    maxBatch: 2,
-    maxWaitMs: 0,
-    buckets: [16],
-    maxQueue: 4,
-    queueTimeoutMs: 5000,
-    executors: [r.executor],
-  });
+  const b = testBatcher(r, { maxBatch: 2, maxWaitMs: 0, maxQueue: 4 });
   const first = b.submit(sized([1, 2])); // runs at once
   const queued = b.submit(sized([3, 4, 5])); // waits (3 of 4)
   assert.equal(b.depth, 3);
@@ -134,14 +116,7 @@ Deno.test("batcher: a full queue refuses whole requests and recovers", async () 
 
 Deno.test("batcher: an aborted request leaves the queue", async () => {
   const r = recorder(40);
-  const b = new Batcher<number, number>({
-    maxBatch: 1,
-    maxWaitMs: 0,
-    buckets: [16],
-    maxQueue: 10,
-    queueTimeoutMs: 5000,
-    executors: [r.executor],
-  });
+  const b = testBatcher(r, { maxBatch: 1, maxWaitMs: 0, maxQueue: 10 });
   const running = b.submit(sized([1]));
   const controller = new AbortController();
   const cancelled = b.submit(sized([2, 3]), controller.signal);

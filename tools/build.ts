@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { flagOptions, runCommand } from "./_command.ts";
 import { ensureZig, ROOT, run } from "./_toolchain.ts";
 
 const HELP = `Usage: deno task build [options]
@@ -49,26 +49,15 @@ export async function build(
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      "fast-only": { type: "boolean", default: false },
-      json: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(HELP);
-  } else {
-    try {
+  const spec = { help: HELP, parse: { options: flagOptions("fast-only", "json") } };
+  Deno.exit(
+    await runCommand(Deno.args, spec, async ({ values }) => {
       const dirs = await build({
         fastOnly: values["fast-only"],
         log: values.json ? () => {} : undefined,
       });
       if (values.json) console.log(JSON.stringify({ ok: true, dirs }));
-    } catch (error) {
-      console.error(`build failed: ${(error as Error).message}`);
-      Deno.exit(1);
-    }
-  }
+      return 0;
+    }),
+  );
 }

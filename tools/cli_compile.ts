@@ -6,7 +6,7 @@
  */
 import { compileModel } from "../formats/compiled.ts";
 import { summarizeDecisions } from "../encoder/kernel_choice.ts";
-import { runCommand } from "./_command.ts";
+import { flagOptions, runCommand, stringOptions } from "./_command.ts";
 import { KERNEL_KINDS, type KernelKind } from "../ops/linear.ts";
 import { loadModel } from "../hub/load.ts";
 
@@ -36,12 +36,10 @@ export function main(args: string[]): Promise<number> {
     help: HELP,
     parse: {
       options: {
-        model: { type: "string" },
-        out: { type: "string" },
+        ...stringOptions("model", "out"),
+        ...flagOptions("no-autotune", "json"),
         kernels: { type: "string", default: "auto" },
         precision: { type: "string", default: "auto" },
-        "no-autotune": { type: "boolean", default: false },
-        json: { type: "boolean", default: false },
       },
     },
   }, async ({ values }) => {

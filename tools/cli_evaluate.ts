@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { runCommand } from "./_command.ts";
+import { flagOptions, runCommand, stringOptions } from "./_command.ts";
 import { DEFAULT_RETRIEVAL_SET, evaluate, type EvaluateReport } from "../compress/evaluate.ts";
 import { INT8_ACTIVATIONS } from "../encoder/linear_kinds.ts";
 import {
@@ -100,19 +100,9 @@ export function main(args: string[]): Promise<number> {
     help: HELP,
     parse: {
       options: {
-        model: { type: "string" },
-        variant: { type: "string" },
-        texts: { type: "string" },
-        pooling: { type: "string" },
-        runtime: { type: "string" },
-        "reference-runtime": { type: "string" },
-        kernels: { type: "string" },
-        "int8-activations": { type: "string" },
-        "batch-size": { type: "string" },
-        layers: { type: "boolean", default: false },
-        "min-cosine": { type: "string" },
-        threads: { type: "string" },
-        json: { type: "boolean", default: false },
+        ...stringOptions("model", "variant", "texts", "pooling", "runtime", "reference-runtime"),
+        ...stringOptions("kernels", "int8-activations", "batch-size", "min-cosine", "threads"),
+        ...flagOptions("layers", "json"),
       },
     },
   }, async ({ values }) => {

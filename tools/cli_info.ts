@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { runCommand } from "./_command.ts";
+import { flagOptions, runCommand } from "./_command.ts";
 import {
   type CpuFeatureReport,
   cpuFeatureReport,
@@ -77,7 +77,7 @@ export function main(args: string[]): Promise<number> {
     help: HELP,
     parse: {
       options: {
-        json: { type: "boolean", default: false },
+        ...flagOptions("json"),
       },
     },
   }, async ({ values }) => {

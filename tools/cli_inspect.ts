@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { runCommand } from "./_command.ts";
+import { flagOptions, runCommand, stringOptions } from "./_command.ts";
 import { BertEncoder } from "../encoder/bert.ts";
 import type { KernelDecision, Precision } from "../encoder/kernel_choice.ts";
 import { KERNEL_KINDS, type KernelKind } from "../ops/linear.ts";
@@ -125,8 +125,8 @@ export function main(args: string[]): Promise<number> {
     help: HELP,
     parse: {
       options: {
-        model: { type: "string" },
-        json: { type: "boolean", default: false },
+        ...stringOptions("model"),
+        ...flagOptions("json"),
         kernels: { type: "string", default: "auto" },
         precision: { type: "string", default: "auto" },
       },

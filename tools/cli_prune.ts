@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { runCommand } from "./_command.ts";
+import { flagOptions, runCommand, stringOptions } from "./_command.ts";
 import { analyzeOnnx } from "../formats/onnx_import.ts";
 import { writeOnnxModel } from "../formats/onnx_write.ts";
 import { pruneAnalysis, type PruneReport, resolvePruneOptions } from "../compress/prune.ts";
@@ -75,17 +75,9 @@ export function main(args: string[]): Promise<number> {
     help: HELP,
     parse: {
       options: {
-        model: { type: "string" },
-        out: { type: "string" },
-        sparsity: { type: "string" },
-        pattern: { type: "string" },
-        "per-layer": { type: "boolean", default: false },
-        global: { type: "boolean", default: false },
-        method: { type: "string" },
-        calibration: { type: "string" },
-        "max-texts": { type: "string" },
-        threads: { type: "string" },
-        json: { type: "boolean", default: false },
+        ...stringOptions("model", "out", "sparsity", "pattern", "method", "calibration"),
+        ...stringOptions("max-texts", "threads"),
+        ...flagOptions("per-layer", "global", "json"),
       },
     },
   }, async ({ values }) => {

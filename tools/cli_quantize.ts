@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { runCommand } from "./_command.ts";
+import { flagOptions, runCommand, stringOptions } from "./_command.ts";
 import { OrtModel } from "../compress/calibrate.ts";
 import { poolEmbeddings } from "../compress/evaluate.ts";
 import { analyzeOnnx } from "../formats/onnx_import.ts";
@@ -104,18 +104,9 @@ export function main(args: string[]): Promise<number> {
     help: HELP,
     parse: {
       options: {
-        model: { type: "string" },
-        out: { type: "string" },
-        activations: { type: "string" },
-        granularity: { type: "string" },
-        "weight-bits": { type: "string" },
-        calibration: { type: "string" },
-        "max-texts": { type: "string" },
-        "error-tokens": { type: "string" },
-        requantize: { type: "boolean", default: false },
-        "no-check": { type: "boolean", default: false },
-        threads: { type: "string" },
-        json: { type: "boolean", default: false },
+        ...stringOptions("model", "out", "activations", "granularity", "weight-bits"),
+        ...stringOptions("calibration", "max-texts", "error-tokens", "threads"),
+        ...flagOptions("requantize", "no-check", "json"),
       },
     },
   }, async ({ values }) => {

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { runCommand } from "./_command.ts";
+import { flagOptions, runCommand, stringOptions } from "./_command.ts";
 import {
   type ClassificationResult,
   declaredPooling,
@@ -75,18 +75,11 @@ export function main(args: string[]): Promise<number> {
     help: HELP,
     parse: {
       options: {
-        model: { type: "string" },
+        ...stringOptions("model", "question", "pooling", "tokenizer", "top-k", "max-length"),
+        ...stringOptions("threads"),
+        ...flagOptions("no-normalize", "truncation", "json"),
         task: { type: "string", default: "feature-extraction" },
         text: { type: "string", multiple: true },
-        question: { type: "string" },
-        pooling: { type: "string" },
-        tokenizer: { type: "string" },
-        "no-normalize": { type: "boolean", default: false },
-        "top-k": { type: "string" },
-        "max-length": { type: "string" },
-        truncation: { type: "boolean", default: false },
-        threads: { type: "string" },
-        json: { type: "boolean", default: false },
       },
     },
   }, async ({ values }) => {

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { flagOptions, runCommand } from "./_command.ts";
 import { ROOT, run } from "./_toolchain.ts";
 
 /** The pinned requirements (the full closure, installed with --no-deps). */
@@ -113,26 +113,16 @@ export async function setupDeployValidator(
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      json: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(HELP);
-  } else {
-    try {
+  const spec = { help: HELP, parse: { options: flagOptions("json") } };
+  Deno.exit(
+    await runCommand(Deno.args, spec, async ({ values }) => {
       const python = await setupDeployValidator(values.json ? () => {} : undefined);
       if (values.json) {
         console.log(JSON.stringify({ ok: true, python, pins: await deployPins() }));
       } else {
         console.error(`ok: ${python}`);
       }
-    } catch (error) {
-      console.error(`deploy validator setup failed: ${(error as Error).message}`);
-      Deno.exit(1);
-    }
-  }
+      return 0;
+    }),
+  );
 }

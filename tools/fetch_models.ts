@@ -10,7 +10,7 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
+import { flagOptions, runCommand } from "./_command.ts";
 import {
   ensureModel,
   type FetchProgress,
@@ -39,28 +39,19 @@ function formatBytes(n: number): string {
 }
 
 /** Runs the command line; returns the process exit code. */
-export async function main(args: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        json: { type: "boolean", default: false },
-        verify: { type: "boolean", default: false },
-        list: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-  } catch (err) {
-    console.error(`error: ${(err as Error).message}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
+export function main(args: string[]): Promise<number> {
+  const parse = { allowPositionals: true, options: flagOptions("json", "verify", "list") };
+  return runCommand(
+    args,
+    { help: HELP, parse },
+    ({ values, positionals }) => fetchModels(values, positionals),
+  );
+}
+
+async function fetchModels(
+  values: { json: boolean; verify: boolean; list: boolean },
+  positionals: string[],
+): Promise<number> {
   if (values.list) {
     if (values.json) console.log(JSON.stringify(Object.values(MODELS), null, 2));
     else for (const m of Object.values(MODELS)) console.log(`${m.name}\t${m.description}`);

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { flagOptions, runCommand, stringOptions, UsageError } from "./_command.ts";
 import { spawnServer } from "../serve/spawn.ts";
 import {
   allTargets,
@@ -37,23 +37,19 @@ const ROUND: Record<string, number> = {
   "http": 200,
 };
 
-async function main(): Promise<number> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      minutes: { type: "string", default: "5" },
-      seed: { type: "string" },
-      json: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
+function main(): Promise<number> {
+  const options = {
+    minutes: { type: "string", default: "5" },
+    ...stringOptions("seed"),
+    ...flagOptions("json"),
+  } as const;
+  return runCommand(Deno.args, { help: HELP, parse: { options } }, ({ values }) => fuzzFor(values));
+}
+
+async function fuzzFor(values: { minutes: string; seed?: string; json: boolean }): Promise<number> {
   const minutes = Number(values.minutes);
   if (!(minutes > 0)) {
-    throw new Error(`--minutes must be a positive number, got "${values.minutes}"`);
+    throw new UsageError(`--minutes must be a positive number, got "${values.minutes}"`);
   }
   const first = values.seed === undefined ? Date.now() % 1_000_000 : Number(values.seed);
   const server = await spawnServer({
@@ -102,11 +98,4 @@ async function main(): Promise<number> {
   return findings.length === 0 ? 0 : 1;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main());
-  } catch (error) {
-    console.error(`fuzz failed: ${(error as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) Deno.exit(await main());

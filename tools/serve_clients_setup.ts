@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { flagOptions, runCommand } from "./_command.ts";
 import { ROOT, run } from "./_toolchain.ts";
 
 /** The pinned client release. */
@@ -83,33 +83,19 @@ export async function ensureServeClients(
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      json: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(HELP);
-  } else {
-    try {
+  const spec = { help: HELP, parse: { options: flagOptions("json") } };
+  Deno.exit(
+    await runCommand(Deno.args, spec, async ({ values }) => {
       const python = await ensureServeClients(values.json ? () => {} : undefined);
       if (values.json) {
-        console.log(JSON.stringify({
-          ok: true,
-          python,
-          tritonclient: TRITONCLIENT_VERSION,
-          teiClient: TEI_CLIENT_VERSION,
-        }));
+        const versions = { tritonclient: TRITONCLIENT_VERSION, teiClient: TEI_CLIENT_VERSION };
+        console.log(JSON.stringify({ ok: true, python, ...versions }));
       } else {
         console.error(
           `ok: ${python} (tritonclient ${TRITONCLIENT_VERSION}, tei-client ${TEI_CLIENT_VERSION})`,
         );
       }
-    } catch (error) {
-      console.error(`serve clients setup failed: ${(error as Error).message}`);
-      Deno.exit(1);
-    }
-  }
+      return 0;
+    }),
+  );
 }

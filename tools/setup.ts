@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { flagOptions, runCommand } from "./_command.ts";
 import { ensureLocalDeno, ensureZig, ROOT, run } from "./_toolchain.ts";
 import { build } from "./build.ts";
 import { setupDeployValidator } from "./deploy_setup.ts";
@@ -56,20 +56,12 @@ export async function setup(
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      "no-models": { type: "boolean", default: false },
-      "no-peers": { type: "boolean", default: false },
-      "fast-only": { type: "boolean", default: false },
-      json: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(HELP);
-  } else {
-    try {
+  const spec = {
+    help: HELP,
+    parse: { options: flagOptions("no-models", "no-peers", "fast-only", "json") },
+  };
+  Deno.exit(
+    await runCommand(Deno.args, spec, async ({ values }) => {
       await setup({
         models: !values["no-models"],
         peers: !values["no-peers"],
@@ -77,9 +69,7 @@ if (import.meta.main) {
         log: values.json ? () => {} : undefined,
       });
       if (values.json) console.log(JSON.stringify({ ok: true }));
-    } catch (error) {
-      console.error(`setup failed: ${(error as Error).message}`);
-      Deno.exit(1);
-    }
-  }
+      return 0;
+    }),
+  );
 }
