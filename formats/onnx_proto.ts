@@ -25,7 +25,7 @@ import {
   type OnnxTensor,
   type OnnxValueInfo,
 } from "./onnx_types.ts";
-import { rawTensor } from "./onnx_tensors.ts";
+import { emptyAttribute, rawTensor } from "./onnx_tensors.ts";
 
 class Decoder {
   readonly r: BinaryReader;
@@ -226,20 +226,7 @@ function decodeNode(d: Decoder, end: number): OnnxNode {
 
 function decodeAttribute(d: Decoder, end: number): OnnxAttribute {
   const r = d.r;
-  const a: OnnxAttribute = {
-    name: "",
-    type: 0,
-    f: 0,
-    i: 0,
-    s: null,
-    t: null,
-    g: null,
-    floats: [],
-    ints: [],
-    strings: [],
-    tensors: [],
-    graphs: [],
-  };
+  const a: OnnxAttribute = emptyAttribute("");
   while (r.pos < end) {
     const [field, wt] = r.tag();
     switch (field) {

@@ -149,20 +149,7 @@ export function makeAttribute(
   value: number | number[] | string | OnnxTensor,
   kind?: "float" | "int" | "floats" | "ints",
 ): OnnxAttribute {
-  const a: OnnxAttribute = {
-    name,
-    type: 0,
-    f: 0,
-    i: 0,
-    s: null,
-    t: null,
-    g: null,
-    floats: [],
-    ints: [],
-    strings: [],
-    tensors: [],
-    graphs: [],
-  };
+  const a = emptyAttribute(name);
   if (typeof value === "string") {
     a.type = AttributeType.STRING;
     a.s = new TextEncoder().encode(value);
@@ -243,5 +230,23 @@ export function rawTensor(
     uint64Data: null,
     stringData: null,
     externalData: null,
+  };
+}
+
+/** An attribute named `name` with every field empty (type 0: the decoder or a builder sets it). */
+export function emptyAttribute(name: string): OnnxAttribute {
+  return {
+    name,
+    type: 0,
+    f: 0,
+    i: 0,
+    s: null,
+    t: null,
+    g: null,
+    floats: [],
+    ints: [],
+    strings: [],
+    tensors: [],
+    graphs: [],
   };
 }

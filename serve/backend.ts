@@ -5,31 +5,25 @@
  *
  * @module
  */
+import type { QuestionAnsweringResult } from "../pipelines/logits.ts";
+import type { TokenClassificationResult } from "../pipelines/pipeline.ts";
 import type { TextInput } from "../pipelines/tokenizer.ts";
 import type { PoolingMode } from "../ops/pooling.ts";
-import type { KernelChoice, ServeTask } from "./config.ts";
+import type { ModelConfig } from "./config.ts";
 
-/** What a worker loads. */
-export interface ModelSource {
-  /** Served name (for messages). */
-  name: string;
-  /** Pipeline task. */
-  task: ServeTask;
-  /** Registry name, `.onnx` file or model folder. */
-  model: string;
-  /** Loaded when `model` fails to load, or `null`. */
-  fallback: string | null;
-  /** `tokenizer.json` override, or `null`. */
-  tokenizer: string | null;
-  /** Kernel choice. */
-  kernel: KernelChoice;
-  /** Embedding pooling; `null`: what the model declares, else mean. */
-  pooling: PoolingMode | null;
-  /** L2-normalize embeddings; `null`: whether the model declares Normalize, else true. */
-  normalize: boolean | null;
-  /** Longest sequence in tokens. */
-  maxLength: number;
-}
+/** What a worker loads: the model's configuration, less what only the server uses. */
+export type ModelSource = Pick<
+  ModelConfig,
+  | "name"
+  | "task"
+  | "model"
+  | "fallback"
+  | "tokenizer"
+  | "kernel"
+  | "pooling"
+  | "normalize"
+  | "maxLength"
+>;
 
 /** What a worker reports once its model is loaded. */
 export interface ModelInfo {
@@ -101,38 +95,6 @@ export interface QaPair {
   context: string;
 }
 
-/** The best answer span (the question-answering pipeline's result). */
-export interface QaAnswer {
-  /** The answer text: the context's characters (the decoded word pieces if not placed). */
-  answer: string;
-  /** P(start) x P(end) of the span. */
-  score: number;
-  /** First context word piece of the span. */
-  tokenStart: number;
-  /** Last context word piece of the span (inclusive). */
-  tokenEnd: number;
-  /** Character offset of the answer in the context (`context.slice(start, end)`), or null. */
-  start: number | null;
-  /** End of the answer in the context (exclusive), or null. */
-  end: number | null;
-}
-
-/** One labelled word piece (the token-classification pipeline's result). */
-export interface TokenEntity {
-  /** Class label. */
-  entity: string;
-  /** Probability. */
-  score: number;
-  /** Token index in the encoded sequence (special tokens counted). */
-  index: number;
-  /** The word piece. */
-  word: string;
-  /** Character offset of the word piece in the text, or null. */
-  start: number | null;
-  /** End of the word piece in the text (exclusive), or null. */
-  end: number | null;
-}
-
 /** Options for the text tasks. */
 export interface TextTaskOptions {
   /** Longest sequence. */
@@ -150,9 +112,9 @@ export interface InferenceBackend {
   /** All classes with their probabilities, best first, per text or text pair. */
   classify(texts: TextInput[], options: TextTaskOptions): Promise<LabelScore[][]>;
   /** The best span per pair. */
-  answer(pairs: QaPair[], options: TextTaskOptions): Promise<QaAnswer[]>;
+  answer(pairs: QaPair[], options: TextTaskOptions): Promise<QuestionAnsweringResult[]>;
   /** Classified tokens per text (the pipeline's default filtering). */
-  classifyTokens(texts: string[], options: TextTaskOptions): Promise<TokenEntity[][]>;
+  classifyTokens(texts: string[], options: TextTaskOptions): Promise<TokenClassificationResult[][]>;
   /** Frees the model. */
   dispose(): void;
 }

@@ -15,16 +15,16 @@ import type {
   LabelScore,
   ModelInfo,
   ModelSource,
-  QaAnswer,
   QaPair,
   TextTaskOptions,
   TokenBatch,
-  TokenEntity,
   ToWorker,
   WorkerMemory,
 } from "./backend.ts";
 import { encodeFrame, readFrames } from "./frames.ts";
 import type { TextInput } from "../pipelines/tokenizer.ts";
+import type { QuestionAnsweringResult } from "../pipelines/logits.ts";
+import type { TokenClassificationResult } from "../pipelines/pipeline.ts";
 
 /** A call lost because its worker process died while running it (the message says why). */
 export class WorkerFaultError extends Error {
@@ -422,12 +422,15 @@ export class WorkerInstance {
   }
 
   /** The best span per pair. */
-  answer(pairs: QaPair[], options: TextTaskOptions): Promise<QaAnswer[]> {
+  answer(pairs: QaPair[], options: TextTaskOptions): Promise<QuestionAnsweringResult[]> {
     return this.#call({ op: "answer", pairs, options });
   }
 
   /** Classified tokens per text. */
-  classifyTokens(texts: string[], options: TextTaskOptions): Promise<TokenEntity[][]> {
+  classifyTokens(
+    texts: string[],
+    options: TextTaskOptions,
+  ): Promise<TokenClassificationResult[][]> {
     return this.#call({ op: "classifyTokens", texts, options });
   }
 

@@ -8,14 +8,7 @@ import { BertTokenizer, type TextInput } from "../pipelines/tokenizer.ts";
 import { l2NormalizeRows } from "../ops/pooling.ts";
 import { applyPrompt, PromptError, resolvePrompt } from "../formats/sentence_config.ts";
 import type { ModelConfig } from "./config.ts";
-import type {
-  LabelScore,
-  ModelInfo,
-  QaAnswer,
-  QaPair,
-  TokenBatch,
-  TokenEntity,
-} from "./backend.ts";
+import type { LabelScore, ModelInfo, QaPair, TokenBatch } from "./backend.ts";
 import {
   Batcher,
   CancelledError,
@@ -28,6 +21,8 @@ import { HttpError, typeName } from "./http.ts";
 import { QA_MAX_QUESTION } from "./pipeline_backend.ts";
 import { WorkerFaultError, WorkerInstance, WorkerUnavailableError } from "./instances.ts";
 import type { Metrics } from "./metrics.ts";
+import type { QuestionAnsweringResult } from "../pipelines/logits.ts";
+import type { TokenClassificationResult } from "../pipelines/pipeline.ts";
 
 /** A sequence of token ids ready to batch. */
 export interface TokenRow {
@@ -527,7 +522,11 @@ export class ServedModel {
   }
 
   /** Answers questions (lengths from {@linkcode checkPairs}). */
-  answer(pairs: QaPair[], lengths: number[], signal?: AbortSignal): Promise<QaAnswer[]> {
+  answer(
+    pairs: QaPair[],
+    lengths: number[],
+    signal?: AbortSignal,
+  ): Promise<QuestionAnsweringResult[]> {
     return this.#submit(pairs.map((p, i) => ({ item: p, length: lengths[i] })), signal);
   }
 
@@ -536,7 +535,7 @@ export class ServedModel {
     texts: string[],
     lengths: number[],
     signal?: AbortSignal,
-  ): Promise<TokenEntity[][]> {
+  ): Promise<TokenClassificationResult[][]> {
     return this.#submit(texts.map((t, i) => ({ item: t, length: lengths[i] })), signal);
   }
 

@@ -9,7 +9,7 @@
 import { setThreads, threads } from "../ffi/library.ts";
 import { loadModel } from "../hub/load.ts";
 import type { TextInput } from "../pipelines/tokenizer.ts";
-import { answerOf, bestSpans } from "../pipelines/logits.ts";
+import { answerOf, bestSpans, type QuestionAnsweringResult } from "../pipelines/logits.ts";
 import {
   type ClassificationResult,
   type EncodedInput,
@@ -20,17 +20,16 @@ import {
   type QuestionWindows,
   type TextClassificationPipeline,
   type TokenClassificationPipeline,
+  type TokenClassificationResult,
 } from "../pipelines/pipeline.ts";
 import type {
   InferenceBackend,
   LabelScore,
   ModelInfo,
   ModelSource,
-  QaAnswer,
   QaPair,
   TextTaskOptions,
   TokenBatch,
-  TokenEntity,
 } from "./backend.ts";
 import type { KernelChoice } from "./config.ts";
 
@@ -146,7 +145,7 @@ class PipelineBackend implements InferenceBackend {
       : out as ClassificationResult[][];
   }
 
-  answer(pairs: QaPair[], _options: TextTaskOptions): Promise<QaAnswer[]> {
+  answer(pairs: QaPair[], _options: TextTaskOptions): Promise<QuestionAnsweringResult[]> {
     const pipe = this.#require<QuestionAnsweringPipeline>("question-answering");
     const windows = pairs.map((p) => pipe.windows(p.question, p.context));
     const seq = Math.max(...windows.map((w) => w.shape[1]));
@@ -180,9 +179,12 @@ class PipelineBackend implements InferenceBackend {
     return Promise.resolve(answers);
   }
 
-  async classifyTokens(texts: string[], _options: TextTaskOptions): Promise<TokenEntity[][]> {
+  async classifyTokens(
+    texts: string[],
+    _options: TextTaskOptions,
+  ): Promise<TokenClassificationResult[][]> {
     const pipe = this.#require<TokenClassificationPipeline>("token-classification");
-    return await pipe(texts, { truncation: true }) as TokenEntity[][];
+    return await pipe(texts, { truncation: true }) as TokenClassificationResult[][];
   }
 
   dispose(): void {
