@@ -55,9 +55,9 @@ async function capacity(url: string, clients: number, seconds: number): Promise<
 
 /** What `/metrics` says at one moment: memory, and counts of slow batches and requests. */
 interface ServerSample {
-  rssBytes: number;
-  tokens: number;
   serverRssBytes: number;
+  workerRssBytes: number;
+  tokens: number;
   workerHeapBytes: number;
   workerExternalBytes: number;
   batches: number;
@@ -70,9 +70,8 @@ async function sampleServer(url: string): Promise<ServerSample> {
   const text = await metricsText(url);
   const route = 'route="/v1/embeddings"';
   return {
-    rssBytes: metricSum(text, "process_resident_memory_bytes") +
-      metricSum(text, "sparsebert_worker_resident_memory_bytes"),
     serverRssBytes: metricSum(text, "process_resident_memory_bytes"),
+    workerRssBytes: metricSum(text, "sparsebert_worker_resident_memory_bytes"),
     tokens: metricSum(text, "sparsebert_tokens_total"),
     workerHeapBytes: metricSum(text, "sparsebert_worker_heap_bytes"),
     workerExternalBytes: metricSum(text, "sparsebert_worker_external_bytes"),
@@ -285,7 +284,7 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
         errors: answers.filter((a) => a.status !== 200).length,
         p50Ms: round(percentile(latencies, 0.5), 2),
         p99Ms: round(percentile(latencies, 0.99), 2),
-        rssMiB: round(after.rssBytes / 2 ** 20),
+        rssMiB: round((after.serverRssBytes + after.workerRssBytes) / 2 ** 20),
         serverRssMiB: round(after.serverRssBytes / 2 ** 20),
         workerHeapMiB: round(after.workerHeapBytes / 2 ** 20),
         workerExternalMiB: round(after.workerExternalBytes / 2 ** 20),

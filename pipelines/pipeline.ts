@@ -34,7 +34,7 @@ import {
   type EmbeddingDefinition,
   resolvePrompt,
 } from "../formats/sentence_config.ts";
-import type { BertTokenizer, EncodedBatch, TextInput } from "./tokenizer.ts";
+import { type BertTokenizer, type EncodedBatch, padBatch, type TextInput } from "./tokenizer.ts";
 import type { BertConfig, HeadWeights } from "../encoder/weights.ts";
 
 /** Tasks {@linkcode pipeline} can build. */
@@ -722,20 +722,8 @@ class PipelineCore {
       if (end >= contextTokens.length) break;
     }
     const seq = Math.max(...rows.map((r) => r.ids.length));
-    const batch = rows.length;
-    const inputIds = new Int32Array(batch * seq).fill(tok.padTokenId);
-    const attentionMask = new Int32Array(batch * seq);
-    const tokenTypeIds = new Int32Array(batch * seq);
-    rows.forEach((r, b) => {
-      inputIds.set(r.ids, b * seq);
-      attentionMask.fill(1, b * seq, b * seq + r.ids.length);
-      tokenTypeIds.set(r.typeIds, b * seq);
-    });
     return {
-      shape: [batch, seq],
-      inputIds,
-      attentionMask,
-      tokenTypeIds,
+      ...padBatch(rows, seq, tok.padTokenId),
       contextStart: rows.map((r) => r.start),
       contextLength: rows.map((r) => r.length),
       offset: rows.map((r) => r.offset),

@@ -407,22 +407,31 @@ export class BertTokenizer {
       }
     });
     const seq = padding === "max_length" ? maxLength : Math.max(...rows.map((r) => r.ids.length));
-    const batch = rows.length;
-    const inputIds = new Int32Array(batch * seq).fill(this.#padId);
-    const attentionMask = new Int32Array(batch * seq);
-    const tokenTypeIds = new Int32Array(batch * seq);
-    rows.forEach((r, i) => {
-      inputIds.set(r.ids, i * seq);
-      attentionMask.fill(1, i * seq, i * seq + r.ids.length);
-      tokenTypeIds.set(r.typeIds, i * seq);
-    });
     return {
-      shape: [batch, seq],
-      inputIds,
-      attentionMask,
-      tokenTypeIds,
+      ...padBatch(rows, seq, this.#padId),
       lengths: rows.map((r) => r.ids.length),
       truncated: rows.map((r) => r.truncated),
     };
   }
+}
+
+/**
+ * Rows of token ids (and segment ids) padded into one `[rows, seq]` batch: `padId` after each
+ * row's ids, attention mask 1 on its tokens and 0 on the padding, segment ids 0 there.
+ */
+export function padBatch(
+  rows: readonly { ids: ArrayLike<number>; typeIds: ArrayLike<number> }[],
+  seq: number,
+  padId: number,
+): Pick<EncodedBatch, "shape" | "inputIds" | "attentionMask" | "tokenTypeIds"> {
+  const batch = rows.length;
+  const inputIds = new Int32Array(batch * seq).fill(padId);
+  const attentionMask = new Int32Array(batch * seq);
+  const tokenTypeIds = new Int32Array(batch * seq);
+  rows.forEach((r, i) => {
+    inputIds.set(r.ids, i * seq);
+    attentionMask.fill(1, i * seq, i * seq + r.ids.length);
+    tokenTypeIds.set(r.typeIds, i * seq);
+  });
+  return { shape: [batch, seq], inputIds, attentionMask, tokenTypeIds };
 }

@@ -62,7 +62,7 @@ export function flagOptions<const K extends string>(
 }
 
 /** Prints `err` as one line (stderr), or as a JSON object on stdout for `--json`; returns 1. */
-export function reportError(json: boolean, err: unknown): number {
+function reportError(json: boolean, err: unknown): number {
   const message = err instanceof Error ? err.message : String(err);
   if (json) console.log(JSON.stringify({ ok: false, error: message }));
   else console.error(`error: ${message}`);
