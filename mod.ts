@@ -90,6 +90,7 @@ export {
   type LinearSpec,
   type TokenArray,
 } from "./encoder/bert.ts";
+export { FORWARD_PHASES, type ForwardPhase, ForwardProfile } from "./encoder/forward_profile.ts";
 export { loadModel, type LoadModelOptions } from "./hub/load.ts";
 export type { LoadedModel } from "./hub/loaded_model.ts";
 export {

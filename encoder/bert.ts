@@ -19,6 +19,7 @@
  * @module
  */
 import { NativeBuffer } from "../ffi/memory.ts";
+import { type ForwardProfile, phaseClock } from "./forward_profile.ts";
 import { Attention, FLOAT32_MIN } from "../ops/attention.ts";
 import { Embeddings } from "../ops/embeddings.ts";
 import { layerNorm } from "../ops/layernorm.ts";
@@ -157,6 +158,8 @@ export interface EncoderInput {
 export interface EncoderForwardOptions {
   /** Output `[batch * seq * hiddenSize]`; default a new array. */
   out?: Float32Array;
+  /** Adds this pass's milliseconds per phase to the profile (see `forward_profile.ts`). */
+  profile?: ForwardProfile;
 }
 
 /** One linear op of the encoder, for inspection. */
@@ -416,11 +419,14 @@ export class BertEncoder implements Disposable {
       copyTokens(input.tokenTypeIds, types, rows, "tokenTypeIds");
     }
     const { x, qkv, context, t, ffn } = ws;
+    const clock = phaseClock(options.profile);
     this.#embeddings.forward({ inputIds: ids, tokenTypeIds: types, batch, seq, out: x });
+    clock.lap("embeddings");
     const last = this.#layers.length - 1;
     this.#layers.forEach((ops, layer) => {
       if (ops.qkv !== null) {
         ops.qkv.forward(x, rows, { out: qkv });
+        clock.lap("qkv");
         this.#attention.forward({
           q: qkv,
           k: qkv.subarray(h),
@@ -438,18 +444,27 @@ export class BertEncoder implements Disposable {
         ops.query!.forward(x, rows, { out: q });
         ops.key!.forward(x, rows, { out: k });
         ops.value!.forward(x, rows, { out: v });
+        clock.lap("qkv");
         this.#attention.forward({ q, k, v, ld: h, mask, batch, seq, out: context });
       }
+      clock.lap("attention");
       ops.attentionOutput.forward(context, rows, { out: t, residual: x });
+      clock.lap("attention-output");
       layerNorm(t, rows, ops.attentionNorm, { out: t });
+      clock.lap("attention-norm");
       if (isStagingLinearOp(ops.intermediate) && ops.intermediate.stagesInto(ops.output)) {
         ops.intermediate.forwardThrough(ops.output, t, rows, { out: x, residual: t });
+        clock.lap("feed-forward-fused");
       } else {
         ops.intermediate.forward(t, rows, { out: ffn });
+        clock.lap("intermediate");
         ops.output.forward(ffn, rows, { out: x, residual: t });
+        clock.lap("output");
       }
       layerNorm(x, rows, ops.outputNorm, { out: layer === last ? out : x });
+      clock.lap("output-norm");
     });
+    clock.end();
     return out;
   }
 

@@ -14,5 +14,5 @@ export const RELEASE_VERSION = "0.1.0";
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
   baseline: "4cc0ac86277a70bc704c148d94d3ecad673f38e6c4f9fe2b74dca16af034b60e",
   avx2: "811b7628e8612680d83b9b6a0d5df13fed76989e6cad4f9160eeb7d1fe3b5366",
-  avx512vnni: "5343b3fd6f7ff54c9830caa472fcaf2e37fc6e49badc70723e609470c8ff5730",
+  avx512vnni: "582f25789aea4a14c2539bdac223b0b07aba8b1f6f294743f317be39ce6a27b1",
 };

@@ -78,3 +78,30 @@ Deno.test("overrides are honoured and bad options rejected", () => {
     /Unknown kernels "csr"/,
   );
 });
+
+Deno.test("one dense timing per shape serves every sparsity; candidates timed in turns", async () => {
+  const cachePath = `${await Deno.makeTempDir()}/autotune.json`;
+  const lines: string[] = [];
+  const chooser = new KernelChooser({
+    cachePath,
+    precision: "int8",
+    tuneRows: 16,
+    log: (line) => lines.push(line),
+  });
+  chooser.build(weight(0.9), spec)[Symbol.dispose]();
+  chooser.build(weight(0.7), spec)[Symbol.dispose]();
+  // The second layer times only its sparse candidate: the dense kernel's zeros do not matter.
+  assert.equal(lines.length, 3, lines.join("\n"));
+  assert.equal(lines.filter((l) => l.includes("dense-i8")).length, 1);
+  const [first, second] = chooser.decisions;
+  assert.equal(first.timings!["dense-i8"], second.timings!["dense-i8"]);
+  assert.equal(second.cached, false);
+  await chooser.saveCache();
+  const keys = Object.keys(JSON.parse(await Deno.readTextFile(cachePath)).entries).sort();
+  assert.equal(keys.length, 3);
+  assert.deepEqual(keys.map((k) => k.split("|").slice(1, 3).join("|")), [
+    "dense-i8|dense",
+    "sparse-i8|s0.70",
+    "sparse-i8|s0.90",
+  ]);
+});

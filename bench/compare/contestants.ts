@@ -46,7 +46,7 @@ export interface ContestantSpec {
 export interface StartOptions {
   /** Folder of the Python venvs (default bench/peers/mod.ts's). */
   venvRoot?: string;
-  /** sparsebert's sparse-kernel threshold (default 0.5). */
+  /** Sparsity from which sparsebert's chooser tries the sparse kernel (default 0.5). */
   sparseThreshold?: number;
   /** Ask sparsebert to probe the fp32 peak at its thread count. */
   probePeak?: boolean;

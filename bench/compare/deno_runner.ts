@@ -15,10 +15,11 @@
  * load prints `{"ok": false, "stage": ..., "error": ...}` and exits 1; a failed command
  * answers `{"ok": false, ...}` and the process stays alive. Only protocol lines go to stdout.
  *
- * sparsebert builds each linear layer by its measured sparsity (as the ONNX importer records
- * it): fp32 weights with element sparsity >= the threshold run the sparse fp32 kernel, else
- * the dense one; int8 weights (taken from the file as they are) with 4x1-block sparsity >= the
- * threshold run the sparse int8 kernel, else the dense int8 one.
+ * sparsebert builds each linear layer with the kernel chooser that `loadModel` gives a user
+ * (`encoder/kernel_choice.ts`): fp32 weights run fp32 kernels, int8 weights (taken from the
+ * file as they are) int8 ones; from the threshold's sparsity on (element sparsity for fp32,
+ * 4x1-block sparsity for int8) the sparse kernel is a candidate, and the autotune keeps it only
+ * where it is faster than the dense one on the layer's shape.
  *
  * Token ids are the 32-bit LCG of bench/peers/peer_runner.py (`bertInputIds` in
  * bench/peers/ort_node.ts), the attention mask all ones, the token types all zeros.
@@ -119,23 +120,16 @@ async function loadSparsebert(a: Args): Promise<Loaded> {
   const { kernels, setThreads, threads } = await import("../../ffi/library.ts");
   const { loadModel } = await import("../../hub/load.ts");
   const { BertEncoder } = await import("../../encoder/bert.ts");
-  const { buildLinear } = await import("../../encoder/linear_kinds.ts");
-  const { SPARSE_I8_MAX_IN } = await import("../../ops/sparse_linear_i8.ts");
-  type Factory = import("../../encoder/bert.ts").LinearFactory;
+  const { KernelChooser } = await import("../../encoder/kernel_choice.ts");
   setThreads(a.threads);
   const { weights } = await loadModel(a.model);
   const t = a.sparseThreshold;
-  // The int8 forms (the file's own symmetric int8 values; activations per token unless the
-  // file was made for 7-bit per-tensor ones) are those of encoder/linear_kinds.ts int8Form.
-  const factory: Factory = (w, spec) => {
-    const sparsity = w.sparsity ?? { element: 0, block4x1: 0 };
-    if (w.quantized !== undefined) {
-      const sparse = sparsity.block4x1 >= t && w.in <= SPARSE_I8_MAX_IN;
-      return buildLinear(sparse ? "sparse-i8" : "dense-i8", w, spec);
-    }
-    return buildLinear(sparsity.element >= t ? "sparse-f32" : "dense-f32", w, spec);
-  };
-  const enc = new BertEncoder(weights, { linear: factory });
+  // The chooser a user of loadModel gets: a sparse kernel is a candidate from sparsity t on,
+  // and the autotune (cached in .cache/autotune.json) keeps it only where it beats the dense
+  // kernel on the layer's shape. The int8 forms are encoder/linear_kinds.ts's int8Form.
+  const chooser = new KernelChooser({ sparseFloor: t });
+  const enc = new BertEncoder(weights, { linear: chooser.factory });
+  await chooser.saveCache();
   const c = enc.config;
   if (a.seq > c.maxPositionEmbeddings) {
     enc[Symbol.dispose]();
@@ -160,6 +154,8 @@ async function loadSparsebert(a: Args): Promise<Loaded> {
     threads: threads(),
     kernels: kinds,
     sparse_threshold: t,
+    // Layers whose kernel the autotune chose between a sparse and the dense candidate.
+    autotuned_layers: chooser.decisions.filter((d) => d.timings !== undefined).length,
     packed_weight_bytes: packedBytes,
     workspace_bytes: enc.workspaceBytes,
   };

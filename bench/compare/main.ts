@@ -61,8 +61,9 @@ Options:
   --bound-ms MS        p90 bound of the throughput search (default per model)
   --budget-min MIN     wall-clock budget; steps estimated to end past it are skipped and
                        reported (default: 19 for the default plan, 2.8 quick, none full)
-  --sparse-threshold F sparsebert runs a linear on its sparse kernel from this measured
-                       sparsity on (default 0.5)
+  --sparse-threshold F sparsebert's chooser tries a linear's sparse kernel from this
+                       measured sparsity on, and keeps it where its autotune beats the
+                       dense kernel (default 0.5)
   --results-dir DIR    JSON (and quick-mode markdown/SVG) folder (default bench/results);
                        the JSON is rewritten after every step, so a killed run keeps its
                        measurements (finishedAt stays null)

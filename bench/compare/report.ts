@@ -451,8 +451,9 @@ export function renderMarkdown(
   for (const rt of r.runtimes) out.push(`- ${RUNTIME_LABELS[rt.name]}: ${rt.note}.`);
   out.push(
     `- Pruning: compress/prune.ts, magnitude, per layer, on every encoder linear (Q, K, V, ` +
-      `attention output, feed-forward); sparsebert's sparse-kernel threshold: ` +
-      `${r.sparseThreshold}.`,
+      `attention output, feed-forward); sparsebert's kernels: the chooser a user gets ` +
+      `(a sparse kernel is a candidate from sparsity ${r.sparseThreshold} on and is kept ` +
+      `where its autotune beats the dense kernel on the layer's shape).`,
   );
   return out.join("\n") + "\n";
 }

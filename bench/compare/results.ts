@@ -145,7 +145,7 @@ export interface ComparisonResult {
     description: Record<ModelForm, string>;
     perRuntime: Record<RuntimeName, readonly ModelForm[]>;
   };
-  /** sparsebert's sparse-kernel threshold. */
+  /** Sparsity from which sparsebert's chooser tries the sparse kernel. */
   sparseThreshold: number;
   /** Latency groups. */
   latency: LatencyGroupResult[];

@@ -66,7 +66,7 @@ export interface CompareOptions {
   modelsDir?: string;
   /** Folder of the Python venvs. */
   venvRoot?: string;
-  /** sparsebert's sparse-kernel threshold (default 0.5). */
+  /** Sparsity from which sparsebert's chooser tries the sparse kernel (default 0.5). */
   sparseThreshold?: number;
   /** p90 bound (ms) of the throughput search, instead of each model's default. */
   boundMs?: number;
