@@ -20,6 +20,7 @@ const quantize_packed = @import("kernels/quantize_packed.zig");
 const quantize_staged = @import("kernels/quantize_staged.zig");
 const pack_f32 = @import("kernels/pack_f32.zig");
 const sparse_format = @import("kernels/sparse_format.zig");
+const sparse_f32_blocks = @import("kernels/sparse_f32_blocks.zig");
 const spmm_i8 = @import("kernels/spmm_i8.zig");
 const gemm_i8 = @import("kernels/gemm_i8.zig");
 const spmm_f32 = @import("kernels/spmm_f32.zig");
@@ -433,7 +434,7 @@ export fn sb_spmm_f32(
 ) i32 {
     if (m == 0) return -3;
     const args = spmm_f32.Args{
-        .w = sparse_format.viewF32(blob, blob_len) catch |e| return status(e),
+        .w = sparse_format.viewF32Weights(blob, blob_len) catch |e| return status(e),
         .x = packed_x,
         .m = m,
         .residual = residual,
@@ -471,6 +472,7 @@ test {
     _ = quantize_staged;
     _ = pack_f32;
     _ = sparse_format;
+    _ = sparse_f32_blocks;
     _ = spmm_i8;
     _ = gemm_i8;
     _ = spmm_f32;

@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "4cc0ac86277a70bc704c148d94d3ecad673f38e6c4f9fe2b74dca16af034b60e",
-  avx2: "811b7628e8612680d83b9b6a0d5df13fed76989e6cad4f9160eeb7d1fe3b5366",
-  avx512vnni: "582f25789aea4a14c2539bdac223b0b07aba8b1f6f294743f317be39ce6a27b1",
+  baseline: "18dc15db75876d2aca5746ceb85600a6a0fe618d0edcc094b0c5af1b4d84e9d8",
+  avx2: "08bf10fb77208d44dab2fe61a91bd81f602401a2be78f3492ebe71a19d113b77",
+  avx512vnni: "d7200913f5fbc41f14a3435f896f79de9eeb4c3610b4f499b3920175f37ce1e7",
 };

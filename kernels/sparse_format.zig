@@ -17,8 +17,11 @@
 //!
 //! fp32 unstructured (`spmm_f32`): CSR, one output channel per row, entries in k order.
 //!   F32Header | row_ptr u32[n + 1] | col u32[nnz] | value f32[nnz] | bias f32[n]
+//! fp32 weights pruned in 4x1 blocks get the block layout of `sparse_f32_blocks.zig` instead
+//! (`f32Pack` picks it by how full the kept blocks are); the blob's magic tells them apart.
 const std = @import("std");
 const assert = std.debug.assert;
+const f32_blocks = @import("sparse_f32_blocks.zig");
 
 pub const block_height: usize = 4;
 pub const group_blocks: usize = 4;
@@ -64,11 +67,11 @@ pub const F32Header = extern struct {
     total: u64,
 };
 
-fn alignUp(x: u64) u64 {
+pub fn alignUp(x: u64) u64 {
     return std.mem.alignForward(u64, x, 64);
 }
 
-fn blockRows(n: usize) usize {
+pub fn blockRows(n: usize) usize {
     return (n + block_height - 1) / block_height;
 }
 
@@ -270,12 +273,42 @@ fn f32Layout(n: usize, k: usize, nnz: u64) Error!F32Header {
     return h;
 }
 
-/// Bytes of the fp32 CSR blob for w f32 [n, k].
+/// Non-zeros and kept 4x1 blocks of w f32 [n, k], and the layout they call for.
+const F32Counts = struct {
+    nnz: u64,
+    blocks: u64,
+
+    fn of(w: [*]const f32, n: usize, k: usize) F32Counts {
+        var nnz: u64 = 0;
+        for (w[0 .. n * k]) |x| nnz += @intFromBool(x != 0);
+        return .{ .nnz = nnz, .blocks = f32_blocks.countBlocks(w, n, k) };
+    }
+
+    /// The block layout when its kept blocks are at least `min_fill` full.
+    fn useBlocks(self: F32Counts) bool {
+        const slots: f64 = @floatFromInt(4 * self.blocks);
+        return self.blocks > 0 and @as(f64, @floatFromInt(self.nnz)) >= f32_blocks.min_fill * slots;
+    }
+};
+
+/// Bytes of the fp32 blob for w f32 [n, k]: 4x1 blocks or CSR, as `f32Pack` writes it.
 pub fn f32PackedLen(w: [*]const f32, n: usize, k: usize) Error!usize {
     assert(n >= 1 and k >= 1);
-    var nnz: u64 = 0;
-    for (w[0 .. n * k]) |x| nnz += @intFromBool(x != 0);
-    return (try f32Layout(n, k, nnz)).total;
+    const counts = F32Counts.of(w, n, k);
+    if (counts.useBlocks()) return f32_blocks.packedLen(n, k, counts.blocks);
+    return (try f32Layout(n, k, counts.nnz)).total;
+}
+
+/// An fp32 blob's weights in either layout.
+pub const F32Weights = union(enum) {
+    csr: F32View,
+    blocks: f32_blocks.View,
+};
+
+/// Validates an fp32 blob of either layout (told apart by its magic).
+pub fn viewF32Weights(blob: [*]align(64) u8, blob_len: usize) Error!F32Weights {
+    if (f32_blocks.isBlocks(blob, blob_len)) return .{ .blocks = try f32_blocks.view(blob, blob_len) };
+    return .{ .csr = try viewF32(blob, blob_len) };
 }
 
 /// Typed views of an fp32 blob.
@@ -303,12 +336,14 @@ pub fn viewF32(blob: [*]align(64) u8, blob_len: usize) Error!F32View {
     };
 }
 
-/// Packs the non-zeros of w f32 [n, k] (and optional bias [n]) into an fp32 CSR blob.
+/// Packs w f32 [n, k] (and optional bias [n]) into an fp32 blob: its kept 4x1 blocks when they
+/// are full enough (`F32Counts.useBlocks`), else its non-zeros in CSR.
 pub fn f32Pack(w: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [*]align(64) u8, blob_len: usize) Error!void {
-    const total = try f32PackedLen(w, n, k);
+    const counts = F32Counts.of(w, n, k);
+    if (counts.useBlocks()) return f32_blocks.pack(w, bias, n, k, blob, blob_len);
+    const nnz = counts.nnz;
+    const total = (try f32Layout(n, k, nnz)).total;
     if (blob_len < total) return error.BufferTooSmall;
-    var nnz: u64 = 0;
-    for (w[0 .. n * k]) |x| nnz += @intFromBool(x != 0);
     @memset(blob[0..total], 0);
     @as(*F32Header, @ptrCast(blob)).* = try f32Layout(n, k, nnz);
     const v = viewF32(blob, blob_len) catch unreachable;
@@ -329,6 +364,7 @@ pub fn f32Pack(w: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [
 
 /// Expands an fp32 blob back to w [n, k] and bias [n].
 pub fn f32Unpack(blob: [*]align(64) u8, blob_len: usize, w: [*]f32, bias: [*]f32) Error!void {
+    if (f32_blocks.isBlocks(blob, blob_len)) return f32_blocks.unpack(blob, blob_len, w, bias);
     const v = try viewF32(blob, blob_len);
     const n: usize = v.header.n;
     const k: usize = v.header.k;
@@ -439,6 +475,32 @@ test "fp32 blob round-trips" {
     try f32Unpack(&blob, len, &back, &bias);
     try testing.expectEqualSlices(f32, &w, &back);
     for (bias) |b| try testing.expectEqual(@as(f32, 0), b);
+}
+
+test "fp32 packing picks 4x1 blocks for a block-pruned weight and CSR for a scattered one" {
+    const n = 8;
+    const k = 16;
+    var w: [n * k]f32 = @splat(0);
+    // Block-pruned: input channels 3 and 9 kept in both block rows, every weight non-zero.
+    for (0..n) |row| for ([_]usize{ 3, 9 }) |kk| {
+        w[row * k + kk] = @as(f32, @floatFromInt(row + kk)) - 4.5;
+    };
+    var blob: [4096]u8 align(64) = undefined;
+    var len = try f32PackedLen(&w, n, k);
+    try f32Pack(&w, null, n, k, &blob, len);
+    try testing.expect(try viewF32Weights(&blob, len) == .blocks);
+    var back: [n * k]f32 = undefined;
+    var bias: [n]f32 = undefined;
+    try f32Unpack(&blob, len, &back, &bias);
+    try testing.expectEqualSlices(f32, &w, &back);
+    // Scattered: one non-zero per block, 25% full.
+    @memset(&w, 0);
+    for (0..n / 4) |br| w[(br * 4) * k + br] = 1;
+    len = try f32PackedLen(&w, n, k);
+    try f32Pack(&w, null, n, k, &blob, len);
+    try testing.expect(try viewF32Weights(&blob, len) == .csr);
+    try f32Unpack(&blob, len, &back, &bias);
+    try testing.expectEqualSlices(f32, &w, &back);
 }
 
 test "stats counts elements and 4x1 blocks" {

@@ -1,8 +1,10 @@
 /**
- * Unstructured sparse fp32 linear layer over the `sb_spmm_f32` kernel
- * (`kernels/spmm_f32.zig`): every non-zero weight is kept (CSR, one row per output channel),
- * activations are transposed on the fly into the kernel's token-contiguous layout. Same
- * interface as {@linkcode LinearF32}.
+ * Sparse fp32 linear layer over the `sb_spmm_f32` kernel (`kernels/spmm_f32.zig`): a weight
+ * pruned in 4x1 blocks (4 output channels x 1 input channel) keeps its non-zero blocks
+ * (`kernels/sparse_f32_blocks.zig`), any other pattern its non-zeros (CSR, one row per output
+ * channel); the packer picks the layout by how full the kept blocks are ({@linkcode
+ * SparseLinearF32.packedLayout}). Activations are transposed on the fly into the kernel's
+ * token-contiguous layout. Same interface as {@linkcode LinearF32}.
  *
  * ```ts
  * import { SparseLinearF32 } from "./ops/sparse_linear_f32.ts";
@@ -29,7 +31,13 @@ import {
 import { isPackedSource, PackedBytes, type PackedSource } from "./packed.ts";
 import { checkStatus } from "./quantize.ts";
 
-/** Y = act(X W^T + b) + residual with W's non-zeros in native CSR. */
+/** The two packed layouts of {@linkcode SparseLinearF32}. */
+export type SparseF32Layout = "blocks-4x1" | "csr";
+
+/** The block layout's magic, "SBB4" (`kernels/sparse_f32_blocks.zig`). */
+const BLOCKS_MAGIC = 0x34424253;
+
+/** Y = act(X W^T + b) + residual with W's kept 4x1 blocks or non-zeros in native memory. */
 export class SparseLinearF32 implements LinearOp {
   /** Kernel family. */
   readonly kind = "sparse-f32";
@@ -96,6 +104,13 @@ export class SparseLinearF32 implements LinearOp {
       this.#nonZeros = count;
     }
     return this.#nonZeros;
+  }
+
+  /** Which layout the packer chose for this weight (read from the packed bytes). */
+  get packedLayout(): SparseF32Layout {
+    const bytes = this.#packed.u8();
+    const magic = new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
+    return magic === BLOCKS_MAGIC ? "blocks-4x1" : "csr";
   }
 
   /** Fraction of zero weights. */

@@ -2,16 +2,29 @@ import { throws as assertThrows } from "node:assert/strict";
 import { setThreads, threads } from "../ffi/library.ts";
 import type { Activation } from "../ops/linear.ts";
 import { SparseLinearF32 } from "../ops/sparse_linear_f32.ts";
-import { pruneUnstructured } from "../ops/sparsity.ts";
+import { pruneBlocks4x1, pruneUnstructured } from "../ops/sparsity.ts";
 import { assertClose, assertEqualInts, LINEAR_SHAPES, randomF32, variantLabel } from "./harness.ts";
 import { spmmF32Reference } from "./reference/spmm_f32.ts";
 
 const ACTIVATIONS: Activation[] = ["none", "gelu", "gelu_tanh"];
 
-Deno.test(`spmm_f32 matches the reference on every shape, sparsity and epilogue (${variantLabel()})`, () => {
+/**
+ * Element patterns (CSR) and 4x1-block patterns (the block layout, as dense weights are too):
+ * each packs into the layout its pattern calls for, and both must match the reference.
+ */
+const PATTERNS: { sparsity: number; blocks: boolean }[] = [
+  { sparsity: 0, blocks: false },
+  { sparsity: 0.7, blocks: false },
+  { sparsity: 0.95, blocks: false },
+  { sparsity: 1, blocks: false },
+  { sparsity: 0.7, blocks: true },
+  { sparsity: 0.9, blocks: true },
+];
+
+Deno.test(`spmm_f32 matches the reference on every shape, pattern and epilogue (${variantLabel()})`, () => {
   let seed = 1;
   for (const [m, k, n] of LINEAR_SHAPES) {
-    for (const sparsity of [0, 0.7, 0.95, 1]) {
+    for (const { sparsity, blocks } of PATTERNS) {
       for (const activation of ACTIVATIONS) {
         // Keep the f64 reference cheap on the largest shapes: all epilogues at one sparsity.
         if (m * k * n > 5e6 && sparsity < 0.9 && activation !== "none") continue;
@@ -20,15 +33,29 @@ Deno.test(`spmm_f32 matches the reference on every shape, sparsity and epilogue 
         const weight = {
           out: n,
           in: k,
-          weight: pruneUnstructured(randomF32(n * k, seed++), n, k, sparsity),
+          weight: (blocks ? pruneBlocks4x1 : pruneUnstructured)(
+            randomF32(n * k, seed++),
+            n,
+            k,
+            sparsity,
+          ),
           bias: randomF32(n, seed++),
         };
         const residual = withResidual ? randomF32(m * n, seed++) : undefined;
         using op = new SparseLinearF32(weight, { activation });
+        // Full 4x1 blocks (dense weights too) get the block layout; scattered zeros, CSR.
+        if (n % 4 === 0 && sparsity < 1) {
+          const want = blocks || sparsity === 0 ? "blocks-4x1" : "csr";
+          if (op.packedLayout !== want) {
+            throw new Error(`[${n}, ${k}] sparsity ${sparsity}: layout ${op.packedLayout}`);
+          }
+        }
         const y = op.forward(x, m, { residual });
         assertClose(y, spmmF32Reference(x, m, weight, { activation, residual }), {
           rtol: 1e-5,
-          what: `spmm_f32 [${m},${k},${n}] sparsity ${sparsity} ${activation}`,
+          what: `spmm_f32 [${m},${k},${n}] sparsity ${sparsity}${
+            blocks ? " 4x1" : ""
+          } ${activation}`,
         });
       }
     }
