@@ -18,13 +18,14 @@
  * sparse int8, at least `sparseFloor`). With two candidates the autotune times both on the
  * layer's shape (`tuneRows` tokens, best of `iterations`) and keeps the faster; without the
  * autotune the sparse kernel is taken at `sparseThreshold` (0.7, where Intel's SpMM dispatch
- * switches). Timings are cached by (shape, kind, sparsity bucket, ISA, threads, rows; a dense
- * kernel's time is one per shape, whatever its zeros) in
+ * switches). Timings are cached by (shape, kind, sparsity bucket, ISA and library digest,
+ * threads, rows; a dense kernel's time is one per shape, whatever its zeros) in
  * `.cache/autotune.json`, so the next load times nothing. `kernels` forces one kind for every
  * layer, `roles` one kind per role.
  *
  * @module
  */
+import { LIBRARY_SHA256 } from "../ffi/checksums.ts";
 import { kernels, threads } from "../ffi/library.ts";
 import { userCacheDir } from "../ffi/download.ts";
 import { KERNEL_KINDS, type KernelKind, type LinearOp } from "../ops/linear.ts";
@@ -286,13 +287,16 @@ export class KernelChooser {
   /**
    * The cache key of a timing: shape, kind, sparsity bucket (0.05; `dense` for the dense
    * kernels, whose time does not depend on the zeros, so every sparsity shares one timing),
-   * ISA, threads, rows.
+   * ISA and the library's pinned digest (a new library's kernels are timed afresh), threads,
+   * rows.
    */
   cacheKey(kind: KernelKind, out: number, inFeatures: number, sparsity: number): string {
     const bucket = kind.startsWith("dense-")
       ? "dense"
       : `s${(Math.round(sparsity * 20) / 20).toFixed(2)}`;
-    return `${out}x${inFeatures}|${kind}|${bucket}|${kernels().isa}|t${threads()}|m${this.#options.tuneRows}`;
+    const isa = kernels().isa;
+    const library = (LIBRARY_SHA256[isa] ?? "unpinned").slice(0, 12);
+    return `${out}x${inFeatures}|${kind}|${bucket}|${isa}@${library}|t${threads()}|m${this.#options.tuneRows}`;
   }
 
   /** Best ms per call of each op: one warm-up call each, then `iterations` turns of one call each. */
