@@ -21,7 +21,7 @@ import { SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
 import { mulberry32 } from "../ops/random.ts";
 import { randomBlockSparse } from "../ops/sparsity.ts";
 import { loadOrtSession, matMulIntegerModel, matMulModel } from "./peers/ort_node.ts";
-import type { Contender } from "./_timing.ts";
+import { type Contender, probeBest } from "./_timing.ts";
 
 /** Block sparsities of the full benchmark. */
 export const SPARSITIES: readonly number[] = [0, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95];
@@ -168,15 +168,11 @@ export async function setupShape(options: SetupOptions): Promise<ShapeSetup> {
   };
 }
 
-/** The int8 peak (GOP/s) of the current thread count: the best of 7 probe runs (see `probePeakF32`). */
+/** The int8 peak (GOP/s) of the current thread count (`probeBest`). */
 export function probePeakI8(): number {
   const lib = kernels().symbols;
-  lib.sb_probe_peak_i8(1_000_000n); // wake the workers, settle clocks
-  const results: number[] = [];
-  for (let i = 0; i < 7; i++) {
-    const t0 = performance.now();
-    const ops = Number(lib.sb_probe_peak_i8(4_000_000n));
-    results.push(ops / ((performance.now() - t0) * 1e6));
-  }
-  return Math.max(...results);
+  return probeBest(
+    () => lib.sb_probe_peak_i8(1_000_000n),
+    () => Number(lib.sb_probe_peak_i8(4_000_000n)),
+  );
 }

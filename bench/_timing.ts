@@ -94,20 +94,29 @@ export async function interleave(
 }
 
 /**
- * Measures the machine's fp32 FMA peak (GFLOP/s) with the current thread count: the best of 7
- * runs (a peak is the best rate reached; on a shared machine noise only lowers a run, and a
- * median there once read half the peak, inflating every "% of peak" against it).
+ * The peak rate (work units per ns, i.e. G per second) of a probe that returns the work it did:
+ * one warm-up call (wakes the workers, settles clocks), then the best of 7 timed ones. A peak is
+ * the best rate reached: on a shared machine noise only lowers a run, and a median there once
+ * read half the peak, inflating every "% of peak" against it.
  */
-export function probePeakF32(): number {
-  const lib = kernels().symbols;
-  lib.sb_probe_peak_f32(2_000_000n); // wake workers, settle clocks
-  const results: number[] = [];
+export function probeBest(warmUp: () => unknown, run: () => number): number {
+  warmUp();
+  let best = 0;
   for (let i = 0; i < 7; i++) {
     const t0 = performance.now();
-    const flops = Number(lib.sb_probe_peak_f32(10_000_000n));
-    results.push(flops / ((performance.now() - t0) * 1e6));
+    const work = run();
+    best = Math.max(best, work / ((performance.now() - t0) * 1e6));
   }
-  return Math.max(...results);
+  return best;
+}
+
+/** Measures the machine's fp32 FMA peak (GFLOP/s) with the current thread count (`probeBest`). */
+export function probePeakF32(): number {
+  const lib = kernels().symbols;
+  return probeBest(
+    () => lib.sb_probe_peak_f32(2_000_000n),
+    () => Number(lib.sb_probe_peak_f32(10_000_000n)),
+  );
 }
 
 /** Formats a number with fixed decimals, padded to `width`. */

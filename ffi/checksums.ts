@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "18dc15db75876d2aca5746ceb85600a6a0fe618d0edcc094b0c5af1b4d84e9d8",
-  avx2: "08bf10fb77208d44dab2fe61a91bd81f602401a2be78f3492ebe71a19d113b77",
-  avx512vnni: "d7200913f5fbc41f14a3435f896f79de9eeb4c3610b4f499b3920175f37ce1e7",
+  baseline: "3016935cdc32dc173d98e1d40de127bdeeb234150bfa8c047f8ecc8d7bfb2641",
+  avx2: "f99a1dc0ed502a74e820e0aab3916a4e8b7324e1640ffbe787f952002677d729",
+  avx512vnni: "90df3d0bb94242c42cc2001a6a3eaa09862b32337aa62d24bd7cdc9aa63e76d4",
 };

@@ -63,23 +63,6 @@ fn layout(n: usize, k: usize, blocks: u64) Error!Header {
     return h;
 }
 
-/// Whether the 4x1 block at block row `br`, input channel `kk` of w f32 [n, k] has a non-zero.
-fn kept(w: [*]const f32, n: usize, k: usize, br: usize, kk: usize) bool {
-    for (br * block_height..@min(n, (br + 1) * block_height)) |row| {
-        if (w[row * k + kk] != 0) return true;
-    }
-    return false;
-}
-
-/// Kept 4x1 blocks of w f32 [n, k].
-pub fn countBlocks(w: [*]const f32, n: usize, k: usize) u64 {
-    var blocks: u64 = 0;
-    for (0..blockRows(n)) |br| {
-        for (0..k) |kk| blocks += @intFromBool(kept(w, n, k, br, kk));
-    }
-    return blocks;
-}
-
 /// Bytes of the block blob for w f32 [n, k] with `blocks` kept blocks.
 pub fn packedLen(n: usize, k: usize, blocks: u64) Error!usize {
     assert(n >= 1 and k >= 1);
@@ -124,9 +107,9 @@ pub fn view(blob: [*]align(64) const u8, blob_len: usize) Error!View {
     return v;
 }
 
-/// Packs the kept 4x1 blocks of w f32 [n, k] (and optional bias [n]) into `blob`.
-pub fn pack(w: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [*]align(64) u8, blob_len: usize) Error!void {
-    const blocks = countBlocks(w, n, k);
+/// Packs the `blocks` kept 4x1 blocks of w f32 [n, k] (as `sparse_format.stats` counts them)
+/// and the optional bias [n] into `blob`.
+pub fn pack(w: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blocks: u64, blob: [*]align(64) u8, blob_len: usize) Error!void {
     const h = try layout(n, k, blocks);
     if (blob_len < h.total) return error.BufferTooSmall;
     @memset(blob[0..h.total], 0);
@@ -139,7 +122,7 @@ pub fn pack(w: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [*]a
     for (0..h.block_rows) |br| {
         block_ptr[br] = b;
         for (0..k) |kk| {
-            if (!kept(w, n, k, br, kk)) continue;
+            if (sparse_format.blockIsZero(f32, w, n, k, br, kk)) continue;
             block_k[b] = @intCast(kk);
             for (0..block_height) |r| {
                 const row = br * block_height + r;
@@ -184,12 +167,13 @@ test "block blob round-trips, with a short last block row" {
     w[3 * k + 5] = 3;
     w[5 * k + 0] = 4;
     w[9 * k + 6] = -5;
-    try testing.expectEqual(@as(u64, 4), countBlocks(&w, n, k));
+    const s = sparse_format.stats(f32, &w, n, k);
+    try testing.expectEqual(@as(u64, 4), s.blocks - s.zero_blocks);
     var blob: [2048]u8 align(64) = undefined;
     const len = try packedLen(n, k, 4);
     var bias: [n]f32 = undefined;
     for (&bias, 0..) |*b, i| b.* = @floatFromInt(i);
-    try pack(&w, &bias, n, k, &blob, len);
+    try pack(&w, &bias, n, k, 4, &blob, len);
     try testing.expect(isBlocks(&blob, len));
     const v = try view(&blob, len);
     try testing.expectEqualSlices(u32, &.{ 0, 2, 3, 4 }, v.block_ptr[0..4]);
@@ -206,8 +190,8 @@ test "a corrupt block blob is refused" {
     const k = 3;
     const w: [n * k]f32 = @splat(1);
     var blob: [1024]u8 align(64) = undefined;
-    const len = try packedLen(n, k, countBlocks(&w, n, k));
-    try pack(&w, null, n, k, &blob, len);
+    const len = try packedLen(n, k, 3);
+    try pack(&w, null, n, k, 3, &blob, len);
     _ = try view(&blob, len);
     try testing.expectError(error.BadBlob, view(&blob, len - 64));
     const h: *Header = @ptrCast(&blob);

@@ -75,10 +75,11 @@ pub fn blockRows(n: usize) usize {
     return (n + block_height - 1) / block_height;
 }
 
-fn blockIsZero(q: [*]const i8, n: usize, k: usize, br: usize, kk: usize) bool {
+/// Whether the 4x1 block at block row `br`, input channel `kk` of w [n, k] is all zeros.
+pub fn blockIsZero(comptime T: type, w: [*]const T, n: usize, k: usize, br: usize, kk: usize) bool {
     const r0 = br * block_height;
     for (r0..@min(r0 + block_height, n)) |r| {
-        if (q[r * k + kk] != 0) return false;
+        if (w[r * k + kk] != 0) return false;
     }
     return true;
 }
@@ -86,7 +87,7 @@ fn blockIsZero(q: [*]const i8, n: usize, k: usize, br: usize, kk: usize) bool {
 /// Non-zero 4x1 blocks of block row `br`.
 fn blockRowBlocks(q: [*]const i8, n: usize, k: usize, br: usize) usize {
     var count: usize = 0;
-    for (0..k) |kk| count += @intFromBool(!blockIsZero(q, n, k, br, kk));
+    for (0..k) |kk| count += @intFromBool(!blockIsZero(i8, q, n, k, br, kk));
     return count;
 }
 
@@ -165,7 +166,7 @@ pub fn i8Pack(
         var slot: usize = 0; // position within the current group
         var last_k: u16 = 0;
         for (0..k) |kk| {
-            if (blockIsZero(q, n, k, br, kk)) continue;
+            if (blockIsZero(i8, q, n, k, br, kk)) continue;
             last_k = @intCast(kk * k_unit);
             v.group_k[g * group_blocks + slot] = last_k;
             for (0..block_height) |r| {
@@ -279,9 +280,8 @@ const F32Counts = struct {
     blocks: u64,
 
     fn of(w: [*]const f32, n: usize, k: usize) F32Counts {
-        var nnz: u64 = 0;
-        for (w[0 .. n * k]) |x| nnz += @intFromBool(x != 0);
-        return .{ .nnz = nnz, .blocks = f32_blocks.countBlocks(w, n, k) };
+        const s = stats(f32, w, n, k);
+        return .{ .nnz = s.elements - s.zero_elements, .blocks = s.blocks - s.zero_blocks };
     }
 
     /// The block layout when its kept blocks are at least `min_fill` full.
@@ -340,7 +340,7 @@ pub fn viewF32(blob: [*]align(64) u8, blob_len: usize) Error!F32View {
 /// are full enough (`F32Counts.useBlocks`), else its non-zeros in CSR.
 pub fn f32Pack(w: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [*]align(64) u8, blob_len: usize) Error!void {
     const counts = F32Counts.of(w, n, k);
-    if (counts.useBlocks()) return f32_blocks.pack(w, bias, n, k, blob, blob_len);
+    if (counts.useBlocks()) return f32_blocks.pack(w, bias, n, k, counts.blocks, blob, blob_len);
     const nnz = counts.nnz;
     const total = (try f32Layout(n, k, nnz)).total;
     if (blob_len < total) return error.BufferTooSmall;
@@ -393,13 +393,7 @@ pub fn stats(comptime T: type, w: [*]const T, n: usize, k: usize) Stats {
     var s = Stats{ .elements = n * k, .zero_elements = 0, .blocks = blockRows(n) * k, .zero_blocks = 0 };
     for (w[0 .. n * k]) |x| s.zero_elements += @intFromBool(x == 0);
     for (0..blockRows(n)) |br| {
-        const r0 = br * block_height;
-        const r1 = @min(r0 + block_height, n);
-        for (0..k) |kk| {
-            var zero = true;
-            for (r0..r1) |r| zero = zero and w[r * k + kk] == 0;
-            s.zero_blocks += @intFromBool(zero);
-        }
+        for (0..k) |kk| s.zero_blocks += @intFromBool(blockIsZero(T, w, n, k, br, kk));
     }
     return s;
 }

@@ -250,6 +250,18 @@ const block_sets: usize = if (std.Target.x86.featureSetHas(builtin.cpu.features,
 /// Block rows per 16-channel tile.
 const tile_block_rows: usize = tile_channels / blocks_format.block_height;
 
+/// One kept block: the 16 tokens of input channel `kk` times its 4 weights into `acc`.
+inline fn blockStep(acc: *[4][2]F8, xc: [*]const f32, kk: u32, w: [4]f32) void {
+    const x = xc + @as(usize, kk) * chunk_tokens;
+    const x0 = loadX(x);
+    const x1 = loadX(x + 8);
+    inline for (0..4) |r| {
+        const wr: F8 = @splat(w[r]);
+        acc[r][0] = @mulAdd(F8, wr, x0, acc[r][0]);
+        acc[r][1] = @mulAdd(F8, wr, x1, acc[r][1]);
+    }
+}
+
 /// The hot loop: one block row (4 channels) over one chunk; sums[r][half] = channel r, tokens
 /// 8 * half ..
 fn blockRowKernel(xc: [*]const f32, block_k: [*]const u32, weights: [*]const [4]f32, count: usize) [4][2]F8 {
@@ -257,27 +269,9 @@ fn blockRowKernel(xc: [*]const f32, block_k: [*]const u32, weights: [*]const [4]
     var acc: [block_sets][4][2]F8 = @splat(@splat(.{ zero, zero }));
     var b: usize = 0;
     while (b + block_sets <= count) : (b += block_sets) {
-        inline for (0..block_sets) |set| {
-            const x = xc + @as(usize, block_k[b + set]) * chunk_tokens;
-            const x0 = loadX(x);
-            const x1 = loadX(x + 8);
-            inline for (0..4) |r| {
-                const wr: F8 = @splat(weights[b + set][r]);
-                acc[set][r][0] = @mulAdd(F8, wr, x0, acc[set][r][0]);
-                acc[set][r][1] = @mulAdd(F8, wr, x1, acc[set][r][1]);
-            }
-        }
+        inline for (0..block_sets) |set| blockStep(&acc[set], xc, block_k[b + set], weights[b + set]);
     }
-    while (b < count) : (b += 1) {
-        const x = xc + @as(usize, block_k[b]) * chunk_tokens;
-        const x0 = loadX(x);
-        const x1 = loadX(x + 8);
-        inline for (0..4) |r| {
-            const wr: F8 = @splat(weights[b][r]);
-            acc[0][r][0] = @mulAdd(F8, wr, x0, acc[0][r][0]);
-            acc[0][r][1] = @mulAdd(F8, wr, x1, acc[0][r][1]);
-        }
-    }
+    while (b < count) : (b += 1) blockStep(&acc[0], xc, block_k[b], weights[b]);
     var sums = acc[0];
     inline for (1..block_sets) |set| inline for (0..4) |r| inline for (0..2) |half| {
         sums[r][half] += acc[set][r][half];
