@@ -1,7 +1,9 @@
 /**
  * Pruning: exact sparsity per pattern and scope, the same graph with zeros in its
- * initializers (everything else byte-identical), Wanda scores, int8 inputs, external data,
- * ONNX Runtime on the output, and the errors of the API and the CLI.
+ * initializers (everything else byte-identical), Wanda scores, OBS (exact sparsity, kept
+ * weights updated, closer to the dense model than Wanda), int8 inputs, external data, ONNX
+ * Runtime on the output, and the errors of the API and the CLI. OBS's linear algebra is tested
+ * in tests/obs_test.ts.
  */
 import assert from "node:assert/strict";
 import { OrtModel, randomBatches } from "../compress/calibrate.ts";
@@ -180,6 +182,80 @@ Deno.test("prune: global and unstructured scopes, Wanda differs from magnitude",
   });
 });
 
+Deno.test("prune: --method obs prunes a model exactly and stays closer to it than Wanda", async () => {
+  await withDir(async (dir) => {
+    const { path } = await ensureTestModel(TINY);
+    const calibration = randomBatches({ vocabSize: 400, count: 16, seqLen: 32 });
+    const prune = (name: string, method: "obs" | "wanda", obsInputs?: "dense") =>
+      pruneModel(path, `${dir}/${name}.onnx`, {
+        sparsity: 0.6,
+        pattern: "4x1",
+        method,
+        calibration,
+        obsInputs,
+      });
+    const report = await prune("obs", "obs");
+    assert.equal(report.method, "obs");
+    assert.ok(report.calibrationTokens > 0);
+    assert.equal(report.linears.length, 12);
+    const dense = (await analyzeOnnx(path)).weights;
+    const pruned = await analyzeOnnx(`${dir}/obs.onnx`);
+    let updated = 0;
+    for (const [l, layer] of pruned.weights.layers.entries()) {
+      for (const k of LAYER_LINEARS) {
+        const d = layer[k];
+        const blocks = Math.ceil(d.out / 4) * d.in;
+        assert.equal(d.sparsity!.block4x1, Math.round(0.6 * blocks) / blocks, `${l} ${k}`);
+        assert.equal(d.sparsity!.element, d.sparsity!.block4x1, `${l} ${k}: whole blocks`);
+        const w0 = dense.layers[l][k].weight;
+        for (let i = 0; i < d.weight.length; i++) {
+          if (d.weight[i] !== 0 && d.weight[i] !== w0[i]) updated++;
+        }
+      }
+    }
+    assert.ok(updated > 1000, `${updated} kept weights updated`);
+    // Same graph, and ONNX Runtime's output on held-out inputs is closer to the dense model's.
+    assert.deepEqual(
+      (await readOnnxModel(`${dir}/obs.onnx`)).graph.nodes,
+      pruned.source.graph.nodes,
+    );
+    await prune("obs-dense", "obs", "dense");
+    await prune("wanda", "wanda");
+    const held = randomBatches({ vocabSize: 400, count: 16, seqLen: 32, seed: 9 });
+    const run = async (file: string) => {
+      const s = await OrtModel.create(file);
+      try {
+        const outs = [];
+        for (const b of held) outs.push(Object.values(await s.run(b))[0].data);
+        return outs;
+      } finally {
+        await s.release();
+      }
+    };
+    const ref = await run(path);
+    const error = async (file: string) => {
+      const y = await run(file);
+      let e = 0;
+      let norm = 0;
+      for (const [b, r] of ref.entries()) {
+        for (let i = 0; i < r.length; i++) {
+          e += (y[b][i] - r[i]) ** 2;
+          norm += r[i] ** 2;
+        }
+      }
+      return Math.sqrt(e / norm);
+    };
+    const eObs = await error(`${dir}/obs.onnx`);
+    const eDense = await error(`${dir}/obs-dense.onnx`);
+    const eWanda = await error(`${dir}/wanda.onnx`);
+    assert.ok(
+      eObs < eWanda && eDense < eWanda,
+      `obs ${eObs}, obs dense ${eDense}, wanda ${eWanda}`,
+    );
+    assert.notEqual(eObs, eDense);
+  });
+});
+
 Deno.test("prune: int8 models keep their int8 weights, external data is written again", async () => {
   await withDir(async (dir) => {
     const { path } = await ensureTestModel(TINY);
@@ -188,6 +264,11 @@ Deno.test("prune: int8 models keep their int8 weights, external data is written 
       await quantizeModel(path, q, { granularity });
       const out = `${dir}/qp-${granularity}.onnx`;
       await pruneModel(q, out, { sparsity: 0.5, pattern: "4x1" });
+      const calibration = randomBatches({ vocabSize: 400, count: 2, seqLen: 8 });
+      await assert.rejects(
+        () => pruneModel(q, `${dir}/x.onnx`, { sparsity: 0.5, method: "obs", calibration }),
+        /OBS pruning needs fp32 weights, and ".*q-per-.*\.onnx" is quantized/,
+      );
       // Re-importing checks the per-token form's column sums against the pruned weights.
       const a = await analyzeOnnx(out);
       for (const d of linears(a.weights)) {
@@ -252,6 +333,21 @@ Deno.test("prune: bad input is one clear error", async () => {
     () => pruneModel(path, "/tmp/x.onnx", { sparsity: 0.5, method: "wanda" }),
     /Wanda pruning needs calibration texts/,
   );
+  await assert.rejects(
+    () => pruneModel(path, "/tmp/x.onnx", { sparsity: 0.5, method: "obs" }),
+    /OBS pruning needs calibration texts/,
+  );
+  const calibration = randomBatches({ vocabSize: 400, count: 2, seqLen: 8 });
+  await assert.rejects(
+    () =>
+      pruneModel(path, "/tmp/x.onnx", {
+        sparsity: 0.5,
+        method: "obs",
+        scope: "global",
+        calibration,
+      }),
+    /OBS pruning supports the per-layer scope only, got "global"/,
+  );
   await withDir(async (dir) => {
     const cases: [string[], RegExp][] = [
       [
@@ -280,6 +376,22 @@ Deno.test("prune: bad input is one clear error", async () => {
         /Cannot read texts file ".*none.txt"/,
       ],
       [["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--global", "--per-layer"], /Choose one of/],
+      [
+        ["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--method", "obs"],
+        /--method obs needs --calibration/,
+      ],
+      [
+        ["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--method", "obs", "--global"],
+        /per-layer scope only/,
+      ],
+      [
+        ["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--obs-inputs", "dense"],
+        /--obs-inputs is only used by --method obs/,
+      ],
+      [
+        ["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--method", "obs", "--obs-inputs", "x"],
+        /Unknown --obs-inputs "x": expected sequential or dense/,
+      ],
     ];
     for (const [args, pattern] of cases) {
       const r = await cli("prune", "--model", path, ...args);
@@ -302,21 +414,29 @@ Deno.test("prune: bad input is one clear error", async () => {
     const help = await cli("prune", "--help");
     assert.equal(help.code, 0);
     assert.match(help.stdout, /--method M/);
+    assert.match(help.stdout, /obs \(SparseGPT/);
     // Success in JSON mode: one JSON document on stdout, nothing on stderr.
-    const ok = await cli(
-      "prune",
-      "--model",
-      path,
-      "--sparsity",
-      "0.5",
-      "--out",
-      `${dir}/ok.onnx`,
-      "--json",
-    );
-    assert.equal(ok.code, 0, ok.stderr);
-    assert.equal(ok.stderr, "");
-    const report = JSON.parse(ok.stdout);
-    assert.equal(report.ok, true);
-    assert.equal(report.linears.length, 12);
+    for (const method of ["magnitude", "obs"]) {
+      const calibrated = method === "obs" ? ["--calibration", "random"] : [];
+      const ok = await cli(
+        "prune",
+        "--model",
+        path,
+        "--sparsity",
+        "0.5",
+        "--out",
+        `${dir}/ok-${method}.onnx`,
+        "--method",
+        method,
+        ...calibrated,
+        "--json",
+      );
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.equal(ok.stderr, "");
+      const report = JSON.parse(ok.stdout);
+      assert.equal(report.ok, true);
+      assert.equal(report.method, method);
+      assert.equal(report.linears.length, 12);
+    }
   });
 });

@@ -1,6 +1,7 @@
 /**
- * `deno task cli prune`: zero a fraction of the encoder's linear weights (magnitude or Wanda,
- * unstructured or 4x1 blocks, per layer or global) and write the same ONNX graph with the zeros.
+ * `deno task cli prune`: zero a fraction of the encoder's linear weights (magnitude, Wanda or
+ * OBS, unstructured or 4x1 blocks, per layer or global) and write the same ONNX graph with the
+ * zeros.
  *
  * @module
  */
@@ -28,6 +29,7 @@ export const HELP = `Usage: deno task cli prune --model IN --out OUT --sparsity 
 Zeroes a fraction of the encoder's linear weights (Q, K, V, attention output, feed-forward)
 and writes the same ONNX graph with the zeros in its initializers, so every runtime runs the
 same weights. Int8 models keep their int8 weights (pruned entries become the zero point).
+OBS also updates the kept weights to make up for the pruned ones (fp32 models only).
 
 Options:
   --model IN            .onnx file, folder with model.onnx, or cached model name
@@ -35,10 +37,14 @@ Options:
   --sparsity S          target fraction of zero units, 0 <= S < 1 (e.g. 0.9)
   --pattern P           4x1 (default: 4 output channels x 1 input channel) | unstructured
   --per-layer           every linear reaches the sparsity (default)
-  --global              one threshold over all encoder linears
-  --method M            magnitude (default) | wanda (|W| x input activation norm)
-  --calibration FILE    texts for wanda: one per line, or a JSON array / retrieval set;
-                        "random" for random token ids (models without a tokenizer)
+  --global              one threshold over all encoder linears (not with obs)
+  --method M            magnitude (default) | wanda (|W| x input activation norm) |
+                        obs (SparseGPT: Hessian of the inputs, compensating update)
+  --calibration FILE    texts for wanda and obs: one per line, or a JSON array /
+                        retrieval set; "random" for random token ids (models without a
+                        tokenizer)
+  --obs-inputs I        obs: sequential (default: each linear's inputs from the model
+                        with the linears before it pruned) | dense (from the dense model)
   --max-texts N         calibration texts used (default 64)
   --threads N           ONNX Runtime threads for calibration (default 1)
   --json                print the report as JSON (no progress)
@@ -76,7 +82,7 @@ export function main(args: string[]): Promise<number> {
     parse: {
       options: {
         ...stringOptions("model", "out", "sparsity", "pattern", "method", "calibration"),
-        ...stringOptions("max-texts", "threads"),
+        ...stringOptions("max-texts", "threads", "obs-inputs"),
         ...flagOptions("per-layer", "global", "json"),
       },
     },
@@ -90,28 +96,41 @@ export function main(args: string[]): Promise<number> {
       if (!values.out) throw new Error("--out is required");
       const sparsity = numberOption("--sparsity", values.sparsity);
       if (sparsity === undefined) throw new Error("--sparsity is required");
-      const method = choiceOption("--method", values.method, ["magnitude", "wanda"] as const);
-      if (method !== "wanda" && values.calibration !== undefined) {
-        throw new Error("--calibration is only used by --method wanda");
+      const method = choiceOption(
+        "--method",
+        values.method,
+        ["magnitude", "wanda", "obs"] as const,
+      );
+      const calibrated = method === "wanda" || method === "obs";
+      if (!calibrated && values.calibration !== undefined) {
+        throw new Error("--calibration is only used by --method wanda or obs");
+      }
+      if (method !== "obs" && values["obs-inputs"] !== undefined) {
+        throw new Error("--obs-inputs is only used by --method obs");
       }
       const options = {
         sparsity,
         scope: values.global ? "global" as const : "per-layer" as const,
         pattern: choiceOption("--pattern", values.pattern, ["4x1", "unstructured"] as const),
         method,
+        obsInputs: choiceOption(
+          "--obs-inputs",
+          values["obs-inputs"],
+          ["sequential", "dense"] as const,
+        ),
         threads: numberOption("--threads", values.threads),
         onProgress: progress.onProgress,
       };
-      // Validate before the (slow) load; Wanda's calibration is checked after it.
-      resolvePruneOptions({ ...options, method: "magnitude" });
-      if (method === "wanda" && values.calibration === undefined) {
-        throw new Error("--method wanda needs --calibration FILE (or --calibration random)");
+      // Validate before the (slow) load; the calibration texts are read after it.
+      resolvePruneOptions(options, { calibration: false });
+      if (calibrated && values.calibration === undefined) {
+        throw new Error(`--method ${method} needs --calibration FILE (or --calibration random)`);
       }
       await checkTextsFile(values.calibration);
       const input = await resolveModelPath(values.model);
       const analysis = await analyzeOnnx(input);
       const source = analysis.source;
-      const calibration = method === "wanda"
+      const calibration = calibrated
         ? await calibrationBatches(values.calibration, analysis.weights, false, {
           maxTexts: numberOption("--max-texts", values["max-texts"]),
         })
