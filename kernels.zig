@@ -186,11 +186,16 @@ export fn sb_l2_normalize_rows(x: [*]f32, rows: usize, cols: usize) void {
 // ---- int8 and sparse linear layers ----
 // Status results: 0 ok, -1 non-finite input, -2 bad packed blob, -3 bad argument (an enum
 // code, or a size or stride the kernel cannot take), -4 shape too large for the format, -5
-// buffer too small, -6 activation above 127.
+// buffer too small, -6 activation above the kernels' bound (`sb_int8_act_max`).
 //
 // The size checks below are explicit, not `assert`s: the kernels' asserts are optimizer
 // assumptions in ReleaseFast, the build users load, so a bad call from a binding would be
 // undefined behaviour there instead of status -3.
+
+/// The largest activation code the int8 kernels of this library take: 255 with VNNI, else 127.
+export fn sb_int8_act_max() u32 {
+    return int8.act_max;
+}
 
 fn status(err: anyerror) i32 {
     return switch (err) {
@@ -232,11 +237,11 @@ export fn sb_quantize_packed_len(m: usize, k: usize) usize {
     return quantize_packed.packedLen(m, k);
 }
 
-export fn sb_quantize_packed(x: [*]const f32, m: usize, k: usize, mode: u32, packed_x: [*]u8, scale: [*]f32, zero: [*]i32) i32 {
+export fn sb_quantize_packed(x: [*]const f32, m: usize, k: usize, mode: u32, qmax: u32, packed_x: [*]u8, scale: [*]f32, zero: [*]i32) i32 {
     if (!positive(.{ m, k })) return -3;
     const md = enumCode(quantize.Mode, mode) orelse return -3;
-    if (md == .ort_u8) return -3;
-    quantize_packed.quantizePacked(x, m, k, md, packed_x, scale, zero) catch |e| return status(e);
+    if (md == .ort_u8 or (qmax != 127 and qmax != 255) or qmax > int8.act_max) return -3;
+    quantize_packed.quantizePacked(x, m, k, md, qmax, packed_x, scale, zero) catch |e| return status(e);
     return 0;
 }
 
@@ -246,7 +251,14 @@ export fn sb_pack_rows_u8(q: [*]const u8, m: usize, k: usize, ldq: usize, packed
 }
 
 export fn sb_u8_max(data: [*]const u8, len: usize) u32 {
-    return quantize.maxByte(data, len);
+    return quantize.maxValue(u8, data, len);
+}
+
+/// Largest u16 lane of `len` bytes (`len` even) of the packed activation layout: above 255 when
+/// a lane's high byte, which the kernels take to be 0, is not.
+export fn sb_u16_max(data: [*]const u8, len: usize) u32 {
+    if (len % 2 != 0) return std.math.maxInt(u32);
+    return quantize.maxValue(u16, @ptrCast(data), len / 2);
 }
 
 export fn sb_pack_f32_len(m: usize, k: usize) usize {
@@ -381,9 +393,10 @@ export fn sb_gemm_i8(
     out_zero: i32,
     out_qmax: u32,
     activation: u32,
-    act_max: u32,
+    numerics: u32,
 ) i32 {
-    if (act_max != int8.act_max and act_max != 255) return -3;
+    // 0: the kernels' own codes (up to `sb_int8_act_max`); 1: ONNX Runtime's u8 numerics.
+    if (numerics > 1) return -3;
     if (output == @intFromEnum(int8.Output.u8) and
         (!(out_scale > 0) or !std.math.isFinite(out_scale) or (out_qmax != 127 and out_qmax != 255) or
             out_zero < 0 or out_zero > out_qmax)) return -3;
@@ -402,7 +415,7 @@ export fn sb_gemm_i8(
         .output = enumCode(int8.Output, output) orelse return -3,
         .requant = .{ .inv_scale = 1 / out_scale, .zero = out_zero, .qmax = @intCast(@min(out_qmax, 255)) },
         .activation = enumCode(vmath.Activation, activation) orelse return -3,
-        .act_max = @intCast(act_max),
+        .ort_numerics = numerics == 1,
     };
     gemm_i8.forward(&args);
     return 0;

@@ -51,7 +51,7 @@ export { LinearI8, type LinearI8Options, type RequantizeOptions } from "./ops/li
 export { SparseLinearI8 } from "./ops/sparse_linear_i8.ts";
 export { SparseLinearF32 } from "./ops/sparse_linear_f32.ts";
 export {
-  ACTIVATION_QMAX,
+  int8ActivationQmax,
   packActivations,
   quantizeActivations,
   type QuantizedActivations,

@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "3016935cdc32dc173d98e1d40de127bdeeb234150bfa8c047f8ecc8d7bfb2641",
-  avx2: "f99a1dc0ed502a74e820e0aab3916a4e8b7324e1640ffbe787f952002677d729",
-  avx512vnni: "90df3d0bb94242c42cc2001a6a3eaa09862b32337aa62d24bd7cdc9aa63e76d4",
+  baseline: "b661fcf52c05cbe9ca363ff270d9fa576c449b8d127ff7d727d84b7d3407671c",
+  avx2: "abaea4001460a07c064b87b8232247de181ac3a1fef6b32ad3add6ab03f5ea78",
+  avx512vnni: "10659e3184ca104ea43d17f6aaf50a927bbd51a8ef0fc31e061575b760e5d734",
 };

@@ -27,12 +27,17 @@ export type IsaVariant = typeof ISA_VARIANTS[number];
  * How each variant's kernels compute where variants may differ, so callers and tests can expect
  * the right numbers from the variant loaded instead of from a guess about the machine.
  */
-export const VARIANT_NUMERICS: Record<IsaVariant, { int8PairsSaturate: boolean }> = {
-  // The "ort-u8" mode's 8-bit activations: AVX2's vpmaddubsw adds each pair of u8 x s8 products
-  // in saturating int16 (as ONNX Runtime's AVX2 kernel does); VNNI and the scalar path are exact.
-  baseline: { int8PairsSaturate: false },
-  avx2: { int8PairsSaturate: true },
-  avx512vnni: { int8PairsSaturate: false },
+export const VARIANT_NUMERICS: Record<
+  IsaVariant,
+  { int8PairsSaturate: boolean; activationQmax: number }
+> = {
+  // int8PairsSaturate: the "ort-u8" mode's 8-bit activations: AVX2's vpmaddubsw adds each pair
+  // of u8 x s8 products in saturating int16 (as ONNX Runtime's AVX2 kernel does); VNNI and the
+  // scalar path are exact. activationQmax: the largest code of the kernels' own activations
+  // (7 bits where vpmaddubsw could saturate, 8 bits with vpdpbusd).
+  baseline: { int8PairsSaturate: false, activationQmax: 127 },
+  avx2: { int8PairsSaturate: true, activationQmax: 127 },
+  avx512vnni: { int8PairsSaturate: false, activationQmax: 255 },
 };
 
 /** CPU feature bits reported by `sb_cpu_features` (mirrors `kernels/cpu.zig`). */

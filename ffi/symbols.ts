@@ -85,6 +85,7 @@ export const symbols = {
   },
   sb_l2_normalize_rows: { parameters: ["buffer", "usize", "usize"], result: "void" },
   // int8 and sparse linear layers (status i32: 0 ok, < 0 see kernels.zig)
+  sb_int8_act_max: { parameters: [], result: "u32" },
   sb_quantize_weights_i8: {
     parameters: ["buffer", "usize", "usize", "buffer", "buffer"],
     result: "i32",
@@ -95,7 +96,7 @@ export const symbols = {
   },
   sb_quantize_packed_len: { parameters: ["usize", "usize"], result: "usize" },
   sb_quantize_packed: {
-    parameters: ["buffer", "usize", "usize", "u32", "buffer", "buffer", "buffer"],
+    parameters: ["buffer", "usize", "usize", "u32", "u32", "buffer", "buffer", "buffer"],
     result: "i32",
   },
   sb_pack_rows_u8: {
@@ -103,6 +104,7 @@ export const symbols = {
     result: "i32",
   },
   sb_u8_max: { parameters: ["buffer", "usize"], result: "u32" },
+  sb_u16_max: { parameters: ["buffer", "usize"], result: "u32" },
   sb_pack_f32_len: { parameters: ["usize", "usize"], result: "usize" },
   sb_pack_f32: { parameters: ["buffer", "usize", "usize", "buffer"], result: "void" },
   sb_sparsity_stats_f32: { parameters: ["buffer", "usize", "usize", "buffer"], result: "void" },
@@ -173,7 +175,7 @@ export const symbols = {
       "i32", // output zero point (u8)
       "u32", // output qmax (u8)
       "u32", // activation
-      "u32", // largest activation code: 127, or 255 (ORT's u8 numerics)
+      "u32", // numerics: 0 the kernels' own codes (up to sb_int8_act_max), 1 ORT's u8
     ],
     result: "i32",
   },

@@ -149,7 +149,8 @@ pub fn pack(
 
 pub const Args = struct {
     w: View,
-    /// u8 activations [m][ldx], values <= act_max, ldx >= activationStride(k) with zero padding.
+    /// u8 activations [m][ldx], values <= `int8.act_max` (255 with `ort_numerics`),
+    /// ldx >= activationStride(k) with zero padding.
     x: [*]const u8,
     ldx: usize,
     m: usize,
@@ -162,10 +163,16 @@ pub const Args = struct {
     output: int8.Output,
     requant: int8.Requant,
     activation: vmath.Activation,
-    /// 127 (exact everywhere), or 255 for ONNX Runtime's u8 activations: then the AVX2 path's
-    /// `vpmaddubsw` pair sums saturate in int16 exactly as ORT's own AVX2 U8S8 kernel does (the
-    /// same pairs of consecutive k), and the VNNI and baseline paths stay exact, as ORT's do.
-    act_max: u8 = int8.act_max,
+    /// ONNX Runtime's u8 activations (codes up to 255 on every path) and its exact GELU: the
+    /// AVX2 path's `vpmaddubsw` pair sums then saturate in int16 exactly as ORT's own AVX2 U8S8
+    /// kernel does (the same pairs of consecutive k), and the VNNI and baseline paths stay exact,
+    /// as ORT's do. Otherwise codes up to `int8.act_max` (exact everywhere) and the int8 GELU.
+    ort_numerics: bool = false,
+
+    /// The largest activation code `forward` takes with these arguments.
+    pub fn actMax(self: *const Args) u8 {
+        return if (self.ort_numerics) 255 else int8.act_max;
+    }
 };
 
 /// Runs the layer on the worker pool.
@@ -174,7 +181,7 @@ pub fn forward(args: *const Args) void {
     assert(args.m >= 1 and h.n >= 1 and h.k >= 1);
     assert(args.ldx >= 4 * @as(usize, h.k4));
     if (std.debug.runtime_safety) {
-        for (0..args.m) |t| for (args.x[t * args.ldx ..][0 .. 4 * @as(usize, h.k4)]) |v| assert(v <= args.act_max);
+        for (0..args.m) |t| for (args.x[t * args.ldx ..][0 .. 4 * @as(usize, h.k4)]) |v| assert(v <= args.actMax());
     }
     switch (args.output) {
         inline else => |out| switch (args.activation) {
@@ -273,9 +280,9 @@ fn tile(
             inline for (0..2) |h| {
                 const e: F8 = @floatFromInt(exact[h]);
                 const pre = e * (sx * sw[h]) + bias[h];
-                // 7-bit activations: the cheaper GELU, as in spmm_i8 (the two kernels agree bit
-                // for bit); ORT's 8-bit codes keep the exact one.
-                f[h] = if (args.act_max == int8.act_max) act.applyInt8(8, pre) else act.apply(8, pre);
+                // The kernels' own codes: the cheaper GELU, as in spmm_i8 (the two kernels agree
+                // bit for bit); ORT's numerics keep the exact one.
+                f[h] = if (args.ort_numerics) act.apply(8, pre) else act.applyInt8(8, pre);
             }
             epilogue.storeActivated(out, target, at, std.simd.join(f[0], f[1]), cols);
         }
@@ -312,9 +319,9 @@ fn checkShape(m: usize, n: usize, k: usize, seed: u64) !void {
     defer gpa.free(xq);
     @memset(xq, 0);
     for (0..m) |t| for (0..k) |kk| {
-        xq[t * ldx + kk] = rnd.uintAtMost(u8, 127);
+        xq[t * ldx + kk] = rnd.uintAtMost(u8, int8.act_max);
     };
-    xq[0] = 127;
+    xq[0] = int8.act_max;
     const x_scale = try gpa.alloc(f32, m);
     defer gpa.free(x_scale);
     const x_zero = try gpa.alloc(i32, m);

@@ -3,16 +3,16 @@
 //!   avx2        `vpmaddubsw` + `vpmaddwd` with ones + `vpaddd`
 //!   baseline    widened i32 arithmetic (SSE2)
 //!
-//! Saturation rule. `vpmaddubsw` adds two u8 x s8 products in *saturating* int16. Activations
-//! are quantized to 7 bits (u7, [0, 127]) everywhere, so a pair is at most 2 * 127 * 128 = 32512
-//! in magnitude and never saturates, whatever the s8 weight (-128 included). Every ISA variant
-//! therefore returns the same exact s32 sums. The cost is one bit of activation resolution
-//! (see docs/BENCHMARKS.md for the measured error); weights keep their full 8 bits.
+//! Saturation rule. `vpmaddubsw` adds two u8 x s8 products in *saturating* int16. On AVX2 and the
+//! scalar path activations are therefore quantized to 7 bits (u7, [0, 127]), so a pair is at
+//! most 2 * 127 * 128 = 32512 in magnitude and never saturates, whatever the s8 weight (-128
+//! included). `vpdpbusd` accumulates each u8 x s8 product straight into s32, so the VNNI path
+//! takes full 8-bit activations ([0, 255]): `act_max` is the bound of the library built. Every
+//! path returns the exact s32 sums of the codes it is given; VNNI is given finer codes (about
+//! half the product error: docs/BENCHMARKS.md). Weights keep their full 8 bits everywhere.
 const std = @import("std");
 const builtin = @import("builtin");
-
-/// The largest activation value the kernels accept (7-bit activations; see the file comment).
-pub const act_max: u8 = 127;
+const assert = std.debug.assert;
 
 const has = std.Target.x86.featureSetHas;
 /// Code path compiled into this library.
@@ -25,6 +25,9 @@ pub const path: Path = blk: {
     break :blk .generic;
 };
 
+/// The largest activation code the kernels take: 255 with VNNI, else 127 (see the file comment).
+pub const act_max: u8 = if (path == .vnni) 255 else 127;
+
 /// 32 unsigned activation bytes: eight groups of four consecutive K values.
 pub const U8x32 = @Vector(32, u8);
 /// 32 signed weight bytes in the same grouping.
@@ -35,6 +38,10 @@ pub const I32x8 = @Vector(8, i32);
 extern fn @"llvm.x86.avx2.pmadd.ub.sw"(a: U8x32, b: I8x32) @Vector(16, i16);
 extern fn @"llvm.x86.avx2.pmadd.wd"(a: @Vector(16, i16), b: @Vector(16, i16)) I32x8;
 extern fn @"llvm.x86.avx512.vpdpbusd.256"(acc: I32x8, a: I32x8, b: I32x8) I32x8;
+extern fn @"llvm.x86.avx512.vpdpbusd.512"(acc: I32x16, a: I32x16, b: I32x16) I32x16;
+
+/// Sixteen s32 accumulators (one zmm).
+pub const I32x16 = @Vector(16, i32);
 
 /// acc[i] + sum over j < 4 of a[4i + j] * w[4i + j], exact for a <= `act_max`.
 pub inline fn dot4(acc: I32x8, a: U8x32, w: I8x32) I32x8 {
@@ -58,6 +65,13 @@ pub inline fn dot4(acc: I32x8, a: U8x32, w: I8x32) I32x8 {
             return acc +% ((s0 + s1) + (s2 + s3));
         },
     }
+}
+
+/// `dot4` on a whole zmm: acc[i] + sum over j < 4 of the bytes 4i + j of `a` (u8) and `w` (s8).
+/// Only the VNNI path has it (`vpdpbusd` on 512 bits, one instruction).
+pub inline fn dot16(acc: I32x16, a: I32x16, w: I32x16) I32x16 {
+    comptime assert(path == .vnni);
+    return @"llvm.x86.avx512.vpdpbusd.512"(acc, a, w);
 }
 
 /// The same four bytes in every dword lane (`vpbroadcastd`).
@@ -86,6 +100,8 @@ pub const Requant = struct {
 
 test "dot4 is exact at the extreme values" {
     const cases = [_]struct { a: u8, w: i8 }{
+        .{ .a = act_max, .w = 127 },
+        .{ .a = act_max, .w = -128 },
         .{ .a = 127, .w = 127 },
         .{ .a = 127, .w = -128 },
         .{ .a = 127, .w = -127 },
@@ -105,7 +121,7 @@ test "dot4 sums each group of four" {
     var a: [32]u8 = undefined;
     var w: [32]i8 = undefined;
     for (0..32) |i| {
-        a[i] = @intCast((i * 37) % 128);
+        a[i] = @intCast((i * 37) % (@as(usize, act_max) + 1));
         w[i] = @intCast(@as(i32, @intCast((i * 53) % 256)) - 128);
     }
     const got = dot4(@splat(0), a, w);

@@ -238,13 +238,15 @@ pub fn tensorParams(ctx: *Ctx) Error!Params {
     return checked(total, ctx.qmax, ctx.mode);
 }
 
-/// Largest byte of data[0..len] (0 when empty): the 7-bit check of caller-provided activations.
-pub fn maxByte(data: [*]const u8, len: usize) u8 {
-    var acc: @Vector(32, u8) = @splat(0);
+/// Largest of `count` values of type T (0 when empty): the bound check of caller-provided
+/// activations (u8 rows; u16 lanes of the packed layout, where a high byte must be 0).
+pub fn maxValue(comptime T: type, data: [*]align(1) const T, count: usize) T {
+    const lanes = 32 / @sizeOf(T);
+    var acc: @Vector(lanes, T) = @splat(0);
     var i: usize = 0;
-    while (i + 32 <= len) : (i += 32) acc = @max(acc, @as(@Vector(32, u8), data[i..][0..32].*));
+    while (i + lanes <= count) : (i += lanes) acc = @max(acc, @as(@Vector(lanes, T), data[i..][0..lanes].*));
     var result = @reduce(.Max, acc);
-    while (i < len) : (i += 1) result = @max(result, data[i]);
+    while (i < count) : (i += 1) result = @max(result, data[i]);
     return result;
 }
 
@@ -272,13 +274,18 @@ pub fn refQuant(x: f32, p: Params, qmax: i32) u8 {
     return @intCast(std.math.clamp(rne(x * p.inv) + p.zero, 0, qmax));
 }
 
-test "maxByte finds the largest byte" {
+test "maxValue finds the largest byte or u16 lane" {
     var data = [_]u8{0} ** 100;
-    try std.testing.expectEqual(@as(u8, 0), maxByte(&data, 100));
+    try std.testing.expectEqual(@as(u8, 0), maxValue(u8, &data, 100));
     data[99] = 128;
     data[40] = 7;
-    try std.testing.expectEqual(@as(u8, 128), maxByte(&data, 100));
-    try std.testing.expectEqual(@as(u8, 7), maxByte(&data, 99));
+    try std.testing.expectEqual(@as(u8, 128), maxValue(u8, &data, 100));
+    try std.testing.expectEqual(@as(u8, 7), maxValue(u8, &data, 99));
+    // u16 lanes, little endian: a high byte counts 256 times, from an odd address too.
+    data[99] = 0;
+    data[41] = 1;
+    try std.testing.expectEqual(@as(u16, 256 + 7), maxValue(u16, @ptrCast(&data), 50));
+    try std.testing.expectEqual(@as(u16, 7 << 8), maxValue(u16, @ptrCast(data[1..]), 49));
 }
 
 test "rne rounds half to even" {

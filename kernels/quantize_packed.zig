@@ -9,6 +9,7 @@ const assert = std.debug.assert;
 const pool = @import("pool.zig");
 const transpose = @import("transpose.zig");
 const quantize = @import("quantize.zig");
+const int8 = @import("int8.zig");
 
 const Ctx = quantize.Ctx;
 const Mode = quantize.Mode;
@@ -158,19 +159,22 @@ fn packedWork(ctx: *const Ctx, ith: u32, nth: u32) void {
     }
 }
 
-/// Quantizes x [m, k] (fp32, row-major) to u7 and writes the packed layout of `spmm_i8`
-/// (`packedLen(m, k)` bytes); writes each token's scale and zero point.
+/// Quantizes x [m, k] (fp32, row-major) to codes in [0, qmax] (127, or 255 where the kernels
+/// take 8 bits: `int8.act_max`) and writes the packed layout of `spmm_i8` (`packedLen(m, k)`
+/// bytes); writes each token's scale and zero point.
 pub fn quantizePacked(
     x: [*]const f32,
     m: usize,
     k: usize,
     mode: Mode,
+    qmax: u32,
     packed_x: [*]u8,
     scale: [*]f32,
     zero: [*]i32,
 ) Error!void {
     assert(m >= 1 and k >= 1);
-    assert(mode != .ort_u8); // 8-bit codes: rows layout only
+    assert(mode != .ort_u8); // ORT's codes: rows layout only
+    assert((qmax == 127 or qmax == 255) and qmax <= int8.act_max);
     var ranges: [pool.max_threads]Range = undefined;
     var failed = std.atomic.Value(bool).init(false);
     var ctx = Ctx{
@@ -178,7 +182,7 @@ pub fn quantizePacked(
         .m = m,
         .k = k,
         .mode = mode,
-        .qmax = 127,
+        .qmax = qmax,
         .tensor = undefined,
         .scale = scale,
         .zero = zero,
@@ -191,8 +195,8 @@ pub fn quantizePacked(
     if (failed.load(.monotonic)) return error.NonFinite;
 }
 
-/// Packs already quantized rows q [m][ldq] (values <= 127) into the `spmm_i8` layout.
-/// Returns false (and writes nothing useful) if a value exceeds 127.
+/// Packs already quantized rows q [m][ldq] (values <= `int8.act_max`) into the `spmm_i8`
+/// layout. Returns false (and writes nothing useful) if a value exceeds `int8.act_max`.
 pub fn packRows(q: [*]const u8, m: usize, k: usize, ldq: usize, packed_x: [*]u8) bool {
     assert(m >= 1 and k >= 1 and ldq >= k);
     const chunks = chunksOf(m);
@@ -216,7 +220,7 @@ pub fn packRows(q: [*]const u8, m: usize, k: usize, ldq: usize, packed_x: [*]u8)
             storePacked(packed_x + chunk * k * packed_row_bytes, k0, width, rows);
         }
     }
-    return worst <= 127;
+    return worst <= int8.act_max;
 }
 
 // ---- tests ----
@@ -254,7 +258,7 @@ test "quantizeRows and quantizePacked agree with the scalar formula" {
         var packed_x: [packedLen(m, k)]u8 = undefined;
         var scale2: [m]f32 = undefined;
         var zero2: [m]i32 = undefined;
-        try quantizePacked(&x, m, k, mode, &packed_x, &scale2, &zero2);
+        try quantizePacked(&x, m, k, mode, 127, &packed_x, &scale2, &zero2);
         for (0..m) |t| {
             const r = if (mode == .per_tensor) quantize.range(&x, m * k) else quantize.range(x[t * k ..].ptr, k);
             const p = quantize.Params.of(r.min, r.max, 127);

@@ -5,6 +5,7 @@ const std = @import("std");
 const assert = std.debug.assert;
 const pool = @import("pool.zig");
 const quantize = @import("quantize.zig");
+const int8 = @import("int8.zig");
 const layout = @import("quantize_packed.zig");
 
 const Error = quantize.Error;
@@ -75,7 +76,7 @@ fn stagedWork(ctx: *const StagedCtx, ith: u32, nth: u32) void {
             var codes: [2]I8v = undefined;
             inline for (0..2) |h| {
                 const v = @select(f32, valid[h], @as(F8, staged[8 * h ..][0..8].*), @as(F8, @splat(0)));
-                codes[h] = laneCodes(v, inv[8 * h ..][0..8].*, zero[8 * h ..][0..8].*, 127);
+                codes[h] = laneCodes(v, inv[8 * h ..][0..8].*, zero[8 * h ..][0..8].*, int8.act_max);
             }
             const dst: *align(1) [chunk_tokens]u16 = @ptrCast(ctx.packed_x + row * packed_row_bytes);
             dst.* = packedRow(codes[0], codes[1]);
@@ -83,7 +84,7 @@ fn stagedWork(ctx: *const StagedCtx, ith: u32, nth: u32) void {
     }
 }
 
-/// Quantizes per token to u7, into the packed layout, values staged in packed order
+/// Quantizes per token to codes in [0, `int8.act_max`], into the packed layout, values staged in packed order
 /// ([chunk][k][16] fp32, natural token order) whose per-token ranges the producer kept in
 /// `ranges` ([chunks]). The same codes, scales and zero points as `quantizePacked` per token on
 /// the token-major values. `split` gives thread i channels [split[i], split[i + 1]) when it has
@@ -110,7 +111,7 @@ pub fn quantizeStaged(
             const t = chunk * chunk_tokens + j;
             if (t >= m) break;
             const bad = r.bad[j] != 0; // NaN compares unequal to 0 too
-            const p = try checked(.{ .min = r.lo[j], .max = r.hi[j], .nan = bad }, 127, .per_token);
+            const p = try checked(.{ .min = r.lo[j], .max = r.hi[j], .nan = bad }, int8.act_max, .per_token);
             scale[t] = p.scale;
             zero[t] = p.zero;
             inv[chunk][j] = p.inv;
@@ -136,7 +137,7 @@ test "quantizeStaged gives quantizePacked's bytes from staged values and kept ra
     var want: [layout.packedLen(m, k)]u8 = undefined;
     var want_scale: [m]f32 = undefined;
     var want_zero: [m]i32 = undefined;
-    try layout.quantizePacked(&x, m, k, .per_token, &want, &want_scale, &want_zero);
+    try layout.quantizePacked(&x, m, k, .per_token, int8.act_max, &want, &want_scale, &want_zero);
 
     const chunks = comptime chunksOf(m);
     var staged: [pack_f32.packedF32Len(m, k)]f32 = undefined;

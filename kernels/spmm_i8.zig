@@ -2,13 +2,16 @@
 //! (`sparse_format.zig`) and X_q u7 activations in the packed token-contiguous layout
 //! (`quantize_packed.zig`). Output Y is token-major [m, n]: fp32, requantized u8, or exact s32.
 //!
-//! Micro-kernel: one block row (4 output channels) x one chunk (16 tokens), 8 ymm
-//! accumulators. Per group of 4 kept blocks (input channels k0..k3):
+//! Micro-kernel: one block row (4 output channels) x one chunk (16 tokens). Per group of 4 kept
+//! blocks (input channels k0..k3):
 //!   ab = x[k0] | x[k1] << 8; cd = x[k2] | x[k3] << 8 (u16 lanes: byte pairs of two channels)
-//!   a0, a1 = unpack lo/hi 16-bit (ab, cd)           (dwords: 4 channels for 8 tokens each)
-//!   per channel r: w = broadcast(dword r); acc[r] += dot4(a0, w), dot4(a1, w)
-//! That is 8 dot-product steps (256 MACs) against 4 loads, 2 shifts, 2 ORs and 2 shuffles; the
-//! multiplies stay the bottleneck (2 per step on AVX2, 1 with VNNI).
+//!   interleave 16-bit (ab, cd)                        (dwords: 4 channels of each token)
+//!   per channel r: acc[r] += dot4(tokens, broadcast(weight dword r))
+//! AVX2 and the scalar path hold a channel's 16 tokens in two ymm halves (8 accumulators, 8
+//! dot-product steps per group). VNNI holds them in one zmm: 4 `vpdpbusd` per group, each
+//! broadcasting its weight dword from memory, with two sets of 4 accumulators so that the
+//! instruction's latency does not bound the loop (measured on a Zen 4: 5.2 -> 4.5 cycles per
+//! group). 256 MACs per group against 4 loads, 2 shifts, 2 ORs and 1-2 shuffles.
 //!
 //! Epilogue (per channel c, token t), exact in s32 up to the float conversion:
 //!   y = act((acc - zero[t] * wsum[c]) * scale_x[t] * scale_w[c] + bias[c]) + R[t, c]
@@ -31,8 +34,7 @@ const layout = @import("quantize_packed.zig");
 const quantize_staged = @import("quantize_staged.zig");
 const pack_f32 = @import("pack_f32.zig");
 
-const I32x8 = int8.I32x8;
-const F8 = @Vector(8, f32);
+const I32x16 = int8.I32x16;
 const F4 = @Vector(4, f32);
 const U16x16 = @Vector(16, u16);
 const chunk_tokens = layout.chunk_tokens;
@@ -113,7 +115,7 @@ pub fn forward(args: *const Args) void {
 
 /// Runs the layer (fp32 epilogue, no residual) and quantizes its output per token into the
 /// packed layout that the next `spmm_i8` reads: the same codes, scales and zero points as
-/// `forward` followed by `layout.quantizePacked(.per_token)`, but the epilogue stages its
+/// `forward` followed by `layout.quantizePacked(.per_token, int8.act_max)`, but the epilogue stages its
 /// values in packed order and keeps their per-token ranges, so the quantizer neither
 /// transposes nor takes a range pass over the token-major output.
 pub fn forwardQuantized(
@@ -140,7 +142,7 @@ pub fn forwardQuantized(
     try quantize_staged.quantizeStaged(staging.y, args.m, h.n, staging.ranges, staging.split[0 .. nth + 1], staging.inv, staging.zero, packed_y, y_scale, y_zero);
 }
 
-/// Safe builds check the activations' 7-bit bound (the saturation rule of `int8.zig`).
+/// Safe builds check the activations' bound (`int8.act_max`, the saturation rule of `int8.zig`).
 fn checkActivations(x: [*]const u8, m: usize, k: usize) void {
     const rows = layout.chunksOf(m) * k;
     for (0..rows) |i| {
@@ -215,12 +217,21 @@ fn groupsBetween(args: *const Args, tile_begin: usize, tile_end: usize) usize {
     return args.w.group_ptr[br1] - args.w.group_ptr[tile_begin * tile_block_rows];
 }
 
+/// A chunk's 16 tokens are held in `halves` vectors: one zmm on VNNI, two ymm elsewhere.
+const halves: usize = if (int8.path == .vnni) 1 else 2;
+const half_tokens: usize = chunk_tokens / halves;
+const HalfI32 = @Vector(half_tokens, i32);
+const HalfF32 = @Vector(half_tokens, f32);
+/// One block row over one chunk: sums[r][h] = channel r, tokens h * half_tokens ...
+const BlockSums = [4][halves]HalfI32;
+const BlockValues = [4][halves]HalfF32;
+
 /// Per-token quantization parameters of one chunk; lanes past m hold zeros.
 const Tokens = struct {
     chunk: usize,
     count: usize,
-    zero: [2]I32x8,
-    scale: [2]F8,
+    zero: [halves]HalfI32,
+    scale: [halves]HalfF32,
 
     fn of(args: *const Args, chunk: usize) Tokens {
         const t0 = chunk * chunk_tokens;
@@ -231,8 +242,8 @@ const Tokens = struct {
             .scale = @splat(@splat(0)),
         };
         for (0..result.count) |j| {
-            result.zero[j / 8][j % 8] = args.x_zero[t0 + j];
-            result.scale[j / 8][j % 8] = args.x_scale[t0 + j];
+            result.zero[j / half_tokens][j % half_tokens] = args.x_zero[t0 + j];
+            result.scale[j / half_tokens][j % half_tokens] = args.x_scale[t0 + j];
         }
         return result;
     }
@@ -242,11 +253,8 @@ inline fn loadRow(p: [*]const u8) U16x16 {
     return @as(*align(1) const U16x16, @ptrCast(p)).*;
 }
 
-/// One group: 4 input channels x 4 output channels x 16 tokens.
-inline fn step(acc: *[4][2]I32x8, xc: [*]const u8, ks: [*]const u16, w: [*]const i8) void {
-    const lo16 = @Vector(16, i32){ 0, -1, 1, -2, 2, -3, 3, -4, 8, -9, 9, -10, 10, -11, 11, -12 };
-    const hi16 = @Vector(16, i32){ 4, -5, 5, -6, 6, -7, 7, -8, 12, -13, 13, -14, 14, -15, 15, -16 };
-    const eight: U16x16 = @splat(8);
+/// The four input channels of a group as byte offsets into a packed chunk.
+inline fn groupOffsets(ks: [*]const u16) [4]usize {
     // The four indices as one scalar load: left to itself, LLVM gathers them into a vector and
     // extracts each with vpextrd, which costs the vector pipes about 2 cycles per step (measured
     // 16.2 -> 14.5 cycles per step at 90%, k = 768; 17.5 -> 14.6 at k = 3072).
@@ -255,10 +263,47 @@ inline fn step(acc: *[4][2]I32x8, xc: [*]const u8, ks: [*]const u16, w: [*]const
     const k1: usize = @as(u16, @truncate(four >> 16));
     const k2: usize = @as(u16, @truncate(four >> 32));
     const k3: usize = @as(u16, @truncate(four >> 48));
-    const ab = loadRow(xc + k0 * k_scale) | loadRow(xc + k1 * k_scale) << eight;
-    const cd = loadRow(xc + k2 * k_scale) | loadRow(xc + k3 * k_scale) << eight;
-    const a0: int8.U8x32 = @bitCast(@shuffle(u16, ab, cd, lo16));
-    const a1: int8.U8x32 = @bitCast(@shuffle(u16, ab, cd, hi16));
+    return .{ k0 * k_scale, k1 * k_scale, k2 * k_scale, k3 * k_scale };
+}
+
+/// The (x[k0], x[k1]) and (x[k2], x[k3]) byte pairs of a group's 16 tokens, in packed order.
+inline fn bytePairs(xc: [*]const u8, ks: [*]const u16) [2]U16x16 {
+    const eight: U16x16 = @splat(8);
+    const o = groupOffsets(ks);
+    return .{
+        loadRow(xc + o[0]) | loadRow(xc + o[1]) << eight,
+        loadRow(xc + o[2]) | loadRow(xc + o[3]) << eight,
+    };
+}
+
+/// Natural token t takes its dword from packed position tokenAt(t) of the (ab, cd) pairs.
+const natural_dwords: @Vector(32, i32) = blk: {
+    var mask: [32]i32 = undefined;
+    for (0..chunk_tokens) |t| {
+        const p: i32 = @intCast(layout.tokenAt(t));
+        mask[2 * t] = p;
+        mask[2 * t + 1] = ~p;
+    }
+    break :blk mask;
+};
+
+/// One group on VNNI: 4 input channels x 4 output channels x 16 tokens in four zmm `vpdpbusd`s.
+inline fn stepZmm(acc: *[4]I32x16, xc: [*]const u8, ks: [*]const u16, w: [*]const i8) void {
+    const pairs = bytePairs(xc, ks);
+    const a: I32x16 = @bitCast(@shuffle(u16, pairs[0], pairs[1], natural_dwords));
+    inline for (0..4) |r| {
+        const word = std.mem.readInt(i32, @ptrCast(w + 4 * r), .little);
+        acc[r] = int8.dot16(acc[r], a, @splat(word));
+    }
+}
+
+/// One group on AVX2 and the scalar path: tokens 0-7 and 8-15 of each channel in two halves.
+inline fn stepYmm(acc: *BlockSums, xc: [*]const u8, ks: [*]const u16, w: [*]const i8) void {
+    const lo16 = @Vector(16, i32){ 0, -1, 1, -2, 2, -3, 3, -4, 8, -9, 9, -10, 10, -11, 11, -12 };
+    const hi16 = @Vector(16, i32){ 4, -5, 5, -6, 6, -7, 7, -8, 12, -13, 13, -14, 14, -15, 15, -16 };
+    const pairs = bytePairs(xc, ks);
+    const a0: int8.U8x32 = @bitCast(@shuffle(u16, pairs[0], pairs[1], lo16));
+    const a1: int8.U8x32 = @bitCast(@shuffle(u16, pairs[0], pairs[1], hi16));
     inline for (0..4) |r| {
         const wb = int8.broadcast4(i8, w + 4 * r);
         acc[r][0] = int8.dot4(acc[r][0], a0, wb);
@@ -266,34 +311,66 @@ inline fn step(acc: *[4][2]I32x8, xc: [*]const u8, ks: [*]const u16, w: [*]const
     }
 }
 
-/// Accumulators of one block row over one chunk: acc[r][0] tokens 0-7, acc[r][1] tokens 8-15.
-fn microKernel(xc: [*]const u8, group_k: [*]const u16, weights: [*]const i8, groups: usize) [4][2]I32x8 {
-    var acc: [4][2]I32x8 = @splat(.{ @as(I32x8, @splat(0)), @as(I32x8, @splat(0)) });
+/// Accumulators of one block row over one chunk.
+fn microKernel(xc: [*]const u8, group_k: [*]const u16, weights: [*]const i8, groups: usize) BlockSums {
     var g: usize = 0;
-    while (g + 2 <= groups) : (g += 2) {
-        step(&acc, xc, group_k + 4 * g, weights + 16 * g);
-        step(&acc, xc, group_k + 4 * g + 4, weights + 16 * g + 16);
+    if (int8.path == .vnni) {
+        var acc: [2][4]I32x16 = @splat(@splat(@splat(0)));
+        while (g + 2 <= groups) : (g += 2) {
+            stepZmm(&acc[0], xc, group_k + 4 * g, weights + 16 * g);
+            stepZmm(&acc[1], xc, group_k + 4 * g + 4, weights + 16 * g + 16);
+        }
+        if (g < groups) stepZmm(&acc[0], xc, group_k + 4 * g, weights + 16 * g);
+        var sums: BlockSums = undefined;
+        inline for (0..4) |r| sums[r][0] = acc[0][r] +% acc[1][r];
+        return sums;
     }
-    if (g < groups) step(&acc, xc, group_k + 4 * g, weights + 16 * g);
+    var acc: BlockSums = @splat(@splat(@splat(0)));
+    while (g + 2 <= groups) : (g += 2) {
+        stepYmm(&acc, xc, group_k + 4 * g, weights + 16 * g);
+        stepYmm(&acc, xc, group_k + 4 * g + 4, weights + 16 * g + 16);
+    }
+    if (g < groups) stepYmm(&acc, xc, group_k + 4 * g, weights + 16 * g);
     return acc;
+}
+
+/// Shuffle masks of `transpose4Lanes` for vectors of `n` lanes (n a multiple of 4).
+fn lane4Masks(comptime n: usize) [4]@Vector(n, i32) {
+    var m: [4][n]i32 = undefined;
+    for (0..n / 4) |g| for (0..2) |i| {
+        const e: i32 = @intCast(4 * g + i); // element i of the group's low pair
+        const at = 4 * g + 2 * i;
+        m[0][at] = e; // lo: a[e], b[e], a[e + 1], b[e + 1]
+        m[0][at + 1] = ~e;
+        m[1][at] = e + 2; // hi: a[e + 2], b[e + 2], ...
+        m[1][at + 1] = ~(e + 2);
+        m[2][4 * g + i] = e; // lo64: a[e], a[e + 1], b[e], b[e + 1]
+        m[2][4 * g + 2 + i] = ~e;
+        m[3][4 * g + i] = e + 2; // hi64: a[e + 2], a[e + 3], b[e + 2], b[e + 3]
+        m[3][4 * g + 2 + i] = ~(e + 2);
+    };
+    return .{ m[0], m[1], m[2], m[3] };
+}
+
+/// In-lane 4 x 4 transposes of four rows: result[j] holds, in each group of four lanes g, the
+/// four rows' values at lane 4g + j.
+inline fn transpose4Lanes(comptime T: type, comptime n: usize, v: [4]@Vector(n, T)) [4]@Vector(n, T) {
+    const masks = comptime lane4Masks(n);
+    const t01lo = @shuffle(T, v[0], v[1], masks[0]);
+    const t01hi = @shuffle(T, v[0], v[1], masks[1]);
+    const t23lo = @shuffle(T, v[2], v[3], masks[0]);
+    const t23hi = @shuffle(T, v[2], v[3], masks[1]);
+    return .{
+        @shuffle(T, t01lo, t23lo, masks[2]),
+        @shuffle(T, t01lo, t23lo, masks[3]),
+        @shuffle(T, t01hi, t23hi, masks[2]),
+        @shuffle(T, t01hi, t23hi, masks[3]),
+    };
 }
 
 /// Token-major 4-wide columns of a 4 x 8 block: result[j] = {v[0][j], v[1][j], v[2][j], v[3][j]}.
 inline fn transpose4x8(comptime T: type, v: [4]@Vector(8, T)) [8]@Vector(4, T) {
-    const lo = @Vector(8, i32){ 0, -1, 1, -2, 4, -5, 5, -6 };
-    const hi = @Vector(8, i32){ 2, -3, 3, -4, 6, -7, 7, -8 };
-    const lo64 = @Vector(8, i32){ 0, 1, -1, -2, 4, 5, -5, -6 };
-    const hi64 = @Vector(8, i32){ 2, 3, -3, -4, 6, 7, -7, -8 };
-    const t01lo = @shuffle(T, v[0], v[1], lo);
-    const t01hi = @shuffle(T, v[0], v[1], hi);
-    const t23lo = @shuffle(T, v[2], v[3], lo);
-    const t23hi = @shuffle(T, v[2], v[3], hi);
-    const c = [4]@Vector(8, T){
-        @shuffle(T, t01lo, t23lo, lo64), // tokens 0, 4
-        @shuffle(T, t01lo, t23lo, hi64), // tokens 1, 5
-        @shuffle(T, t01hi, t23hi, lo64), // tokens 2, 6
-        @shuffle(T, t01hi, t23hi, hi64), // tokens 3, 7
-    };
+    const c = transpose4Lanes(T, 8, v);
     var result: [8]@Vector(4, T) = undefined;
     inline for (0..4) |j| {
         result[j] = @shuffle(T, c[j], undefined, @Vector(4, i32){ 0, 1, 2, 3 });
@@ -302,73 +379,72 @@ inline fn transpose4x8(comptime T: type, v: [4]@Vector(8, T)) [8]@Vector(4, T) {
     return result;
 }
 
-/// Computes 16 channels x 16 tokens into a token-major buffer, then writes whole rows of 16
-/// channels per token: one cache line of fp32, instead of four partial lines at a large stride
-/// (which thrash one L1 set when n * 4 is a multiple of 4 KiB).
+/// 16 x 16 transpose in registers: result[j][c] = v[c][j] (VNNI's 32 zmm hold it).
+inline fn transpose16(comptime T: type, v: [16]@Vector(16, T)) [16]@Vector(16, T) {
+    var c: [4][4]@Vector(16, T) = undefined;
+    inline for (0..4) |g| c[g] = transpose4Lanes(T, 16, v[4 * g ..][0..4].*);
+    // Token 4L + j takes 128-bit lane L of c[0][j], c[1][j], c[2][j], c[3][j]: a 4 x 4
+    // transpose of lanes.
+    const lanes01 = @Vector(16, i32){ 0, 1, 2, 3, -1, -2, -3, -4, 4, 5, 6, 7, -5, -6, -7, -8 };
+    const lanes23 = @Vector(16, i32){ 8, 9, 10, 11, -9, -10, -11, -12, 12, 13, 14, 15, -13, -14, -15, -16 };
+    const low = @Vector(16, i32){ 0, 1, 2, 3, 4, 5, 6, 7, -1, -2, -3, -4, -5, -6, -7, -8 };
+    const high = @Vector(16, i32){ 8, 9, 10, 11, 12, 13, 14, 15, -9, -10, -11, -12, -13, -14, -15, -16 };
+    var result: [16]@Vector(16, T) = undefined;
+    inline for (0..4) |j| {
+        const x01lo = @shuffle(T, c[0][j], c[1][j], lanes01); // lanes: c0 L0, c1 L0, c0 L1, c1 L1
+        const x01hi = @shuffle(T, c[0][j], c[1][j], lanes23); // c0 L2, c1 L2, c0 L3, c1 L3
+        const x23lo = @shuffle(T, c[2][j], c[3][j], lanes01);
+        const x23hi = @shuffle(T, c[2][j], c[3][j], lanes23);
+        result[j] = @shuffle(T, x01lo, x23lo, low);
+        result[4 + j] = @shuffle(T, x01lo, x23lo, high);
+        result[8 + j] = @shuffle(T, x01hi, x23hi, low);
+        result[12 + j] = @shuffle(T, x01hi, x23hi, high);
+    }
+    return result;
+}
+
+/// Computes 16 channels x 16 tokens and writes whole rows of 16 channels per token: one cache
+/// line of fp32, instead of four partial lines at a large stride (which thrash one L1 set when
+/// n * 4 is a multiple of 4 KiB). VNNI transposes the tile in registers; AVX2, with 16 ymm,
+/// through a token-major buffer, 4 channels of a token at a time. (On VNNI that buffer, read back
+/// in whole rows, stalled on failed store forwarding: the register transpose made the 90%
+/// 768 x 3072 layer 11% faster on a Zen 4.)
 fn outputTile(comptime out: int8.Output, comptime act: vmath.Activation, args: *const Args, tile: usize, tokens: *const Tokens) void {
     const T = if (out == .s32) i32 else f32;
-    var buffer: [chunk_tokens][tile_channels]T align(64) = undefined;
     const block_rows: usize = args.w.header.block_rows;
     const br0 = tile * tile_block_rows;
     const count: usize = @min(tile_block_rows, block_rows - br0);
-    for (0..count) |b| blockRow(out, args, br0 + b, tokens, T, &buffer, 4 * b);
-    if (count < tile_block_rows) for (&buffer) |*row| @memset(row[4 * count ..], 0);
-
     const n: usize = args.w.header.n;
     const c0 = br0 * 4;
     const channels: usize = @min(tile_channels, n - c0);
-    const t0 = tokens.chunk * chunk_tokens;
+    const at = tokens.chunk * chunk_tokens * n + c0;
     const target = epilogue.Target{ .y = args.y, .residual = args.residual, .requant = args.requant };
-    for (0..tokens.count) |j| {
-        const at = (t0 + j) * n + c0;
-        const V = @Vector(tile_channels, T);
-        const row: *const [tile_channels]T = &buffer[j];
-        const v: V = row.*;
-        if (out == .s32) {
-            epilogue.storeExact(target, at, v, channels);
-            continue;
+    if (halves == 1) {
+        var rows: [tile_channels]@Vector(chunk_tokens, T) = @splat(@splat(0));
+        inline for (0..tile_block_rows) |b| {
+            if (b < count) {
+                const v = blockRow(out, args, br0 + b, tokens);
+                inline for (0..4) |r| rows[4 * b + r] = v[r][0];
+            }
         }
-        // The activation runs here, on two vectors per token, rather than in `blockRow` on
-        // eight at once, where its temporaries spilled: GELU cost the intermediate layer of
-        // BERT-Base 11 -> 5 cycles per 8 outputs (Zig harness of this kernel, one thread).
-        epilogue.storeActivated(out, target, at, act.applyInt8(tile_channels, v), channels);
+        const columns = transpose16(T, rows);
+        inline for (0..chunk_tokens) |j| {
+            if (j < tokens.count) storeToken(out, act, target, at + j * n, columns[j], channels);
+        }
+    } else {
+        var buffer: [chunk_tokens][tile_channels]T align(64) = undefined;
+        for (0..count) |b| blockRowToBuffer(out, args, br0 + b, tokens, T, &buffer, 4 * b);
+        if (count < tile_block_rows) for (&buffer) |*row| @memset(row[4 * count ..], 0);
+        // Through a pointer: `buffer[j]` as a value copies the whole buffer (1 KiB) per token.
+        for (0..tokens.count) |j| {
+            const row: *const [tile_channels]T = &buffer[j];
+            storeToken(out, act, target, at + j * n, row.*, channels);
+        }
     }
 }
 
-/// One block row over one chunk: the s32 sums with the activation zero point removed,
-/// exact[r][half] = channel 4 * br + r, tokens 8 * half ..
-fn exactSums(args: *const Args, br: usize, tokens: *const Tokens) [4][2]I32x8 {
-    const w = args.w;
-    const k: usize = w.header.k;
-    const g0 = w.group_ptr[br];
-    const g1 = w.group_ptr[br + 1];
-    const xc = args.x + tokens.chunk * k * row_bytes;
-    const acc = microKernel(xc, w.group_k + 4 * @as(usize, g0), w.weights + 16 * @as(usize, g0), g1 - g0);
-    const c0 = br * 4;
-    var exact: [4][2]I32x8 = undefined;
-    inline for (0..4) |r| inline for (0..2) |half| {
-        exact[r][half] = acc[r][half] -% tokens.zero[half] *% @as(I32x8, @splat(w.wsum[c0 + r]));
-    };
-    return exact;
-}
-
-/// `exact` dequantized per token and channel, plus the bias: the activation's input.
-fn dequantize(args: *const Args, br: usize, tokens: *const Tokens, exact: [4][2]I32x8) [4][2]F8 {
-    const c0 = br * 4;
-    const sw: F4 = args.w.scale[c0..][0..4].*;
-    const bias: F4 = args.w.bias[c0..][0..4].*;
-    var f: [4][2]F8 = undefined;
-    inline for (0..4) |r| inline for (0..2) |half| {
-        const s = tokens.scale[half] * @as(F8, @splat(sw[r]));
-        const v: F8 = @floatFromInt(exact[r][half]);
-        f[r][half] = v * s + @as(F8, @splat(bias[r]));
-    };
-    return f;
-}
-
-/// One block row into channels `col..col + 4` of the token-major `buffer` (before the
-/// activation), for the chunk's 16 tokens.
-fn blockRow(
+/// One block row into channels `col..col + 4` of the token-major `buffer`.
+fn blockRowToBuffer(
     comptime out: int8.Output,
     args: *const Args,
     br: usize,
@@ -377,19 +453,67 @@ fn blockRow(
     buffer: *[chunk_tokens][tile_channels]T,
     col: usize,
 ) void {
-    const exact = exactSums(args, br, tokens);
+    const v = blockRow(out, args, br, tokens);
+    inline for (0..halves) |h| {
+        const cols = transpose4x8(T, .{ v[0][h], v[1][h], v[2][h], v[3][h] });
+        inline for (0..half_tokens) |j| buffer[h * half_tokens + j][col..][0..4].* = cols[j];
+    }
+}
+
+/// One token's row of a tile to the output: the exact sums, or the activation and the shared
+/// epilogue. (The activation runs here, per token, rather than on a block row's eight vectors,
+/// where its temporaries spilled: GELU cost the intermediate layer of BERT-Base 11 -> 5 cycles per
+/// 8 outputs, Zig harness of this kernel, one thread.)
+inline fn storeToken(
+    comptime out: int8.Output,
+    comptime act: vmath.Activation,
+    target: epilogue.Target,
+    at: usize,
+    row: @Vector(tile_channels, if (out == .s32) i32 else f32),
+    channels: usize,
+) void {
     if (out == .s32) {
-        inline for (0..2) |half| {
-            const cols = transpose4x8(i32, .{ exact[0][half], exact[1][half], exact[2][half], exact[3][half] });
-            inline for (0..8) |j| buffer[half * 8 + j][col..][0..4].* = cols[j];
-        }
-        return;
+        epilogue.storeExact(target, at, row, channels);
+    } else {
+        epilogue.storeActivated(out, target, at, act.applyInt8(tile_channels, row), channels);
     }
-    const f = dequantize(args, br, tokens, exact);
-    inline for (0..2) |half| {
-        const cols = transpose4x8(f32, .{ f[0][half], f[1][half], f[2][half], f[3][half] });
-        inline for (0..8) |j| buffer[half * 8 + j][col..][0..4].* = cols[j];
-    }
+}
+
+/// One block row over one chunk: the s32 sums with the activation zero point removed.
+fn exactSums(args: *const Args, br: usize, tokens: *const Tokens) BlockSums {
+    const w = args.w;
+    const k: usize = w.header.k;
+    const g0 = w.group_ptr[br];
+    const g1 = w.group_ptr[br + 1];
+    const xc = args.x + tokens.chunk * k * row_bytes;
+    const acc = microKernel(xc, w.group_k + 4 * @as(usize, g0), w.weights + 16 * @as(usize, g0), g1 - g0);
+    const c0 = br * 4;
+    var exact: BlockSums = undefined;
+    inline for (0..4) |r| inline for (0..halves) |h| {
+        exact[r][h] = acc[r][h] -% tokens.zero[h] *% @as(HalfI32, @splat(w.wsum[c0 + r]));
+    };
+    return exact;
+}
+
+/// `exact` dequantized per token and channel, plus the bias: the activation's input.
+fn dequantize(args: *const Args, br: usize, tokens: *const Tokens, exact: BlockSums) BlockValues {
+    const c0 = br * 4;
+    const sw: F4 = args.w.scale[c0..][0..4].*;
+    const bias: F4 = args.w.bias[c0..][0..4].*;
+    var f: BlockValues = undefined;
+    inline for (0..4) |r| inline for (0..halves) |h| {
+        const s = tokens.scale[h] * @as(HalfF32, @splat(sw[r]));
+        const v: HalfF32 = @floatFromInt(exact[r][h]);
+        f[r][h] = v * s + @as(HalfF32, @splat(bias[r]));
+    };
+    return f;
+}
+
+/// One block row over one chunk, before the activation: the exact sums for an s32 output, else
+/// their dequantized values.
+inline fn blockRow(comptime out: int8.Output, args: *const Args, br: usize, tokens: *const Tokens) if (out == .s32) BlockSums else BlockValues {
+    const exact = exactSums(args, br, tokens);
+    return if (out == .s32) exact else dequantize(args, br, tokens, exact);
 }
 
 /// `forwardQuantized`'s tile: 16 channels x 16 tokens staged in packed order (no transpose),
@@ -407,8 +531,7 @@ fn stagedTile(comptime act: vmath.Activation, args: *const Args, tile: usize, to
             // The last block row may run past n: its padding channels are not staged.
             if (br * 4 + r < n) {
                 const row = chunk_rows + (br * 4 + r) * chunk_tokens;
-                row[0..8].* = f[r][0];
-                row[8..16].* = f[r][1];
+                inline for (0..halves) |h| row[h * half_tokens ..][0..half_tokens].* = f[r][h];
             }
         }
     }
@@ -469,8 +592,8 @@ const Fixture = struct {
         const blob = try gpa.alignedAlloc(u8, .@"64", len);
         try format.i8Pack(q.ptr, scale.ptr, bias.ptr, n, k, blob.ptr, len);
         const xq = try gpa.alloc(u8, m * k);
-        for (xq) |*v| v.* = rnd.uintAtMost(u8, 127);
-        xq[0] = 127;
+        for (xq) |*v| v.* = rnd.uintAtMost(u8, int8.act_max);
+        xq[0] = int8.act_max;
         xq[xq.len - 1] = 0;
         const x_scale = try gpa.alloc(f32, m);
         const x_zero = try gpa.alloc(i32, m);
@@ -572,7 +695,7 @@ fn checkQuantizedOutput(m: usize, n: usize, k: usize, keep_percent: u32, seed: u
     for ([_]vmath.Activation{ .none, .gelu_erf }) |act| {
         const args = try f.args(y.ptr, .f32, act);
         forward(&args);
-        try layout.quantizePacked(y.ptr, m, n, .per_token, want.ptr, params.ptr, zeros.ptr);
+        try layout.quantizePacked(y.ptr, m, n, .per_token, int8.act_max, want.ptr, params.ptr, zeros.ptr);
         @memset(scratch, 0xff); // NaN everywhere: nothing may be read before it is written
         var staging = Staging.init(scratch.ptr, m, n);
         try forwardQuantized(&args, &staging, got.ptr, params[m..].ptr, zeros[m..].ptr);

@@ -39,6 +39,7 @@ import {
   type ActivationQuantization,
   checkQuantizedWeight,
   checkStatus,
+  int8ActivationQmax,
   isActivationQuantization,
   isQuantizedWeight,
   packedBytes,
@@ -95,7 +96,7 @@ class StagedOutput implements Disposable {
     return this.#hidden.subarray(0, need);
   }
 
-  /** The packed 7-bit output of `m` rows and the native scratch its kernel stages through. */
+  /** The packed output codes of `m` rows and the native scratch its kernel stages through. */
   prepare(m: number): { into: QuantizedActivations; staging: NativeBuffer } {
     const n = this.outFeatures;
     const stagingBytes = Number(kernels().symbols.sb_spmm_i8_staging_len(BigInt(m), BigInt(n)));
@@ -103,7 +104,15 @@ class StagedOutput implements Disposable {
       this.#staging?.[Symbol.dispose]();
       this.#staging = new NativeBuffer(stagingBytes);
     }
-    const into = reuseActivations(this.#handoff, "packed", m, n, 0, packedBytes(m, n), 127);
+    const into = reuseActivations(
+      this.#handoff,
+      "packed",
+      m,
+      n,
+      0,
+      packedBytes(m, n),
+      int8ActivationQmax(),
+    );
     this.#handoff = into;
     return { into, staging: this.#staging };
   }
@@ -238,9 +247,9 @@ export abstract class Int8Linear implements LinearOp {
   /** Frees the packed weights. */
   abstract [Symbol.dispose](): void;
 
-  /** Largest activation code this op's kernel takes: 127, or 255 for `"ort-u8"`. */
+  /** Largest activation code this op's kernel takes: the library's, or 255 for `"ort-u8"`. */
   get #activationQmax(): number {
-    return this.activationQuantization === "ort-u8" ? 255 : 127;
+    return this.activationQuantization === "ort-u8" ? 255 : int8ActivationQmax();
   }
 
   /** Quantizes fp32 input `[m, in]` into this op's workspace, in the kernel's layout. */
@@ -412,11 +421,11 @@ export abstract class Int8Linear implements LinearOp {
       throw new RangeError(`Quantized input needs a positive token count, got ${q.m}`);
     }
     const qmax = this.#activationQmax;
-    if (q.qmax !== qmax) {
+    if (this.activationQuantization === "ort-u8" ? q.qmax !== 255 : q.qmax > qmax) {
       throw new RangeError(
         this.activationQuantization === "ort-u8"
           ? `This op runs ORT's 8-bit activations (qmax 255), got qmax ${q.qmax}`
-          : `The int8 kernels take 7-bit activations (qmax 127), got ${q.qmax}`,
+          : `The int8 kernels here take activations up to ${qmax}, got qmax ${q.qmax}`,
       );
     }
     if (q.scale.length < q.m || q.zeroPoint.length < q.m) {
@@ -438,11 +447,14 @@ export abstract class Int8Linear implements LinearOp {
     } else {
       throw new RangeError(`Unknown activation layout "${q.layout}"`);
     }
-    const bytes = q.layout === "rows" ? q.m * q.stride : packedBytes(q.m, q.k);
-    const max = kernels().symbols.sb_u8_max(q.data, BigInt(bytes));
-    if (max > qmax) {
+    const lib = kernels().symbols;
+    // Packed lanes are u16 whose high byte the kernels take to be 0: a set one counts above 255.
+    const max = q.layout === "rows"
+      ? lib.sb_u8_max(q.data, BigInt(q.m * q.stride))
+      : lib.sb_u16_max(q.data, BigInt(packedBytes(q.m, q.k)));
+    if (max > q.qmax) {
       throw new RangeError(
-        `Quantized activations must be at most ${qmax} (see ops/quantize.ts), found ${max}`,
+        `Quantized activations must be at most ${q.qmax} (see ops/quantize.ts), found ${max}`,
       );
     }
     return q.m;
@@ -544,7 +556,7 @@ export class LinearI8 extends Int8Linear {
       call.outZero,
       call.outQmax,
       ACTIVATION_CODE[this.activation],
-      call.q.qmax,
+      this.activationQuantization === "ort-u8" ? 1 : 0,
     );
   }
 

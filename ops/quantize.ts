@@ -4,9 +4,11 @@
  * read (`kernels/quantize.zig`).
  *
  * Saturation rule: the AVX2 kernels multiply with `vpmaddubsw`, which adds two u8 x s8
- * products in saturating int16. Activations are therefore quantized to 7 bits ([0, 127]):
- * a pair is then at most 2 * 127 * 128 = 32512 and never saturates, and every ISA variant
- * returns the same exact s32 sums. Weights keep 8 bits.
+ * products in saturating int16. There activations are therefore quantized to 7 bits
+ * ([0, 127]): a pair is then at most 2 * 127 * 128 = 32512 and never saturates. The AVX-512
+ * VNNI kernels (`vpdpbusd`: each product goes straight into s32) take full 8-bit activations
+ * ([0, 255]). {@linkcode int8ActivationQmax} tells which the loaded library takes; every variant
+ * returns the exact s32 sums of the codes it is given. Weights keep 8 bits.
  *
  * ```ts
  * import { quantizeActivations } from "./ops/quantize.ts";
@@ -19,12 +21,21 @@
 import { kernels } from "../ffi/library.ts";
 import { checkLinearWeight, describeArray, type LinearWeight } from "./linear.ts";
 
-/** Largest activation value of the int8 kernels (7-bit activations, see the module note). */
-export const ACTIVATION_QMAX = 127;
+let libraryQmax: number | undefined;
 
 /**
- * How activations are quantized: 7-bit with one range per token (row) or one for the whole
- * tensor, or `"ort-u8"`: ONNX Runtime's DynamicQuantizeLinear (8-bit, per tensor,
+ * Largest activation code the loaded kernel library's int8 kernels take: 255 for the AVX-512
+ * VNNI variant, 127 for the others (see the module note). The default `qmax` of the per-token
+ * and per-tensor modes.
+ */
+export function int8ActivationQmax(): number {
+  libraryQmax ??= kernels().symbols.sb_int8_act_max();
+  return libraryQmax;
+}
+
+/**
+ * How activations are quantized: to the kernels' codes ({@linkcode int8ActivationQmax}) with one
+ * range per token (row) or one for the whole tensor, or `"ort-u8"`: ONNX Runtime's DynamicQuantizeLinear (8-bit, per tensor,
  * `q = rne(x / scale) + zero`), for running an ORT `quantize_dynamic` model with ORT's exact
  * numerics (dense int8 only; on AVX2 its pair sums saturate as ORT's AVX2 kernel does, see
  * `kernels/gemm_i8.zig`).
@@ -80,7 +91,7 @@ export interface QuantizedActivations {
   scale: Float32Array;
   /** `[m]` zero point of each token. */
   zeroPoint: Int32Array;
-  /** Largest value (127 for the int8 kernels). */
+  /** Largest value (at most {@linkcode int8ActivationQmax} for the int8 kernels). */
   qmax: number;
 }
 
@@ -88,9 +99,9 @@ export interface QuantizedActivations {
 export interface QuantizeOptions {
   /** Per-token (default) or per-tensor ranges. */
   mode?: ActivationQuantization;
-  /** Output layout; default `"rows"`. `"packed"` requires `qmax` 127. */
+  /** Output layout; default `"rows"`. `"packed"` takes at most {@linkcode int8ActivationQmax}. */
   layout?: "rows" | "packed";
-  /** 127 (default, what the int8 kernels take) or 255. */
+  /** 127 or 255; default {@linkcode int8ActivationQmax} (255 for `"ort-u8"`). */
   qmax?: number;
   /** Reuse these buffers when they are large enough (no allocation on the hot path). */
   into?: QuantizedActivations;
@@ -105,7 +116,7 @@ export function checkStatus(code: number, what: string): void {
     [-3]: "an option code is invalid",
     [-4]: "the shape is too large for the packed format",
     [-5]: "the buffer is too small",
-    [-6]: "an activation exceeds 127 (the int8 kernels take 7-bit activations)",
+    [-6]: "an activation exceeds the int8 kernels' bound (int8ActivationQmax)",
   };
   throw new Error(`${what} failed: ${reasons[code] ?? `status ${code}`}`);
 }
@@ -147,7 +158,7 @@ export function quantizeActivations(
   checkShape(x, m, k);
   const mode = options.mode ?? "per-token";
   const layout = options.layout ?? "rows";
-  const qmax = options.qmax ?? (mode === "ort-u8" ? 255 : ACTIVATION_QMAX);
+  const qmax = options.qmax ?? (mode === "ort-u8" ? 255 : int8ActivationQmax());
   if (!isActivationQuantization(mode)) {
     throw new RangeError(`Unknown quantization mode "${mode}"`);
   }
@@ -158,8 +169,10 @@ export function quantizeActivations(
   if (mode === "ort-u8" && (qmax !== 255 || layout !== "rows")) {
     throw new RangeError(`"ort-u8" quantization writes 8-bit rows (qmax 255, layout "rows")`);
   }
-  if (layout === "packed" && qmax !== 127) {
-    throw new RangeError(`The packed layout takes 7-bit activations (qmax 127), got ${qmax}`);
+  if (layout === "packed" && qmax > int8ActivationQmax()) {
+    throw new RangeError(
+      `The packed layout takes activations up to ${int8ActivationQmax()} here, got qmax ${qmax}`,
+    );
   }
   const stride = layout === "rows" ? rowStride(k) : 0;
   const bytes = layout === "rows" ? m * stride : packedBytes(m, k);
@@ -182,6 +195,7 @@ export function quantizeActivations(
       BigInt(m),
       BigInt(k),
       MODE_CODE[mode],
+      qmax,
       q.data,
       q.scale,
       q.zeroPoint,

@@ -56,7 +56,7 @@ export class SparseLinearI8 extends Int8Linear {
     super(weight, options);
     if (this.activationQuantization === "ort-u8") {
       throw new RangeError(
-        `The sparse int8 kernel takes 7-bit activations; "ort-u8" runs on the dense int8 op`,
+        `The sparse int8 kernel takes its own activation codes; "ort-u8" runs on the dense int8 op`,
       );
     }
     if (weight.in > SPARSE_I8_MAX_IN) {

@@ -125,7 +125,8 @@ Deno.test("ABI: sizes a kernel cannot take are refused with status -3 in the bui
   assert.equal(lib.sb_quantize_rows(x, 0n, 4n, 1, 127, q, 4n, scale, zero), -3, "m = 0");
   assert.equal(lib.sb_quantize_rows(x, 2n, 4n, 1, 127, q, 3n, scale, zero), -3, "ldq < k");
   assert.equal(lib.sb_quantize_rows(x, 2n, 4n, 1, 127, q, 4n, scale, zero), 0, "a good call");
-  assert.equal(lib.sb_quantize_packed(x, 2n, 0n, 1, q, scale, zero), -3, "k = 0");
+  assert.equal(lib.sb_quantize_packed(x, 2n, 0n, 1, 127, q, scale, zero), -3, "k = 0");
+  assert.equal(lib.sb_quantize_packed(x, 2n, 4n, 1, 100, q, scale, zero), -3, "qmax 100");
   assert.equal(lib.sb_pack_rows_u8(q, 2n, 4n, 2n, q), -3, "ldq < k");
   const w = new Float32Array(16).fill(1);
   assert.equal(lib.sb_quantize_weights_i8(w, 0n, 4n, new Int8Array(16), scale), -3, "n = 0");

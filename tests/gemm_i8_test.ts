@@ -2,6 +2,7 @@ import { throws as assertThrows } from "node:assert/strict";
 import type { Activation } from "../ops/linear.ts";
 import { LinearI8 } from "../ops/linear_i8.ts";
 import {
+  int8ActivationQmax,
   quantizeActivations,
   type QuantizedActivations,
   quantizeWeights,
@@ -34,7 +35,7 @@ function refActivations(
   k: number,
   mode: "per-token" | "per-tensor",
 ): RefActivations {
-  return { m, k, ...quantizeReference(x, m, k, mode, 127) };
+  return { m, k, ...quantizeReference(x, m, k, mode, int8ActivationQmax()) };
 }
 
 Deno.test(`gemm_i8 s32 sums equal the reference exactly on every shape (${variantLabel()})`, () => {
@@ -102,12 +103,14 @@ function rowsOf(q: Uint8Array, m: number, k: number, zero: number): QuantizedAct
     data,
     scale: new Float32Array(m).fill(0.5),
     zeroPoint: new Int32Array(m).fill(zero),
-    qmax: 127,
+    qmax: int8ActivationQmax(),
   };
 }
 
-Deno.test(`gemm_i8 is exact at the extreme values: weights +-127 and -128, activations 0 and 127 (${variantLabel()})`, () => {
-  // All pairs at the int16 limit of vpmaddubsw: 2 * 127 * 128 = 32512 per pair, K = 4096.
+Deno.test(`gemm_i8 is exact at the extreme values: weights +-127 and -128, activations 0 and the bound (${variantLabel()})`, () => {
+  // All pairs at the int16 limit of vpmaddubsw (2 * 127 * 128 = 32512 per pair) where the bound
+  // is 127; u8 x s8 extremes straight into s32 where it is 255 (VNNI). K = 4096.
+  const top = int8ActivationQmax();
   const [m, k, n] = [5, 4096, 24];
   const next = rng(3);
   const weight = new Int8Array(n * k);
@@ -128,9 +131,9 @@ Deno.test(`gemm_i8 is exact at the extreme values: weights +-127 and -128, activ
   const qw = { out: n, in: k, weight, scale: new Float32Array(n).fill(0.01), bias: null };
   const q = new Uint8Array(m * k);
   for (let t = 0; t < m; t++) {
-    for (let i = 0; i < k; i++) q[t * k + i] = t === 0 ? 127 : t === 1 ? 0 : next() < 0.5 ? 127 : 0;
+    for (let i = 0; i < k; i++) q[t * k + i] = t === 0 ? top : t === 1 ? 0 : next() < 0.5 ? top : 0;
   }
-  for (const zero of [0, 127, 64]) {
+  for (const zero of [0, top, 64]) {
     const x = rowsOf(q, m, k, zero);
     using op = new LinearI8(qw);
     assertEqualInts(
@@ -176,10 +179,15 @@ Deno.test(`gemm_i8 "ort-u8": 8-bit activations give ORT's sums, saturating pairs
   if (saturates === got.every((v, i) => v === exact[i])) {
     throw new Error(`Saturation ${saturates ? "expected but absent" : "present but not expected"}`);
   }
-  // A 7-bit op refuses 8-bit codes, and an 8-bit op refuses 7-bit ones.
-  using seven = new LinearI8(qw);
-  assertThrows(() => seven.forwardExact(x), /7-bit activations \(qmax 127\), got 255/);
-  assertThrows(() => op.forwardExact(rowsOf(codes.map((v) => v >> 1), m, k, 7)), /qmax 255/);
+  // A 7-bit op refuses 8-bit codes (VNNI's ops take them), and the ORT op refuses other codes.
+  using own = new LinearI8(qw);
+  if (int8ActivationQmax() === 127) {
+    assertThrows(() => own.forwardExact(x), /take activations up to 127, got qmax 255/);
+  } else {
+    assertEqualInts(own.forwardExact(x), int8Exact(acts, qw), "8-bit codes on VNNI");
+  }
+  const halved = { ...rowsOf(codes.map((v) => v >> 1), m, k, 7), qmax: 127 };
+  assertThrows(() => op.forwardExact(halved), /qmax 255/);
 });
 
 Deno.test(`gemm_i8 requantized u8 output is within one step of the reference (${variantLabel()})`, () => {
@@ -231,7 +239,7 @@ Deno.test("gemm_i8 rejects bad weights, inputs and options with clear errors", (
   using op = new LinearI8({ out: 3, in: 4, weight: randomF32(12, 1) });
   assertThrows(() => op.forward(new Float32Array(7), 2), /at least 2 x 4 = 8 values/);
   assertThrows(() => op.forward(new Float32Array([1, 2, NaN, 4]), 1), /NaN or infinity/);
-  const q = quantizeActivations(randomF32(8, 2), 2, 4);
+  const q = quantizeActivations(randomF32(8, 2), 2, 4, { qmax: 127 });
   q.data[1] = 200;
   assertThrows(() => op.forwardExact(q), /at most 127.*found 200/);
   assertThrows(

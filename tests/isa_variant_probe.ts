@@ -1,8 +1,9 @@
 /**
  * Child process of `tests/isa_variants_test.ts`: loads the kernel library as a user would
- * (`SPARSEBERT_ISA` decides the variant), runs the int8 kernels on seeded inputs and prints one
- * JSON line with the loaded variant and a SHA-256 of each kernel's exact outputs, so the parent
- * can compare variants bit for bit.
+ * (`SPARSEBERT_ISA` decides the variant), runs the int8 kernels on seeded inputs quantized to
+ * 7-bit codes (which every variant takes) and prints one JSON line with the loaded variant, its
+ * activation bound and a SHA-256 of each kernel's exact outputs, so the parent can compare
+ * variants bit for bit.
  *
  * With `--mask N` it instead opens the library with `featureMask: N` (a simulated CPU that lacks
  * features) and prints the variant chosen and why; a refusal is printed to stderr, exit code 1.
@@ -11,7 +12,7 @@
  */
 import { type IsaVariant, kernels, openKernelLibrary } from "../ffi/library.ts";
 import { LinearI8 } from "../ops/linear_i8.ts";
-import { quantizeWeights } from "../ops/quantize.ts";
+import { int8ActivationQmax, quantizeActivations, quantizeWeights } from "../ops/quantize.ts";
 import { SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
 import { randomBlockSparse } from "../ops/sparsity.ts";
 import { randomF32 } from "./harness.ts";
@@ -34,11 +35,13 @@ async function int8Digests(): Promise<Record<string, string>> {
   for (const [m, k, n] of shapes) {
     const x = randomF32(m * k, seed++, -2, 3);
     const dense = quantizeWeights({ out: n, in: k, weight: randomF32(n * k, seed++) });
+    // 7-bit codes: the AVX-512 VNNI variant's own default is 8 bits (int8ActivationQmax).
     using gemm = new LinearI8(dense);
-    parts.gemm_i8.push(gemm.forwardExact(gemm.quantizeInput(x, m)));
+    parts.gemm_i8.push(gemm.forwardExact(quantizeActivations(x, m, k, { qmax: 127 })));
     const weight = randomBlockSparse({ out: n, in: k, sparsity: 0.8, seed: seed++ });
     using spmm = new SparseLinearI8(quantizeWeights({ out: n, in: k, weight }));
-    parts.spmm_i8.push(spmm.forwardExact(spmm.quantizeInput(x, m)));
+    const packed = quantizeActivations(x, m, k, { qmax: 127, layout: "packed" });
+    parts.spmm_i8.push(spmm.forwardExact(packed));
   }
   const digests: Record<string, string> = {};
   for (const [name, outputs] of Object.entries(parts)) {
@@ -69,6 +72,7 @@ if (import.meta.main) {
     }
   } else {
     const lib = kernels(); // a refusal here is an uncaught KernelLibraryError: exit code 1
-    console.log(JSON.stringify({ isa: lib.isa, digests: await int8Digests() }));
+    const digests = await int8Digests();
+    console.log(JSON.stringify({ isa: lib.isa, qmax: int8ActivationQmax(), digests }));
   }
 }

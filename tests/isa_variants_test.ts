@@ -12,6 +12,7 @@ import {
   ISA_VARIANTS,
   type IsaVariant,
   probeCpuFeatures,
+  VARIANT_NUMERICS,
 } from "../ffi/library.ts";
 
 const PROBE = new URL("./isa_variant_probe.ts", import.meta.url).pathname;
@@ -60,7 +61,7 @@ function refused(run: ProbeRun, isa: IsaVariant, what: string): void {
   assert.match(run.stderr, new RegExp(`cannot run the "${isa}" kernel variant`), what);
 }
 
-Deno.test("each variant this CPU runs loads by SPARSEBERT_ISA and equals the baseline's int8 bits", async () => {
+Deno.test("each variant this CPU runs loads by SPARSEBERT_ISA and equals the baseline's int8 bits on 7-bit codes", async () => {
   assert.ok(runnable.includes("baseline"), "the baseline runs on every x86-64 CPU");
   const results = new Map<IsaVariant, Record<string, string>>();
   for (const isa of runnable) {
@@ -68,6 +69,7 @@ Deno.test("each variant this CPU runs loads by SPARSEBERT_ISA and equals the bas
     assert.equal(run.code, 0, `${isa}: ${run.stderr}`);
     const line = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
     assert.equal(line.isa, isa, `SPARSEBERT_ISA=${isa} loaded ${line.isa}`);
+    assert.equal(line.qmax, VARIANT_NUMERICS[isa].activationQmax, `${isa} activation bound`);
     results.set(isa, line.digests);
   }
   const baseline = results.get("baseline")!;

@@ -1,5 +1,6 @@
 import { throws as assertThrows } from "node:assert/strict";
 import {
+  int8ActivationQmax,
   packActivations,
   quantizeActivations,
   quantizeWeights,
@@ -43,8 +44,8 @@ Deno.test(`quantize (rows and packed) equals the reference exactly (${variantLab
             if (rows.data[t * rows.stride + c] !== 0) throw new Error(`Padding not zero, ${what}`);
           }
         }
-        if (qmax !== 127) continue;
-        const packed = quantizeActivations(x, m, k, { mode, layout: "packed" });
+        if (qmax > int8ActivationQmax()) continue;
+        const packed = quantizeActivations(x, m, k, { mode, layout: "packed", qmax });
         const unpacked = new Uint8Array(m * k);
         for (let t = 0; t < m; t++) {
           for (let c = 0; c < k; c++) unpacked[t * k + c] = packedValue(packed.data, k, t, c);
@@ -89,15 +90,18 @@ Deno.test(`quantize "ort-u8" is ONNX Runtime's DynamicQuantizeLinear exactly (${
 Deno.test("quantize hits 0 and qmax at the range ends and keeps 0 exact", () => {
   const x = new Float32Array([-2, 0, 1, 6, 0, 0, 0, 0, 3, 3, 3, 3, -1, -1, -4, -0.5]);
   for (const mode of MODES) {
+    // The default qmax is the library's: 255 with VNNI, else 127.
+    const qmax = int8ActivationQmax();
     const q = quantizeActivations(x, 4, 4, { mode });
-    const ref = quantizeReference(x, 4, 4, mode, 127);
+    assertEqualInts([q.qmax], [qmax], "default qmax");
+    const ref = quantizeReference(x, 4, 4, mode, qmax);
     assertEqualInts(rowsOf(q.data, 4, 4, q.stride), ref.q, mode);
-    // The range ends map to 0 and 127; an exact 0 dequantizes to exactly 0.
+    // The range ends map to 0 and qmax; an exact 0 dequantizes to exactly 0.
     if (mode === "per-token") {
-      assertEqualInts([q.data[0], q.data[3]], [0, 127], "row 0 ends");
+      assertEqualInts([q.data[0], q.data[3]], [0, qmax], "row 0 ends");
       assertEqualInts([q.data[4], q.scale[1], q.zeroPoint[1]], [0, 1, 0], "all-zero row");
-      assertEqualInts([q.data[8], q.zeroPoint[2]], [127, 0], "positive row");
-      assertEqualInts([q.data[14], q.zeroPoint[3]], [0, 127], "negative row");
+      assertEqualInts([q.data[8], q.zeroPoint[2]], [qmax, 0], "positive row");
+      assertEqualInts([q.data[14], q.zeroPoint[3]], [0, qmax], "negative row");
     }
     for (let t = 0; t < 4; t++) {
       for (let c = 0; c < 4; c++) {
@@ -138,10 +142,12 @@ Deno.test("quantize refuses NaN and infinity with a clear error", () => {
   }
   assertThrows(() => quantizeActivations(new Float32Array(5), 2, 3), /at least 2 x 3 = 6/);
   assertThrows(() => quantizeActivations(new Float32Array(6), 2, 3, { qmax: 100 }), /127 or 255/);
-  assertThrows(
-    () => quantizeActivations(new Float32Array(6), 2, 3, { layout: "packed", qmax: 255 }),
-    /7-bit/,
-  );
+  if (int8ActivationQmax() === 127) {
+    assertThrows(
+      () => quantizeActivations(new Float32Array(6), 2, 3, { layout: "packed", qmax: 255 }),
+      /up to 127 here, got qmax 255/,
+    );
+  }
 });
 
 Deno.test("quantize reuses a large enough workspace", () => {

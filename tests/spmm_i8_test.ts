@@ -3,6 +3,7 @@ import { setThreads, threads } from "../ffi/library.ts";
 import type { Activation } from "../ops/linear.ts";
 import { LinearI8 } from "../ops/linear_i8.ts";
 import {
+  int8ActivationQmax,
   quantizeActivations,
   type QuantizedLinearWeight,
   quantizeWeights,
@@ -35,7 +36,7 @@ function refActivations(
   k: number,
   mode: "per-token" | "per-tensor",
 ): RefActivations {
-  return { m, k, ...quantizeReference(x, m, k, mode, 127) };
+  return { m, k, ...quantizeReference(x, m, k, mode, int8ActivationQmax()) };
 }
 
 function sparseWeight(n: number, k: number, sparsity: number, seed: number): QuantizedLinearWeight {
@@ -92,7 +93,8 @@ Deno.test(`spmm_i8 agrees with the dense int8 op bit for bit (${variantLabel()})
 });
 
 Deno.test(`spmm_i8 is exact at the extreme values (${variantLabel()})`, () => {
-  // Kept blocks full of 127 / -128 / -127 against activations 0 and 127, K = 4096.
+  // Kept blocks full of 127 / -128 / -127 against activations 0 and the bound, K = 4096.
+  const top = int8ActivationQmax();
   const [m, k, n] = [20, 4096, 16];
   const next = rng(8);
   const weight = new Int8Array(n * k);
@@ -105,10 +107,10 @@ Deno.test(`spmm_i8 is exact at the extreme values (${variantLabel()})`, () => {
   const qw = { out: n, in: k, weight, scale: new Float32Array(n).fill(0.01) };
   const q = new Uint8Array(m * k);
   for (let t = 0; t < m; t++) {
-    for (let i = 0; i < k; i++) q[t * k + i] = t === 0 ? 127 : t === 1 ? 0 : next() < 0.5 ? 127 : 0;
+    for (let i = 0; i < k; i++) q[t * k + i] = t === 0 ? top : t === 1 ? 0 : next() < 0.5 ? top : 0;
   }
   using op = new SparseLinearI8(qw);
-  for (const zero of [0, 127]) {
+  for (const zero of [0, top]) {
     const rows = {
       layout: "rows" as const,
       m,
@@ -117,7 +119,7 @@ Deno.test(`spmm_i8 is exact at the extreme values (${variantLabel()})`, () => {
       data: q,
       scale: new Float32Array(m).fill(1),
       zeroPoint: new Int32Array(m).fill(zero),
-      qmax: 127,
+      qmax: top,
     };
     assertEqualInts(
       op.forwardExact(rows),
@@ -202,8 +204,12 @@ Deno.test("spmm_i8 rejects bad input with clear errors", () => {
   using op = new SparseLinearI8(sparseWeight(8, 16, 0.5, 15));
   assertThrows(() => op.forward(new Float32Array(15), 1), /at least 1 x 16 = 16 values/);
   const packed = quantizeActivations(randomF32(32, 16), 2, 16, { layout: "packed" });
-  packed.data[3] = 128; // the high byte of a u16 lane: > 127 as a byte
-  assertThrows(() => op.forwardExact(packed), /at most 127/);
+  packed.data[2] = 0;
+  packed.data[3] = 1; // the high byte of a u16 lane, which must be 0: the lane reads 256
+  assertThrows(() => op.forwardExact(packed), /at most \d+ .*found 256/);
+  const seven = quantizeActivations(randomF32(32, 16), 2, 16, { layout: "packed", qmax: 127 });
+  seven.data[2] = 128;
+  assertThrows(() => op.forwardExact(seven), /at most 127 .*found 128/);
   const short = { ...quantizeActivations(randomF32(32, 16), 2, 16, { layout: "packed" }) };
   short.data = short.data.subarray(0, 100);
   assertThrows(() => op.forwardExact(short), /Packed activations need 512 bytes, got 100/);
