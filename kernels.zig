@@ -11,6 +11,7 @@ const linear_f32 = @import("kernels/linear_f32.zig");
 const probe = @import("kernels/probe.zig");
 const layernorm = @import("kernels/layernorm.zig");
 const attention = @import("kernels/attention.zig");
+const attention_i8 = @import("kernels/attention_i8.zig");
 const embeddings = @import("kernels/embeddings.zig");
 const pooling = @import("kernels/pooling.zig");
 const int8 = @import("kernels/int8.zig");
@@ -122,8 +123,20 @@ export fn sb_layernorm(
     layernorm.forward(x, rows, cols, gamma, beta, eps, y);
 }
 
-export fn sb_attention_scratch_len(seq: usize, head_size: usize, threads: usize) usize {
-    return attention.scratchLen(seq, head_size, threads);
+/// Attention precision codes: 0 fp32 products (`attention.zig`), 1 int8 (`attention_i8.zig`).
+const AttentionPrecision = enum(u32) { f32 = 0, int8 = 1 };
+
+fn attentionShapeOk(seq: usize, head_size: usize) bool {
+    return seq >= 1 and seq <= attention.max_seq and head_size >= 1 and head_size <= attention.max_head_size;
+}
+
+/// Floats of scratch for `threads` threads, or 0 for a shape or precision the kernels refuse.
+export fn sb_attention_scratch_len(seq: usize, head_size: usize, threads: usize, precision: u32) usize {
+    if (!attentionShapeOk(seq, head_size) or threads == 0) return 0;
+    return switch (enumCode(AttentionPrecision, precision) orelse return 0) {
+        .f32 => attention.scratchLen(seq, head_size, threads),
+        .int8 => attention_i8.scratchLen(seq, head_size, threads),
+    };
 }
 
 export fn sb_attention(
@@ -142,8 +155,22 @@ export fn sb_attention(
     ld_out: usize,
     scratch: [*]f32,
     scratch_len: usize,
-) void {
-    attention.forward(q, k, v, ld, mask, mask_value, batch, seq, heads, head_size, scale, out, ld_out, scratch, scratch_len);
+    precision: u32,
+) i32 {
+    const p = enumCode(AttentionPrecision, precision) orelse return -3;
+    if (batch == 0 or heads == 0 or !attentionShapeOk(seq, head_size)) return -3;
+    if (ld < heads * head_size or ld_out < heads * head_size) return -3;
+    if (!std.math.isFinite(mask_value) or !std.math.isFinite(scale)) return -3;
+    if (scratch_len < sb_attention_scratch_len(seq, head_size, 1, precision)) return status(error.BufferTooSmall);
+    const problem = attention.Problem{ .q = q, .k = k, .v = v, .ld = ld, .mask = mask, .mask_value = mask_value, .batch = batch, .seq = seq, .heads = heads, .head_size = head_size, .scale = scale, .out = out, .ld_out = ld_out };
+    switch (p) {
+        .f32 => attention.forward(&problem, scratch, scratch_len),
+        .int8 => {
+            if (@intFromPtr(scratch) % 64 != 0) return -3;
+            attention_i8.forward(&problem, @alignCast(scratch), scratch_len);
+        },
+    }
+    return 0;
 }
 
 export fn sb_embeddings(
@@ -476,6 +503,7 @@ test {
     _ = linear_f32;
     _ = layernorm;
     _ = attention;
+    _ = attention_i8;
     _ = embeddings;
     _ = pooling;
     _ = int8;

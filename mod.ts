@@ -72,6 +72,7 @@ export {
   Attention,
   type AttentionInput,
   type AttentionOptions,
+  type AttentionPrecision,
   FLOAT32_MIN,
 } from "./ops/attention.ts";
 export { type EmbeddingInput, Embeddings, type EmbeddingWeights } from "./ops/embeddings.ts";

@@ -18,6 +18,7 @@ import {
   UsageError,
 } from "../tools/_command.ts";
 import { cpuModel, kernels, setThreads } from "../ffi/library.ts";
+import type { AttentionPrecision } from "../ops/attention.ts";
 import { BertEncoder } from "../encoder/bert.ts";
 import { FORWARD_PHASES, ForwardProfile } from "../encoder/forward_profile.ts";
 import { summarizeDecisions } from "../encoder/kernel_choice.ts";
@@ -41,6 +42,7 @@ Options:
   --threads N     kernel threads (default 2)
   --passes N      profiled passes, and as many unprofiled ones (default 30)
   --kernels K     auto (default) or one kind for every layer: ${KERNEL_KINDS.join(", ")}
+  --attention P   the attention's products: the encoder's default, fp32 or int8
   --json          print the JSON result instead of the table
   --out FILE      also write the JSON result to FILE
   -h, --help      show this help`;
@@ -56,6 +58,8 @@ export interface ProfileResult {
   batch: number;
   seq: number;
   kernels: Record<string, number>;
+  /** The attention's products. */
+  attention: AttentionPrecision;
   /** Unprofiled forward passes (ms). */
   forwardMs: Stats;
   /** Mean ms per pass of each phase, and their sum. */
@@ -110,12 +114,14 @@ async function profileModel(o: {
   threads: number;
   passes: number;
   kernels: "auto" | KernelKind;
+  attention?: AttentionPrecision;
 }): Promise<Omit<ProfileResult, "command">> {
   setThreads(o.threads);
   const loaded = await loadModel(o.model, { kernels: { kernels: o.kernels } });
   using encoder = new BertEncoder(loaded.weights, {
     linear: loaded.linear,
     fuseQkv: loaded.fuseQkv,
+    attentionPrecision: o.attention,
   });
   await loaded.saveKernelCache?.();
   const c = encoder.config;
@@ -152,6 +158,7 @@ async function profileModel(o: {
     batch: o.batch,
     seq: o.seq,
     kernels: loaded.kernelDecisions ? summarizeDecisions(loaded.kernelDecisions) : kinds,
+    attention: encoder.attentionPrecision,
     forwardMs: stats(samples),
     phasesMs: profile.meanMs(),
     profiledTotalMs: profile.totalMs(),
@@ -163,7 +170,7 @@ function printTable(r: ProfileResult): void {
   console.log(
     `${r.model}: ${r.cpu}, ${r.isa}, ${r.threads} threads, batch ${r.batch} seq ${r.seq}`,
   );
-  console.log(`kernels: ${JSON.stringify(r.kernels)}`);
+  console.log(`kernels: ${JSON.stringify(r.kernels)}, attention ${r.attention}`);
   console.log(
     `forward (unprofiled): median ${r.forwardMs.median.toFixed(2)} ms, p90 ${
       r.forwardMs.p90.toFixed(2)
@@ -192,7 +199,16 @@ function main(): Promise<number> {
     help: HELP,
     parse: {
       options: {
-        ...stringOptions("model", "out", "batch", "seq", "threads", "passes", "kernels"),
+        ...stringOptions(
+          "model",
+          "out",
+          "batch",
+          "seq",
+          "threads",
+          "passes",
+          "kernels",
+          "attention",
+        ),
         ...flagOptions("json"),
       },
     },
@@ -204,6 +220,10 @@ function main(): Promise<number> {
         `Unknown --kernels "${kernelsOption}": expected auto, ${KERNEL_KINDS.join(", ")}`,
       );
     }
+    const attention = values.attention;
+    if (attention !== undefined && attention !== "fp32" && attention !== "int8") {
+      throw new UsageError(`Unknown --attention "${attention}": expected fp32 or int8`);
+    }
     const result: ProfileResult = {
       command: `deno task bench:profile ${Deno.args.join(" ")}`.trim(),
       ...await profileModel({
@@ -213,6 +233,7 @@ function main(): Promise<number> {
         threads: integerOption("threads", values.threads ?? "2"),
         passes: integerOption("passes", values.passes ?? "30", 1, 10_000),
         kernels: kernelsOption as "auto" | KernelKind,
+        attention,
       }),
     };
     if (values.json) console.log(JSON.stringify(result, null, 2));

@@ -20,12 +20,13 @@
  */
 import { NativeBuffer } from "../ffi/memory.ts";
 import { type ForwardProfile, phaseClock } from "./forward_profile.ts";
-import { Attention, FLOAT32_MIN } from "../ops/attention.ts";
+import { Attention, type AttentionPrecision, FLOAT32_MIN } from "../ops/attention.ts";
 import { Embeddings } from "../ops/embeddings.ts";
 import { layerNorm } from "../ops/layernorm.ts";
 import type { Activation, LinearOp } from "../ops/linear.ts";
 import { describeArray, isStagingLinearOp } from "../ops/linear.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
+import type { Int8Linear } from "../ops/linear_i8.ts";
 
 import {
   type BertConfig,
@@ -135,6 +136,23 @@ export interface BertEncoderOptions {
    * (`weights.attentionMaskValue`), else the float32 minimum as Hugging Face uses.
    */
   maskValue?: number;
+  /**
+   * Products of the attention (see {@linkcode AttentionPrecision}). Default `"auto"`: `"int8"`
+   * when every Q/K/V projection is an int8 op on the kernels' own activation codes (the model
+   * already runs int8: the int8 attention adds little to its error, docs/BENCHMARKS.md), else
+   * `"fp32"` (fp32 models, and ONNX Runtime's numerics, whose attention is fp32).
+   */
+  attentionPrecision?: AttentionPrecision | "auto";
+}
+
+/** `"int8"` when every Q/K/V op runs int8 on the kernels' own activation codes. */
+function autoAttentionPrecision(layers: LayerOps[]): AttentionPrecision {
+  const int8 = (op: LinearOp | null): boolean =>
+    op === null ||
+    ((op.kind === "dense-i8" || op.kind === "sparse-i8") &&
+      (op as Partial<Int8Linear>).activationQuantization !== "ort-u8");
+  const all = layers.every((l) => int8(l.qkv) && int8(l.query) && int8(l.key) && int8(l.value));
+  return layers.length > 0 && all ? "int8" : "fp32";
 }
 
 /** Token ids, masks or type ids: one value per token, row-major `[batch, seq]`. */
@@ -210,9 +228,13 @@ export class BertEncoder implements Disposable {
   readonly config: Readonly<BertConfig>;
   /** Value added to the scores of padded keys. */
   readonly maskValue: number;
+  /** Products of the attention. */
+  get attentionPrecision(): AttentionPrecision {
+    return this.#attention.precision;
+  }
   #embeddings: Embeddings;
   #layers: LayerOps[] = [];
-  #attention: Attention;
+  #attention!: Attention;
   #fused: boolean[] = [];
   #workspace: Workspace | null = null;
   #disposed = false;
@@ -235,11 +257,6 @@ export class BertEncoder implements Disposable {
       position: weights.positionEmbeddings,
       tokenType: weights.tokenTypeEmbeddings,
       norm: weights.embeddingNorm,
-    });
-    this.#attention = new Attention({
-      heads: c.numHeads,
-      headSize: c.hiddenSize / c.numHeads,
-      maskValue: this.maskValue,
     });
     const factory = options.linear ?? denseF32Linear;
     const build = (weight: DenseWeight, spec: LinearSpec): LinearOp => {
@@ -290,6 +307,13 @@ export class BertEncoder implements Disposable {
         };
         this.#layers.push(ops);
         this.#fused.push(fused !== null);
+      });
+      const precision = options.attentionPrecision ?? "auto";
+      this.#attention = new Attention({
+        heads: c.numHeads,
+        headSize: c.hiddenSize / c.numHeads,
+        maskValue: this.maskValue,
+        precision: precision === "auto" ? autoAttentionPrecision(this.#layers) : precision,
       });
     } catch (error) {
       this[Symbol.dispose]();
@@ -488,7 +512,8 @@ export class BertEncoder implements Disposable {
       }
     }
     this.#layers = [];
-    this.#attention[Symbol.dispose]();
+    // Undefined when the constructor failed before building it.
+    (this.#attention as Attention | undefined)?.[Symbol.dispose]();
     this.#workspace?.memory[Symbol.dispose]();
     this.#workspace = null;
   }

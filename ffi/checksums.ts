@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "b661fcf52c05cbe9ca363ff270d9fa576c449b8d127ff7d727d84b7d3407671c",
-  avx2: "abaea4001460a07c064b87b8232247de181ac3a1fef6b32ad3add6ab03f5ea78",
-  avx512vnni: "10659e3184ca104ea43d17f6aaf50a927bbd51a8ef0fc31e061575b760e5d734",
+  baseline: "8221acc264241518b38d4d5deb21005e97b621bc7153c89e22e346c675e88942",
+  avx2: "59737dab6c1039b3e81d10622abfe1a5944c49d2776028f847fb3a186e62f9e4",
+  avx512vnni: "9fd65e7a2f222def2b42b8c6c1181d8d5ea445cbe509f18ca22399a52c67bce4",
 };

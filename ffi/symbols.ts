@@ -38,7 +38,7 @@ export const symbols = {
     parameters: ["buffer", "usize", "usize", "buffer", "buffer", "f32", "buffer"],
     result: "void",
   },
-  sb_attention_scratch_len: { parameters: ["usize", "usize", "usize"], result: "usize" },
+  sb_attention_scratch_len: { parameters: ["usize", "usize", "usize", "u32"], result: "usize" },
   sb_attention: {
     parameters: [
       "buffer", // q
@@ -56,8 +56,9 @@ export const symbols = {
       "usize", // ld_out
       "buffer", // scratch
       "usize", // scratch_len (floats)
+      "u32", // precision: 0 fp32, 1 int8 products
     ],
-    result: "void",
+    result: "i32",
   },
   sb_embeddings: {
     parameters: [

@@ -29,15 +29,15 @@ const transpose = @import("transpose.zig");
 const cols_tile: usize = 16;
 const W = @Vector(cols_tile, f32);
 /// Rows per register tile: rows x 16 accumulators must leave room for the B row and a broadcast.
-const tile_rows: usize = switch (lanes) {
+pub const tile_rows: usize = switch (lanes) {
     4 => 3,
     8 => 6,
     else => 12,
 };
 /// Score rows the softmax works on at once.
-const softmax_rows: usize = 4;
+pub const softmax_rows: usize = 4;
 /// Query rows per score block.
-const q_block: usize = 8 * tile_rows;
+pub const q_block: usize = 8 * tile_rows;
 /// Longest sequence accepted (a score row of this many floats stays in L1).
 pub const max_seq: usize = 8192;
 /// Largest head size accepted.
@@ -94,7 +94,9 @@ pub fn scratchLen(seq: usize, head_size: usize, threads: usize) usize {
     return Layout.init(seq, head_size).slot_len * threads;
 }
 
-const Args = struct {
+/// One attention call's inputs and output (shared with `attention_i8.zig`): Q, K, V rows of
+/// stride `ld`, the mask, the shape, and the output rows of stride `ld_out`.
+pub const Problem = struct {
     q: [*]const f32,
     k: [*]const f32,
     v: [*]const f32,
@@ -108,57 +110,32 @@ const Args = struct {
     scale: f32,
     out: [*]f32,
     ld_out: usize,
+
+    /// Asserts the shape invariants both kernels rely on (the C ABI checks them first).
+    pub fn check(self: *const Problem) void {
+        assert(self.batch >= 1 and self.seq >= 1 and self.seq <= max_seq);
+        assert(self.heads >= 1 and self.head_size >= 1 and self.head_size <= max_head_size);
+        assert(self.ld >= self.heads * self.head_size and self.ld_out >= self.heads * self.head_size);
+        assert(std.math.isFinite(self.mask_value) and std.math.isFinite(self.scale));
+    }
+};
+
+const Args = struct {
+    problem: *const Problem,
     scratch: [*]f32,
     slots: usize,
     layout: Layout,
     next_job: *std.atomic.Value(usize),
 };
 
-/// Computes the attention context of every (batch, head) into `out`.
-pub fn forward(
-    q: [*]const f32,
-    k: [*]const f32,
-    v: [*]const f32,
-    ld: usize,
-    mask: [*]const u8,
-    mask_value: f32,
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    head_size: usize,
-    scale: f32,
-    out: [*]f32,
-    ld_out: usize,
-    scratch: [*]f32,
-    scratch_len: usize,
-) void {
-    assert(batch >= 1 and seq >= 1 and seq <= max_seq);
-    assert(heads >= 1 and head_size >= 1 and head_size <= max_head_size);
-    assert(ld >= heads * head_size and ld_out >= heads * head_size);
-    assert(std.math.isFinite(mask_value) and std.math.isFinite(scale));
-    const layout = Layout.init(seq, head_size);
+/// Computes the attention context of every (batch, head) into `problem.out`.
+pub fn forward(problem: *const Problem, scratch: [*]f32, scratch_len: usize) void {
+    problem.check();
+    const layout = Layout.init(problem.seq, problem.head_size);
     const slots = scratch_len / layout.slot_len;
     assert(slots >= 1);
     var next_job = std.atomic.Value(usize).init(0);
-    const args = Args{
-        .q = q,
-        .k = k,
-        .v = v,
-        .ld = ld,
-        .mask = mask,
-        .mask_value = mask_value,
-        .batch = batch,
-        .seq = seq,
-        .heads = heads,
-        .head_size = head_size,
-        .scale = scale,
-        .out = out,
-        .ld_out = ld_out,
-        .scratch = scratch,
-        .slots = slots,
-        .layout = layout,
-        .next_job = &next_job,
-    };
+    const args = Args{ .problem = problem, .scratch = scratch, .slots = slots, .layout = layout, .next_job = &next_job };
     pool.parallel(Args, &args, run);
 }
 
@@ -166,17 +143,17 @@ fn run(args: *const Args, ith: u32, nth: u32) void {
     _ = nth;
     if (ith >= args.slots) return;
     const slot = args.scratch + ith * args.layout.slot_len;
-    const jobs = args.batch * args.heads;
+    const jobs = args.problem.batch * args.problem.heads;
     while (true) {
         const job = args.next_job.fetchAdd(1, .monotonic);
         if (job >= jobs) break;
-        head(args, slot, job / args.heads, job % args.heads);
+        head(args, slot, job / args.problem.heads, job % args.problem.heads);
     }
 }
 
 fn head(args: *const Args, slot: [*]f32, b: usize, h: usize) void {
-    const seq = args.seq;
-    const hs = args.head_size;
+    const seq = args.problem.seq;
+    const hs = args.problem.head_size;
     const layout = args.layout;
     const row0 = b * seq;
     const column = h * hs;
@@ -186,22 +163,22 @@ fn head(args: *const Args, slot: [*]f32, b: usize, h: usize) void {
     for (0..layout.seq_pad) |j| {
         mask_add[j] = if (j >= seq)
             -std.math.inf(f32)
-        else if (args.mask[row0 + j] != 0) 0.0 else args.mask_value;
+        else if (args.problem.mask[row0 + j] != 0) 0.0 else args.problem.mask_value;
     }
 
     // K_h^T [hs, seq_pad], zero in the padding columns.
     const kt = slot + layout.kt;
     for (0..hs) |d| @memset(kt[d * layout.seq_pad + seq .. (d + 1) * layout.seq_pad], 0.0);
-    transposeKeys(args.k + row0 * args.ld + column, args.ld, seq, hs, kt, layout.seq_pad);
+    transposeKeys(args.problem.k + row0 * args.problem.ld + column, args.problem.ld, seq, hs, kt, layout.seq_pad);
 
     // V_h, copied only when the head size needs padding to whole tiles.
-    var v_base = args.v + row0 * args.ld + column;
-    var ld_v = args.ld;
+    var v_base = args.problem.v + row0 * args.problem.ld + column;
+    var ld_v = args.problem.ld;
     if (hs % cols_tile != 0) {
         const v_packed = slot + layout.v_packed;
         for (0..seq) |j| {
             const dst = v_packed + j * layout.head_pad;
-            @memcpy(dst[0..hs], (args.v + (row0 + j) * args.ld + column)[0..hs]);
+            @memcpy(dst[0..hs], (args.problem.v + (row0 + j) * args.problem.ld + column)[0..hs]);
             @memset(dst[hs..layout.head_pad], 0.0);
         }
         v_base = v_packed;
@@ -218,11 +195,13 @@ fn head(args: *const Args, slot: [*]f32, b: usize, h: usize) void {
                 else => unreachable,
             }
         }
+        const scores = slot + layout.scores;
+        const inv_sum = slot + layout.inv_sum;
         var r: usize = 0;
         while (r + softmax_rows <= block_end - block_begin) : (r += softmax_rows) {
-            softmaxRows(softmax_rows, args, slot, r);
+            softmaxRows(softmax_rows, scores + r * layout.seq_pad, layout.seq_pad, inv_sum + r);
         }
-        while (r < block_end - block_begin) : (r += 1) softmaxRows(1, args, slot, r);
+        while (r < block_end - block_begin) : (r += 1) softmaxRows(1, scores + r * layout.seq_pad, layout.seq_pad, inv_sum + r);
         i = block_begin;
         while (i < block_end) : (i += tile_rows) {
             switch (@min(tile_rows, block_end - i)) {
@@ -243,14 +222,14 @@ fn scoreTiles(
     block_row: usize,
 ) void {
     const layout = args.layout;
-    const q = args.q + q_row * args.ld + column;
+    const q = args.problem.q + q_row * args.problem.ld + column;
     const kt = slot + layout.kt;
     const mask_add = slot + layout.mask_add;
     const scores = slot + layout.scores + block_row * layout.seq_pad;
-    const scale: W = @splat(args.scale);
+    const scale: W = @splat(args.problem.scale);
     var j0: usize = 0;
     while (j0 < layout.seq_pad) : (j0 += cols_tile) {
-        const acc = dotTile(rows, q, args.ld, kt + j0, layout.seq_pad, args.head_size);
+        const acc = dotTile(rows, q, args.problem.ld, kt + j0, layout.seq_pad, args.problem.head_size);
         const m: W = mask_add[j0..][0..cols_tile].*;
         inline for (0..rows) |r| {
             scores[r * layout.seq_pad + j0 ..][0..cols_tile].* = @mulAdd(W, acc[r], scale, m);
@@ -260,7 +239,7 @@ fn scoreTiles(
 
 /// K_h [seq, hs] (row stride ld) into K_h^T [hs, seq_pad] (row stride ld_kt), 8 x 8 blocks at
 /// a time (a scalar loop here cost 7% of the attention of BERT-Base).
-fn transposeKeys(k: [*]const f32, ld: usize, seq: usize, hs: usize, kt: [*]f32, ld_kt: usize) void {
+pub fn transposeKeys(k: [*]const f32, ld: usize, seq: usize, hs: usize, kt: [*]f32, ld_kt: usize) void {
     const F = @Vector(8, f32);
     var j: usize = 0;
     while (j + 8 <= seq) : (j += 8) {
@@ -280,26 +259,26 @@ fn transposeKeys(k: [*]const f32, ld: usize, seq: usize, hs: usize, kt: [*]f32, 
     }
 }
 
-/// exp(s - max) in place over `rows` score rows from `block_row`; keeps 1 / sum per row for the
-/// context store. Several rows at once give the max, exp and sum chains work to overlap (one
-/// row at a time waited on their latencies).
-fn softmaxRows(comptime rows: usize, args: *const Args, slot: [*]f32, block_row: usize) void {
-    const layout = args.layout;
-    const s = slot + layout.scores + block_row * layout.seq_pad;
+/// exp(s - max) in place over `rows` score rows of `seq_pad` floats (a multiple of 16) from
+/// `s`; writes 1 / sum of each row to `inv_sum`. Several rows at once give the max, exp and sum
+/// chains work to overlap (one row at a time waited on their latencies). Shared with
+/// `attention_i8.zig`.
+pub fn softmaxRows(comptime rows: usize, s: [*]f32, seq_pad: usize, inv_sum: [*]f32) void {
+    assert(seq_pad % cols_tile == 0);
     var max_v: [rows]W = @splat(@splat(-std.math.inf(f32)));
     var j: usize = 0;
-    while (j < layout.seq_pad) : (j += cols_tile) {
+    while (j < seq_pad) : (j += cols_tile) {
         inline for (0..rows) |r| {
-            max_v[r] = @max(max_v[r], @as(W, s[r * layout.seq_pad + j ..][0..cols_tile].*));
+            max_v[r] = @max(max_v[r], @as(W, s[r * seq_pad + j ..][0..cols_tile].*));
         }
     }
     var max: [rows]W = undefined;
     inline for (0..rows) |r| max[r] = @splat(@reduce(.Max, max_v[r]));
     var sum_v: [rows]W = @splat(@splat(0.0));
     j = 0;
-    while (j < layout.seq_pad) : (j += cols_tile) {
+    while (j < seq_pad) : (j += cols_tile) {
         inline for (0..rows) |r| {
-            const p = s + r * layout.seq_pad + j;
+            const p = s + r * seq_pad + j;
             const e = vmath.exp(cols_tile, @as(W, p[0..cols_tile].*) - max[r]);
             p[0..cols_tile].* = e;
             sum_v[r] += e;
@@ -309,7 +288,7 @@ fn softmaxRows(comptime rows: usize, args: *const Args, slot: [*]f32, block_row:
         // The row maximum contributes exp(0) = 1, so the sum is at least 1.
         const total = @reduce(.Add, sum_v[r]);
         assert(total >= 1.0);
-        (slot + layout.inv_sum)[block_row + r] = 1.0 / total;
+        inv_sum[r] = 1.0 / total;
     }
 }
 
@@ -328,12 +307,12 @@ fn contextTiles(
     const p = slot + layout.scores + block_row * layout.seq_pad;
     const inv_sum = slot + layout.inv_sum + block_row;
     var c0: usize = 0;
-    while (c0 < args.head_size) : (c0 += cols_tile) {
-        const acc = dotTile(rows, p, layout.seq_pad, v_base + c0, ld_v, args.seq);
-        const cols = @min(cols_tile, args.head_size - c0);
+    while (c0 < args.problem.head_size) : (c0 += cols_tile) {
+        const acc = dotTile(rows, p, layout.seq_pad, v_base + c0, ld_v, args.problem.seq);
+        const cols = @min(cols_tile, args.problem.head_size - c0);
         inline for (0..rows) |r| {
             const o: [cols_tile]f32 = acc[r] * @as(W, @splat(inv_sum[r]));
-            const dst = args.out + (q_row + r) * args.ld_out + column + c0;
+            const dst = args.problem.out + (q_row + r) * args.problem.ld_out + column + c0;
             if (cols == cols_tile) {
                 dst[0..cols_tile].* = o;
             } else {
@@ -381,7 +360,8 @@ test "attention matches a naive computation with padding, odd sizes and head siz
     try std.testing.expect(need <= scratch.len);
     const scale = 1.0 / @sqrt(@as(f32, hs));
     const base: [*]const f32 = &qkv;
-    forward(base, base + hidden, base + 2 * hidden, ld, &mask, -1e4, batch, seq, heads, hs, scale, &out, hidden, &scratch, need);
+    const problem = Problem{ .q = base, .k = base + hidden, .v = base + 2 * hidden, .ld = ld, .mask = &mask, .mask_value = -1e4, .batch = batch, .seq = seq, .heads = heads, .head_size = hs, .scale = scale, .out = &out, .ld_out = hidden };
+    forward(&problem, &scratch, need);
     for (0..batch) |b| for (0..heads) |h| for (0..seq) |i| {
         var s: [seq]f64 = undefined;
         var max: f64 = -std.math.inf(f64);

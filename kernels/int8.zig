@@ -67,11 +67,14 @@ pub inline fn dot4(acc: I32x8, a: U8x32, w: I8x32) I32x8 {
     }
 }
 
-/// `dot4` on a whole zmm: acc[i] + sum over j < 4 of the bytes 4i + j of `a` (u8) and `w` (s8).
-/// Only the VNNI path has it (`vpdpbusd` on 512 bits, one instruction).
-pub inline fn dot16(acc: I32x16, a: I32x16, w: I32x16) I32x16 {
-    comptime assert(path == .vnni);
-    return @"llvm.x86.avx512.vpdpbusd.512"(acc, a, w);
+/// `dot4` on 16 lanes: acc[i] + sum over j < 4 of the bytes 4i + j of `a` (u8) and `w` (s8).
+/// One zmm `vpdpbusd` with VNNI, two `dot4` halves elsewhere.
+pub inline fn dot4x16(acc: I32x16, a: I32x16, w: I32x16) I32x16 {
+    if (path == .vnni) return @"llvm.x86.avx512.vpdpbusd.512"(acc, a, w);
+    const acc2: [2]I32x8 = @bitCast(acc);
+    const a2: [2]U8x32 = @bitCast(a);
+    const w2: [2]I8x32 = @bitCast(w);
+    return @bitCast([2]I32x8{ dot4(acc2[0], a2[0], w2[0]), dot4(acc2[1], a2[1], w2[1]) });
 }
 
 /// The same four bytes in every dword lane (`vpbroadcastd`).

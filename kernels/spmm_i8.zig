@@ -293,7 +293,7 @@ inline fn stepZmm(acc: *[4]I32x16, xc: [*]const u8, ks: [*]const u16, w: [*]cons
     const a: I32x16 = @bitCast(@shuffle(u16, pairs[0], pairs[1], natural_dwords));
     inline for (0..4) |r| {
         const word = std.mem.readInt(i32, @ptrCast(w + 4 * r), .little);
-        acc[r] = int8.dot16(acc[r], a, @splat(word));
+        acc[r] = int8.dot4x16(acc[r], a, @splat(word));
     }
 }
 

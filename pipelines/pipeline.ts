@@ -21,6 +21,7 @@
  *
  * @module
  */
+import type { AttentionPrecision } from "../ops/attention.ts";
 import { setThreads } from "../ffi/library.ts";
 import { l2NormalizeRows, pool, POOLING_MODES, type PoolingMode } from "../ops/pooling.ts";
 import { BertEncoder, denseF32Linear, type LinearFactory } from "../encoder/bert.ts";
@@ -67,6 +68,11 @@ export interface PipelineOptions {
   linear?: LinearFactory;
   /** Fuse the Q/K/V projections into one GEMM (default true). */
   fuseQkv?: boolean;
+  /**
+   * Products of the attention: `"fp32"`, `"int8"`, or `"auto"` (default: int8 when the model's
+   * Q/K/V run int8, see `BertEncoderOptions.attentionPrecision`).
+   */
+  attentionPrecision?: AttentionPrecision | "auto";
   /** Choose kernels per layer when `model` is a path or name (see `encoder/kernel_choice.ts`). */
   kernels?: KernelChoiceOptions;
   /** Longest tokenized input; default the smaller of the tokenizer's and the model's limits. */
@@ -352,7 +358,11 @@ export async function pipeline<T extends PipelineTask>(
   let encoder: BertEncoder;
   try {
     if (task !== "feature-extraction") head = new TaskHead(weights, linear);
-    encoder = new BertEncoder(weights, { linear, fuseQkv: options.fuseQkv ?? loaded.fuseQkv });
+    encoder = new BertEncoder(weights, {
+      linear,
+      fuseQkv: options.fuseQkv ?? loaded.fuseQkv,
+      attentionPrecision: options.attentionPrecision,
+    });
     await loaded.saveKernelCache?.();
   } catch (error) {
     head?.[Symbol.dispose]();

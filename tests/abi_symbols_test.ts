@@ -132,4 +132,34 @@ Deno.test("ABI: sizes a kernel cannot take are refused with status -3 in the bui
   assert.equal(lib.sb_quantize_weights_i8(w, 0n, 4n, new Int8Array(16), scale), -3, "n = 0");
   using blob = new NativeBuffer(64);
   assert.equal(lib.sb_spmm_f32(blob.pointer, 64n, x, 0n, null, x, 0), -3, "m = 0");
+  // Attention: a bad precision code, a zero batch, scratch too small for one thread.
+  const mask = new Uint8Array(2).fill(1);
+  const out = new Float32Array(8);
+  const scratchLen = lib.sb_attention_scratch_len(2n, 4n, 1n, 1);
+  assert.equal(lib.sb_attention_scratch_len(2n, 4n, 1n, 2), 0n, "scratch for precision 2");
+  using scratch = new NativeBuffer(Number(scratchLen) * 4);
+  const run = (batch: bigint, len: bigint, precision: number) =>
+    lib.sb_attention(
+      x,
+      x,
+      x,
+      4n,
+      mask,
+      -1e4,
+      batch,
+      2n,
+      1n,
+      4n,
+      0.5,
+      out,
+      4n,
+      scratch.f32(),
+      len,
+      precision,
+    );
+  assert.equal(run(1n, scratchLen, 2), -3, "precision 2");
+  assert.equal(run(0n, scratchLen, 1), -3, "batch 0");
+  assert.equal(run(1n, scratchLen - 1n, 1), -5, "scratch too small");
+  assert.equal(run(1n, scratchLen, 1), 0, "a good int8 call");
+  assert.equal(run(1n, scratchLen, 0), 0, "a good fp32 call");
 });

@@ -1,8 +1,9 @@
 import { equal, throws as assertThrows } from "node:assert/strict";
 import { setThreads, threads } from "../ffi/library.ts";
-import { Attention, FLOAT32_MIN } from "../ops/attention.ts";
+import { Attention, type AttentionPrecision, FLOAT32_MIN } from "../ops/attention.ts";
+import { int8ActivationQmax } from "../ops/quantize.ts";
 import { assertClose, randomF32, variantLabel } from "./harness.ts";
-import { attentionReference } from "./reference/attention.ts";
+import { attentionInt8Reference, attentionReference } from "./reference/attention.ts";
 
 function lengthsMask(lengths: number[], seq: number): Uint8Array {
   const mask = new Uint8Array(lengths.length * seq);
@@ -19,13 +20,13 @@ interface Case {
   maskValue: number;
 }
 
-function check(c: Case, seed: number): void {
+function check(c: Case, seed: number, precision: AttentionPrecision = "fp32"): void {
   const { lengths, seq, heads, headSize, fused, maskValue } = c;
   const batch = lengths.length;
   const width = heads * headSize;
   const rows = batch * seq;
   const mask = lengthsMask(lengths, seq);
-  using op = new Attention({ heads, headSize, maskValue });
+  using op = new Attention({ heads, headSize, maskValue, precision });
   let q, k, v, ld;
   if (fused) {
     // One [rows, 3H] buffer as the fused QKV projection writes it.
@@ -41,21 +42,37 @@ function check(c: Case, seed: number): void {
     v = randomF32(rows * width, seed + 2, -2, 2);
   }
   const out = op.forward({ q, k, v, ld, mask, batch, seq });
-  const expected = attentionReference(q, k, v, mask, {
-    batch,
-    seq,
-    heads,
-    headSize,
-    ld,
-    maskValue,
-    scale: 1 / Math.sqrt(headSize),
-  });
-  assertClose(out, expected, {
-    rtol: 1e-5,
-    what: `attention lengths ${lengths} seq ${seq} ${heads}x${headSize} ${
-      fused ? "fused" : "separate"
-    } mask ${maskValue}`,
-  });
+  const shape = { batch, seq, heads, headSize, ld, maskValue, scale: 1 / Math.sqrt(headSize) };
+  const what = `${precision} attention lengths ${lengths} seq ${seq} ${heads}x${headSize} ${
+    fused ? "fused" : "separate"
+  } mask ${maskValue}`;
+  if (precision === "fp32") {
+    assertClose(out, attentionReference(q, k, v, mask, shape), { rtol: 1e-5, what });
+    return;
+  }
+  // The same codes and integer sums; only the fp32 steps around them differ from f64, which
+  // can move a probability's code by one step (rarely: bounded loosely per element, tightly in
+  // RMS, where a wrong scale or code anywhere shows).
+  const qmax = int8ActivationQmax();
+  const reference = attentionInt8Reference(q, k, v, mask, { ...shape, qmax });
+  assertClose(out, reference, { rtol: 2 / qmax, what });
+  const rms = relativeRms(out, reference);
+  if (!(rms < 5e-4)) throw new Error(`${what}: RMS error ${rms} against its reference`);
+  // And within the int8 error of the exact attention.
+  const error = relativeRms(out, attentionReference(q, k, v, mask, shape));
+  const bound = qmax === 255 ? 0.02 : 0.04;
+  if (!(error < bound)) throw new Error(`${what}: relative RMS error ${error} >= ${bound}`);
+}
+
+/** sqrt(sum (a - b)^2 / sum b^2). */
+function relativeRms(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let error = 0;
+  let norm = 0;
+  for (let i = 0; i < b.length; i++) {
+    error += (a[i] - b[i]) ** 2;
+    norm += b[i] ** 2;
+  }
+  return Math.sqrt(error / norm);
 }
 
 const CASES: Case[] = [
@@ -78,6 +95,29 @@ const CASES: Case[] = [
 Deno.test(`attention matches the reference with padding masks (${variantLabel()})`, () => {
   let seed = 700;
   for (const c of CASES) check(c, seed++);
+});
+
+Deno.test(`int8 attention matches its reference and stays near fp32 (${variantLabel()})`, () => {
+  let seed = 1700;
+  for (const c of CASES) check(c, seed++, "int8");
+  check(
+    { lengths: [0, 6], seq: 6, heads: 2, headSize: 16, fused: true, maskValue: -1e4 },
+    1800,
+    "int8",
+  );
+  const before = threads();
+  try {
+    for (const count of [1, 3]) {
+      setThreads(count);
+      check(
+        { lengths: [33, 20], seq: 33, heads: 6, headSize: 32, fused: true, maskValue: -1e4 },
+        1810 + count,
+        "int8",
+      );
+    }
+  } finally {
+    setThreads(before);
+  }
 });
 
 Deno.test("attention with every key masked averages all keys, as Hugging Face does", () => {
@@ -114,6 +154,10 @@ Deno.test("attention keeps its scratch across calls and grows it only for longer
 Deno.test("attention rejects bad arguments with clear errors", () => {
   assertThrows(() => new Attention({ heads: 0, headSize: 64 }), /heads must be a positive/);
   assertThrows(() => new Attention({ heads: 2, headSize: 513 }), /head size must be an integer/);
+  assertThrows(
+    () => new Attention({ heads: 2, headSize: 8, precision: "fp16" as AttentionPrecision }),
+    /precision must be "fp32" or "int8", got "fp16"/,
+  );
   assertThrows(
     () => new Attention({ heads: 2, headSize: 8, maskValue: -Infinity }),
     /mask value must be finite/,
