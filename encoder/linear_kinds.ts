@@ -24,8 +24,9 @@ export interface Int8Form {
 }
 
 /**
- * How int8 layers quantize their activations: `"per-token"` (default: 7-bit, one range per
- * token, so a text's result does not depend on what it is batched with) or `"ort"`: a layer
+ * How int8 layers quantize their activations: `"per-token"` (default: the kernels' codes, u7 or
+ * u8 with AVX-512 VNNI, one range per token, so a text's result does not depend on what it is
+ * batched with) or `"ort"`: a layer
  * made by ONNX Runtime's `quantize_dynamic` (u8 per-tensor DynamicQuantizeLinear) runs ORT's own
  * numerics on the dense int8 kernel (`"ort-u8"`), so its output matches ORT's on the same file,
  * batch dependence included. Other layers keep the default.

@@ -3,8 +3,8 @@
  * class it shares with the sparse int8 op.
  *
  * Y = act(dequant(X_q W_q^T) + b) + residual, where W_q is s8 per-output-channel symmetric and
- * X_q the activations quantized on the fly to u7 (per token by default; see `ops/quantize.ts`
- * for why 7 bits). The epilogue removes the activation zero point exactly in s32
+ * X_q the activations quantized on the fly to the kernels' codes (per token by default; u7, or u8
+ * with AVX-512 VNNI: see `ops/quantize.ts` for why). The epilogue removes the activation zero point exactly in s32
  * (`acc - zero * sum(W_q row)`), dequantizes per channel, adds the bias, applies the activation
  * and the residual, and writes fp32, requantized u8, or the exact s32 sums.
  *
@@ -72,7 +72,7 @@ export interface RequantizeOptions {
 
 /**
  * Buffers of a layer whose kernel writes its output quantized for the next sparse int8 op
- * (`sb_spmm_i8_quantized`): the packed 7-bit activations handed on, the native staging
+ * (`sb_spmm_i8_quantized`): the packed activation codes handed on, the native staging
  * scratch, and the fp32 buffer of the unfused path. Grown on demand and reused.
  */
 class StagedOutput implements Disposable {
@@ -350,7 +350,7 @@ export abstract class Int8Linear implements LinearOp {
 
   /**
    * Whether {@linkcode forwardThrough} hands this op's output to `next` already quantized: this
-   * op's kernel can stage its output and `next` takes packed per-token 7-bit activations.
+   * op's kernel can stage its output and `next` takes packed per-token activations.
    */
   stagesInto(next: LinearOp): boolean {
     return next instanceof Int8Linear && this.runKernelQuantized !== undefined &&
@@ -362,7 +362,7 @@ export abstract class Int8Linear implements LinearOp {
    * Y = next(this(X)): this layer's `[m, out]` output is `next`'s input; `options` (`out`,
    * `residual`) apply to `next`. When this op's kernel can stage its output and `next` is a
    * sparse int8 op with per-token activations (a BERT feed-forward pair), the kernel writes its
-   * output straight into `next`'s packed 7-bit activations: the same codes as quantizing the
+   * output straight into `next`'s packed activation codes: the same codes as quantizing the
    * fp32 output, without a second pass over it. Otherwise the fp32 output goes through a
    * buffer this op keeps.
    */

@@ -1,7 +1,8 @@
 /**
  * Sparse int8 linear layer over the `sb_spmm_i8` kernel (`kernels/spmm_i8.zig`): weights in
- * 4x1 blocks (4 output channels x 1 input channel), activations quantized on the fly to u7 in
- * the kernel's token-contiguous packed layout. Same interface and epilogue as
+ * 4x1 blocks (4 output channels x 1 input channel), activations quantized on the fly to the
+ * kernels' codes (u7, or u8 with AVX-512 VNNI: `int8ActivationQmax`) in the kernel's
+ * token-contiguous packed layout. Same interface and epilogue as
  * {@linkcode LinearI8}; the work done is proportional to the kept blocks.
  *
  * ```ts
