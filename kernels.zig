@@ -92,8 +92,10 @@ export fn sb_linear_f32_packed_len(n: usize, k: usize) usize {
     return linear_f32.packedLen(n, k);
 }
 
-export fn sb_linear_f32_pack(weight: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, packed_weights: [*]f32) void {
+export fn sb_linear_f32_pack(weight: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, packed_weights: [*]f32) i32 {
+    if (!positive(.{ n, k })) return -3;
     linear_f32.pack(weight, bias, n, k, packed_weights);
+    return 0;
 }
 
 export fn sb_linear_f32(
@@ -105,8 +107,12 @@ export fn sb_linear_f32(
     residual: ?[*]const f32,
     y: [*]f32,
     activation: u32,
-) void {
-    linear_f32.forward(x, m, k, packed_weights, n, residual, y, @enumFromInt(activation));
+) i32 {
+    if (!positive(.{ m, k, n })) return -3;
+    if (residual) |r| if (@intFromPtr(r) == @intFromPtr(y)) return -3;
+    const act = enumCode(vmath.Activation, activation) orelse return -3;
+    linear_f32.forward(x, m, k, packed_weights, n, residual, y, act);
+    return 0;
 }
 
 // ---- BERT ops: layernorm, attention, embeddings, pooling ----
@@ -119,8 +125,10 @@ export fn sb_layernorm(
     beta: [*]const f32,
     eps: f32,
     y: [*]f32,
-) void {
+) i32 {
+    if (!positive(.{ rows, cols }) or !(eps >= 0) or !std.math.isFinite(eps)) return -3;
     layernorm.forward(x, rows, cols, gamma, beta, eps, y);
+    return 0;
 }
 
 /// Attention precision codes: 0 fp32 products (`attention.zig`), 1 int8 (`attention_i8.zig`).
@@ -189,8 +197,16 @@ export fn sb_embeddings(
     eps: f32,
     hidden: usize,
     out: [*]f32,
-) void {
+) i32 {
+    if (!positive(.{ batch, seq, hidden, vocab }) or seq > max_positions) return -3;
+    if ((token_type == null) != (type_vocab == 0) or (token_type_ids != null and token_type == null)) return -3;
+    if (!(eps >= 0) or !std.math.isFinite(eps)) return -3;
+    // Ids index the tables: one out of range would read past them (-7).
+    const rows = batch * seq;
+    for (input_ids[0..rows]) |id| if (id < 0 or id >= vocab) return -7;
+    if (token_type_ids) |ids| for (ids[0..rows]) |id| if (id < 0 or id >= type_vocab) return -7;
     embeddings.forward(input_ids, token_type_ids, batch, seq, word, vocab, position, max_positions, token_type, type_vocab, gamma, beta, eps, hidden, out);
+    return 0;
 }
 
 export fn sb_pool(
@@ -202,18 +218,24 @@ export fn sb_pool(
     mode: u32,
     normalize: u32,
     out: [*]f32,
-) void {
-    pooling.forward(x, batch, seq, hidden, mask, @enumFromInt(mode), normalize != 0, out);
+) i32 {
+    if (!positive(.{ batch, seq, hidden }) or normalize > 1) return -3;
+    const pooling_mode = enumCode(pooling.Mode, mode) orelse return -3;
+    pooling.forward(x, batch, seq, hidden, mask, pooling_mode, normalize != 0, out);
+    return 0;
 }
 
-export fn sb_l2_normalize_rows(x: [*]f32, rows: usize, cols: usize) void {
+export fn sb_l2_normalize_rows(x: [*]f32, rows: usize, cols: usize) i32 {
+    if (!positive(.{ rows, cols })) return -3;
     pooling.normalizeRows(x, rows, cols);
+    return 0;
 }
 
 // ---- int8 and sparse linear layers ----
 // Status results: 0 ok, -1 non-finite input, -2 bad packed blob, -3 bad argument (an enum
 // code, or a size or stride the kernel cannot take), -4 shape too large for the format, -5
-// buffer too small, -6 activation above the kernels' bound (`sb_int8_act_max`).
+// buffer too small, -6 activation above the kernels' bound (`sb_int8_act_max`), -7 a token id
+// outside its embedding table.
 //
 // The size checks below are explicit, not `assert`s: the kernels' asserts are optimizer
 // assumptions in ReleaseFast, the build users load, so a bad call from a binding would be

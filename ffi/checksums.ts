@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "8221acc264241518b38d4d5deb21005e97b621bc7153c89e22e346c675e88942",
-  avx2: "59737dab6c1039b3e81d10622abfe1a5944c49d2776028f847fb3a186e62f9e4",
-  avx512vnni: "9fd65e7a2f222def2b42b8c6c1181d8d5ea445cbe509f18ca22399a52c67bce4",
+  baseline: "f69ea77bc31d1bcf323d1e923f217c5c4b4c0d17315e1d243d62a11f270158b8",
+  avx2: "b82f6858745f6aa27be80e811b9824aac96d58451dd499ceb267a644eb08f441",
+  avx512vnni: "565491ec5b62d28b14d750e316496a6bcbb0111fe4cbd9755eecf9fde48b4686",
 };

@@ -27,16 +27,16 @@ export const symbols = {
   sb_linear_f32_packed_len: { parameters: ["usize", "usize"], result: "usize" },
   sb_linear_f32_pack: {
     parameters: ["buffer", "buffer", "usize", "usize", "pointer"],
-    result: "void",
+    result: "i32",
   },
   sb_linear_f32: {
     parameters: ["buffer", "usize", "usize", "pointer", "usize", "buffer", "buffer", "u32"],
-    result: "void",
+    result: "i32",
   },
   // BERT ops: layernorm, attention, embeddings, pooling
   sb_layernorm: {
     parameters: ["buffer", "usize", "usize", "buffer", "buffer", "f32", "buffer"],
-    result: "void",
+    result: "i32",
   },
   sb_attention_scratch_len: { parameters: ["usize", "usize", "usize", "u32"], result: "usize" },
   sb_attention: {
@@ -78,13 +78,13 @@ export const symbols = {
       "usize", // hidden
       "buffer", // out
     ],
-    result: "void",
+    result: "i32",
   },
   sb_pool: {
     parameters: ["buffer", "usize", "usize", "usize", "buffer", "u32", "u32", "buffer"],
-    result: "void",
+    result: "i32",
   },
-  sb_l2_normalize_rows: { parameters: ["buffer", "usize", "usize"], result: "void" },
+  sb_l2_normalize_rows: { parameters: ["buffer", "usize", "usize"], result: "i32" },
   // int8 and sparse linear layers (status i32: 0 ok, < 0 see kernels.zig)
   sb_int8_act_max: { parameters: [], result: "u32" },
   sb_quantize_weights_i8: {

@@ -13,7 +13,7 @@
 import { kernels } from "../ffi/library.ts";
 import { NativeBuffer } from "../ffi/memory.ts";
 import { describeArray, overlaps } from "./linear.ts";
-import { checkStatus } from "./quantize.ts";
+import { checkStatus } from "./status.ts";
 
 /** The value Hugging Face adds to masked scores by default: the most negative float32. */
 export const FLOAT32_MIN: number = -3.4028234663852886e38;

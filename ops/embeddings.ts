@@ -6,6 +6,7 @@
  * @module
  */
 import { kernels } from "../ffi/library.ts";
+import { checkStatus } from "./status.ts";
 import { checkLayerNormWeight, type LayerNormWeight } from "./layernorm.ts";
 import { describeArray } from "./linear.ts";
 
@@ -114,7 +115,7 @@ export class Embeddings {
       );
     }
     const w = this.#weights;
-    kernels().symbols.sb_embeddings(
+    const status = kernels().symbols.sb_embeddings(
       inputIds,
       this.typeVocabSize === 0 ? null : types,
       BigInt(batch),
@@ -131,6 +132,7 @@ export class Embeddings {
       BigInt(this.hidden),
       out,
     );
+    checkStatus(status, `Embeddings [${batch} x ${seq}]`);
     return out;
   }
 }

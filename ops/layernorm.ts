@@ -5,6 +5,7 @@
  * @module
  */
 import { kernels } from "../ffi/library.ts";
+import { checkStatus } from "./status.ts";
 import { describeArray, overlaps } from "./linear.ts";
 
 /** LayerNorm parameters: `gamma` and `beta` of the normalised width, and epsilon. */
@@ -76,7 +77,7 @@ export function layerNorm(
   if (!inPlace && overlaps(x.subarray(0, need), out.subarray(0, need))) {
     throw new RangeError("LayerNorm output must be the input itself or not overlap it");
   }
-  kernels().symbols.sb_layernorm(
+  const status = kernels().symbols.sb_layernorm(
     x,
     BigInt(rows),
     BigInt(cols),
@@ -85,5 +86,6 @@ export function layerNorm(
     norm.eps,
     out,
   );
+  checkStatus(status, `LayerNorm [${rows}, ${cols}]`);
   return out;
 }

@@ -4,6 +4,7 @@
  * @module
  */
 import { kernels } from "../ffi/library.ts";
+import { checkStatus } from "./status.ts";
 import {
   type Activation,
   ACTIVATION_CODE,
@@ -50,12 +51,15 @@ export class LinearF32 implements LinearOp {
     }
     const weight = checkLinearWeight(source);
     this.#packed = PackedBytes.allocate(bytes(weight.out, weight.in), `${this.kind} linear`);
-    lib.sb_linear_f32_pack(
-      weight.weight,
-      weight.bias ?? null,
-      BigInt(weight.out),
-      BigInt(weight.in),
-      this.#packed.pointer,
+    checkStatus(
+      lib.sb_linear_f32_pack(
+        weight.weight,
+        weight.bias ?? null,
+        BigInt(weight.out),
+        BigInt(weight.in),
+        this.#packed.pointer,
+      ),
+      `Packing the fp32 weight [${weight.out}, ${weight.in}]`,
     );
   }
 
@@ -72,7 +76,7 @@ export class LinearF32 implements LinearOp {
   /** Y [m, out] = act(X [m, in] W^T + b) + residual. */
   forward(x: Float32Array, m: number, options: ForwardOptions = {}): Float32Array {
     const out = checkForward(this, x, m, options);
-    kernels().symbols.sb_linear_f32(
+    const status = kernels().symbols.sb_linear_f32(
       x,
       BigInt(m),
       BigInt(this.inFeatures),
@@ -82,6 +86,7 @@ export class LinearF32 implements LinearOp {
       out,
       ACTIVATION_CODE[this.activation],
     );
+    checkStatus(status, `fp32 linear [${m}, ${this.inFeatures}] -> ${this.outFeatures}`);
     return out;
   }
 

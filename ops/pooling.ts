@@ -8,6 +8,7 @@
  * @module
  */
 import { kernels } from "../ffi/library.ts";
+import { checkStatus } from "./status.ts";
 import { describeArray } from "./linear.ts";
 
 /** Every pooling mode, by sentence-transformers' names. */
@@ -77,7 +78,7 @@ export function pool(
       `Pooling output needs ${batch * hidden} float32 values, got ${describeArray(out)}`,
     );
   }
-  kernels().symbols.sb_pool(
+  const status = kernels().symbols.sb_pool(
     x,
     BigInt(batch),
     BigInt(seq),
@@ -87,6 +88,7 @@ export function pool(
     options.normalize ? 1 : 0,
     out,
   );
+  checkStatus(status, `Pooling [${batch} x ${seq}, ${hidden}]`);
   return out;
 }
 
@@ -98,6 +100,6 @@ export function l2NormalizeRows(x: Float32Array, rows: number, cols: number): Fl
   if (!(x instanceof Float32Array) || x.length < rows * cols) {
     throw new RangeError(`Normalize needs ${rows * cols} float32 values, got ${describeArray(x)}`);
   }
-  kernels().symbols.sb_l2_normalize_rows(x, BigInt(rows), BigInt(cols));
+  checkStatus(kernels().symbols.sb_l2_normalize_rows(x, BigInt(rows), BigInt(cols)), "Normalize");
   return x;
 }

@@ -19,6 +19,9 @@
  * @module
  */
 import { kernels } from "../ffi/library.ts";
+import { checkStatus } from "./status.ts";
+
+export { checkStatus };
 import { checkLinearWeight, describeArray, type LinearWeight } from "./linear.ts";
 
 let libraryQmax: number | undefined;
@@ -105,20 +108,6 @@ export interface QuantizeOptions {
   qmax?: number;
   /** Reuse these buffers when they are large enough (no allocation on the hot path). */
   into?: QuantizedActivations;
-}
-
-/** Throws a clear error for a negative status of an int8/sparse kernel call. */
-export function checkStatus(code: number, what: string): void {
-  if (code === 0) return;
-  const reasons: Record<number, string> = {
-    [-1]: "the input contains NaN or infinity",
-    [-2]: "the packed weights are corrupt or of another format",
-    [-3]: "an option code is invalid",
-    [-4]: "the shape is too large for the packed format",
-    [-5]: "the buffer is too small",
-    [-6]: "an activation exceeds the int8 kernels' bound (int8ActivationQmax)",
-  };
-  throw new Error(`${what} failed: ${reasons[code] ?? `status ${code}`}`);
 }
 
 /** Row stride (bytes) of the `"rows"` layout for `k` input features. */

@@ -29,7 +29,7 @@ import {
   type LinearWeight,
 } from "./linear.ts";
 import { isPackedSource, PackedBytes, type PackedSource } from "./packed.ts";
-import { checkStatus } from "./quantize.ts";
+import { checkStatus } from "./status.ts";
 
 /** The two packed layouts of {@linkcode SparseLinearF32}. */
 export type SparseF32Layout = "blocks-4x1" | "csr";

@@ -132,6 +132,25 @@ Deno.test("ABI: sizes a kernel cannot take are refused with status -3 in the bui
   assert.equal(lib.sb_quantize_weights_i8(w, 0n, 4n, new Int8Array(16), scale), -3, "n = 0");
   using blob = new NativeBuffer(64);
   assert.equal(lib.sb_spmm_f32(blob.pointer, 64n, x, 0n, null, x, 0), -3, "m = 0");
+  // The fp32 and BERT ops: zero sizes, bad codes, a token id outside its table.
+  const w4 = new Float32Array(16);
+  const ones = new Float32Array(4).fill(1);
+  const y = new Float32Array(16);
+  assert.equal(lib.sb_linear_f32_pack(w4, null, 0n, 4n, blob.pointer), -3, "pack n = 0");
+  assert.equal(lib.sb_linear_f32(x, 0n, 4n, blob.pointer, 4n, null, y, 0), -3, "linear m = 0");
+  assert.equal(lib.sb_linear_f32(x, 1n, 4n, blob.pointer, 4n, null, y, 9), -3, "activation 9");
+  assert.equal(lib.sb_linear_f32(x, 1n, 4n, blob.pointer, 4n, y, y, 0), -3, "residual = y");
+  assert.equal(lib.sb_layernorm(x, 0n, 4n, ones, ones, 1e-5, y), -3, "layernorm rows = 0");
+  assert.equal(lib.sb_layernorm(x, 1n, 4n, ones, ones, NaN, y), -3, "layernorm eps NaN");
+  const ids = new Int32Array([0, 1]);
+  const embed = (tokens: Int32Array) =>
+    lib.sb_embeddings(tokens, null, 1n, 2n, w4, 4n, w4, 4n, null, 0n, ones, ones, 1e-5, 4n, y);
+  assert.equal(embed(ids), 0, "embeddings, ids in range");
+  assert.equal(embed(new Int32Array([0, 4])), -7, "token id = vocab");
+  assert.equal(embed(new Int32Array([-1, 0])), -7, "token id -1");
+  const mask2 = new Uint8Array(2).fill(1);
+  assert.equal(lib.sb_pool(w4, 1n, 2n, 4n, mask2, 99, 0, y), -3, "pooling mode 99");
+  assert.equal(lib.sb_l2_normalize_rows(y, 0n, 4n), -3, "normalize rows = 0");
   // Attention: a bad precision code, a zero batch, scratch too small for one thread.
   const mask = new Uint8Array(2).fill(1);
   const out = new Float32Array(8);
