@@ -14,5 +14,5 @@ export const RELEASE_VERSION = "0.1.0";
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
   baseline: "f69ea77bc31d1bcf323d1e923f217c5c4b4c0d17315e1d243d62a11f270158b8",
   avx2: "b82f6858745f6aa27be80e811b9824aac96d58451dd499ceb267a644eb08f441",
-  avx512vnni: "565491ec5b62d28b14d750e316496a6bcbb0111fe4cbd9755eecf9fde48b4686",
+  avx512vnni: "2174e55d9bccdbd63bbe2ddef6735dcf04dc0e60724990cf187f63bfe610b72a",
 };

@@ -163,7 +163,42 @@ fn rowKernel(xc: [*]const f32, col: [*]const u32, value: [*]const f32, count: us
     };
 }
 
+/// `rowKernel` on AVX-512: each non-zero's 16 tokens in one zmm, one FMA.
+fn rowKernelWide(xc: [*]const f32, col: [*]const u32, value: [*]const f32, count: usize) V16 {
+    var acc: [4]V16 = @splat(@splat(0));
+    var e: usize = 0;
+    while (e + 4 <= count) : (e += 4) {
+        inline for (0..4) |j| {
+            const x: V16 = (xc + @as(usize, col[e + j]) * chunk_tokens)[0..chunk_tokens].*;
+            acc[j] = @mulAdd(V16, @splat(value[e + j]), x, acc[j]);
+        }
+    }
+    while (e < count) : (e += 1) {
+        const x: V16 = (xc + @as(usize, col[e]) * chunk_tokens)[0..chunk_tokens].*;
+        acc[0] = @mulAdd(V16, @splat(value[e]), x, acc[0]);
+    }
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+/// `outputTile` on AVX-512: the 16 channel rows transposed in registers (see `blockTileWide`).
+fn outputTileWide(comptime act: vmath.Activation, args: *const Args, tile: usize, chunk: usize) void {
+    const w = args.w.csr;
+    const n: usize = w.header.n;
+    const xc = args.x + chunk * w.header.k * chunk_tokens;
+    const c0 = tile * tile_channels;
+    var rows: [tile_channels]V16 = @splat(@splat(0));
+    inline for (0..tile_channels) |j| {
+        if (c0 + j < n) {
+            const e0 = w.row_ptr[c0 + j];
+            rows[j] = rowKernelWide(xc, w.col + e0, w.value + e0, w.row_ptr[c0 + j + 1] - e0);
+        }
+    }
+    const columns: [chunk_tokens][tile_channels]f32 align(64) = @bitCast(transpose.square16(f32, rows));
+    writeTile(act, args, n, c0, chunk, &columns, tileBias(w.bias, n, c0));
+}
+
 fn outputTile(comptime act: vmath.Activation, args: *const Args, tile: usize, chunk: usize) void {
+    if (wide) return outputTileWide(act, args, tile, chunk);
     const w = args.w.csr;
     const n: usize = w.header.n;
     const k: usize = w.header.k;
@@ -245,8 +280,10 @@ fn writeTile(
 // ---- 4x1 blocks ----
 
 const blocks_format = @import("sparse_f32_blocks.zig");
+/// AVX-512: a channel's 16 tokens in one zmm, and the output tile transposed in registers.
+const wide = std.Target.x86.featureSetHas(builtin.cpu.features, .avx512f);
 /// Accumulator sets of the block kernel (see the file comment).
-const block_sets: usize = if (std.Target.x86.featureSetHas(builtin.cpu.features, .avx512f)) 2 else 1;
+const block_sets: usize = if (wide) 2 else 1;
 /// Block rows per 16-channel tile.
 const tile_block_rows: usize = tile_channels / blocks_format.block_height;
 
@@ -279,7 +316,30 @@ fn blockRowKernel(xc: [*]const f32, block_k: [*]const u32, weights: [*]const [4]
     return sums;
 }
 
+/// `blockRowKernel` on AVX-512: each block's 16 tokens in one zmm, its 4 weights broadcast from
+/// memory into 4 FMAs (half the instructions of two 8-wide halves).
+fn blockRowKernelWide(xc: [*]const f32, block_k: [*]const u32, weights: [*]const [4]f32, count: usize) [4]V16 {
+    var acc: [block_sets][4]V16 = @splat(@splat(@splat(0)));
+    var b: usize = 0;
+    while (b + block_sets <= count) : (b += block_sets) {
+        inline for (0..block_sets) |set| {
+            const x: V16 = (xc + @as(usize, block_k[b + set]) * chunk_tokens)[0..chunk_tokens].*;
+            inline for (0..4) |r| acc[set][r] = @mulAdd(V16, @splat(weights[b + set][r]), x, acc[set][r]);
+        }
+    }
+    while (b < count) : (b += 1) {
+        const x: V16 = (xc + @as(usize, block_k[b]) * chunk_tokens)[0..chunk_tokens].*;
+        inline for (0..4) |r| acc[0][r] = @mulAdd(V16, @splat(weights[b][r]), x, acc[0][r]);
+    }
+    var sums = acc[0];
+    inline for (1..block_sets) |set| inline for (0..4) |r| {
+        sums[r] += acc[set][r];
+    };
+    return sums;
+}
+
 fn blockTile(comptime act: vmath.Activation, args: *const Args, tile: usize, chunk: usize) void {
+    if (wide) return blockTileWide(act, args, tile, chunk);
     const w = args.w.blocks;
     const n: usize = w.header.n;
     const k: usize = w.header.k;
@@ -308,6 +368,26 @@ fn blockTile(comptime act: vmath.Activation, args: *const Args, tile: usize, chu
         storeGroup(&buffer, group, rows);
     }
     writeTile(act, args, n, tile * tile_channels, chunk, &buffer, tileBias(w.bias, 4 * block_rows, tile * tile_channels));
+}
+
+/// `blockTile` on AVX-512: the tile's 16 channel rows stay in zmm registers and are transposed
+/// there (the buffer of `storeGroup`, written in 32-byte pieces and read back in 64-byte rows,
+/// stalls on failed store forwarding, as it did in `spmm_i8`).
+fn blockTileWide(comptime act: vmath.Activation, args: *const Args, tile: usize, chunk: usize) void {
+    const w = args.w.blocks;
+    const block_rows: usize = w.header.block_rows;
+    const xc = args.x + chunk * w.header.k * chunk_tokens;
+    var rows: [tile_channels]V16 = @splat(@splat(0));
+    inline for (0..tile_block_rows) |b| {
+        const br = tile * tile_block_rows + b;
+        if (br < block_rows) {
+            const b0 = w.block_ptr[br];
+            const sums = blockRowKernelWide(xc, w.block_k + b0, w.weights + b0, w.block_ptr[br + 1] - b0);
+            inline for (0..4) |r| rows[4 * b + r] = sums[r];
+        }
+    }
+    const columns: [chunk_tokens][tile_channels]f32 align(64) = @bitCast(transpose.square16(f32, rows));
+    writeTile(act, args, w.header.n, tile * tile_channels, chunk, &columns, tileBias(w.bias, 4 * block_rows, tile * tile_channels));
 }
 
 // ---- tests ----

@@ -33,6 +33,7 @@ const quantize = @import("quantize.zig");
 const layout = @import("quantize_packed.zig");
 const quantize_staged = @import("quantize_staged.zig");
 const pack_f32 = @import("pack_f32.zig");
+const transpose = @import("transpose.zig");
 
 const I32x16 = int8.I32x16;
 const F4 = @Vector(4, f32);
@@ -334,71 +335,13 @@ fn microKernel(xc: [*]const u8, group_k: [*]const u16, weights: [*]const i8, gro
     return acc;
 }
 
-/// Shuffle masks of `transpose4Lanes` for vectors of `n` lanes (n a multiple of 4).
-fn lane4Masks(comptime n: usize) [4]@Vector(n, i32) {
-    var m: [4][n]i32 = undefined;
-    for (0..n / 4) |g| for (0..2) |i| {
-        const e: i32 = @intCast(4 * g + i); // element i of the group's low pair
-        const at = 4 * g + 2 * i;
-        m[0][at] = e; // lo: a[e], b[e], a[e + 1], b[e + 1]
-        m[0][at + 1] = ~e;
-        m[1][at] = e + 2; // hi: a[e + 2], b[e + 2], ...
-        m[1][at + 1] = ~(e + 2);
-        m[2][4 * g + i] = e; // lo64: a[e], a[e + 1], b[e], b[e + 1]
-        m[2][4 * g + 2 + i] = ~e;
-        m[3][4 * g + i] = e + 2; // hi64: a[e + 2], a[e + 3], b[e + 2], b[e + 3]
-        m[3][4 * g + 2 + i] = ~(e + 2);
-    };
-    return .{ m[0], m[1], m[2], m[3] };
-}
-
-/// In-lane 4 x 4 transposes of four rows: result[j] holds, in each group of four lanes g, the
-/// four rows' values at lane 4g + j.
-inline fn transpose4Lanes(comptime T: type, comptime n: usize, v: [4]@Vector(n, T)) [4]@Vector(n, T) {
-    const masks = comptime lane4Masks(n);
-    const t01lo = @shuffle(T, v[0], v[1], masks[0]);
-    const t01hi = @shuffle(T, v[0], v[1], masks[1]);
-    const t23lo = @shuffle(T, v[2], v[3], masks[0]);
-    const t23hi = @shuffle(T, v[2], v[3], masks[1]);
-    return .{
-        @shuffle(T, t01lo, t23lo, masks[2]),
-        @shuffle(T, t01lo, t23lo, masks[3]),
-        @shuffle(T, t01hi, t23hi, masks[2]),
-        @shuffle(T, t01hi, t23hi, masks[3]),
-    };
-}
-
 /// Token-major 4-wide columns of a 4 x 8 block: result[j] = {v[0][j], v[1][j], v[2][j], v[3][j]}.
 inline fn transpose4x8(comptime T: type, v: [4]@Vector(8, T)) [8]@Vector(4, T) {
-    const c = transpose4Lanes(T, 8, v);
+    const c = transpose.lanes4(T, 8, v);
     var result: [8]@Vector(4, T) = undefined;
     inline for (0..4) |j| {
         result[j] = @shuffle(T, c[j], undefined, @Vector(4, i32){ 0, 1, 2, 3 });
         result[j + 4] = @shuffle(T, c[j], undefined, @Vector(4, i32){ 4, 5, 6, 7 });
-    }
-    return result;
-}
-
-/// 16 x 16 transpose in registers: result[j][c] = v[c][j] (VNNI's 32 zmm hold it).
-inline fn transpose16(comptime T: type, v: [16]@Vector(16, T)) [16]@Vector(16, T) {
-    var c: [4][4]@Vector(16, T) = undefined;
-    inline for (0..4) |g| c[g] = transpose4Lanes(T, 16, v[4 * g ..][0..4].*);
-    // Token 4L + j takes 128-bit lane L of c[0][j], c[1][j], c[2][j], c[3][j]: a 4 x 4
-    // transpose of lanes.
-    const lanes01 = @Vector(16, i32){ 0, 1, 2, 3, -1, -2, -3, -4, 4, 5, 6, 7, -5, -6, -7, -8 };
-    const lanes23 = @Vector(16, i32){ 8, 9, 10, 11, -9, -10, -11, -12, 12, 13, 14, 15, -13, -14, -15, -16 };
-    const low = @Vector(16, i32){ 0, 1, 2, 3, 4, 5, 6, 7, -1, -2, -3, -4, -5, -6, -7, -8 };
-    const high = @Vector(16, i32){ 8, 9, 10, 11, 12, 13, 14, 15, -9, -10, -11, -12, -13, -14, -15, -16 };
-    var result: [16]@Vector(16, T) = undefined;
-    inline for (0..4) |j| {
-        const x01lo = @shuffle(T, c[0][j], c[1][j], lanes01); // lanes: c0 L0, c1 L0, c0 L1, c1 L1
-        const x01hi = @shuffle(T, c[0][j], c[1][j], lanes23); // c0 L2, c1 L2, c0 L3, c1 L3
-        const x23lo = @shuffle(T, c[2][j], c[3][j], lanes01);
-        const x23hi = @shuffle(T, c[2][j], c[3][j], lanes23);
-        result[j] = @shuffle(T, x01lo, x23lo, low);
-        result[4 + j] = @shuffle(T, x01lo, x23lo, high);
-        result[8 + j] = @shuffle(T, x01hi, x23hi, low);
-        result[12 + j] = @shuffle(T, x01hi, x23hi, high);
     }
     return result;
 }
@@ -427,7 +370,7 @@ fn outputTile(comptime out: int8.Output, comptime act: vmath.Activation, args: *
                 inline for (0..4) |r| rows[4 * b + r] = v[r][0];
             }
         }
-        const columns = transpose16(T, rows);
+        const columns = transpose.square16(T, rows);
         inline for (0..chunk_tokens) |j| {
             if (j < tokens.count) storeToken(out, act, target, at + j * n, columns[j], channels);
         }
