@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "f69ea77bc31d1bcf323d1e923f217c5c4b4c0d17315e1d243d62a11f270158b8",
-  avx2: "b82f6858745f6aa27be80e811b9824aac96d58451dd499ceb267a644eb08f441",
+  baseline: "76492de818b963048374eef742539bfc183806792a5a6dd288a1227b58b7d2f4",
+  avx2: "4c72a145013fc4971643f1099db7debcf9113946c4b3320168cf87bdaea4da5a",
   avx512vnni: "2174e55d9bccdbd63bbe2ddef6735dcf04dc0e60724990cf187f63bfe610b72a",
 };

@@ -36,6 +36,7 @@ const pack_f32 = @import("pack_f32.zig");
 const transpose = @import("transpose.zig");
 
 const I32x16 = int8.I32x16;
+const F8 = @Vector(8, f32);
 const F4 = @Vector(4, f32);
 const U16x16 = @Vector(16, u16);
 const chunk_tokens = layout.chunk_tokens;
@@ -335,17 +336,6 @@ fn microKernel(xc: [*]const u8, group_k: [*]const u16, weights: [*]const i8, gro
     return acc;
 }
 
-/// Token-major 4-wide columns of a 4 x 8 block: result[j] = {v[0][j], v[1][j], v[2][j], v[3][j]}.
-inline fn transpose4x8(comptime T: type, v: [4]@Vector(8, T)) [8]@Vector(4, T) {
-    const c = transpose.lanes4(T, 8, v);
-    var result: [8]@Vector(4, T) = undefined;
-    inline for (0..4) |j| {
-        result[j] = @shuffle(T, c[j], undefined, @Vector(4, i32){ 0, 1, 2, 3 });
-        result[j + 4] = @shuffle(T, c[j], undefined, @Vector(4, i32){ 4, 5, 6, 7 });
-    }
-    return result;
-}
-
 /// Computes 16 channels x 16 tokens and writes whole rows of 16 channels per token: one cache
 /// line of fp32, instead of four partial lines at a large stride (which thrash one L1 set when
 /// n * 4 is a multiple of 4 KiB). VNNI transposes the tile in registers; AVX2, with 16 ymm,
@@ -376,8 +366,7 @@ fn outputTile(comptime out: int8.Output, comptime act: vmath.Activation, args: *
         }
     } else {
         var buffer: [chunk_tokens][tile_channels]T align(64) = undefined;
-        for (0..count) |b| blockRowToBuffer(out, args, br0 + b, tokens, T, &buffer, 4 * b);
-        if (count < tile_block_rows) for (&buffer) |*row| @memset(row[4 * count ..], 0);
+        inline for (0..tile_block_rows / 2) |pair| pairToBuffer(out, args, br0 + 2 * pair, count -| 2 * pair, tokens, T, &buffer, 8 * pair);
         // Through a pointer: `buffer[j]` as a value copies the whole buffer (1 KiB) per token.
         for (0..tokens.count) |j| {
             const row: *const [tile_channels]T = &buffer[j];
@@ -386,20 +375,33 @@ fn outputTile(comptime out: int8.Output, comptime act: vmath.Activation, args: *
     }
 }
 
-/// One block row into channels `col..col + 4` of the token-major `buffer`.
-fn blockRowToBuffer(
+/// Two block rows (`count` of them real, at most 2) into channels `col..col + 8` of the
+/// token-major `buffer`: one 8 x 8 transpose per half of 8 tokens, so that every 32-byte row
+/// piece is stored whole and read back whole (pieces of 16 bytes read back as 32 failed store
+/// forwarding).
+fn pairToBuffer(
     comptime out: int8.Output,
     args: *const Args,
     br: usize,
+    count: usize,
     tokens: *const Tokens,
     comptime T: type,
     buffer: *[chunk_tokens][tile_channels]T,
     col: usize,
 ) void {
-    const v = blockRow(out, args, br, tokens);
+    const Row = @Vector(half_tokens, T);
+    var rows: [halves][8]Row = @splat(@splat(@splat(0)));
+    inline for (0..2) |b| {
+        if (b < count) {
+            const v = blockRow(out, args, br + b, tokens);
+            inline for (0..halves) |h| inline for (0..4) |r| {
+                rows[h][4 * b + r] = v[r][h];
+            };
+        }
+    }
     inline for (0..halves) |h| {
-        const cols = transpose4x8(T, .{ v[0][h], v[1][h], v[2][h], v[3][h] });
-        inline for (0..half_tokens) |j| buffer[h * half_tokens + j][col..][0..4].* = cols[j];
+        const t: [8]F8 = transpose.f32x8(@bitCast(rows[h]));
+        inline for (0..half_tokens) |j| buffer[h * half_tokens + j][col..][0..8].* = @bitCast(t[j]);
     }
 }
 
