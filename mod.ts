@@ -102,6 +102,7 @@ export {
   type FeatureExtractionPipeline,
   type FeaturePooling,
   type FeatureTensor,
+  type LabelledPipeline,
   pipeline,
   type PipelineBase,
   type PipelineByTask,

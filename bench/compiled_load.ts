@@ -13,12 +13,12 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { compileModel, loadCompiled } from "../formats/compiled.ts";
 import { loadModel } from "../hub/load.ts";
 import { BertEncoder } from "../encoder/bert.ts";
 import { setThreads } from "../ffi/library.ts";
 import { stats } from "./_timing.ts";
+import { flagOptions, integerOption, runCommand, stringOptions } from "../tools/_command.ts";
 
 const HELP = `Usage: deno task bench:load [options]
 
@@ -112,52 +112,44 @@ async function spawnChild(side: Sample["side"], file: string, threads: number): 
   return JSON.parse(text.trim().split("\n").pop()!) as Sample;
 }
 
-async function main(): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({
-      args: Deno.args,
-      options: {
-        model: { type: "string", default: DEFAULT_MODEL },
-        repeats: { type: "string", default: "5" },
-        threads: { type: "string", default: "2" },
-        "out-dir": { type: "string", default: ".cache/bench-load" },
-        json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-        child: { type: "string" },
-        file: { type: "string" },
-      },
-    }).values;
-  } catch (error) {
-    console.error(`error: ${(error as Error).message}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  const threads = Number(values.threads);
-  if (values.child !== undefined) {
-    const side = values.child as Sample["side"];
-    console.log(JSON.stringify(await child(side, values.file!, threads)));
-    return 0;
-  }
-  const repeats = Number(values.repeats);
-  if (!Number.isInteger(repeats) || repeats < 1 || !Number.isInteger(threads) || threads < 1) {
-    console.error("error: --repeats and --threads must be positive integers");
-    return 2;
-  }
-  const model = values.model!;
+function main(): Promise<number> {
+  const options = {
+    ...stringOptions("child", "file"),
+    ...flagOptions("json"),
+    model: { type: "string", default: DEFAULT_MODEL },
+    repeats: { type: "string", default: "5" },
+    threads: { type: "string", default: "2" },
+    "out-dir": { type: "string", default: ".cache/bench-load" },
+  } as const;
+  return runCommand(Deno.args, { help: HELP, parse: { options } }, async ({ values }) => {
+    const threads = integerOption("threads", values.threads);
+    if (values.child !== undefined) {
+      const side = values.child as Sample["side"];
+      console.log(JSON.stringify(await child(side, values.file!, threads)));
+      return 0;
+    }
+    return await measure({
+      ...values,
+      threads,
+      repeats: integerOption("repeats", values.repeats, 1, 1000),
+    });
+  });
+}
+
+/** Compiles the model, then times both sides in alternating fresh processes. */
+async function measure(
+  values: { model: string; "out-dir": string; json: boolean; threads: number; repeats: number },
+): Promise<number> {
+  const { model, threads, repeats } = values;
   try {
     await Deno.stat(model);
   } catch {
-    console.error(
-      `error: no model at "${model}". Write the benchmark models with \`deno task bench:compare --quick\`, or pass --model FILE.onnx`,
+    throw new Error(
+      `no model at "${model}". Write the benchmark models with \`deno task bench:compare --quick\`, or pass --model FILE.onnx`,
     );
-    return 1;
   }
   const log = values.json ? () => {} : (line: string) => console.error(line);
-  await Deno.mkdir(values["out-dir"]!, { recursive: true });
+  await Deno.mkdir(values["out-dir"], { recursive: true });
   const base = model.split("/").pop()!.replace(/\.onnx$/, "");
   const compiled = `${values["out-dir"]}/${base}.sbert`;
   log(`Compiling ${model} -> ${compiled} ...`);

@@ -16,10 +16,11 @@
  * @module
  */
 import autocannon from "autocannon";
-import { parseArgs } from "node:util";
 import { type SpawnedServer, spawnServer } from "../serve/spawn.ts";
 import { compareInstances, soak } from "./serve_soak.ts";
 import { metricsText, metricSum, percentile, round, writeReport } from "./_serve_common.ts";
+import { flagOptions, integerOption, runCommand, stringOptions } from "../tools/_command.ts";
+import { httpRequest as rawRequest, rawHttp, v2TextBody } from "../tests/serve_helpers.ts";
 
 const HELP = `Usage: deno task bench:serve [options]
 
@@ -166,52 +167,19 @@ async function cannon(
   };
 }
 
-/** Sends raw bytes over TCP and returns the status line's code (or null) and the body text. */
+/** Sends raw bytes over TCP; returns the status line's code (or null) and the body text. */
 async function raw(
   port: number,
   request: Uint8Array,
   options: { closeAfterWrite?: boolean; timeoutMs?: number } = {},
 ): Promise<{ status: number | null; body: string }> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  try {
-    try {
-      let written = 0;
-      while (written < request.length) written += await conn.write(request.subarray(written));
-    } catch {
-      // The server may answer (413) and close before the whole body is written: read on.
-    }
-    if (options.closeAfterWrite) return { status: null, body: "" };
-    const chunks: Uint8Array[] = [];
-    const buf = new Uint8Array(65536);
-    const deadline = Date.now() + (options.timeoutMs ?? 20_000);
-    // Bounded by the deadline and by the peer closing.
-    while (Date.now() < deadline) {
-      const n = await Promise.race([
-        conn.read(buf).catch(() => null),
-        new Promise<null>((r) => setTimeout(() => r(null), Math.max(1, deadline - Date.now()))),
-      ]);
-      if (n === null) break;
-      chunks.push(buf.slice(0, n));
-      const text = new TextDecoder().decode(concat(chunks));
-      const head = text.indexOf("\r\n\r\n");
-      if (head >= 0) {
-        const length = Number(/content-length:\s*(\d+)/i.exec(text.slice(0, head))?.[1] ?? -1);
-        const bodyBytes = concat(chunks).length -
-          new TextEncoder().encode(text.slice(0, head + 4)).length;
-        if (length >= 0 && bodyBytes >= length) break;
-      }
-    }
-    const text = new TextDecoder().decode(concat(chunks));
-    const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? NaN);
-    return {
-      status: Number.isNaN(status) ? null : status,
-      body: text.slice(text.indexOf("\r\n\r\n") + 4),
-    };
-  } finally {
-    try {
-      conn.close();
-    } catch { /* already closed */ }
-  }
+  const text = await rawHttp(port, request, options);
+  if (text === null) return { status: null, body: "" };
+  const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? NaN);
+  return {
+    status: Number.isNaN(status) ? null : status,
+    body: text.slice(text.indexOf("\r\n\r\n") + 4),
+  };
 }
 
 function concat(chunks: Uint8Array[]): Uint8Array {
@@ -224,23 +192,14 @@ function concat(chunks: Uint8Array[]): Uint8Array {
   return out;
 }
 
+/** A request (POST unless `method` says otherwise) with `connection: close`. */
 function httpRequest(
   path: string,
   body: Uint8Array | string,
   headers: Record<string, string> = {},
   options: { contentLength?: number; method?: string } = {},
 ): Uint8Array {
-  const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
-  const lines = [
-    `${options.method ?? "POST"} ${path} HTTP/1.1`,
-    "host: 127.0.0.1",
-    "connection: close",
-    `content-length: ${options.contentLength ?? bytes.length}`,
-    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
-    "",
-    "",
-  ];
-  return concat([new TextEncoder().encode(lines.join("\r\n")), bytes]);
+  return rawRequest(options.method ?? "POST", path, body, headers, options.contentLength);
 }
 
 interface BadCase {
@@ -254,20 +213,21 @@ async function badInputs(server: SpawnedServer, model: string): Promise<BadCase[
   const port = server.port;
   const json = { "content-type": "application/json" };
   const embed = (body: unknown) => JSON.stringify({ model, ...body as object });
+  /** A v2 inference request of one input tensor holding `["a"]`. */
+  const v2Infer = (input: { name: string; shape: number[]; datatype: string }) =>
+    httpRequest(
+      `/v2/models/${model}/infer`,
+      JSON.stringify({ inputs: [{ ...input, data: ["a"] }] }),
+      json,
+    );
   const utf8Bad = concat([
     new TextEncoder().encode(`{"model": "${model}", "input": "abc `),
     new Uint8Array([0xff, 0xfe, 0xc3]),
     new TextEncoder().encode(`"}`),
   ]);
-  const v2Header = JSON.stringify({
-    inputs: [{
-      name: "text",
-      shape: [1],
-      datatype: "BYTES",
-      parameters: { binary_data_size: 100 },
-    }],
-  });
-  const v2Blob = concat([new TextEncoder().encode(v2Header), new Uint8Array([5, 0, 0, 0, 104])]);
+  // A binary body whose header claims more tensor bytes than follow.
+  const v2Short = v2TextBody(new Uint8Array([5, 0, 0, 0, 104]), { declaredSize: 100 });
+  const v2Blob = v2Short.body;
   const cases: [string, Uint8Array, { timeoutMs?: number }?][] = [
     ["malformed JSON", httpRequest("/v1/embeddings", `{"input": "abc"`, json)],
     ["empty body", httpRequest("/v1/embeddings", "", json)],
@@ -334,34 +294,13 @@ async function badInputs(server: SpawnedServer, model: string): Promise<BadCase[
     ["unknown route", httpRequest("/v1/nothing", "{}", json)],
     ["v2 unknown model", httpRequest("/v2/models/nope/infer", "{}", json)],
     ["v2 inputs missing", httpRequest(`/v2/models/${model}/infer`, "{}", json)],
-    [
-      "v2 shape/data mismatch",
-      httpRequest(
-        `/v2/models/${model}/infer`,
-        JSON.stringify({ inputs: [{ name: "text", shape: [2], datatype: "BYTES", data: ["a"] }] }),
-        json,
-      ),
-    ],
-    [
-      "v2 wrong datatype",
-      httpRequest(
-        `/v2/models/${model}/infer`,
-        JSON.stringify({ inputs: [{ name: "text", shape: [1], datatype: "FP16", data: ["a"] }] }),
-        json,
-      ),
-    ],
-    [
-      "v2 unknown input",
-      httpRequest(
-        `/v2/models/${model}/infer`,
-        JSON.stringify({ inputs: [{ name: "txt", shape: [1], datatype: "BYTES", data: ["a"] }] }),
-        json,
-      ),
-    ],
+    ["v2 shape/data mismatch", v2Infer({ name: "text", shape: [2], datatype: "BYTES" })],
+    ["v2 wrong datatype", v2Infer({ name: "text", shape: [1], datatype: "FP16" })],
+    ["v2 unknown input", v2Infer({ name: "txt", shape: [1], datatype: "BYTES" })],
     [
       "v2 binary size past the end",
       httpRequest(`/v2/models/${model}/infer`, v2Blob, {
-        "inference-header-content-length": String(v2Header.length),
+        "inference-header-content-length": String(v2Short.headerLength),
       }),
     ],
     [
@@ -430,22 +369,35 @@ async function disconnects(server: SpawnedServer, model: string, rounds: number)
   return { attempts, liveAfter: live.status, inferenceAfter: after.status };
 }
 
-async function longRun(values: {
+/** The options of {@linkcode loadRun} and {@linkcode longRun}. */
+interface ServeLoadOptions {
+  quick: boolean;
   soak?: string;
   threads?: string;
   model?: string;
   duration?: string;
+  connections: string;
   json: boolean;
   out?: string;
-}): Promise<number> {
-  const minutes = Number(values.soak ?? 0);
-  if (values.soak !== undefined && !(Number.isInteger(minutes) && minutes >= 1 && minutes <= 600)) {
-    console.error(
-      `error: --soak must be a whole number of minutes in 1..600, got "${values.soak}"`,
-    );
-    return 2;
-  }
-  const threads = values.threads === undefined ? 0 : Number(values.threads);
+}
+
+/** `--threads` (0: the library default). */
+function threadsOption(values: ServeLoadOptions): number {
+  return values.threads === undefined ? 0 : integerOption("threads", values.threads, 0, 64);
+}
+
+/** What every report of this benchmark starts with: when, where and how it ran. */
+function reportHeader(): Record<string, unknown> {
+  return {
+    date: new Date().toISOString(),
+    machine: { cpus: navigator.hardwareConcurrency, deno: Deno.version.deno },
+    command: `deno task bench:serve ${Deno.args.join(" ")}`.trim(),
+  };
+}
+
+async function longRun(values: ServeLoadOptions): Promise<number> {
+  const minutes = values.soak === undefined ? 0 : integerOption("soak", values.soak, 1, 600);
+  const threads = threadsOption(values);
   const say = values.json ? () => {} : (line: string) => console.error(line);
   const result = values.soak !== undefined
     ? await soak({ minutes, threads, model: values.model, say })
@@ -455,12 +407,7 @@ async function longRun(values: {
       model: values.model,
       say,
     });
-  const report = {
-    date: new Date().toISOString(),
-    machine: { cpus: navigator.hardwareConcurrency, deno: Deno.version.deno },
-    command: `deno task bench:serve ${Deno.args.join(" ")}`.trim(),
-    ...result,
-  };
+  const report = { ...reportHeader(), ...result };
   const kind = values.soak !== undefined ? "serve_soak" : "serve_instances";
   const out = await writeReport(kind, report, values.out);
   if (values.json) console.log(JSON.stringify(report, null, 2));
@@ -468,48 +415,29 @@ async function longRun(values: {
   return 0;
 }
 
-async function main(): Promise<number> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      quick: { type: "boolean", default: false },
-      duration: { type: "string" },
-      connections: { type: "string", default: "64" },
-      model: { type: "string" },
-      threads: { type: "string" },
-      json: { type: "boolean", default: false },
-      out: { type: "string" },
-      soak: { type: "string" },
-      "instances-compare": { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
+function main(): Promise<number> {
+  const options = {
+    ...stringOptions("duration", "model", "threads", "out", "soak"),
+    ...flagOptions("quick", "json", "instances-compare"),
+    connections: { type: "string", default: "64" },
+  } as const;
+  return runCommand(Deno.args, { help: HELP, parse: { options } }, ({ values }) => {
+    if (values.soak !== undefined || values["instances-compare"]) return longRun(values);
+    return loadRun(values);
   });
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  if (values.soak !== undefined || values["instances-compare"]) return await longRun(values);
+}
+
+/** The load and fault run (phases 1 to 6). */
+async function loadRun(values: ServeLoadOptions): Promise<number> {
   const quick = values.quick;
-  const duration = Number(values.duration ?? (quick ? 10 : 60));
-  const connections = Number(values.connections);
-  if (!(duration > 0 && duration <= 600) || !(connections >= 1 && connections <= 1024)) {
-    console.error(`error: --duration must be in 1..600 and --connections in 1..1024`);
-    return 2;
-  }
-  const threads = values.threads === undefined ? 0 : Number(values.threads);
-  if (!Number.isInteger(threads) || threads < 0 || threads > 64) {
-    console.error(`error: --threads must be an integer in 0..64, got "${values.threads}"`);
-    return 2;
-  }
+  const duration = integerOption("duration", values.duration ?? (quick ? "10" : "60"), 1, 600);
+  const connections = integerOption("connections", values.connections, 1, 1024);
+  const threads = threadsOption(values);
   const say = values.json ? () => {} : (line: string) => console.error(line);
   const modelEntry = values.model !== undefined
     ? [{ name: "bench", model: values.model }]
     : undefined;
-  const report: Record<string, unknown> = {
-    date: new Date().toISOString(),
-    machine: { cpus: navigator.hardwareConcurrency, deno: Deno.version.deno },
-    command: `deno task bench:serve ${Deno.args.join(" ")}`.trim(),
-  };
+  const report: Record<string, unknown> = reportHeader();
 
   say("Starting the server ...");
   const t0 = performance.now();
@@ -698,11 +626,4 @@ async function main(): Promise<number> {
   return failures === 0 ? 0 : 1;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main());
-  } catch (error) {
-    console.error(`bench:serve failed: ${(error as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) Deno.exit(await main());

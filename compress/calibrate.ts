@@ -27,6 +27,14 @@ export interface EncoderBatch {
   tokenTypeIds: Int32Array;
 }
 
+/** Options every compression pass that runs calibration batches through ONNX Runtime takes. */
+export interface CalibrationRunOptions {
+  /** ORT threads for calibration (default 1). */
+  threads?: number;
+  /** Progress callback (`done` of `total` steps of `phase`). */
+  onProgress?: (phase: string, done: number, total: number) => void;
+}
+
 /** A float tensor read from a session. */
 export interface FloatTensor {
   /** Values, row-major. */
@@ -43,22 +51,10 @@ export interface FloatTensor {
  * @throws Error naming the file when it is missing, empty or malformed.
  */
 export async function readTexts(path: string): Promise<string[]> {
-  let raw: string;
-  try {
-    raw = await Deno.readTextFile(path);
-  } catch (err) {
-    throw new Error(`Cannot read texts file "${path}": ${(err as Error).message}`, { cause: err });
-  }
+  const file = await readTextsFile(path);
   let texts: string[];
-  if (path.endsWith(".json")) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(raw);
-    } catch (err) {
-      throw new Error(`Texts file "${path}" is not valid JSON: ${(err as Error).message}`, {
-        cause: err,
-      });
-    }
+  if ("json" in file) {
+    const parsed = file.json;
     const items = Array.isArray(parsed) ? parsed : (parsed as { items?: unknown })?.items;
     if (!Array.isArray(items)) {
       throw new Error(
@@ -73,10 +69,36 @@ export async function readTexts(path: string): Promise<string[]> {
       return text;
     });
   } else {
-    texts = raw.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== "");
+    texts = file.lines;
   }
   if (texts.length === 0) throw new Error(`Texts file "${path}" holds no texts`);
   return texts;
+}
+
+/**
+ * A texts file read: a `.json` file's parsed value, or another file's non-empty lines (trimmed).
+ *
+ * @throws Error naming the file when it cannot be read or its JSON is malformed.
+ */
+export async function readTextsFile(
+  path: string,
+): Promise<{ json: unknown } | { lines: string[] }> {
+  let raw: string;
+  try {
+    raw = await Deno.readTextFile(path);
+  } catch (err) {
+    throw new Error(`Cannot read texts file "${path}": ${(err as Error).message}`, { cause: err });
+  }
+  if (!path.endsWith(".json")) {
+    return { lines: raw.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== "") };
+  }
+  try {
+    return { json: JSON.parse(raw) };
+  } catch (err) {
+    throw new Error(`Texts file "${path}" is not valid JSON: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
 }
 
 /** Options of {@linkcode tokenizeBatches}. */

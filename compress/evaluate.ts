@@ -18,6 +18,7 @@ import {
   type EncoderBatch,
   OrtModel,
   randomBatches,
+  readTextsFile,
   tokenizeBatches,
 } from "./calibrate.ts";
 import { analyzeOnnx, type OnnxAnalysis } from "../formats/onnx_import.ts";
@@ -54,25 +55,12 @@ export const DEFAULT_RETRIEVAL_SET: string = decodeURIComponent(
  * @throws Error naming the file and the first bad item.
  */
 export async function readEvaluationTexts(path: string): Promise<RetrievalSet | string[]> {
-  let raw: string;
-  try {
-    raw = await Deno.readTextFile(path);
-  } catch (err) {
-    throw new Error(`Cannot read texts file "${path}": ${(err as Error).message}`, { cause: err });
+  const file = await readTextsFile(path);
+  if ("lines" in file) {
+    if (file.lines.length === 0) throw new Error(`Texts file "${path}" holds no texts`);
+    return file.lines;
   }
-  if (!path.endsWith(".json")) {
-    const lines = raw.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== "");
-    if (lines.length === 0) throw new Error(`Texts file "${path}" holds no texts`);
-    return lines;
-  }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(raw);
-  } catch (err) {
-    throw new Error(`Texts file "${path}" is not valid JSON: ${(err as Error).message}`, {
-      cause: err,
-    });
-  }
+  const parsed = file.json;
   if (Array.isArray(parsed)) {
     if (parsed.length === 0 || !parsed.every((t) => typeof t === "string" && t.trim())) {
       throw new Error(`Texts file "${path}" must be a non-empty array of non-empty strings`);

@@ -24,7 +24,12 @@
  * @module
  */
 
-import { captureActivations, type EncoderBatch, forEachToken } from "./calibrate.ts";
+import {
+  type CalibrationRunOptions,
+  captureActivations,
+  type EncoderBatch,
+  forEachToken,
+} from "./calibrate.ts";
 import { addOuterProduct, dampen, inverseUpperFactor, obsPrune, symmetrize } from "./obs.ts";
 import { lowestUnits } from "./prune_units.ts";
 import { analyzeOnnx, type OnnxAnalysis } from "../formats/onnx_import.ts";
@@ -50,7 +55,7 @@ export type PruneMethod = "magnitude" | "wanda" | "obs";
 export type ObsInputs = "sequential" | "dense";
 
 /** Options of {@linkcode pruneAnalysis} and {@linkcode pruneModel}. */
-export interface PruneOptions {
+export interface PruneOptions extends CalibrationRunOptions {
   /** Target fraction of zero units, in `[0, 1)`. */
   sparsity: number;
   /** `per-layer` (default) or `global`. */
@@ -70,10 +75,6 @@ export interface PruneOptions {
   obsBlockSize?: number;
   /** `obs`: dampening, the fraction of the Hessian's mean diagonal added to it (default 0.01). */
   obsDampening?: number;
-  /** ORT threads for calibration (default 1). */
-  threads?: number;
-  /** Progress callback (`done` of `total` steps of `phase`). */
-  onProgress?: (phase: string, done: number, total: number) => void;
 }
 
 /** What pruning did to one linear. */
@@ -386,7 +387,7 @@ function loadedRaw(t: OnnxTensor, path: string): Uint8Array | null {
 }
 
 /** Writes all of a fp32 weight's values (after OBS) into its FLOAT or DOUBLE initializer. */
-function writeWeights(t: OnnxTensor, dense: DenseWeight, path: string): void {
+export function writeWeights(t: OnnxTensor, dense: DenseWeight, path: string): void {
   const { out, in: inn, weight } = dense;
   const raw = loadedRaw(t, path);
   const view = raw === null ? null : new DataView(raw.buffer, raw.byteOffset, raw.byteLength);

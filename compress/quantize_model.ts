@@ -27,7 +27,12 @@
  * @module
  */
 
-import { captureActivations, type EncoderBatch, forEachToken } from "./calibrate.ts";
+import {
+  type CalibrationRunOptions,
+  captureActivations,
+  type EncoderBatch,
+  forEachToken,
+} from "./calibrate.ts";
 import { columnSums } from "../formats/onnx_int8_tensors.ts";
 import { analyzeOnnx, type OnnxAnalysis } from "../formats/onnx_import.ts";
 import { LAYER_LINEARS, type LayerLinearName } from "../formats/onnx_layer.ts";
@@ -44,7 +49,7 @@ import {
 import type { DenseWeight, QuantizedWeight } from "../encoder/weights.ts";
 
 /** Options of {@linkcode quantizeAnalysis} and {@linkcode quantizeModel}. */
-export interface QuantizeOptions {
+export interface QuantizeOptions extends CalibrationRunOptions {
   /** `dynamic` (default): ranges measured at run time; `static`: calibrated u8 scales. */
   activations?: "dynamic" | "static";
   /** Dynamic ranges per token (default) or per tensor. Static is always per tensor. */
@@ -66,10 +71,6 @@ export interface QuantizeOptions {
   requantize?: boolean;
   /** Token rows per linear used by the error report (default 64). */
   errorTokens?: number;
-  /** ORT threads for calibration (default 1). */
-  threads?: number;
-  /** Progress callback (`done` of `total` steps of `phase`). */
-  onProgress?: (phase: string, done: number, total: number) => void;
 }
 
 /** Error of one quantized linear on the calibration inputs, against its fp32 output. */

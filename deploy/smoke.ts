@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { runCommand, stringOptions, UsageError } from "../tools/_command.ts";
 
 const HELP = `Usage: deno run -A deploy/smoke.ts [URL] [options]
 
@@ -108,35 +108,24 @@ function quote(value: unknown): string {
   return text.length > 200 ? `${text.slice(0, 197)}...` : text;
 }
 
-if (import.meta.main) {
-  const { values, positionals } = parseArgs({
-    args: Deno.args,
-    allowPositionals: true,
-    options: {
-      model: { type: "string" },
-      wait: { type: "string", default: "120" },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(HELP);
-  } else {
+/** Runs the command line; resolves to the exit code. */
+export function main(args: string[]): Promise<number> {
+  const options = { ...stringOptions("model"), wait: { type: "string", default: "120" } } as const;
+  const spec = { help: HELP, parse: { allowPositionals: true, options } };
+  return runCommand(args, spec, async ({ values, positionals }) => {
     const waitSeconds = Number(values.wait);
     if (!(waitSeconds > 0)) {
-      console.error(`smoke: --wait must be a positive number of seconds, got "${values.wait}"`);
-      Deno.exit(2);
+      throw new UsageError(`--wait must be a positive number of seconds, got "${values.wait}"`);
     }
     const base = positionals[0] ?? "http://127.0.0.1:8080";
-    try {
-      const result = await smoke(base, {
-        model: values.model,
-        waitSeconds,
-        apiKey: Deno.env.get("SPARSEBERT_API_KEY") ?? null,
-      });
-      console.log(`smoke ok: ${base} ${JSON.stringify(result)}`);
-    } catch (error) {
-      console.error(`smoke failed: ${(error as Error).message}`);
-      Deno.exit(1);
-    }
-  }
+    const result = await smoke(base, {
+      model: values.model,
+      waitSeconds,
+      apiKey: Deno.env.get("SPARSEBERT_API_KEY") ?? null,
+    });
+    console.log(`smoke ok: ${base} ${JSON.stringify(result)}`);
+    return 0;
+  });
 }
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -9,7 +9,8 @@
  * @module
  */
 
-import { parseSafetensors, type Safetensors, safeTensorToFloat32 } from "./safetensors.ts";
+import { exists } from "./fs.ts";
+import { readSafetensors, type Safetensors, safeTensorToFloat32 } from "./safetensors.ts";
 import {
   type BertConfig,
   type BertLayerWeights,
@@ -112,30 +113,11 @@ export async function loadHfFolder(
     if (file.includes("..") || file.startsWith("/")) {
       throw new Error(`Safetensors shard name "${file}" must be a file inside "${dir}"`);
     }
-    const path = `${dir}/${file}`;
-    let bytes: Uint8Array;
-    try {
-      bytes = await Deno.readFile(path);
-    } catch (err) {
-      throw new Error(`Cannot read safetensors file "${path}": ${(err as Error).message}`, {
-        cause: err,
-      });
-    }
-    shards.push(parseSafetensors(bytes, path));
+    shards.push(await readSafetensors(`${dir}/${file}`));
   }
   const weights = bertWeightsFromSafetensors(shards, config, weightsPath);
   if (await exists(`${dir}/tokenizer.json`)) weights.source.tokenizer = `${dir}/tokenizer.json`;
   return weights;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
 }
 
 function activation(name: string | undefined, label: string): BertConfig["hiddenAct"] {

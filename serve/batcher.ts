@@ -13,6 +13,7 @@
  *
  * @module
  */
+import { NamedError } from "./errors.ts";
 
 /** Runs one batch; resolves to one result per item, in order. */
 export type BatchExecutor<I, R> = (items: I[], bucket: number) => Promise<R[]>;
@@ -58,38 +59,19 @@ export interface BatcherOptions<I, R> {
 }
 
 /** The queue cannot take the request now (429). */
-export class OverloadedError extends Error {
-  /** Creates the error. */
-  constructor(message: string) {
-    super(message);
-    this.name = "OverloadedError";
-  }
-}
+export class OverloadedError extends NamedError {}
 
 /** An input waited too long in the queue (503). */
-export class QueueTimeoutError extends Error {
-  /** Creates the error. */
-  constructor(message: string) {
-    super(message);
-    this.name = "QueueTimeoutError";
-  }
-}
+export class QueueTimeoutError extends NamedError {}
 
 /** The batcher is closed (shutting down, 503). */
-export class ClosedError extends Error {
-  /** Creates the error. */
-  constructor(message: string) {
-    super(message);
-    this.name = "ClosedError";
-  }
-}
+export class ClosedError extends NamedError {}
 
 /** The request was cancelled by its client. */
-export class CancelledError extends Error {
+export class CancelledError extends NamedError {
   /** Creates the error. */
   constructor() {
     super("Request cancelled by the client");
-    this.name = "CancelledError";
   }
 }
 

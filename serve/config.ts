@@ -21,6 +21,7 @@
  */
 import YAML from "yaml";
 import { POOLING_MODES, type PoolingMode } from "../ops/pooling.ts";
+import { NamedError } from "./errors.ts";
 
 /** Tasks a served model can have (the pipeline task names). */
 export const SERVE_TASKS = [
@@ -121,13 +122,7 @@ export interface ServeConfig {
 }
 
 /** Error in a configuration file or option, naming the key. */
-export class ConfigError extends Error {
-  /** Creates the error. */
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "ConfigError";
-  }
-}
+export class ConfigError extends NamedError {}
 
 /** Default request limits. */
 export const DEFAULT_LIMITS: Readonly<LimitsConfig> = Object.freeze({

@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { NamedError } from "./errors.ts";
 import type {
   BackendCall,
   FromWorker,
@@ -27,20 +28,10 @@ import type { QuestionAnsweringResult } from "../pipelines/logits.ts";
 import type { TokenClassificationResult } from "../pipelines/pipeline.ts";
 
 /** A call lost because its worker process died while running it (the message says why). */
-export class WorkerFaultError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "WorkerFaultError";
-  }
-}
+export class WorkerFaultError extends NamedError {}
 
 /** No live worker came up in time for a batch (the instance keeps restarting). */
-export class WorkerUnavailableError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "WorkerUnavailableError";
-  }
-}
+export class WorkerUnavailableError extends NamedError {}
 
 /** What the instance reports when its worker dies. */
 export interface WorkerFault {

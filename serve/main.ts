@@ -17,6 +17,13 @@ import {
   type ServeConfig,
 } from "./config.ts";
 import { startServer } from "./server.ts";
+import {
+  flagOptions,
+  type ParsedCommand,
+  runCommand,
+  stringOptions,
+  UsageError,
+} from "../tools/_command.ts";
 
 /** Help text. */
 export const HELP = `Usage: deno task serve [options]
@@ -53,23 +60,25 @@ Environment:
 
 Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests, then exit.`;
 
-/** Builds the configuration from the command line. */
+/** The options `HELP` describes, as `parseArgs` takes them (`--help` aside). */
+const OPTIONS = {
+  ...stringOptions("config", "host", "port", "threads", "model", "max-batch-tokens"),
+  ...flagOptions("quiet", "auto-truncate"),
+} as const;
+
+/** Builds the configuration from the command line; `null` for `--help`. */
 export async function configFromArgs(args: string[]): Promise<ServeConfig | null> {
   const { values } = parseArgs({
     args,
-    options: {
-      config: { type: "string" },
-      host: { type: "string" },
-      port: { type: "string" },
-      threads: { type: "string" },
-      model: { type: "string" },
-      quiet: { type: "boolean", default: false },
-      "auto-truncate": { type: "boolean", default: false },
-      "max-batch-tokens": { type: "string" },
-      help: { type: "boolean", short: "h", default: false },
-    },
+    options: { ...OPTIONS, help: { type: "boolean", short: "h", default: false } },
   });
-  if (values.help) return null;
+  return values.help ? null : await configFromValues(values);
+}
+
+/** The configuration the parsed options give: the file's or the default, overridden. */
+async function configFromValues(
+  values: ParsedCommand<{ options: typeof OPTIONS }>["values"],
+): Promise<ServeConfig> {
   const config = values.config !== undefined
     ? await loadConfigFile(values.config)
     : defaultConfig();
@@ -104,32 +113,23 @@ export async function configFromArgs(args: string[]): Promise<ServeConfig | null
   return parseConfig(merged);
 }
 
-async function main(): Promise<number> {
-  let config: ServeConfig | null;
-  try {
-    config = await configFromArgs(Deno.args);
-  } catch (err) {
-    console.error(`error: ${(err as Error).message}`);
-    return 2;
-  }
-  if (config === null) {
-    console.log(HELP);
+function main(): Promise<number> {
+  return runCommand(Deno.args, { help: HELP, parse: { options: OPTIONS } }, async ({ values }) => {
+    let config: ServeConfig;
+    try {
+      config = await configFromValues(values);
+    } catch (err) {
+      throw new UsageError((err as Error).message); // a bad option or configuration file: 2
+    }
+    const server = await startServer(config);
+    const stop = (): void => {
+      server.shutdown();
+    };
+    Deno.addSignalListener("SIGTERM", stop);
+    Deno.addSignalListener("SIGINT", stop);
+    await server.finished;
     return 0;
-  }
-  let server;
-  try {
-    server = await startServer(config);
-  } catch (err) {
-    console.error(`error: ${(err as Error).message}`);
-    return 1;
-  }
-  const stop = (): void => {
-    server.shutdown();
-  };
-  Deno.addSignalListener("SIGTERM", stop);
-  Deno.addSignalListener("SIGINT", stop);
-  await server.finished;
-  return 0;
+  });
 }
 
 if (import.meta.main) {

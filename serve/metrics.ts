@@ -35,6 +35,26 @@ function labelText(labels: Record<string, string>): string {
   return parts.length === 0 ? "" : `{${parts.join(",")}}`;
 }
 
+/** One sample of a family: its labels and its value (a histogram renders several lines). */
+type Sample = [labels: Record<string, string>, value: number | Histogram];
+
+/** The samples of `map`, each labelled `label` = its key, valued `read(value)`. */
+function byLabel<V>(
+  map: ReadonlyMap<string, V>,
+  label: string,
+  read: (value: V) => number | Histogram = (value) => value as number | Histogram,
+): Sample[] {
+  return [...map].map(([key, value]) => [{ [label]: key }, read(value)]);
+}
+
+/** The samples of `map`, whose keys are JSON arrays of the values of `labels`, in order. */
+function byLabels(map: ReadonlyMap<string, number>, labels: readonly string[]): Sample[] {
+  return [...map].map(([key, value]) => {
+    const values = JSON.parse(key) as string[];
+    return [Object.fromEntries(labels.map((label, i) => [label, values[i]])), value];
+  });
+}
+
 function formatNumber(value: number): string {
   if (value === Infinity) return "+Inf";
   if (value === -Infinity) return "-Inf";
@@ -206,103 +226,94 @@ export class Metrics {
   render(): string {
     const out: string[] = [];
     const now = Date.now();
-    out.push(
-      "# HELP sparsebert_requests_total HTTP requests by route template, method and status.",
-    );
-    out.push("# TYPE sparsebert_requests_total counter");
-    for (const [key, n] of this.#requests) {
-      const [route, method, status] = JSON.parse(key) as string[];
-      out.push(`sparsebert_requests_total${labelText({ route, method, status })} ${n}`);
-    }
-    out.push("# HELP sparsebert_request_duration_seconds Request latency by route template.");
-    out.push("# TYPE sparsebert_request_duration_seconds histogram");
-    for (const [route, h] of this.#latency) {
-      h.render("sparsebert_request_duration_seconds", { route }, out);
-    }
-    out.push("# HELP sparsebert_requests_in_flight Requests being handled now.");
-    out.push("# TYPE sparsebert_requests_in_flight gauge");
-    out.push(`sparsebert_requests_in_flight ${this.#inflight}`);
-    out.push("# HELP sparsebert_rejected_total Requests refused before inference, by reason.");
-    out.push("# TYPE sparsebert_rejected_total counter");
-    for (const [reason, n] of this.#rejected) {
-      out.push(`sparsebert_rejected_total${labelText({ reason })} ${n}`);
-    }
-    out.push("# HELP sparsebert_batch_size Inputs per inference batch.");
-    out.push("# TYPE sparsebert_batch_size histogram");
-    for (const [model, h] of this.#batchSize) h.render("sparsebert_batch_size", { model }, out);
-    out.push(
-      "# HELP sparsebert_batch_padded_tokens Padded tokens per batch (inputs x longest input).",
-    );
-    out.push("# TYPE sparsebert_batch_padded_tokens histogram");
-    for (const [model, h] of this.#batchPadded) {
-      h.render("sparsebert_batch_padded_tokens", { model }, out);
-    }
-    out.push("# HELP sparsebert_batch_duration_seconds Time one batch took in a worker.");
-    out.push("# TYPE sparsebert_batch_duration_seconds histogram");
-    for (const [model, h] of this.#batchSeconds) {
-      h.render("sparsebert_batch_duration_seconds", { model }, out);
-    }
-    const gauge = (name: string, help: string, read: (q: QueueProbe) => number): void => {
+    /** One metric family: its HELP and TYPE lines, then a sample (or histogram) per labels. */
+    const family = (
+      name: string,
+      type: "counter" | "gauge" | "histogram",
+      help: string,
+      samples: Iterable<Sample>,
+    ): void => {
       out.push(`# HELP ${name} ${help}`);
-      out.push(`# TYPE ${name} gauge`);
-      for (const [model, q] of this.#queues) out.push(`${name}${labelText({ model })} ${read(q)}`);
+      out.push(`# TYPE ${name} ${type}`);
+      for (const [labels, value] of samples) {
+        if (value instanceof Histogram) value.render(name, labels, out);
+        else out.push(`${name}${labelText(labels)} ${value}`);
+      }
     };
-    gauge("sparsebert_queue_depth", "Inputs waiting to be batched.", (q) => q.depth());
-    gauge("sparsebert_batches_running", "Batches running in workers now.", (q) => q.running());
-    gauge(
+    /** A family with a sample per model: `map`'s values, read by `read`. */
+    const perModel = <V>(
+      name: string,
+      type: "counter" | "gauge" | "histogram",
+      help: string,
+      map: ReadonlyMap<string, V>,
+      read?: (value: V) => number | Histogram,
+    ): void => family(name, type, help, byLabel(map, "model", read));
+    const queueGauge = (name: string, help: string, read: (q: QueueProbe) => number): void =>
+      perModel(name, "gauge", help, this.#queues, read);
+    family(
+      "sparsebert_requests_total",
+      "counter",
+      "HTTP requests by route template, method and status.",
+      byLabels(this.#requests, ["route", "method", "status"]),
+    );
+    const latency = "Request latency by route template.";
+    const byRoute = byLabel(this.#latency, "route");
+    family("sparsebert_request_duration_seconds", "histogram", latency, byRoute);
+    const inflight: Sample = [{}, this.#inflight];
+    family("sparsebert_requests_in_flight", "gauge", "Requests being handled now.", [inflight]);
+    const rejected = "Requests refused before inference, by reason.";
+    family("sparsebert_rejected_total", "counter", rejected, byLabel(this.#rejected, "reason"));
+    perModel("sparsebert_batch_size", "histogram", "Inputs per inference batch.", this.#batchSize);
+    const padded = "Padded tokens per batch (inputs x longest input).";
+    perModel("sparsebert_batch_padded_tokens", "histogram", padded, this.#batchPadded);
+    const seconds = "Time one batch took in a worker.";
+    perModel("sparsebert_batch_duration_seconds", "histogram", seconds, this.#batchSeconds);
+    queueGauge("sparsebert_queue_depth", "Inputs waiting to be batched.", (q) => q.depth());
+    queueGauge("sparsebert_batches_running", "Batches running in workers now.", (q) => q.running());
+    queueGauge(
       "sparsebert_workers_live",
       "Worker processes loaded and serving.",
       (q) => q.workersLive(),
     );
-    gauge("sparsebert_workers", "Worker processes configured.", (q) => q.workers());
-    out.push(
-      "# HELP sparsebert_worker_restarts_total Worker processes that died and were restarted, by cause.",
+    queueGauge("sparsebert_workers", "Worker processes configured.", (q) => q.workers());
+    family(
+      "sparsebert_worker_restarts_total",
+      "counter",
+      "Worker processes that died and were restarted, by cause.",
+      byLabels(this.#workerFaults, ["model", "cause"]),
     );
-    out.push("# TYPE sparsebert_worker_restarts_total counter");
-    for (const [key, n] of this.#workerFaults) {
-      const [model, cause] = JSON.parse(key) as string[];
-      out.push(`sparsebert_worker_restarts_total${labelText({ model, cause })} ${n}`);
-    }
-    gauge(
+    queueGauge(
       "sparsebert_worker_resident_memory_bytes",
       "Resident memory of a model's worker processes.",
       (q) => q.workerResidentBytes(),
     );
-    gauge(
+    queueGauge(
       "sparsebert_worker_heap_bytes",
       "V8 heap in use in a model's worker processes at their last answers.",
       (q) => q.workerHeapBytes(),
     );
-    gauge(
+    queueGauge(
       "sparsebert_worker_external_bytes",
       "Memory held by JavaScript objects outside the V8 heap (ArrayBuffers) in a model's workers.",
       (q) => q.workerExternalBytes(),
     );
-    out.push("# HELP sparsebert_tokens_total Tokens run through the encoder (padding excluded).");
-    out.push("# TYPE sparsebert_tokens_total counter");
-    for (const [model, n] of this.#tokens) {
-      out.push(`sparsebert_tokens_total${labelText({ model })} ${n}`);
-    }
-    out.push("# HELP sparsebert_inputs_total Inputs (texts or sequences) run.");
-    out.push("# TYPE sparsebert_inputs_total counter");
-    for (const [model, n] of this.#inputs) {
-      out.push(`sparsebert_inputs_total${labelText({ model })} ${n}`);
-    }
-    out.push("# HELP sparsebert_tokens_per_second Tokens per second over the last 10 seconds.");
-    out.push("# TYPE sparsebert_tokens_per_second gauge");
-    for (const [model, r] of this.#rates) {
-      out.push(`sparsebert_tokens_per_second${labelText({ model })} ${r.perSecond(now)}`);
-    }
+    const tokens = "Tokens run through the encoder (padding excluded).";
+    perModel("sparsebert_tokens_total", "counter", tokens, this.#tokens);
+    const inputs = "Inputs (texts or sequences) run.";
+    perModel("sparsebert_inputs_total", "counter", inputs, this.#inputs);
+    const rate = "Tokens per second over the last 10 seconds.";
+    perModel("sparsebert_tokens_per_second", "gauge", rate, this.#rates, (r) => r.perSecond(now));
     const memory = Deno.memoryUsage();
-    out.push("# HELP process_resident_memory_bytes Resident memory of the server process.");
-    out.push("# TYPE process_resident_memory_bytes gauge");
-    out.push(`process_resident_memory_bytes ${memory.rss}`);
-    out.push("# HELP sparsebert_heap_used_bytes JavaScript heap in use (main isolate).");
-    out.push("# TYPE sparsebert_heap_used_bytes gauge");
-    out.push(`sparsebert_heap_used_bytes ${memory.heapUsed}`);
-    out.push("# HELP process_start_time_seconds Start time of the server, Unix seconds.");
-    out.push("# TYPE process_start_time_seconds gauge");
-    out.push(`process_start_time_seconds ${Math.floor(this.#started / 1000)}`);
+    const processGauges: [string, string, number][] = [
+      ["process_resident_memory_bytes", "Resident memory of the server process.", memory.rss],
+      ["sparsebert_heap_used_bytes", "JavaScript heap in use (main isolate).", memory.heapUsed],
+      [
+        "process_start_time_seconds",
+        "Start time of the server, Unix seconds.",
+        Math.floor(this.#started / 1000),
+      ],
+    ];
+    for (const [name, help, value] of processGauges) family(name, "gauge", help, [[{}, value]]);
     return out.join("\n") + "\n";
   }
 }

@@ -20,6 +20,7 @@ import {
   runOrt,
 } from "./ort_reference.ts";
 import { poolReference } from "./reference/pooling.ts";
+import { inModelCache } from "./helpers.ts";
 
 const BOUND = 1e-4;
 const PADDED_BOUND = 1e-3;
@@ -33,23 +34,12 @@ const TEXTS = [
   "",
 ];
 
-async function cached(path: string | null): Promise<boolean> {
-  if (path === null) return false;
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    console.warn(`SKIP: ${path} is not in the model cache; run "deno task models" to fetch it`);
-    return false;
-  }
-}
-
 const MINILM = modelFiles("all-minilm-l6-v2");
 const MINILM_ST = modelFiles("all-minilm-l6-v2-st");
 const BGE = modelFiles("bge-small-en-v15");
-const haveMiniLM = await cached(MINILM.onnx);
-const haveMiniLMSt = await cached(MINILM_ST.safetensors);
-const haveBge = await cached(BGE.onnx);
+const haveMiniLM = await inModelCache(MINILM.onnx);
+const haveMiniLMSt = await inModelCache(MINILM_ST.safetensors);
+const haveBge = await inModelCache(BGE.onnx);
 
 function encoderInput(batch: OrtBatch, weights: BertWeights) {
   return {
@@ -89,20 +79,29 @@ async function compareWithOrt(path: string, weights: BertWeights, batch: OrtBatc
   return { worst, worstReal };
 }
 
+/**
+ * Loads the ONNX model at `path`, checks it against ONNX Runtime on TEXTS
+ * ({@linkcode compareWithOrt}) and logs the differences; returns the encoded batch.
+ */
+async function checkAgainstOrt(path: string, label: string): Promise<{ lengths: number[] }> {
+  const { weights, tokenizer } = await loadModel(path);
+  const enc = tokenizer!.encodeBatch(TEXTS);
+  const [batch, seq] = enc.shape;
+  const r = await compareWithOrt(path, weights, { ...enc, batch, seq }, label);
+  console.log(
+    `${label} ${batch}x${seq}: max abs ${r.worstReal.toExponential(2)} (padded ${
+      r.worst.toExponential(2)
+    })`,
+  );
+  return enc;
+}
+
 Deno.test({
   name: "bert: all-MiniLM-L6-v2 (ONNX) matches ONNX Runtime on mixed-length texts",
   ignore: !haveMiniLM,
   fn: async () => {
-    const { weights, tokenizer } = await loadModel(MINILM.onnx!);
-    const enc = tokenizer!.encodeBatch(TEXTS);
-    const [batch, seq] = enc.shape;
+    const enc = await checkAgainstOrt(MINILM.onnx!, "MiniLM");
     assert.ok(new Set(enc.lengths).size >= 4, "the batch mixes lengths");
-    const r = await compareWithOrt(MINILM.onnx!, weights, { ...enc, batch, seq }, "MiniLM");
-    console.log(
-      `MiniLM ${batch}x${seq}: max abs ${r.worstReal.toExponential(2)} (padded ${
-        r.worst.toExponential(2)
-      })`,
-    );
   },
 });
 
@@ -110,15 +109,7 @@ Deno.test({
   name: "bert: bge-small-en-v1.5 (ONNX) matches ONNX Runtime on mixed-length texts",
   ignore: !haveBge,
   fn: async () => {
-    const { weights, tokenizer } = await loadModel(BGE.onnx!);
-    const enc = tokenizer!.encodeBatch(TEXTS);
-    const [batch, seq] = enc.shape;
-    const r = await compareWithOrt(BGE.onnx!, weights, { ...enc, batch, seq }, "bge-small");
-    console.log(
-      `bge-small ${batch}x${seq}: max abs ${r.worstReal.toExponential(2)} (padded ${
-        r.worst.toExponential(2)
-      })`,
-    );
+    await checkAgainstOrt(BGE.onnx!, "bge-small");
   },
 });
 

@@ -12,24 +12,11 @@ import { pipeline } from "../pipelines/pipeline.ts";
 import { modelFiles } from "../hub/registry.ts";
 import { ensureTestModel } from "./fixtures/write_test_model.ts";
 import { maxAbsDiff } from "./ort_reference.ts";
-import { CLI, cli } from "./cli_helpers.ts";
+import { assertOneErrorLine, CLI, cli } from "./cli_helpers.ts";
+import { inModelCache } from "./helpers.ts";
 
 const MINILM = modelFiles("all-minilm-l6-v2");
-let haveMiniLM = true;
-try {
-  await Deno.stat(MINILM.onnx!);
-} catch {
-  haveMiniLM = false;
-  console.warn(`SKIP: ${MINILM.onnx} is not in the model cache; run "deno task models"`);
-}
-
-function assertOneErrorLine(r: { code: number; stderr: string }, pattern: RegExp): void {
-  assert.notEqual(r.code, 0, "exit status");
-  const lines = r.stderr.trim().split("\n");
-  assert.equal(lines.length, 1, `expected one error line, got:\n${r.stderr}`);
-  assert.match(lines[0], /^error: /);
-  assert.match(lines[0], pattern);
-}
+const haveMiniLM = await inModelCache(MINILM.onnx);
 
 Deno.test({
   name: "cli run: MiniLM embeddings as JSON match the pipeline",

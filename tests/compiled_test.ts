@@ -37,6 +37,11 @@ const MIXED: KernelChoiceOptions = {
   },
 };
 
+/** The bit patterns of `y`: equal bits, not merely equal values (`-0` vs `0`, NaN payloads). */
+function bits(y: Float32Array): Uint32Array {
+  return new Uint32Array(y.buffer, y.byteOffset, y.length);
+}
+
 function input(batch: number, seq: number): { inputIds: Int32Array; attentionMask: Int32Array } {
   const inputIds = new Int32Array(batch * seq).map((_, i) => (i * 37 + 11) % 512);
   const attentionMask = new Int32Array(batch * seq).fill(1);
@@ -60,10 +65,7 @@ Deno.test("compiled model gives the same bits as the uncompiled one, every kerne
   const x = { ...input(2, 9), batch: 2, seq: 9 };
   const a = reference.forward(x);
   const b = compiled.forward(x);
-  assert.deepEqual(
-    new Uint32Array(b.buffer, b.byteOffset, b.length),
-    new Uint32Array(a.buffer, a.byteOffset, a.length),
-  );
+  assert.deepEqual(bits(b), bits(a));
   assert.deepEqual(compiled.linears().map((l) => l.kind), reference.linears().map((l) => l.kind));
   assert.equal(model.kernelDecisions.length, result.decisions.length);
   assert.match(model.kernelDecisions[0].reason, /forced for role qkv/);
@@ -89,10 +91,7 @@ Deno.test("compiled all-sparse-int8 model (fused feed-forward pairs) gives the u
   const x = { ...input(3, 21), batch: 3, seq: 21 };
   const a = reference.forward(x);
   const b = compiled.forward(x);
-  assert.deepEqual(
-    new Uint32Array(b.buffer, b.byteOffset, b.length),
-    new Uint32Array(a.buffer, a.byteOffset, a.length),
-  );
+  assert.deepEqual(bits(b), bits(a));
 });
 
 Deno.test("loadModel recognises a compiled file and unfused QKV round trips", async () => {
@@ -235,7 +234,6 @@ Deno.test("every linear kind built from its packed bytes computes the bits of th
     bias: new Float32Array(n).map((_, i) => Math.cos(i)),
   };
   const x = new Float32Array(m * k).map((_, i) => Math.sin(i * 0.23));
-  const bits = (y: Float32Array) => new Uint32Array(y.buffer, y.byteOffset, y.length);
   const built = KERNEL_KINDS.map((kind) => buildLinear(kind, weight, { activation: "gelu" }));
   const { region, offsets } = regionOf(built);
   const again = KERNEL_KINDS.map((kind, i) =>
@@ -288,7 +286,6 @@ Deno.test("sparse int8 ops built from packed bytes run fused with the two forwar
   const residual = new Float32Array(m * k).map((_, i) => Math.sin(i * 0.11));
   assert.ok(a.stagesInto(b));
   assert.ok(!a.stagesInto(a), "80 outputs do not feed 48 inputs");
-  const bits = (y: Float32Array) => new Uint32Array(y.buffer, y.byteOffset, y.length);
   const want = b.forward(a.forward(x, m), m, { residual });
   assert.deepEqual(bits(a.forwardThrough(b, x, m, { residual })), bits(want));
   assert.deepEqual(bits(opA.forwardThrough(opB, x, m, { residual })), bits(want));

@@ -13,23 +13,14 @@ import {
 } from "../compress/evaluate.ts";
 import { pruneModel } from "../compress/prune.ts";
 import { modelFiles } from "../hub/registry.ts";
-import { ensureTestModel } from "./fixtures/write_test_model.ts";
-import { cli } from "./cli_helpers.ts";
+import { ensureTestModel, tinyTestModel } from "./fixtures/write_test_model.ts";
+import { assertOneErrorLine, cli } from "./cli_helpers.ts";
+import { inModelCache } from "./helpers.ts";
 
 const MINILM = modelFiles("all-minilm-l6-v2");
-let haveMiniLM = true;
-try {
-  await Deno.stat(MINILM.onnx!);
-} catch {
-  haveMiniLM = false;
-  console.warn(`SKIP: ${MINILM.onnx} is not in the model cache; run "deno task models"`);
-}
+const haveMiniLM = await inModelCache(MINILM.onnx);
 
-const TINY = {
-  preset: "bert-mini",
-  config: { vocabSize: 400, numLayers: 2, maxPositionEmbeddings: 64 },
-  seed: 5,
-};
+const TINY = tinyTestModel(5);
 
 function unit(...v: number[]): Float32Array {
   const n = Math.hypot(...v);
@@ -177,11 +168,7 @@ Deno.test("evaluate: the CLI reports in JSON and fails clearly", async () => {
       [["--variant", pruned], /--model is required/],
     ];
     for (const [args, pattern] of cases) {
-      const r = await cli("evaluate", ...args);
-      assert.equal(r.code, 1, `${args.join(" ")}: ${r.stderr}`);
-      const lines = r.stderr.trim().split("\n");
-      assert.equal(lines.length, 1, r.stderr);
-      assert.match(lines[0], pattern);
+      assertOneErrorLine(await cli("evaluate", ...args), pattern, 1);
     }
     await assert.rejects(() => readEvaluationTexts(`${dir}/bad.json`), /is not valid JSON/);
     await Deno.writeTextFile(`${dir}/items.json`, JSON.stringify({ items: [{ text: "x" }] }));

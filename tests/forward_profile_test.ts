@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { BertEncoder } from "../encoder/bert.ts";
 import { FORWARD_PHASES, ForwardProfile } from "../encoder/forward_profile.ts";
 import { testModelWeights, writeTestModel } from "./fixtures/write_test_model.ts";
+import { type CliRun, runScript } from "./cli_helpers.ts";
 
 Deno.test("a profiled forward pass charges its phases and gives the unprofiled output", () => {
   const weights = testModelWeights({ preset: "bert-mini", config: { numLayers: 2 }, seed: 5 });
@@ -27,14 +28,8 @@ Deno.test("a profiled forward pass charges its phases and gives the unprofiled o
   assert.deepEqual(profile.meanMs(), {});
 });
 
-async function profileCommand(args: string[]): Promise<{ code: number; stdout: string }> {
-  const script = new URL("../bench/profile.ts", import.meta.url).pathname;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code: out.code, stdout: new TextDecoder().decode(out.stdout) };
+function profileCommand(args: string[]): Promise<CliRun> {
+  return runScript(new URL("../bench/profile.ts", import.meta.url).pathname, ...args);
 }
 
 Deno.test("bench:profile profiles a model file and refuses bad options", async () => {

@@ -17,6 +17,7 @@ import {
   mutateJson,
 } from "./fuzz/targets.ts";
 import { rng } from "./harness.ts";
+import { bytesTensor, v2TextBody } from "./serve_helpers.ts";
 
 const SEED = Number(Deno.env.get("SPARSEBERT_FUZZ_SEED") ?? Date.now() % 1_000_000);
 const CASES: Record<string, number> = {
@@ -48,26 +49,6 @@ Deno.test({
   },
 });
 
-/** A KServe binary-extension body: JSON header, then one BYTES tensor (length-prefixed). */
-function binaryBody(): { body: Uint8Array; headerLength: number } {
-  const text = new TextEncoder().encode("binary text");
-  const tensor = new Uint8Array(4 + text.length);
-  new DataView(tensor.buffer).setUint32(0, text.length, true);
-  tensor.set(text, 4);
-  const header = new TextEncoder().encode(JSON.stringify({
-    inputs: [{
-      name: "text",
-      shape: [1],
-      datatype: "BYTES",
-      parameters: { binary_data_size: tensor.length },
-    }],
-  }));
-  const body = new Uint8Array(header.length + tensor.length);
-  body.set(header);
-  body.set(tensor, header.length);
-  return { body, headerLength: header.length };
-}
-
 Deno.test({
   name:
     `fuzz: mutated HTTP bodies get a 2xx or a 4xx JSON error, never a 5xx or a dead server (seed ${SEED})`,
@@ -83,7 +64,7 @@ Deno.test({
     try {
       const next = rng(SEED);
       const statuses = new Map<number, number>();
-      const binary = binaryBody();
+      const binary = v2TextBody(bytesTensor(["binary text"]));
       for (let i = 0; i < 600; i++) {
         const [route, text] = HTTP_BODIES[i % HTTP_BODIES.length];
         const useBinary = i % 7 === 6;

@@ -1,14 +1,9 @@
 import * as assert from "node:assert/strict";
 import { int8ActivationQmax } from "../ops/quantize.ts";
+import { type CliRun, runScript } from "./cli_helpers.ts";
 
-async function accuracyCommand(args: string[]): Promise<{ code: number; stdout: string }> {
-  const script = new URL("../bench/int8_accuracy.ts", import.meta.url).pathname;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code: out.code, stdout: new TextDecoder().decode(out.stdout) };
+function accuracyCommand(args: string[]): Promise<CliRun> {
+  return runScript(new URL("../bench/int8_accuracy.ts", import.meta.url).pathname, ...args);
 }
 
 Deno.test("bench:accuracy measures int8 against fp32 on a real model and refuses bad options", async () => {

@@ -8,15 +8,10 @@ import assert from "node:assert/strict";
 import { wordPieceOffsets } from "../pipelines/offsets.ts";
 import { modelFiles } from "../hub/registry.ts";
 import { BertTokenizer } from "../pipelines/tokenizer.ts";
+import { inModelCache } from "./helpers.ts";
 
 const MINILM = modelFiles("all-minilm-l6-v2");
-let haveTokenizer = true;
-try {
-  await Deno.stat(MINILM.tokenizer);
-} catch {
-  haveTokenizer = false;
-  console.warn(`SKIP: ${MINILM.tokenizer} is not in the model cache; run "deno task models"`);
-}
+const haveTokenizer = await inModelCache(MINILM.tokenizer);
 
 const TEXTS = [
   "Hello, World! Ünïcödé café",

@@ -14,27 +14,17 @@ import { modelFiles } from "../hub/registry.ts";
 import { transpose2d } from "../encoder/weights.ts";
 import { testModelWeights, writeTestModel } from "./fixtures/write_test_model.ts";
 import { assertSameWeights } from "./model_asserts.ts";
+import { inModelCache } from "./helpers.ts";
 
 const MINILM = modelFiles("all-minilm-l6-v2");
 const MINILM_ST = modelFiles("all-minilm-l6-v2-st");
 const MINILM_Q = modelFiles("all-minilm-l6-v2-q");
 const BGE = modelFiles("bge-small-en-v15");
 
-async function cached(path: string | null): Promise<boolean> {
-  if (path === null) return false;
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    console.warn(`SKIP: ${path} is not in the model cache; run "deno task models" to fetch it`);
-    return false;
-  }
-}
-
-const haveMiniLM = await cached(MINILM.onnx);
-const haveMiniLMConfig = await cached(MINILM_ST.config);
-const haveMiniLMQ = await cached(MINILM_Q.onnx);
-const haveBge = await cached(BGE.onnx);
+const haveMiniLM = await inModelCache(MINILM.onnx);
+const haveMiniLMConfig = await inModelCache(MINILM_ST.config);
+const haveMiniLMQ = await inModelCache(MINILM_Q.onnx);
+const haveBge = await inModelCache(BGE.onnx);
 
 Deno.test({
   name: "import: all-MiniLM-L6-v2 ONNX export matches its Hugging Face config",

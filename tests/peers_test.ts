@@ -25,6 +25,7 @@ import {
   stderrSummary,
 } from "../bench/peers/mod.ts";
 import { writeTestModel } from "./fixtures/write_test_model.ts";
+import { withTempDir } from "./helpers.ts";
 import { cpuFeatureReport, probeCpuFeatures } from "../ffi/library.ts";
 import { mulberry32 as rng } from "../ops/random.ts";
 
@@ -39,35 +40,18 @@ function refMatMul(x: Float32Array, w: Float32Array, m: number, k: number, n: nu
   return y;
 }
 
-/** Exact s32 `(x - zp) · w`. */
+/**
+ * `(x - zp) · w` in s32, exact, or as MLAS's AVX2 u8s8 kernel computes it (`sat16`):
+ * `vpmaddubsw` adds the products of K positions 2j and 2j+1 with int16 saturation,
+ * `vpmaddwd`/`vpaddd` sum those exactly, and the zero-point is applied afterwards through
+ * column sums of W. Without saturation the two are the same sum.
+ */
 function refMatMulInteger(
   x: Uint8Array,
   zp: number,
   w: Int8Array,
   dims: { m: number; k: number; n: number },
-): Int32Array {
-  const { m, k, n } = dims;
-  const y = new Int32Array(m * n);
-  for (let i = 0; i < m; i++) {
-    for (let j = 0; j < n; j++) {
-      let acc = 0;
-      for (let kk = 0; kk < k; kk++) acc += (x[i * k + kk] - zp) * w[kk * n + j];
-      y[i * n + j] = acc;
-    }
-  }
-  return y;
-}
-
-/**
- * What MLAS's AVX2 u8s8 kernel computes: `vpmaddubsw` adds the products of K positions 2j and
- * 2j+1 with int16 saturation, `vpmaddwd`/`vpaddd` sum those exactly, and the zero-point is
- * applied afterwards through column sums of W.
- */
-function refMatMulIntegerSat16(
-  x: Uint8Array,
-  zp: number,
-  w: Int8Array,
-  dims: { m: number; k: number; n: number },
+  sat16 = false,
 ): Int32Array {
   const { m, k, n } = dims;
   const y = new Int32Array(m * n);
@@ -78,7 +62,7 @@ function refMatMulIntegerSat16(
       for (let kk = 0; kk < k; kk += 2) {
         const p0 = x[i * k + kk] * w[kk * n + j];
         const p1 = kk + 1 < k ? x[i * k + kk + 1] * w[(kk + 1) * n + j] : 0;
-        acc += Math.max(-32768, Math.min(32767, p0 + p1));
+        acc += sat16 ? Math.max(-32768, Math.min(32767, p0 + p1)) : p0 + p1;
         colSum += w[kk * n + j] + (kk + 1 < k ? w[(kk + 1) * n + j] : 0);
       }
       y[i * n + j] = acc - zp * colSum;
@@ -149,7 +133,7 @@ Deno.test("ort-node MatMulInteger at extreme values: exact or MLAS int16 saturat
     const out = await session.run({ X: new ort.Tensor("uint8", x, [dims.m, dims.k]) });
     const got = Array.from(out.Y.data as Int32Array);
     const exact = Array.from(refMatMulInteger(x, 0, w, dims));
-    const sat = Array.from(refMatMulIntegerSat16(x, 0, w, dims));
+    const sat = Array.from(refMatMulInteger(x, 0, w, dims, true));
     assert.notDeepEqual(exact, sat, "test data must be able to saturate");
     const isExact = got.every((v, i) => v === exact[i]);
     const isSat = got.every((v, i) => v === sat[i]);
@@ -221,6 +205,33 @@ async function hasVenv(runtime: "ort" | "deepsparse"): Promise<boolean> {
   }
 }
 
+/**
+ * A peers test (`ignore`d without the venv) on a one-layer seeded bert-mini written to a
+ * temporary folder, removed afterwards.
+ */
+function tinyModelTest(
+  name: string,
+  ignore: boolean,
+  seed: number,
+  fn: (dir: string, model: string) => Promise<void>,
+): void {
+  Deno.test({
+    name,
+    ignore,
+    sanitizeResources: false,
+    fn: () =>
+      withTempDir("peers_test_", async (dir) => {
+        const model = `${dir}/tiny.onnx`;
+        await writeTestModel(model, {
+          preset: "bert-mini",
+          config: { numLayers: 1, vocabSize: 2048 },
+          seed,
+        });
+        await fn(dir, model);
+      }),
+  });
+}
+
 const havePeers = await hasVenv("ort");
 if (!havePeers) {
   console.log(
@@ -229,123 +240,101 @@ if (!havePeers) {
   );
 }
 
-Deno.test({
-  name: "Python peers (ort, openvino) agree with onnxruntime-node on a test BERT",
-  ignore: !havePeers,
-  sanitizeResources: false,
-  async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "peers_test_" });
+tinyModelTest(
+  "Python peers (ort, openvino) agree with onnxruntime-node on a test BERT",
+  !havePeers,
+  3,
+  async (_dir, model) => {
+    const shape = { batch: 2, seq: 16, seed: 4 };
+    const session = await loadOrtSession(model, { threads: 1 });
+    let refMeanAbs: number;
     try {
-      const model = `${dir}/tiny.onnx`;
-      await writeTestModel(model, {
-        preset: "bert-mini",
-        config: { numLayers: 1, vocabSize: 2048 },
-        seed: 3,
-      });
-      const shape = { batch: 2, seq: 16, seed: 4 };
-      const session = await loadOrtSession(model, { threads: 1 });
-      let refMeanAbs: number;
-      try {
-        const timed = await timeOrtRuns(session, bertFeeds(session, shape), {
-          iterations: 2,
-          warmup: 1,
-        });
-        const y = Object.values(timed.outputs)[0].data as Float32Array;
-        refMeanAbs = y.reduce((a, v) => a + Math.abs(v), 0) / y.length;
-        assert.equal(timed.latenciesMs.length, 2);
-      } finally {
-        await session.release();
-      }
-      const idsSum = bertInputIds(shape.batch, shape.seq, shape.seed).reduce((a, b) => a + b, 0n);
-      for (const runtime of ["ort", "openvino"] as const) {
-        await using peer = await PythonPeer.start({ runtime, model, threads: 1, ...shape });
-        assert.equal(peer.info.inputIdsSum, Number(idsSum), `${runtime}: same token ids`);
-        assert.equal(peer.info.model.quantization, "fp32");
-        const r = await peer.run({ iterations: 3, warmup: 1 });
-        assert.equal(r.iterations, 3);
-        assert.equal(r.latenciesMs.length, 3);
-        assert.ok(r.p90Ms >= r.medianMs && r.medianMs > 0);
-        assert.deepEqual(r.output?.shape, [2, 16, 256]);
-        const rel = Math.abs(r.output!.meanAbs! - refMeanAbs) / refMeanAbs;
-        assert.ok(rel < 1e-4, `${runtime} mean |y| ${r.output!.meanAbs} vs ORT-node ${refMeanAbs}`);
-        const bad = await peer.send({ cmd: "fly" });
-        assert.equal(bad.ok, false);
-        assert.match(String(bad.error), /unknown command 'fly'/);
-        const again = await peer.run({ iterations: 1 });
-        assert.equal(again.iterations, 1);
-      }
-      // Two streams: pooled latencies, one loop per stream.
-      const { result } = await runPeerOnce({
-        runtime: "ort",
-        model,
-        threads: 1,
-        streams: 2,
-        ...shape,
+      const timed = await timeOrtRuns(session, bertFeeds(session, shape), {
         iterations: 2,
+        warmup: 1,
       });
-      assert.deepEqual(result.perStreamIterations, [2, 2]);
-      assert.equal(result.latenciesMs.length, 4);
+      const y = Object.values(timed.outputs)[0].data as Float32Array;
+      refMeanAbs = y.reduce((a, v) => a + Math.abs(v), 0) / y.length;
+      assert.equal(timed.latenciesMs.length, 2);
     } finally {
-      await Deno.remove(dir, { recursive: true });
+      await session.release();
     }
+    const idsSum = bertInputIds(shape.batch, shape.seq, shape.seed).reduce((a, b) => a + b, 0n);
+    for (const runtime of ["ort", "openvino"] as const) {
+      await using peer = await PythonPeer.start({ runtime, model, threads: 1, ...shape });
+      assert.equal(peer.info.inputIdsSum, Number(idsSum), `${runtime}: same token ids`);
+      assert.equal(peer.info.model.quantization, "fp32");
+      const r = await peer.run({ iterations: 3, warmup: 1 });
+      assert.equal(r.iterations, 3);
+      assert.equal(r.latenciesMs.length, 3);
+      assert.ok(r.p90Ms >= r.medianMs && r.medianMs > 0);
+      assert.deepEqual(r.output?.shape, [2, 16, 256]);
+      const rel = Math.abs(r.output!.meanAbs! - refMeanAbs) / refMeanAbs;
+      assert.ok(rel < 1e-4, `${runtime} mean |y| ${r.output!.meanAbs} vs ORT-node ${refMeanAbs}`);
+      const bad = await peer.send({ cmd: "fly" });
+      assert.equal(bad.ok, false);
+      assert.match(String(bad.error), /unknown command 'fly'/);
+      const again = await peer.run({ iterations: 1 });
+      assert.equal(again.iterations, 1);
+    }
+    // Two streams: pooled latencies, one loop per stream.
+    const { result } = await runPeerOnce({
+      runtime: "ort",
+      model,
+      threads: 1,
+      streams: 2,
+      ...shape,
+      iterations: 2,
+    });
+    assert.deepEqual(result.perStreamIterations, [2, 2]);
+    assert.equal(result.latenciesMs.length, 4);
   },
-});
+);
 
 const haveDeepSparse = havePeers && await hasVenv("deepsparse");
 if (havePeers && !haveDeepSparse) {
   console.log(`SKIPPED DeepSparse smoke test: no venv at ${DEFAULT_VENV_ROOT}/deepsparse`);
 }
 
-Deno.test({
-  name: "DeepSparse runs fp32 like ORT and fails with its assertion on ORT dynamic int8",
-  ignore: !haveDeepSparse,
-  sanitizeResources: false,
-  async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "peers_test_" });
+tinyModelTest(
+  "DeepSparse runs fp32 like ORT and fails with its assertion on ORT dynamic int8",
+  !haveDeepSparse,
+  5,
+  async (dir, model) => {
+    const shape = { batch: 1, seq: 32, threads: 1 };
+    const ortRun = await runPeerOnce({ runtime: "ort", model, ...shape, iterations: 1 });
+    const ds = await runPeerOnce({ runtime: "deepsparse", model, ...shape, iterations: 2 });
+    // DeepSparse names the widest vector ISA it found; expect what this CPU's probe found.
+    const cpu = cpuFeatureReport(probeCpuFeatures());
+    assert.equal(ds.info.config.cpu_avx_type, cpu.avx512f ? "avx512" : "avx2");
+    const a = ortRun.result.output!.meanAbs!;
+    const b = ds.result.output!.meanAbs!;
+    assert.ok(Math.abs(a - b) / a < 1e-3, `DeepSparse mean |y| ${b} vs ORT ${a}`);
+    // ORT's dynamic quantization (DynamicQuantizeLinear + MatMulInteger), written by the
+    // peers venv's onnxruntime.quantization.
+    const quant = `${dir}/tiny_dyn.onnx`;
+    const q = await new Deno.Command(peerPython("ort"), {
+      args: [
+        "-c",
+        "import sys\nfrom onnxruntime.quantization import quantize_dynamic, QuantType\n" +
+        "quantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8)",
+        model,
+        quant,
+      ],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assert.equal(q.code, 0, new TextDecoder().decode(q.stderr));
     try {
-      const model = `${dir}/tiny.onnx`;
-      await writeTestModel(model, {
-        preset: "bert-mini",
-        config: { numLayers: 1, vocabSize: 2048 },
-        seed: 5,
-      });
-      const shape = { batch: 1, seq: 32, threads: 1 };
-      const ortRun = await runPeerOnce({ runtime: "ort", model, ...shape, iterations: 1 });
-      const ds = await runPeerOnce({ runtime: "deepsparse", model, ...shape, iterations: 2 });
-      // DeepSparse names the widest vector ISA it found; expect what this CPU's probe found.
-      const cpu = cpuFeatureReport(probeCpuFeatures());
-      assert.equal(ds.info.config.cpu_avx_type, cpu.avx512f ? "avx512" : "avx2");
-      const a = ortRun.result.output!.meanAbs!;
-      const b = ds.result.output!.meanAbs!;
-      assert.ok(Math.abs(a - b) / a < 1e-3, `DeepSparse mean |y| ${b} vs ORT ${a}`);
-      // ORT's dynamic quantization (DynamicQuantizeLinear + MatMulInteger), written by the
-      // peers venv's onnxruntime.quantization.
-      const quant = `${dir}/tiny_dyn.onnx`;
-      const q = await new Deno.Command(peerPython("ort"), {
-        args: [
-          "-c",
-          "import sys\nfrom onnxruntime.quantization import quantize_dynamic, QuantType\n" +
-          "quantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8)",
-          model,
-          quant,
-        ],
-        stdout: "null",
-        stderr: "piped",
-      }).output();
-      assert.equal(q.code, 0, new TextDecoder().decode(q.stderr));
-      try {
-        await runPeerOnce({ runtime: "deepsparse", model: quant, ...shape, iterations: 1 });
-        assert.fail("DeepSparse 1.8.0 was expected to refuse ORT dynamic int8");
-      } catch (e) {
-        assert.ok(e instanceof PeerError, String(e));
-        assert.equal(e.stage, "exit");
-        assert.match(e.message, /Assertion at .*planner\.hpp/);
-      }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
+      await runPeerOnce({ runtime: "deepsparse", model: quant, ...shape, iterations: 1 });
+      assert.fail("DeepSparse 1.8.0 was expected to refuse ORT dynamic int8");
+    } catch (e) {
+      assert.ok(e instanceof PeerError, String(e));
+      assert.equal(e.stage, "exit");
+      assert.match(e.message, /Assertion at .*planner\.hpp/);
     }
   },
-});
+);
 
 Deno.test({
   name: "Python peer failures surface as PeerError with the peer's message",

@@ -18,16 +18,11 @@ import { BertTokenizer } from "../pipelines/tokenizer.ts";
 import { ensureTestModel, type TestModelOptions } from "./fixtures/write_test_model.ts";
 import { maxAbsDiff, releaseOrtSessions, runOrt } from "./ort_reference.ts";
 import { poolReference } from "./reference/pooling.ts";
+import { inModelCache } from "./helpers.ts";
 
 const BOUND = 1e-4;
 const MINILM = modelFiles("all-minilm-l6-v2");
-let haveMiniLM = true;
-try {
-  await Deno.stat(MINILM.onnx!);
-} catch {
-  haveMiniLM = false;
-  console.warn(`SKIP: ${MINILM.onnx} is not in the model cache; run "deno task models"`);
-}
+const haveMiniLM = await inModelCache(MINILM.onnx);
 
 const TEXTS = [
   "Deno runs TypeScript.",

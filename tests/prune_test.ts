@@ -14,22 +14,14 @@ import { tensorToFloat32 } from "../formats/onnx_tensors.ts";
 import { lowestUnits, pruneModel, unitScores } from "../compress/prune.ts";
 import { quantizeModel } from "../compress/quantize_model.ts";
 import type { BertWeights, DenseWeight } from "../encoder/weights.ts";
-import { ensureTestModel, writeTestModel } from "./fixtures/write_test_model.ts";
-import { cli } from "./cli_helpers.ts";
+import { ensureTestModel, tinyTestModel, writeTestModel } from "./fixtures/write_test_model.ts";
+import { cosine, withTempDir } from "./helpers.ts";
+import { assertOneErrorLine, cli } from "./cli_helpers.ts";
 
-const TINY = {
-  preset: "bert-mini",
-  config: { vocabSize: 400, numLayers: 2, maxPositionEmbeddings: 64 },
-  seed: 7,
-};
+const TINY = tinyTestModel(7);
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "sparsebert-prune-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  return withTempDir("sparsebert-prune-", fn);
 }
 
 function linears(w: BertWeights): DenseWeight[] {
@@ -293,15 +285,7 @@ Deno.test("prune: int8 models keep their int8 weights, external data is written 
       };
       const x = await run(out);
       const y = await run(fp32);
-      let dot = 0;
-      let nx = 0;
-      let ny = 0;
-      for (let i = 0; i < x.length; i++) {
-        dot += x[i] * y[i];
-        nx += x[i] * x[i];
-        ny += y[i] * y[i];
-      }
-      assert.ok(dot / Math.sqrt(nx * ny) > 0.995, `${granularity}: int8 pruned vs fp32 pruned`);
+      assert.ok(cosine(x, y) > 0.995, `${granularity}: int8 pruned vs fp32 pruned`);
     }
     // External data in, external data out.
     const ext = `${dir}/ext.onnx`;
@@ -349,67 +333,31 @@ Deno.test("prune: bad input is one clear error", async () => {
     /OBS pruning supports the per-layer scope only, got "global"/,
   );
   await withDir(async (dir) => {
+    const required = ["--sparsity", "0.5", "--out", `${dir}/o.onnx`];
     const cases: [string[], RegExp][] = [
-      [
-        ["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--pattern", "2x2"],
-        /Unknown --pattern "2x2"/,
-      ],
+      [[...required, "--pattern", "2x2"], /Unknown --pattern "2x2"/],
       [["--sparsity", "1.5", "--out", `${dir}/o.onnx`], /Invalid sparsity 1.5/],
       [["--sparsity", "abc", "--out", `${dir}/o.onnx`], /--sparsity must be a number, got "abc"/],
       [["--sparsity", "0.5"], /--out is required/],
       [["--out", `${dir}/o.onnx`], /--sparsity is required/],
+      [[...required, "--method", "wanda"], /--method wanda needs --calibration/],
       [
-        ["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--method", "wanda"],
-        /--method wanda needs --calibration/,
-      ],
-      [
-        [
-          "--sparsity",
-          "0.5",
-          "--out",
-          `${dir}/o.onnx`,
-          "--method",
-          "wanda",
-          "--calibration",
-          `${dir}/none.txt`,
-        ],
+        [...required, "--method", "wanda", "--calibration", `${dir}/none.txt`],
         /Cannot read texts file ".*none.txt"/,
       ],
-      [["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--global", "--per-layer"], /Choose one of/],
+      [[...required, "--global", "--per-layer"], /Choose one of/],
+      [[...required, "--method", "obs"], /--method obs needs --calibration/],
+      [[...required, "--method", "obs", "--global"], /per-layer scope only/],
+      [[...required, "--obs-inputs", "dense"], /--obs-inputs is only used by --method obs/],
       [
-        ["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--method", "obs"],
-        /--method obs needs --calibration/,
-      ],
-      [
-        ["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--method", "obs", "--global"],
-        /per-layer scope only/,
-      ],
-      [
-        ["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--obs-inputs", "dense"],
-        /--obs-inputs is only used by --method obs/,
-      ],
-      [
-        ["--sparsity", "0.5", "--out", `${dir}/o.onnx`, "--method", "obs", "--obs-inputs", "x"],
+        [...required, "--method", "obs", "--obs-inputs", "x"],
         /Unknown --obs-inputs "x": expected sequential or dense/,
       ],
     ];
     for (const [args, pattern] of cases) {
-      const r = await cli("prune", "--model", path, ...args);
-      assert.equal(r.code, 1, `${args.join(" ")}: ${r.stderr}`);
-      const lines = r.stderr.trim().split("\n");
-      assert.equal(lines.length, 1, r.stderr);
-      assert.match(lines[0], /^error: /);
-      assert.match(lines[0], pattern);
+      assertOneErrorLine(await cli("prune", "--model", path, ...args), pattern, 1);
     }
-    const missing = await cli(
-      "prune",
-      "--model",
-      `${dir}/missing.onnx`,
-      "--sparsity",
-      "0.5",
-      "--out",
-      `${dir}/o.onnx`,
-    );
+    const missing = await cli("prune", "--model", `${dir}/missing.onnx`, ...required);
     assert.match(missing.stderr, /^error: --model ".*missing.onnx" is neither a file/);
     const help = await cli("prune", "--help");
     assert.equal(help.code, 0);

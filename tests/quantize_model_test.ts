@@ -11,31 +11,17 @@ import { analyzeOnnx } from "../formats/onnx_import.ts";
 import { LAYER_LINEARS } from "../formats/onnx_layer.ts";
 import { quantizeAnalysis, quantizeModel } from "../compress/quantize_model.ts";
 import { modelFiles } from "../hub/registry.ts";
-import { ensureTestModel } from "./fixtures/write_test_model.ts";
-import { cli } from "./cli_helpers.ts";
+import { ensureTestModel, tinyTestModel } from "./fixtures/write_test_model.ts";
+import { assertOneErrorLine, cli } from "./cli_helpers.ts";
+import { inModelCache, withTempDir } from "./helpers.ts";
 
 const MINILM = modelFiles("all-minilm-l6-v2");
-let haveMiniLM = true;
-try {
-  await Deno.stat(MINILM.onnx!);
-} catch {
-  haveMiniLM = false;
-  console.warn(`SKIP: ${MINILM.onnx} is not in the model cache; run "deno task models"`);
-}
+const haveMiniLM = await inModelCache(MINILM.onnx);
 
-const TINY = {
-  preset: "bert-mini",
-  config: { vocabSize: 400, numLayers: 2, maxPositionEmbeddings: 64 },
-  seed: 3,
-};
+const TINY = tinyTestModel(3);
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "sparsebert-quantize-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  return withTempDir("sparsebert-quantize-", fn);
 }
 
 Deno.test({
@@ -138,12 +124,7 @@ Deno.test("quantize: bad input is one clear error; --json is quiet", async () =>
       [[], /--out is required/],
     ];
     for (const [args, pattern] of cases) {
-      const r = await cli("quantize", "--model", path, ...args);
-      assert.equal(r.code, 1, `${args.join(" ")}: ${r.stderr}`);
-      const lines = r.stderr.trim().split("\n");
-      assert.equal(lines.length, 1, r.stderr);
-      assert.match(lines[0], /^error: /);
-      assert.match(lines[0], pattern);
+      assertOneErrorLine(await cli("quantize", "--model", path, ...args), pattern, 1);
     }
     const help = await cli("quantize", "-h");
     assert.equal(help.code, 0);

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { OrtModel, randomBatches, tokenizeBatches } from "../compress/calibrate.ts";
-import { evaluate } from "../compress/evaluate.ts";
+import { evaluate, type EvaluateOptions, type EvaluateReport } from "../compress/evaluate.ts";
 import {
   analyzeOnnx,
   analyzeOnnxModel,
@@ -24,22 +24,13 @@ import { modelFiles } from "../hub/registry.ts";
 import { BertTokenizer } from "../pipelines/tokenizer.ts";
 import type { DenseWeight } from "../encoder/weights.ts";
 import { ensureTestModel, testModelWeights } from "./fixtures/write_test_model.ts";
+import { cosine, inModelCache } from "./helpers.ts";
 
 const MINILM_Q = modelFiles("all-minilm-l6-v2-q");
 const BGE_Q = modelFiles("bge-small-en-v15-q");
 
-async function cached(path: string | null): Promise<boolean> {
-  try {
-    await Deno.stat(path!);
-    return true;
-  } catch {
-    console.warn(`SKIP: ${path} is not in the model cache; run "deno task models" to fetch it`);
-    return false;
-  }
-}
-
-const haveMiniLMQ = await cached(MINILM_Q.onnx);
-const haveBgeQ = await cached(BGE_Q.onnx);
+const haveMiniLMQ = await inModelCache(MINILM_Q.onnx);
+const haveBgeQ = await inModelCache(BGE_Q.onnx);
 /** The Maven Central int8 files: name, files, whether cached. */
 const MAVEN_Q = [
   ["all-MiniLM-L6-v2-q", MINILM_Q, haveMiniLMQ],
@@ -126,19 +117,29 @@ for (const [name, files, have] of MAVEN_Q) {
   });
 }
 
+/**
+ * sparsebert on the quantized file at `path` against ONNX Runtime on the same file, over TEXTS
+ * one text per batch: ORT's per-tensor dynamic quantization depends on the whole batch (the
+ * same text in a batch of 5 vs alone differs by cosine 0.984 in ORT itself).
+ */
+function againstOrt(
+  path: string,
+  options: Pick<EvaluateOptions, "kernels" | "int8Activations">,
+): Promise<EvaluateReport> {
+  return evaluate(path, path, {
+    texts: TEXTS,
+    runtime: "sparsebert",
+    referenceRuntime: "ort",
+    batchSize: 1,
+    ...options,
+  });
+}
+
 Deno.test({
   name: "quantized import: sparsebert runs all-MiniLM-L6-v2-q close to ORT on the same file",
   ignore: !haveMiniLMQ || kernelProblem !== null,
   fn: async () => {
-    // One text per batch: ORT's per-tensor dynamic quantization depends on the whole batch
-    // (the same text in a batch of 5 vs alone differs by cosine 0.984 in ORT itself).
-    const report = await evaluate(MINILM_Q.onnx!, MINILM_Q.onnx!, {
-      texts: TEXTS,
-      runtime: "sparsebert",
-      kernels: "fp32",
-      referenceRuntime: "ort",
-      batchSize: 1,
-    });
+    const report = await againstOrt(MINILM_Q.onnx!, { kernels: "fp32" });
     assert.equal(report.runtime, "sparsebert");
     assert.equal(report.referenceRuntime, "ort");
     // Dequantized fp32 weights against ORT's u8 activations: measured min 0.9876 over the 300
@@ -154,14 +155,7 @@ for (const [name, files, have] of MAVEN_Q) {
     name: `quantized import: ${name} with ORT's int8 numerics ("ort-u8") matches ORT`,
     ignore: !have || kernelProblem !== null,
     fn: async () => {
-      const report = await evaluate(files.onnx!, files.onnx!, {
-        texts: TEXTS,
-        runtime: "sparsebert",
-        kernels: "auto",
-        int8Activations: "ort",
-        referenceRuntime: "ort",
-        batchSize: 1,
-      });
+      const report = await againstOrt(files.onnx!, { kernels: "auto", int8Activations: "ort" });
       assert.deepEqual(Object.keys(report.kernels ?? {}), ["dense-i8"]);
       // Over the 300 texts of data/retrieval_set.json: median cosine 1.0000000 (ORT's own
       // codes), a few texts at 0.995-0.999, as ORT's optimized graph against its unoptimized
@@ -195,18 +189,6 @@ async function runOrt(model: OnnxModel): Promise<Float32Array> {
   } finally {
     await s.release();
   }
-}
-
-function cosine(a: Float32Array, b: Float32Array): number {
-  let d = 0;
-  let na = 0;
-  let nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    d += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return d / Math.sqrt(na * nb);
 }
 
 Deno.test("quantized import: the three layouts of compress/quantize_model.ts round-trip", async () => {

@@ -12,6 +12,7 @@ import {
   ZipReader,
 } from "../hub/registry.ts";
 import { main } from "../tools/fetch_models.ts";
+import { runCaptured } from "./helpers.ts";
 
 function crc32(data: Uint8Array): number {
   let c = ~0;
@@ -37,27 +38,25 @@ async function zip(entries: { name: string; data: Uint8Array; deflate: boolean }
   for (const e of entries) {
     const body = e.deflate ? await deflateRaw(e.data) : e.data;
     const name = new TextEncoder().encode(e.name);
-    const local = new Uint8Array(30 + name.length);
-    const lv = new DataView(local.buffer);
-    lv.setUint32(0, 0x04034b50, true);
-    lv.setUint16(8, e.deflate ? 8 : 0, true);
-    lv.setUint32(14, crc32(e.data), true);
-    lv.setUint32(18, body.length, true);
-    lv.setUint32(22, e.data.length, true);
-    lv.setUint16(26, name.length, true);
-    local.set(name, 30);
-    const dir = new Uint8Array(46 + name.length);
-    const dv = new DataView(dir.buffer);
-    dv.setUint32(0, 0x02014b50, true);
-    dv.setUint16(10, e.deflate ? 8 : 0, true);
-    dv.setUint32(16, crc32(e.data), true);
-    dv.setUint32(20, body.length, true);
-    dv.setUint32(24, e.data.length, true);
-    dv.setUint16(28, name.length, true);
-    dv.setUint32(42, offset, true);
-    dir.set(name, 46);
+    // A local header and a central directory entry hold the same fields from byte `at` on:
+    // method, (time, date,) CRC-32, compressed and uncompressed sizes, name length.
+    const header = (signature: number, fixed: number, at: number) => {
+      const bytes = new Uint8Array(fixed + name.length);
+      const view = new DataView(bytes.buffer);
+      view.setUint32(0, signature, true);
+      view.setUint16(at, e.deflate ? 8 : 0, true);
+      view.setUint32(at + 6, crc32(e.data), true);
+      view.setUint32(at + 10, body.length, true);
+      view.setUint32(at + 14, e.data.length, true);
+      view.setUint16(at + 18, name.length, true);
+      bytes.set(name, fixed);
+      return { bytes, view };
+    };
+    const local = header(0x04034b50, 30, 8).bytes;
+    const dir = header(0x02014b50, 46, 10);
+    dir.view.setUint32(42, offset, true);
     parts.push(local, body);
-    central.push(dir);
+    central.push(dir.bytes);
     offset += local.length + body.length;
   }
   const cdSize = central.reduce((n, c) => n + c.length, 0);
@@ -159,22 +158,13 @@ Deno.test("registry: known models, cache paths and the cached check", async () =
 });
 
 Deno.test("registry: fetch_models --help and --list, unknown names", async () => {
-  const log = console.log;
-  const error = console.error;
-  const lines: string[] = [];
-  console.log = (...args: unknown[]) => lines.push(args.join(" "));
-  console.error = (...args: unknown[]) => lines.push(args.join(" "));
-  try {
-    assert.equal(await main(["--help"]), 0);
-    assert.match(lines.join("\n"), /Usage: deno task models/);
-    lines.length = 0;
-    assert.equal(await main(["--list", "--json"]), 0);
-    assert.equal(JSON.parse(lines.join("\n")).length, modelNames().length);
-    lines.length = 0;
-    assert.equal(await main(["nope"]), 2);
-    assert.match(lines.join("\n"), /unknown model "nope"/);
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
+  const help = await runCaptured(main, ["--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.output, /Usage: deno task models/);
+  const list = await runCaptured(main, ["--list", "--json"]);
+  assert.equal(list.code, 0);
+  assert.equal(JSON.parse(list.output).length, modelNames().length);
+  const unknown = await runCaptured(main, ["nope"]);
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.output, /unknown model "nope"/);
 });

@@ -11,6 +11,7 @@ import { parseSafetensors, readSafetensors, safeTensorToFloat32 } from "../forma
 import type { BertWeights, DenseWeight, NormWeight } from "../encoder/weights.ts";
 import { type TestModelOptions, testModelWeights } from "./fixtures/write_test_model.ts";
 import { assertSameArray, assertSameWeights } from "./model_asserts.ts";
+import { inModelCache } from "./helpers.ts";
 
 interface RawTensor {
   name: string;
@@ -157,15 +158,7 @@ const TINY = {
 
 const MINILM = modelFiles("all-minilm-l6-v2");
 const MINILM_ST = modelFiles("all-minilm-l6-v2-st");
-let haveMiniLM = true;
-for (const p of [MINILM.onnx!, MINILM_ST.safetensors!, MINILM_ST.config!]) {
-  try {
-    await Deno.stat(p);
-  } catch {
-    console.warn(`SKIP: ${p} is not in the model cache; run "deno task models" to fetch it`);
-    haveMiniLM = false;
-  }
-}
+const haveMiniLM = await inModelCache(MINILM.onnx, MINILM_ST.safetensors, MINILM_ST.config);
 
 Deno.test({
   name: "safetensors: all-MiniLM-L6-v2 safetensors equals its ONNX export",

@@ -12,19 +12,12 @@ import { readSentenceConfig, SentenceConfigError } from "../formats/sentence_con
 import { spawnServer } from "../serve/spawn.ts";
 import { maxAbsDiff, releaseOrtSessions, runOrt } from "./ort_reference.ts";
 import { poolReference } from "./reference/pooling.ts";
+import { inModelCache } from "./helpers.ts";
 
 const BGE = modelFiles("bge-small-en-v15");
 const TEXTS = ["what is a sparse encoder?", "BGE pools the CLS token", "ok"];
 
-async function haveFile(path: string | null): Promise<boolean> {
-  try {
-    return path !== null && (await Deno.stat(path)).isFile;
-  } catch {
-    return false;
-  }
-}
-const haveBge = await haveFile(BGE.onnx);
-if (!haveBge) console.warn(`SKIP: ${BGE.onnx} is not in the model cache; run "deno task models"`);
+const haveBge = await inModelCache(BGE.onnx);
 
 async function folder(files: Record<string, unknown>): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "st_config_" });

@@ -9,22 +9,17 @@
  */
 import assert from "node:assert/strict";
 import { sha256Hex } from "../ffi/download.ts";
-import { pipeline } from "../pipelines/pipeline.ts";
+import { type FeatureExtractionPipeline, pipeline } from "../pipelines/pipeline.ts";
 import { modelFiles } from "../hub/registry.ts";
-import { spawnServer } from "../serve/spawn.ts";
+import { type SpawnedServer, spawnServer } from "../serve/spawn.ts";
+import { inModelCache } from "./helpers.ts";
 
 const BOUND = 1e-5;
 const FOLDER = modelFiles("all-minilm-l6-v2-st").dir;
 const FIXTURE = new URL("./fixtures/st_all_minilm_l6_v2_retrieval", import.meta.url).pathname;
 const SET = new URL("../data/retrieval_set.json", import.meta.url).pathname;
 
-let haveModel = true;
-try {
-  await Deno.stat(`${FOLDER}/modules.json`);
-} catch {
-  haveModel = false;
-  console.warn(`SKIP: ${FOLDER} has no modules.json; run "deno task models"`);
-}
+const haveModel = await inModelCache(`${FOLDER}/modules.json`);
 
 async function reference(): Promise<{ texts: string[]; rows: Float32Array[] }> {
   const meta = JSON.parse(await Deno.readTextFile(`${FIXTURE}.json`));
@@ -116,7 +111,7 @@ Deno.test({
 });
 
 /** A folder with a fixture's modules around the registry folder's Transformer files. */
-async function fixtureFolder(name: string, paths: string[]): Promise<string> {
+async function fixtureFolder(name: string): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: `${name}_` });
   const fixture = new URL(`./fixtures/${name}`, import.meta.url).pathname;
   for (
@@ -124,7 +119,11 @@ async function fixtureFolder(name: string, paths: string[]): Promise<string> {
   ) {
     await Deno.symlink(`${FOLDER}/${file}`, `${dir}/${file}`);
   }
-  for (const path of paths) await Deno.symlink(`${fixture}/${path}`, `${dir}/${path}`);
+  for await (const { name: path } of Deno.readDir(fixture)) {
+    if (path !== "README.md" && path !== "reference.f32") {
+      await Deno.symlink(`${fixture}/${path}`, `${dir}/${path}`);
+    }
+  }
   return dir;
 }
 
@@ -138,92 +137,97 @@ async function fixtureRows(name: string, width: number): Promise<Float32Array[]>
   );
 }
 
-Deno.test({
-  name:
-    "sentence-transformers: a Dense module (384 -> 256, Tanh) runs as sentence-transformers does",
-  ignore: !haveModel,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const { texts } = await reference();
-    const rows = await fixtureRows("st_dense", 256);
-    const dir = await fixtureFolder("st_dense", [
-      "modules.json",
-      "1_Pooling",
-      "2_Dense",
-      "3_Normalize",
-    ]);
-    const server = await spawnServer({
-      config: { models: [{ name: "dense", model: dir, maxLength: 256, kernel: "dense-f32" }] },
-    });
-    try {
-      using embed = await pipeline("feature-extraction", dir);
-      assert.equal(embed.model.embedding?.dense?.length, 1);
-      const out = await embed(texts.slice(0, 24));
-      assert.deepEqual(out.dims, [24, 256]);
-      const got = rows.map((_, r) => out.data.subarray(r * 256, (r + 1) * 256));
-      const d = worstRow(got, rows);
-      assert.ok(d <= BOUND, `pipeline: max abs ${d} against sentence-transformers`);
-      const r = await fetch(`${server.url}/v1/embeddings`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "dense", input: texts.slice(0, 24) }),
+/**
+ * A test over a fixture folder (the model with the sentence-transformers files of
+ * tests/fixtures/`fixture`), its feature-extraction pipeline and a server serving it under the
+ * fixture's name, with the reference texts and the fixture's recorded rows of `width`; the
+ * folder, the pipeline and the server go afterwards.
+ */
+function fixtureTest(
+  name: string,
+  fixture: string,
+  width: number,
+  fn: (
+    run: {
+      texts: string[];
+      rows: Float32Array[];
+      server: SpawnedServer;
+      embed: FeatureExtractionPipeline;
+    },
+  ) => Promise<void>,
+): void {
+  Deno.test({
+    name,
+    ignore: !haveModel,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn() {
+      const { texts } = await reference();
+      const rows = await fixtureRows(fixture, width);
+      const dir = await fixtureFolder(fixture);
+      const server = await spawnServer({
+        config: { models: [{ name: fixture, model: dir, maxLength: 256, kernel: "dense-f32" }] },
       });
-      const body = await r.json();
-      assert.equal(r.status, 200, JSON.stringify(body));
-      const served = (body.data as { embedding: number[] }[]).map((x) => x.embedding);
-      const ds = worstRow(served, rows);
-      assert.ok(ds <= BOUND, `server: max abs ${ds} against sentence-transformers`);
-    } finally {
-      await server.stop();
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
-});
+      try {
+        using embed = await pipeline("feature-extraction", dir);
+        await fn({ texts, rows, server, embed });
+      } finally {
+        await server.stop();
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  });
+}
 
-Deno.test({
-  name: "sentence-transformers: a prompt the pooling leaves out (include_prompt false)",
-  ignore: !haveModel,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const { texts } = await reference();
-    const rows = await fixtureRows("st_prompt", 384);
-    const dir = await fixtureFolder("st_prompt", [
-      "modules.json",
-      "1_Pooling",
-      "2_Normalize",
-      "config_sentence_transformers.json",
-    ]);
-    const server = await spawnServer({
-      config: { models: [{ name: "prompted", model: dir, maxLength: 256, kernel: "dense-f32" }] },
+fixtureTest(
+  "sentence-transformers: a Dense module (384 -> 256, Tanh) runs as sentence-transformers does",
+  "st_dense",
+  256,
+  async ({ texts, rows, server, embed }) => {
+    assert.equal(embed.model.embedding?.dense?.length, 1);
+    const out = await embed(texts.slice(0, 24));
+    assert.deepEqual(out.dims, [24, 256]);
+    const got = rows.map((_, r) => out.data.subarray(r * 256, (r + 1) * 256));
+    const d = worstRow(got, rows);
+    assert.ok(d <= BOUND, `pipeline: max abs ${d} against sentence-transformers`);
+    const r = await fetch(`${server.url}/v1/embeddings`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "st_dense", input: texts.slice(0, 24) }),
     });
-    try {
-      using embed = await pipeline("feature-extraction", dir);
-      assert.equal(embed.model.embedding?.includePrompt, false);
-      const out = await embed(texts.slice(0, 24), { promptName: "query" });
-      const got = rows.map((_, r) => out.data.subarray(r * 384, (r + 1) * 384));
-      const d = worstRow(got, rows);
-      assert.ok(d <= BOUND, `pipeline: max abs ${d} against sentence-transformers`);
-      // Counting the prompt's tokens would give other vectors: the test can tell.
-      const counted = await embed(texts.slice(0, 24).map((t) => `query: ${t}`), {
-        promptName: "document",
-      });
-      assert.ok(
-        worstRow(rows.map((_, r) => counted.data.subarray(r * 384, (r + 1) * 384)), rows) > 1e-3,
-      );
-      const r = await fetch(`${server.url}/embed`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ inputs: texts.slice(0, 24), prompt_name: "query" }),
-      });
-      const body = await r.json();
-      assert.equal(r.status, 200, JSON.stringify(body));
-      const ds = worstRow(body as number[][], rows);
-      assert.ok(ds <= BOUND, `server: max abs ${ds} against sentence-transformers`);
-    } finally {
-      await server.stop();
-      await Deno.remove(dir, { recursive: true });
-    }
+    const body = await r.json();
+    assert.equal(r.status, 200, JSON.stringify(body));
+    const served = (body.data as { embedding: number[] }[]).map((x) => x.embedding);
+    const ds = worstRow(served, rows);
+    assert.ok(ds <= BOUND, `server: max abs ${ds} against sentence-transformers`);
   },
-});
+);
+
+fixtureTest(
+  "sentence-transformers: a prompt the pooling leaves out (include_prompt false)",
+  "st_prompt",
+  384,
+  async ({ texts, rows, server, embed }) => {
+    assert.equal(embed.model.embedding?.includePrompt, false);
+    const out = await embed(texts.slice(0, 24), { promptName: "query" });
+    const got = rows.map((_, r) => out.data.subarray(r * 384, (r + 1) * 384));
+    const d = worstRow(got, rows);
+    assert.ok(d <= BOUND, `pipeline: max abs ${d} against sentence-transformers`);
+    // Counting the prompt's tokens would give other vectors: the test can tell.
+    const counted = await embed(texts.slice(0, 24).map((t) => `query: ${t}`), {
+      promptName: "document",
+    });
+    assert.ok(
+      worstRow(rows.map((_, r) => counted.data.subarray(r * 384, (r + 1) * 384)), rows) > 1e-3,
+    );
+    const r = await fetch(`${server.url}/embed`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ inputs: texts.slice(0, 24), prompt_name: "query" }),
+    });
+    const body = await r.json();
+    assert.equal(r.status, 200, JSON.stringify(body));
+    const ds = worstRow(body as number[][], rows);
+    assert.ok(ds <= BOUND, `server: max abs ${ds} against sentence-transformers`);
+  },
+);

@@ -30,6 +30,9 @@ function recorder(delayMs = 0): {
   };
 }
 
+/** One input per batch, dispatched at once, a queue of 10. */
+const ONE_AT_A_TIME = { maxBatch: 1, maxWaitMs: 0, maxQueue: 10 };
+
 const sized = (values: number[], length = 10) => values.map((item) => ({ item, length }));
 
 /** A batcher over `r`'s executor with these tests' defaults, overridden by `options`. */
@@ -130,17 +133,11 @@ Deno.test("batcher: an aborted request leaves the queue", async () => {
 });
 
 Deno.test("batcher: inputs waiting over queueTimeoutMs fail with QueueTimeoutError", async () => {
-  const b = new Batcher<number, number>({
-    maxBatch: 1,
-    maxWaitMs: 0,
-    buckets: [16],
-    maxQueue: 10,
-    queueTimeoutMs: 30,
-    executors: [async (items) => {
-      await new Promise((r) => setTimeout(r, 120));
-      return items;
-    }],
-  });
+  const slow = async (items: number[]) => {
+    await new Promise((r) => setTimeout(r, 120));
+    return items;
+  };
+  const b = testBatcher({ executor: slow }, { ...ONE_AT_A_TIME, queueTimeoutMs: 30 });
   const running = b.submit(sized([1]));
   const late = b.submit(sized([2]));
   await assert.rejects(late, QueueTimeoutError);
@@ -150,17 +147,11 @@ Deno.test("batcher: inputs waiting over queueTimeoutMs fail with QueueTimeoutErr
 
 Deno.test("batcher: executor failures reject only that batch's requests", async () => {
   let calls = 0;
-  const b = new Batcher<number, number>({
-    maxBatch: 1,
-    maxWaitMs: 0,
-    buckets: [16],
-    maxQueue: 10,
-    queueTimeoutMs: 5000,
-    executors: [(items) => {
-      calls++;
-      return calls === 1 ? Promise.reject(new Error("boom")) : Promise.resolve(items);
-    }],
-  });
+  const failsFirst = (items: number[]) => {
+    calls++;
+    return calls === 1 ? Promise.reject(new Error("boom")) : Promise.resolve(items);
+  };
+  const b = testBatcher({ executor: failsFirst }, ONE_AT_A_TIME);
   await assert.rejects(b.submit(sized([1])), /boom/);
   assert.deepEqual(await b.submit(sized([2])), [2]);
   await b.close();
@@ -168,10 +159,9 @@ Deno.test("batcher: executor failures reject only that batch's requests", async 
 
 Deno.test("batcher: close drains queued inputs at once, then refuses new ones", async () => {
   const r = recorder(10);
-  const b = new Batcher<number, number>({
+  const b = testBatcher(r, {
     maxBatch: 8,
     maxWaitMs: 60_000,
-    buckets: [16],
     maxQueue: 10,
     queueTimeoutMs: 120_000,
     executors: [r.executor, r.executor],
@@ -194,12 +184,8 @@ Deno.test("batcher: several executors run batches concurrently", async () => {
     active--;
     return items;
   };
-  const b = new Batcher<number, number>({
-    maxBatch: 1,
-    maxWaitMs: 0,
-    buckets: [16],
-    maxQueue: 10,
-    queueTimeoutMs: 5000,
+  const b = testBatcher({ executor }, {
+    ...ONE_AT_A_TIME,
     executors: [executor, executor, executor],
   });
   await Promise.all([1, 2, 3].map((i) => b.submit(sized([i]))));

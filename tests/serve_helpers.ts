@@ -1,5 +1,6 @@
 // Helpers shared by the server tests (not a test file itself).
 import assert from "node:assert/strict";
+import { type SpawnedServer, type SpawnOptions, spawnServer } from "../serve/spawn.ts";
 
 /** The JSON error body of a response, after checking its status and shape. */
 export async function expectError(
@@ -117,4 +118,69 @@ export function httpRequest(
   out.set(h);
   out.set(bytes, h.length);
   return out;
+}
+
+/**
+ * A test against a server spawned with `options` (op and resource sanitizers off: the server is
+ * a child process with open pipes), stopped afterwards however the test ends.
+ */
+export function serverTest(
+  name: string,
+  options: SpawnOptions | (() => Promise<SpawnOptions>),
+  fn: (server: SpawnedServer) => Promise<void>,
+): void {
+  Deno.test({
+    name,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: async () => {
+      const server = await spawnServer(typeof options === "function" ? await options() : options);
+      try {
+        await fn(server);
+      } finally {
+        await server.stop();
+      }
+    },
+  });
+}
+
+/**
+ * BYTES tensor data in KServe's binary form: per element a 4-byte little-endian length, then its
+ * UTF-8 bytes.
+ */
+export function bytesTensor(texts: string[]): Uint8Array {
+  const parts = texts.map((text) => new TextEncoder().encode(text));
+  const out = new Uint8Array(parts.reduce((n, part) => n + 4 + part.length, 0));
+  let at = 0;
+  for (const part of parts) {
+    new DataView(out.buffer).setUint32(at, part.length, true);
+    out.set(part, at + 4);
+    at += 4 + part.length;
+  }
+  return out;
+}
+
+/**
+ * A KServe v2 binary-extension request body: a JSON header with one BYTES input `"text"` of
+ * `rows` elements (default 1) whose `binary_data_size` is `declaredSize` (default the tensor's
+ * length), and `outputs` when given; then `tensor`. `headerLength` is the header's byte length
+ * (the `Inference-Header-Content-Length` value).
+ */
+export function v2TextBody(
+  tensor: Uint8Array,
+  options: { rows?: number; declaredSize?: number; outputs?: unknown[] } = {},
+): { body: Uint8Array; headerLength: number } {
+  const header = new TextEncoder().encode(JSON.stringify({
+    inputs: [{
+      name: "text",
+      shape: [options.rows ?? 1],
+      datatype: "BYTES",
+      parameters: { binary_data_size: options.declaredSize ?? tensor.length },
+    }],
+    ...(options.outputs ? { outputs: options.outputs } : {}),
+  }));
+  const body = new Uint8Array(header.length + tensor.length);
+  body.set(header);
+  body.set(tensor, header.length);
+  return { body, headerLength: header.length };
 }

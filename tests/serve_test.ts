@@ -11,12 +11,15 @@ import { buildPipeline } from "../serve/pipeline_backend.ts";
 import { type SpawnedServer, spawnServer } from "../serve/spawn.ts";
 import { libraryEmbeddings } from "./serve_expected.ts";
 import {
+  bytesTensor,
   decodeBase64F32,
   expectError,
   httpRequest,
   maxAbsDiff,
   post,
   rawHttp,
+  serverTest,
+  v2TextBody,
 } from "./serve_helpers.ts";
 
 const MODEL = "minilm";
@@ -196,29 +199,12 @@ Deno.test({
         assert.ok(maxAbsDiff(data.slice(0, 384), viaTokens) <= TOLERANCE);
         assert.ok(maxAbsDiff(data.slice(0, 384), expected[1]) <= TOLERANCE, "[CLS] hello [SEP]");
         // Binary tensor extension both ways.
-        const enc = new TextEncoder();
-        const parts = TEXTS.slice(0, 2).map((s) => enc.encode(s));
-        const blob = new Uint8Array(parts.reduce((s, p) => s + 4 + p.length, 0));
-        let p = 0;
-        for (const part of parts) {
-          new DataView(blob.buffer).setUint32(p, part.length, true);
-          blob.set(part, p + 4);
-          p += 4 + part.length;
-        }
-        const header = enc.encode(JSON.stringify({
-          inputs: [{
-            name: "text",
-            shape: [2],
-            datatype: "BYTES",
-            parameters: { binary_data_size: blob.length },
-          }],
+        const { body, headerLength } = v2TextBody(bytesTensor(TEXTS.slice(0, 2)), {
+          rows: 2,
           outputs: [{ name: "embedding", parameters: { binary_data: true } }],
-        }));
-        const body = new Uint8Array(header.length + blob.length);
-        body.set(header);
-        body.set(blob, header.length);
+        });
         const br = await post(infer, body, {
-          "inference-header-content-length": String(header.length),
+          "inference-header-content-length": String(headerLength),
           "content-type": "application/octet-stream",
         });
         assert.equal(br.status, 200);
@@ -396,17 +382,10 @@ Deno.test({
           400,
           { param: "outputs" },
         );
-        const header = JSON.stringify({
-          inputs: [{
-            name: "text",
-            shape: [1],
-            datatype: "BYTES",
-            parameters: { binary_data_size: 50 },
-          }],
-        });
-        const blob = new Uint8Array([...new TextEncoder().encode(header), 9, 0, 0, 0, 104]);
+        const short = v2TextBody(new Uint8Array([9, 0, 0, 0, 104]), { declaredSize: 50 });
+        const blob = short.body;
         await expectError(
-          await post(v2, blob, { "inference-header-content-length": String(header.length) }),
+          await post(v2, blob, { "inference-header-content-length": String(short.headerLength) }),
           400,
           { match: /binary_data_size 50/ },
         );
@@ -503,71 +482,53 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "serve: overload answers 429 with Retry-After and the server recovers",
-  ...opts,
-  fn: async () => {
-    const server = await spawnServer({
-      config: baseConfig({ maxQueue: 8, maxBatch: 4, maxWaitMs: 2 }),
-    });
-    try {
-      const input = new Array(4).fill("overload ".repeat(40));
-      const responses = await Promise.all(
-        Array.from({ length: 40 }, () => post(`${server.url}/v1/embeddings`, { input })),
-      );
-      const statuses = new Map<number, number>();
-      for (const r of responses) {
-        statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
-        if (r.status === 429) {
-          assert.equal(r.headers.get("retry-after"), "1");
-          await expectError(r, 429, { match: /overloaded/ });
-        } else {
-          await r.arrayBuffer();
-        }
-      }
-      assert.ok((statuses.get(429) ?? 0) > 0, `no 429 among ${JSON.stringify([...statuses])}`);
-      assert.ok((statuses.get(200) ?? 0) > 0, "some requests must still be served");
-      assert.deepEqual([...statuses.keys()].filter((s) => s !== 200 && s !== 429), []);
-      const after = await json(await post(`${server.url}/v1/embeddings`, { input: "calm again" }));
-      assert.equal((after.data as unknown[]).length, 1);
-      const metrics = await (await fetch(`${server.url}/metrics`)).text();
-      assert.match(metrics, /sparsebert_queue_depth\{model="minilm"\} 0/);
-      assert.match(metrics, /sparsebert_rejected_total\{reason="queue_full"\} [1-9]/);
-    } finally {
-      await server.stop();
+serverTest("serve: overload answers 429 with Retry-After and the server recovers", {
+  config: baseConfig({ maxQueue: 8, maxBatch: 4, maxWaitMs: 2 }),
+}, async (server) => {
+  const input = new Array(4).fill("overload ".repeat(40));
+  const responses = await Promise.all(
+    Array.from({ length: 40 }, () => post(`${server.url}/v1/embeddings`, { input })),
+  );
+  const statuses = new Map<number, number>();
+  for (const r of responses) {
+    statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
+    if (r.status === 429) {
+      assert.equal(r.headers.get("retry-after"), "1");
+      await expectError(r, 429, { match: /overloaded/ });
+    } else {
+      await r.arrayBuffer();
     }
-  },
+  }
+  assert.ok((statuses.get(429) ?? 0) > 0, `no 429 among ${JSON.stringify([...statuses])}`);
+  assert.ok((statuses.get(200) ?? 0) > 0, "some requests must still be served");
+  assert.deepEqual([...statuses.keys()].filter((s) => s !== 200 && s !== 429), []);
+  const after = await json(await post(`${server.url}/v1/embeddings`, { input: "calm again" }));
+  assert.equal((after.data as unknown[]).length, 1);
+  const metrics = await (await fetch(`${server.url}/metrics`)).text();
+  assert.match(metrics, /sparsebert_queue_depth\{model="minilm"\} 0/);
+  assert.match(metrics, /sparsebert_rejected_total\{reason="queue_full"\} [1-9]/);
 });
 
-Deno.test({
-  name: "serve: bearer auth with SPARSEBERT_API_KEY (health stays open)",
-  ...opts,
-  fn: async () => {
-    const server = await spawnServer({
-      config: baseConfig(),
-      env: { SPARSEBERT_API_KEY: "s3cret-token" },
-    });
-    try {
-      const live = await fetch(`${server.url}/v2/health/live`);
-      assert.equal(live.status, 200);
-      await live.arrayBuffer();
-      const missing = await post(`${server.url}/v1/embeddings`, { input: "a" });
-      assert.equal(missing.headers.get("www-authenticate"), 'Bearer realm="sparsebert"');
-      await expectError(missing, 401, { match: /Authorization/ });
-      await expectError(
-        await post(`${server.url}/v1/embeddings`, { input: "a" }, { authorization: "Bearer nope" }),
-        401,
-      );
-      await expectError(await fetch(`${server.url}/v2/models/${MODEL}`), 401);
-      const ok = await post(`${server.url}/v1/embeddings`, { input: "a" }, {
-        authorization: "Bearer s3cret-token",
-      });
-      assert.equal(ok.status, 200);
-      await ok.arrayBuffer();
-    } finally {
-      await server.stop();
-    }
-  },
+serverTest("serve: bearer auth with SPARSEBERT_API_KEY (health stays open)", {
+  config: baseConfig(),
+  env: { SPARSEBERT_API_KEY: "s3cret-token" },
+}, async (server) => {
+  const live = await fetch(`${server.url}/v2/health/live`);
+  assert.equal(live.status, 200);
+  await live.arrayBuffer();
+  const missing = await post(`${server.url}/v1/embeddings`, { input: "a" });
+  assert.equal(missing.headers.get("www-authenticate"), 'Bearer realm="sparsebert"');
+  await expectError(missing, 401, { match: /Authorization/ });
+  await expectError(
+    await post(`${server.url}/v1/embeddings`, { input: "a" }, { authorization: "Bearer nope" }),
+    401,
+  );
+  await expectError(await fetch(`${server.url}/v2/models/${MODEL}`), 401);
+  const ok = await post(`${server.url}/v1/embeddings`, { input: "a" }, {
+    authorization: "Bearer s3cret-token",
+  });
+  assert.equal(ok.status, 200);
+  await ok.arrayBuffer();
 });
 
 Deno.test({
@@ -801,40 +762,33 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "serve: a mixed-length load is batched within the token budget (maxBatchTokens)",
-  ...opts,
-  fn: async () => {
-    const budget = 256;
-    const server = await spawnServer({
-      config: baseConfig({ maxBatchTokens: budget, maxBatch: 32, maxWaitMs: 20 }),
-    });
-    try {
-      const word = "token ";
-      const requests = Array.from(
-        { length: 60 },
-        (_, i) =>
-          post(`${server.url}/v1/embeddings`, { input: word.repeat(1 + ((i * 37) % 110)) })
-            .then(async (r) => [r.status, await r.arrayBuffer()] as const),
-      );
-      const results = await Promise.all(requests);
-      assert.deepEqual(results.map(([status]) => status), new Array(60).fill(200));
-      const metrics = await (await fetch(`${server.url}/metrics`)).text();
-      const count = (name: string, le: string): number =>
-        Number(
-          new RegExp(`${name}_bucket\\{model="${MODEL}",le="${le.replace("+", "\\+")}"\\} (\\d+)`)
-            .exec(metrics)?.[1],
-        );
-      const total = count("sparsebert_batch_padded_tokens", "+Inf");
-      assert.ok(total > 0, "no batch was recorded");
-      assert.equal(
-        count("sparsebert_batch_padded_tokens", String(budget)),
-        total,
-        "over the budget",
-      );
-      assert.ok(count("sparsebert_batch_size", "1") < total, "no input was batched with another");
-    } finally {
-      await server.stop();
-    }
-  },
+/** The token budget of the mixed-length batching test. */
+const TOKEN_BUDGET = 256;
+
+serverTest("serve: a mixed-length load is batched within the token budget (maxBatchTokens)", {
+  config: baseConfig({ maxBatchTokens: TOKEN_BUDGET, maxBatch: 32, maxWaitMs: 20 }),
+}, async (server) => {
+  const word = "token ";
+  const requests = Array.from(
+    { length: 60 },
+    (_, i) =>
+      post(`${server.url}/v1/embeddings`, { input: word.repeat(1 + ((i * 37) % 110)) })
+        .then(async (r) => [r.status, await r.arrayBuffer()] as const),
+  );
+  const results = await Promise.all(requests);
+  assert.deepEqual(results.map(([status]) => status), new Array(60).fill(200));
+  const metrics = await (await fetch(`${server.url}/metrics`)).text();
+  const count = (name: string, le: string): number =>
+    Number(
+      new RegExp(`${name}_bucket\\{model="${MODEL}",le="${le.replace("+", "\\+")}"\\} (\\d+)`)
+        .exec(metrics)?.[1],
+    );
+  const total = count("sparsebert_batch_padded_tokens", "+Inf");
+  assert.ok(total > 0, "no batch was recorded");
+  assert.equal(
+    count("sparsebert_batch_padded_tokens", String(TOKEN_BUDGET)),
+    total,
+    "over the budget",
+  );
+  assert.ok(count("sparsebert_batch_size", "1") < total, "no input was batched with another");
 });

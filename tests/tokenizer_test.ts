@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { modelFiles } from "../hub/registry.ts";
 import { BertTokenizer, toBigInt64 } from "../pipelines/tokenizer.ts";
+import { inModelCache } from "./helpers.ts";
 
 const MINILM = modelFiles("all-minilm-l6-v2");
 const MINILM_ST = modelFiles("all-minilm-l6-v2-st");
@@ -13,12 +14,7 @@ const BGE = modelFiles("bge-small-en-v15");
 
 const present: string[] = [];
 for (const path of [MINILM.tokenizer, MINILM_ST.tokenizer, BGE.tokenizer]) {
-  try {
-    await Deno.stat(path);
-    present.push(path);
-  } catch {
-    console.warn(`SKIP: ${path} is not in the model cache; run "deno task models" to fetch it`);
-  }
+  if (await inModelCache(path)) present.push(path);
 }
 const haveMiniLM = present.includes(MINILM.tokenizer);
 

@@ -6,8 +6,12 @@
 import assert from "node:assert/strict";
 import * as ort from "onnxruntime-node";
 import { importOnnx } from "../formats/onnx_import.ts";
-import type { BertWeights, DenseWeight, NormWeight } from "../encoder/weights.ts";
+import type { BertWeights, DenseWeight } from "../encoder/weights.ts";
+import { attentionReference } from "./reference/attention.ts";
+import { layerNormReference } from "./reference/layernorm.ts";
+import { activate } from "./reference/linear_f32.ts";
 import { assertSameWeights } from "./model_asserts.ts";
+import { runCaptured, withTempDir } from "./helpers.ts";
 import {
   ensureTestModel,
   main,
@@ -72,7 +76,8 @@ function tiny(options: WriteTestModelOptions): WriteTestModelOptions {
 }
 
 // ---------------------------------------------------------------------------------------------
-// An independent fp64 reference of the BERT forward pass (Hugging Face semantics).
+// An fp64 reference of the BERT forward pass (Hugging Face semantics), over the kernels'
+// scalar references in tests/reference/.
 
 function linear(x: Float64Array, rows: number, d: DenseWeight): Float64Array {
   const out = new Float64Array(rows * d.out);
@@ -84,51 +89,6 @@ function linear(x: Float64Array, rows: number, d: DenseWeight): Float64Array {
     }
   }
   return out;
-}
-
-function layerNorm(x: Float64Array, rows: number, n: NormWeight): Float64Array {
-  const h = n.gamma.length;
-  const out = new Float64Array(x.length);
-  for (let r = 0; r < rows; r++) {
-    let mean = 0;
-    for (let i = 0; i < h; i++) mean += x[r * h + i];
-    mean /= h;
-    let v = 0;
-    for (let i = 0; i < h; i++) v += (x[r * h + i] - mean) ** 2;
-    const inv = 1 / Math.sqrt(v / h + n.eps);
-    for (let i = 0; i < h; i++) {
-      out[r * h + i] = (x[r * h + i] - mean) * inv * n.gamma[i] + n.beta[i];
-    }
-  }
-  return out;
-}
-
-function erf(x: number): number {
-  // Abramowitz-Stegun 7.1.26 is too coarse for 1e-4 after many layers; use a series/continued
-  // fraction pair accurate to ~1e-15.
-  const t = Math.abs(x);
-  let r: number;
-  if (t < 3) {
-    let term = t;
-    let sum = t;
-    for (let n = 1; n < 200; n++) {
-      term *= -t * t / n;
-      const add = term / (2 * n + 1);
-      sum += add;
-      if (Math.abs(add) < 1e-17) break;
-    }
-    r = 2 / Math.sqrt(Math.PI) * sum;
-  } else {
-    let f = 0;
-    for (let n = 60; n >= 1; n--) f = n / 2 / (t + f);
-    r = 1 - Math.exp(-t * t) / Math.sqrt(Math.PI) / (t + f);
-  }
-  return x < 0 ? -r : r;
-}
-
-function gelu(x: number, tanh: boolean): number {
-  if (tanh) return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
-  return 0.5 * x * (1 + erf(x / Math.SQRT2));
 }
 
 /** Reference outputs by graph output name. */
@@ -155,43 +115,28 @@ function referenceForward(
       }
     }
   }
-  x = layerNorm(x, rows, w.embeddingNorm);
+  x = layerNormReference(x, rows, w.embeddingNorm);
   for (const l of w.layers) {
     const q = linear(x, rows, l.query);
     const k = linear(x, rows, l.key);
     const v = linear(x, rows, l.value);
-    const ctx = new Float64Array(rows * h);
-    const p = new Float64Array(s);
-    for (let i = 0; i < b; i++) {
-      for (let hd = 0; hd < nh; hd++) {
-        for (let t = 0; t < s; t++) {
-          let max = -Infinity;
-          for (let u = 0; u < s; u++) {
-            let dot = 0;
-            for (let e = 0; e < d; e++) {
-              dot += q[(i * s + t) * h + hd * d + e] * k[(i * s + u) * h + hd * d + e];
-            }
-            p[u] = mask[i][u] ? dot / Math.sqrt(d) : -Infinity;
-            max = Math.max(max, p[u]);
-          }
-          let sum = 0;
-          for (let u = 0; u < s; u++) sum += p[u] = Math.exp(p[u] - max);
-          for (let e = 0; e < d; e++) {
-            let acc = 0;
-            for (let u = 0; u < s; u++) acc += p[u] / sum * v[(i * s + u) * h + hd * d + e];
-            ctx[(i * s + t) * h + hd * d + e] = acc;
-          }
-        }
-      }
-    }
+    const ctx = attentionReference(q, k, v, mask.flat(), {
+      batch: b,
+      seq: s,
+      heads: nh,
+      headSize: d,
+      ld: h,
+      maskValue: -Infinity,
+      scale: 1 / Math.sqrt(d),
+    });
     const attn = linear(ctx, rows, l.attentionOutput);
     for (let i = 0; i < attn.length; i++) attn[i] += x[i];
-    x = layerNorm(attn, rows, l.attentionNorm);
+    x = layerNormReference(attn, rows, l.attentionNorm);
     const inter = linear(x, rows, l.intermediate);
-    for (let i = 0; i < inter.length; i++) inter[i] = gelu(inter[i], c.hiddenAct === "gelu_tanh");
+    for (let i = 0; i < inter.length; i++) inter[i] = activate(inter[i], c.hiddenAct);
     const out = linear(inter, rows, l.output);
     for (let i = 0; i < out.length; i++) out[i] += x[i];
-    x = layerNorm(out, rows, l.outputNorm);
+    x = layerNormReference(out, rows, l.outputNorm);
   }
   const result: Record<string, Float64Array> = {};
   if (!w.head) {
@@ -337,18 +282,12 @@ Deno.test("writer: bad options fail with a clear message", async () => {
 });
 
 Deno.test("writer: command line --help, --json and errors", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "sparsebert-writer-cli-" });
-  const log = console.log;
-  const error = console.error;
-  const lines: string[] = [];
-  console.log = (...args: unknown[]) => lines.push(args.join(" "));
-  console.error = (...args: unknown[]) => lines.push(args.join(" "));
-  try {
-    assert.equal(await main(["--help"]), 0);
-    assert.match(lines.join("\n"), /--sparsity F/);
-    lines.length = 0;
+  await withTempDir("sparsebert-writer-cli-", async (dir) => {
+    const help = await runCaptured(main, ["--help"]);
+    assert.equal(help.code, 0);
+    assert.match(help.output, /--sparsity F/);
     const out = `${dir}/cli.onnx`;
-    const code = await main([
+    const written = await runCaptured(main, [
       "--preset",
       "bert-mini",
       "--vocab-size",
@@ -359,23 +298,19 @@ Deno.test("writer: command line --help, --json and errors", async () => {
       out,
       "--json",
     ]);
-    assert.equal(code, 0, lines.join("\n"));
-    const summary = JSON.parse(lines.join("\n"));
+    assert.equal(written.code, 0, written.output);
+    const summary = JSON.parse(written.output);
     assert.equal(summary.ok, true);
     assert.equal(summary.config.numLayers, 1);
     assert.equal(summary.config.vocabSize, 300);
     assert.equal((await Deno.stat(out)).size, summary.bytes);
-    lines.length = 0;
-    assert.equal(await main(["--opset", "9", "--out", `${dir}/x.onnx`]), 1);
-    assert.match(lines.join("\n"), /Unsupported opset 9/);
-    lines.length = 0;
-    assert.equal(await main(["--sparsity", "lots"]), 1);
-    assert.match(lines.join("\n"), /--sparsity must be a number, got "lots"/);
-  } finally {
-    console.log = log;
-    console.error = error;
-    await Deno.remove(dir, { recursive: true });
-  }
+    const opset = await runCaptured(main, ["--opset", "9", "--out", `${dir}/x.onnx`]);
+    assert.equal(opset.code, 1);
+    assert.match(opset.output, /Unsupported opset 9/);
+    const sparsity = await runCaptured(main, ["--sparsity", "lots"]);
+    assert.equal(sparsity.code, 1);
+    assert.match(sparsity.output, /--sparsity must be a number, got "lots"/);
+  });
 });
 
 Deno.test("writer: ensureTestModel writes once and reuses the cached file", async () => {

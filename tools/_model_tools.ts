@@ -1,6 +1,7 @@
 /**
  * Helpers shared by the model-tool commands (`prune`, `quantize`, `evaluate`): model path
- * resolution, calibration inputs, terminal progress and option parsing.
+ * resolution, calibration inputs, writing the output model, terminal progress and option
+ * parsing.
  *
  * @module
  */
@@ -17,6 +18,9 @@ import { writeSentenceConfig } from "../formats/sentence_config.ts";
 import { modelFiles, MODELS } from "../hub/registry.ts";
 import { BertTokenizer } from "../pipelines/tokenizer.ts";
 import type { BertWeights } from "../encoder/weights.ts";
+import { exists } from "../formats/fs.ts";
+import type { OnnxModel } from "../formats/onnx_types.ts";
+import { type OnnxModelInit, writeOnnxModel } from "../formats/onnx_write.ts";
 
 /**
  * Resolves `--model`: an `.onnx` file, a folder holding `model.onnx`, or the name of a cached
@@ -105,13 +109,19 @@ export async function calibrationBatches(
   };
 }
 
+/** A progress line on the terminal: `onProgress` redraws it, `done` clears it. */
+export interface Progress {
+  /** Shows `done` of `total` steps of `phase` (at most every 100 ms within a phase). */
+  onProgress: (phase: string, done: number, total: number) => void;
+  /** Clears the line. */
+  done: () => void;
+}
+
 /**
  * A progress callback that redraws one line on stderr when it is a terminal and `quiet` is
  * false, and does nothing otherwise. Call `done()` to end the line.
  */
-export function terminalProgress(
-  quiet: boolean,
-): { onProgress: (phase: string, done: number, total: number) => void; done: () => void } {
+export function terminalProgress(quiet: boolean): Progress {
   const enabled = !quiet && Deno.stderr.isTerminal();
   const encoder = new TextEncoder();
   let last = "";
@@ -132,6 +142,19 @@ export function terminalProgress(
       last = "";
     },
   };
+}
+
+/** Runs `fn` with a {@linkcode terminalProgress} line (none when `quiet`), cleared however it ends. */
+export async function withProgress<T>(
+  quiet: boolean,
+  fn: (progress: Progress) => Promise<T>,
+): Promise<T> {
+  const progress = terminalProgress(quiet);
+  try {
+    return await fn(progress);
+  } finally {
+    progress.done();
+  }
 }
 
 /** Parses a number option, quoting the flag and value on error. */
@@ -167,12 +190,7 @@ export async function copyTokenizer(
   const dir = output.includes("/") ? output.slice(0, output.lastIndexOf("/")) : ".";
   const srcDir = src.includes("/") ? src.slice(0, src.lastIndexOf("/")) : ".";
   const dest = `${dir}/tokenizer.json`;
-  try {
-    await Deno.stat(dest);
-    return null;
-  } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
-  }
+  if (await exists(dest)) return null;
   await Deno.copyFile(src, dest);
   // The embedding the source declares goes along as sentence-transformers files.
   const declared = await declaredEmbedding(weights.source.path);
@@ -191,6 +209,26 @@ export async function copyTokenizer(
 export async function ensureParentDir(path: string): Promise<void> {
   const i = path.lastIndexOf("/");
   if (i > 0) await Deno.mkdir(path.slice(0, i), { recursive: true });
+}
+
+/**
+ * Writes a compressed `model` to `output` (its folder created), with its tensors in
+ * `<output name>.data` beside it when the input (`input.source`) kept external data, and copies
+ * the input's tokenizer next to it ({@linkcode copyTokenizer}).
+ */
+export async function writeModelOutput(
+  output: string,
+  model: OnnxModelInit,
+  input: { source: OnnxModel; weights: BertWeights },
+): Promise<{ bytes: number; tokenizer: string | null }> {
+  await ensureParentDir(output);
+  const external = input.source.graph.initializers.some((t) => t.externalData !== null);
+  const base = output.slice(output.lastIndexOf("/") + 1);
+  const written = await writeOnnxModel(output, model, {
+    externalData: external ? { location: `${base}.data` } : undefined,
+  });
+  const tokenizer = await copyTokenizer(input.weights, output);
+  return { bytes: written.bytes + written.externalBytes, tokenizer };
 }
 
 /** Fails early (before a slow model load) when a calibration/texts file cannot be read. */

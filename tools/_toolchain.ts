@@ -1,9 +1,12 @@
 /**
  * Pinned toolchains installed into the git-ignored `.tools/` folder: Zig from PyPI (`ziglang`)
- * and a local Deno from npm. Shared by `tools/setup.ts`, `tools/build.ts` and `tools/test.ts`.
+ * and a local Deno from npm. Shared by `tools/setup.ts`, `tools/build.ts` and `tools/test.ts`;
+ * `run`, `pipInstall`, `freshVenv` and `venvSetupMain` also serve the tools that set up Python
+ * venvs.
  *
  * @module
  */
+import { flagOptions, runCommand } from "./_command.ts";
 
 /** The Zig release `build.zig` accepts. */
 export const ZIG_VERSION = "0.15.2";
@@ -50,6 +53,40 @@ export async function run(
   return out;
 }
 
+/** `python -m pip install --quiet --disable-pip-version-check ...args`, quiet unless it fails. */
+export async function pipInstall(python: string, args: string[]): Promise<void> {
+  await run(python, ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", ...args], {
+    quiet: true,
+  });
+}
+
+/** Creates an empty Python venv at `dir` with the machine's `python3`, replacing what is there. */
+export async function freshVenv(dir: string): Promise<void> {
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+  await Deno.mkdir(dir.slice(0, dir.lastIndexOf("/")), { recursive: true });
+  await run("python3", ["-m", "venv", dir], { quiet: true });
+}
+
+/**
+ * The command line of a tool that sets up a Python venv with `setup` (it returns the venv's
+ * Python): `--help`; `--json` prints one line `{"ok": true, "python": ..., ...details}` instead
+ * of progress; otherwise `ok: <python><note>` goes to stderr. Resolves to the exit code.
+ */
+export function venvSetupMain(
+  args: string[],
+  help: string,
+  setup: (log?: (line: string) => void) => Promise<string>,
+  report: { details: () => Promise<Record<string, unknown>>; note?: string },
+): Promise<number> {
+  const spec = { help, parse: { options: flagOptions("json") } };
+  return runCommand(args, spec, async ({ values }) => {
+    const python = await setup(values.json ? () => {} : undefined);
+    if (values.json) console.log(JSON.stringify({ ok: true, python, ...await report.details() }));
+    else console.error(`ok: ${python}${report.note ?? ""}`);
+    return 0;
+  });
+}
+
 /** Where streamed output goes (Deno.stdout / Deno.stderr). */
 interface Sink {
   write(data: Uint8Array): Promise<number>;
@@ -85,17 +122,7 @@ export async function ensureZig(log: (line: string) => void): Promise<string> {
   if (await zigVersion() === ZIG_VERSION) return ZIG_BIN;
   log(`Installing Zig ${ZIG_VERSION} from PyPI (ziglang) into .tools/zig ...`);
   await Deno.remove(ZIG_DIR, { recursive: true }).catch(() => {});
-  await run("python3", [
-    "-m",
-    "pip",
-    "install",
-    "--quiet",
-    "--disable-pip-version-check",
-    "--no-deps",
-    "--target",
-    ZIG_DIR,
-    `ziglang==${ZIG_VERSION}`,
-  ], { quiet: true });
+  await pipInstall("python3", ["--no-deps", "--target", ZIG_DIR, `ziglang==${ZIG_VERSION}`]);
   const version = await zigVersion();
   if (version !== ZIG_VERSION) {
     throw new Error(`Installed Zig reports version "${version}", expected ${ZIG_VERSION}`);

@@ -30,19 +30,17 @@ Options:
   --json           print one JSON object
   -h, --help       show this help`;
 
+/** The options `HELP` describes, as `parseArgs` takes them. */
+const OPTIONS = {
+  ...stringOptions("model", "out"),
+  ...flagOptions("no-autotune", "json"),
+  kernels: { type: "string", default: "auto" },
+  precision: { type: "string", default: "auto" },
+} as const;
+
 /** Runs the command. */
 export function main(args: string[]): Promise<number> {
-  return runCommand(args, {
-    help: HELP,
-    parse: {
-      options: {
-        ...stringOptions("model", "out"),
-        ...flagOptions("no-autotune", "json"),
-        kernels: { type: "string", default: "auto" },
-        precision: { type: "string", default: "auto" },
-      },
-    },
-  }, async ({ values }) => {
+  return runCommand(args, { help: HELP, parse: { options: OPTIONS } }, async ({ values }) => {
     if (values.model === undefined) throw new Error("--model is required (a file, folder or name)");
     if (values.out === undefined) throw new Error("--out is required (the .sbert file to write)");
     const log = values.json ? undefined : (line: string) => console.error(line);

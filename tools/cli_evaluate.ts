@@ -13,7 +13,7 @@ import {
   choiceOption,
   numberOption,
   resolveModelPath,
-  terminalProgress,
+  withProgress,
 } from "./_model_tools.ts";
 
 /** One-line summary. */
@@ -52,6 +52,13 @@ Options:
   --threads N           threads (default 1)
   --json                print the report as JSON (no progress)
   -h, --help            show this help`;
+
+/** The options `HELP` describes, as `parseArgs` takes them. */
+const OPTIONS = {
+  ...stringOptions("model", "variant", "texts", "pooling", "runtime", "reference-runtime"),
+  ...stringOptions("kernels", "int8-activations", "batch-size", "min-cosine", "threads"),
+  ...flagOptions("layers", "json"),
+} as const;
 
 function formatReport(r: EvaluateReport): string {
   const c = r.cosine;
@@ -96,19 +103,9 @@ function formatReport(r: EvaluateReport): string {
 
 /** Runs the command. */
 export function main(args: string[]): Promise<number> {
-  return runCommand(args, {
-    help: HELP,
-    parse: {
-      options: {
-        ...stringOptions("model", "variant", "texts", "pooling", "runtime", "reference-runtime"),
-        ...stringOptions("kernels", "int8-activations", "batch-size", "min-cosine", "threads"),
-        ...flagOptions("layers", "json"),
-      },
-    },
-  }, async ({ values }) => {
+  return runCommand(args, { help: HELP, parse: { options: OPTIONS } }, ({ values }) => {
     const json = values.json;
-    const progress = terminalProgress(json);
-    try {
+    return withProgress(json, async (progress) => {
       const pooling = choiceOption("--pooling", values.pooling, ["auto", "mean", "cls"] as const);
       const runtime = choiceOption(
         "--runtime",
@@ -158,9 +155,7 @@ export function main(args: string[]): Promise<number> {
         return 3;
       }
       return 0;
-    } finally {
-      progress.done();
-    }
+    });
   });
 }
 

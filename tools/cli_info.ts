@@ -34,6 +34,9 @@ Options:
   --json      print one JSON object
   -h, --help  show this help`;
 
+/** The options `HELP` describes, as `parseArgs` takes them. */
+const OPTIONS = flagOptions("json");
+
 /** Everything `info` reports. */
 export interface InfoReport {
   /** The CPU: model name, the features that matter here, and the raw probe's names. */
@@ -73,14 +76,7 @@ export async function info(): Promise<InfoReport> {
 
 /** Runs the command. */
 export function main(args: string[]): Promise<number> {
-  return runCommand(args, {
-    help: HELP,
-    parse: {
-      options: {
-        ...flagOptions("json"),
-      },
-    },
-  }, async ({ values }) => {
+  return runCommand(args, { help: HELP, parse: { options: OPTIONS } }, async ({ values }) => {
     const report = await info();
     if (values.json) {
       console.log(JSON.stringify(report, null, 2));

@@ -31,6 +31,14 @@ Options:
   --json      print one JSON object
   -h, --help  show this help`;
 
+/** The options `HELP` describes, as `parseArgs` takes them. */
+const OPTIONS = {
+  ...stringOptions("model"),
+  ...flagOptions("json"),
+  kernels: { type: "string", default: "auto" },
+  precision: { type: "string", default: "auto" },
+} as const;
+
 /** One linear weight in the report. */
 export interface LinearReport {
   /** Layer index, or null for the pooler and head. */
@@ -121,17 +129,7 @@ function pct(value: number): string {
 
 /** Runs the command. */
 export function main(args: string[]): Promise<number> {
-  return runCommand(args, {
-    help: HELP,
-    parse: {
-      options: {
-        ...stringOptions("model"),
-        ...flagOptions("json"),
-        kernels: { type: "string", default: "auto" },
-        precision: { type: "string", default: "auto" },
-      },
-    },
-  }, async ({ values }) => {
+  return runCommand(args, { help: HELP, parse: { options: OPTIONS } }, async ({ values }) => {
     if (values.model === undefined) throw new Error("--model is required (a file, folder or name)");
     const model = await loadModel(values.model, {
       kernels: {

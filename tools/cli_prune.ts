@@ -7,17 +7,15 @@
  */
 import { flagOptions, runCommand, stringOptions } from "./_command.ts";
 import { analyzeOnnx } from "../formats/onnx_import.ts";
-import { writeOnnxModel } from "../formats/onnx_write.ts";
 import { pruneAnalysis, type PruneReport, resolvePruneOptions } from "../compress/prune.ts";
 import {
   calibrationBatches,
   checkTextsFile,
   choiceOption,
-  copyTokenizer,
-  ensureParentDir,
   numberOption,
   resolveModelPath,
-  terminalProgress,
+  withProgress,
+  writeModelOutput,
 } from "./_model_tools.ts";
 
 /** One-line summary. */
@@ -50,6 +48,13 @@ Options:
   --json                print the report as JSON (no progress)
   -h, --help            show this help`;
 
+/** The options `HELP` describes, as `parseArgs` takes them. */
+const OPTIONS = {
+  ...stringOptions("model", "out", "sparsity", "pattern", "method", "calibration"),
+  ...stringOptions("max-texts", "threads", "obs-inputs"),
+  ...flagOptions("per-layer", "global", "json"),
+} as const;
+
 function formatReport(r: PruneReport): string {
   const lines = [
     `wrote ${r.output} (${
@@ -77,19 +82,9 @@ function formatReport(r: PruneReport): string {
 
 /** Runs the command. */
 export function main(args: string[]): Promise<number> {
-  return runCommand(args, {
-    help: HELP,
-    parse: {
-      options: {
-        ...stringOptions("model", "out", "sparsity", "pattern", "method", "calibration"),
-        ...stringOptions("max-texts", "threads", "obs-inputs"),
-        ...flagOptions("per-layer", "global", "json"),
-      },
-    },
-  }, async ({ values }) => {
+  return runCommand(args, { help: HELP, parse: { options: OPTIONS } }, ({ values }) => {
     const json = values.json;
-    const progress = terminalProgress(json);
-    try {
+    return withProgress(json, async (progress) => {
       if (values["per-layer"] && values.global) {
         throw new Error("Choose one of --per-layer and --global");
       }
@@ -139,28 +134,20 @@ export function main(args: string[]): Promise<number> {
         ...options,
         calibration: calibration?.batches,
       });
-      const external = source.graph.initializers.some((t) => t.externalData !== null);
       const output = values.out;
-      const base = output.slice(output.lastIndexOf("/") + 1);
-      await ensureParentDir(output);
-      const written = await writeOnnxModel(output, source, {
-        externalData: external ? { location: `${base}.data` } : undefined,
-      });
-      const tokenizer = await copyTokenizer(analysis.weights, output);
+      const { bytes, tokenizer } = await writeModelOutput(output, source, analysis);
       progress.done();
       const full: PruneReport & { calibration?: string; tokenizer?: string } = {
         input,
         output,
         ...report,
-        bytes: written.bytes + written.externalBytes,
+        bytes,
       };
       if (calibration) full.calibration = calibration.source;
       if (tokenizer) full.tokenizer = tokenizer;
       console.log(json ? JSON.stringify({ ok: true, ...full }, null, 2) : formatReport(full));
       return 0;
-    } finally {
-      progress.done();
-    }
+    });
   });
 }
 

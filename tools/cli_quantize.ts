@@ -9,17 +9,15 @@ import { flagOptions, runCommand, stringOptions } from "./_command.ts";
 import { OrtModel } from "../compress/calibrate.ts";
 import { poolEmbeddings } from "../compress/evaluate.ts";
 import { analyzeOnnx } from "../formats/onnx_import.ts";
-import { writeOnnxModel } from "../formats/onnx_write.ts";
 import { quantizeAnalysis, type QuantizeReport } from "../compress/quantize_model.ts";
 import {
   calibrationBatches,
   checkTextsFile,
   choiceOption,
-  copyTokenizer,
-  ensureParentDir,
   numberOption,
   resolveModelPath,
-  terminalProgress,
+  withProgress,
+  writeModelOutput,
 } from "./_model_tools.ts";
 
 /** One-line summary. */
@@ -57,6 +55,13 @@ Options:
   --threads N             ONNX Runtime threads (default 1)
   --json                  print the report as JSON (no progress)
   -h, --help              show this help`;
+
+/** The options `HELP` describes, as `parseArgs` takes them. */
+const OPTIONS = {
+  ...stringOptions("model", "out", "activations", "granularity", "weight-bits"),
+  ...stringOptions("calibration", "max-texts", "error-tokens", "threads"),
+  ...flagOptions("requantize", "no-check", "json"),
+} as const;
 
 interface CliReport extends QuantizeReport {
   calibration: string | null;
@@ -100,19 +105,9 @@ function formatReport(r: CliReport): string {
 
 /** Runs the command. */
 export function main(args: string[]): Promise<number> {
-  return runCommand(args, {
-    help: HELP,
-    parse: {
-      options: {
-        ...stringOptions("model", "out", "activations", "granularity", "weight-bits"),
-        ...stringOptions("calibration", "max-texts", "error-tokens", "threads"),
-        ...flagOptions("requantize", "no-check", "json"),
-      },
-    },
-  }, async ({ values }) => {
+  return runCommand(args, { help: HELP, parse: { options: OPTIONS } }, ({ values }) => {
     const json = values.json;
-    const progress = terminalProgress(json);
-    try {
+    return withProgress(json, async (progress) => {
       if (!values.out) throw new Error("--out is required");
       const activations = choiceOption(
         "--activations",
@@ -145,7 +140,6 @@ export function main(args: string[]): Promise<number> {
       await checkTextsFile(values.calibration);
       const input = await resolveModelPath(values.model);
       const analysis = await analyzeOnnx(input);
-      const source = analysis.source;
       const calibration = await calibrationBatches(values.calibration, analysis.weights, true, {
         maxTexts: numberOption("--max-texts", values["max-texts"]) ?? 32,
       });
@@ -160,20 +154,14 @@ export function main(args: string[]): Promise<number> {
         onProgress: progress.onProgress,
       });
       const output = values.out;
-      await ensureParentDir(output);
-      const external = source.graph.initializers.some((t) => t.externalData !== null);
-      const base = output.slice(output.lastIndexOf("/") + 1);
-      const written = await writeOnnxModel(output, model, {
-        externalData: external ? { location: `${base}.data` } : undefined,
-      });
+      const { bytes, tokenizer } = await writeModelOutput(output, model, analysis);
       const full: CliReport = {
         input,
         output,
         ...report,
-        bytes: written.bytes + written.externalBytes,
+        bytes,
         calibration: calibration?.source ?? null,
       };
-      const tokenizer = await copyTokenizer(analysis.weights, output);
       if (tokenizer) full.tokenizer = tokenizer;
       if (!values["no-check"] && calibration) {
         full.ortCheck = await ortCheck(input, output, calibration.batches.slice(0, 2), threads);
@@ -181,9 +169,7 @@ export function main(args: string[]): Promise<number> {
       progress.done();
       console.log(json ? JSON.stringify({ ok: true, ...full }, null, 2) : formatReport(full));
       return 0;
-    } finally {
-      progress.done();
-    }
+    });
   });
 }
 

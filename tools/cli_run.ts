@@ -48,6 +48,15 @@ Options:
 Errors (missing or truncated file, a graph that is not a BERT-family encoder, a text over the
 limit) print one line and exit with status 1.`;
 
+/** The options `HELP` describes, as `parseArgs` takes them. */
+const OPTIONS = {
+  ...stringOptions("model", "question", "pooling", "tokenizer", "top-k", "max-length"),
+  ...stringOptions("threads"),
+  ...flagOptions("no-normalize", "truncation", "json"),
+  task: { type: "string", default: "feature-extraction" },
+  text: { type: "string", multiple: true },
+} as const;
+
 const TASKS: PipelineTask[] = [
   "feature-extraction",
   "text-classification",
@@ -71,18 +80,7 @@ function preview(values: Float32Array, count = 6): string {
 
 /** Runs the command. */
 export function main(args: string[]): Promise<number> {
-  return runCommand(args, {
-    help: HELP,
-    parse: {
-      options: {
-        ...stringOptions("model", "question", "pooling", "tokenizer", "top-k", "max-length"),
-        ...stringOptions("threads"),
-        ...flagOptions("no-normalize", "truncation", "json"),
-        task: { type: "string", default: "feature-extraction" },
-        text: { type: "string", multiple: true },
-      },
-    },
-  }, async ({ values }) => {
+  return runCommand(args, { help: HELP, parse: { options: OPTIONS } }, async ({ values }) => {
     return await run(values);
   });
 }

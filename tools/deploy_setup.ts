@@ -8,8 +8,7 @@
  *
  * @module
  */
-import { flagOptions, runCommand } from "./_command.ts";
-import { ROOT, run } from "./_toolchain.ts";
+import { freshVenv, pipInstall, ROOT, venvSetupMain } from "./_toolchain.ts";
 
 /** The pinned requirements (the full closure, installed with --no-deps). */
 export const DEPLOY_REQUIREMENTS = `${ROOT}/tools/requirements-deploy.txt`;
@@ -88,20 +87,9 @@ export async function setupDeployValidator(
     log(`Updating ${DEPLOY_VENV} (${unmet.join(", ")}) ...`);
   } catch {
     log(`Creating ${DEPLOY_VENV} with kubernetes-validate and the KServe SDK (PyPI) ...`);
-    await Deno.remove(DEPLOY_VENV, { recursive: true }).catch(() => {});
-    await Deno.mkdir(`${ROOT}/.cache/venv`, { recursive: true });
-    await run("python3", ["-m", "venv", DEPLOY_VENV], { quiet: true });
+    await freshVenv(DEPLOY_VENV);
   }
-  await run(DEPLOY_PYTHON, [
-    "-m",
-    "pip",
-    "install",
-    "--quiet",
-    "--disable-pip-version-check",
-    "--no-deps",
-    "-r",
-    DEPLOY_REQUIREMENTS,
-  ], { quiet: true });
+  await pipInstall(DEPLOY_PYTHON, ["--no-deps", "-r", DEPLOY_REQUIREMENTS]);
   const still = await unmetPins(pins);
   if (still.length > 0) {
     throw new Error(
@@ -113,16 +101,6 @@ export async function setupDeployValidator(
 }
 
 if (import.meta.main) {
-  const spec = { help: HELP, parse: { options: flagOptions("json") } };
-  Deno.exit(
-    await runCommand(Deno.args, spec, async ({ values }) => {
-      const python = await setupDeployValidator(values.json ? () => {} : undefined);
-      if (values.json) {
-        console.log(JSON.stringify({ ok: true, python, pins: await deployPins() }));
-      } else {
-        console.error(`ok: ${python}`);
-      }
-      return 0;
-    }),
-  );
+  const details = async () => ({ pins: await deployPins() });
+  Deno.exit(await venvSetupMain(Deno.args, HELP, setupDeployValidator, { details }));
 }

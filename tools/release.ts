@@ -7,12 +7,12 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { LIBRARY_SHA256, RELEASE_VERSION } from "../ffi/checksums.ts";
 import { sha256Hex } from "../ffi/download.ts";
 import { ISA_VARIANTS, type IsaVariant, libraryFileName } from "../ffi/library.ts";
 import { ROOT } from "./_toolchain.ts";
 import { build } from "./build.ts";
+import { flagOptions, runCommand, stringOptions, UsageError } from "./_command.ts";
 
 const HELP = `Usage: deno task release --out DIR [options]
 
@@ -149,26 +149,11 @@ export async function writeRelease(options: ReleaseOptions): Promise<ReleaseRepo
   return report;
 }
 
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      out: { type: "string" },
-      pin: { type: "boolean", default: false },
-      "no-build": { type: "boolean", default: false },
-      json: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(HELP);
-    Deno.exit(0);
-  }
-  if (values.out === undefined) {
-    console.error("release: --out DIR is required (see --help)");
-    Deno.exit(2);
-  }
-  try {
+/** Runs `deno task release` with `args`; resolves to the exit code. */
+export function main(args: string[]): Promise<number> {
+  const options = { ...stringOptions("out"), ...flagOptions("pin", "no-build", "json") };
+  return runCommand(args, { help: HELP, parse: { options } }, async ({ values }) => {
+    if (values.out === undefined) throw new UsageError("--out DIR is required");
     const report = await writeRelease({
       out: values.out,
       pin: values.pin,
@@ -176,8 +161,8 @@ if (import.meta.main) {
       log: values.json ? () => {} : undefined,
     });
     if (values.json) console.log(JSON.stringify(report));
-  } catch (error) {
-    console.error(`release failed: ${(error as Error).message}`);
-    Deno.exit(1);
-  }
+    return 0;
+  });
 }
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

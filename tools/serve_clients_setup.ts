@@ -8,8 +8,7 @@
  *
  * @module
  */
-import { flagOptions, runCommand } from "./_command.ts";
-import { ROOT, run } from "./_toolchain.ts";
+import { freshVenv, pipInstall, ROOT, venvSetupMain } from "./_toolchain.ts";
 
 /** The pinned client release. */
 export const TRITONCLIENT_VERSION = "2.73.0";
@@ -61,18 +60,11 @@ export async function ensureServeClients(
     `Creating ${CLIENTS_VENV} with tritonclient[http]==${TRITONCLIENT_VERSION} and ` +
       `tei-client==${TEI_CLIENT_VERSION} ...`,
   );
-  await Deno.remove(CLIENTS_VENV, { recursive: true }).catch(() => {});
-  await Deno.mkdir(`${ROOT}/.cache/venv`, { recursive: true });
-  await run("python3", ["-m", "venv", CLIENTS_VENV], { quiet: true });
-  await run(CLIENTS_PYTHON, [
-    "-m",
-    "pip",
-    "install",
-    "--quiet",
-    "--disable-pip-version-check",
+  await freshVenv(CLIENTS_VENV);
+  await pipInstall(CLIENTS_PYTHON, [
     `tritonclient[http]==${TRITONCLIENT_VERSION}`,
     `tei-client==${TEI_CLIENT_VERSION}`,
-  ], { quiet: true });
+  ]);
   const version = await installedVersion();
   if (version !== wanted) {
     throw new Error(
@@ -83,19 +75,8 @@ export async function ensureServeClients(
 }
 
 if (import.meta.main) {
-  const spec = { help: HELP, parse: { options: flagOptions("json") } };
-  Deno.exit(
-    await runCommand(Deno.args, spec, async ({ values }) => {
-      const python = await ensureServeClients(values.json ? () => {} : undefined);
-      if (values.json) {
-        const versions = { tritonclient: TRITONCLIENT_VERSION, teiClient: TEI_CLIENT_VERSION };
-        console.log(JSON.stringify({ ok: true, python, ...versions }));
-      } else {
-        console.error(
-          `ok: ${python} (tritonclient ${TRITONCLIENT_VERSION}, tei-client ${TEI_CLIENT_VERSION})`,
-        );
-      }
-      return 0;
-    }),
-  );
+  const versions = { tritonclient: TRITONCLIENT_VERSION, teiClient: TEI_CLIENT_VERSION };
+  const note = ` (tritonclient ${TRITONCLIENT_VERSION}, tei-client ${TEI_CLIENT_VERSION})`;
+  const report = { details: () => Promise.resolve(versions), note };
+  Deno.exit(await venvSetupMain(Deno.args, HELP, ensureServeClients, report));
 }

@@ -9,7 +9,6 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import {
   cpuModel,
   cpuSupports,
@@ -20,6 +19,7 @@ import {
 } from "../ffi/library.ts";
 import { ROOT } from "./_toolchain.ts";
 import { setup } from "./setup.ts";
+import { flagOptions, runCommand, stringOptions } from "./_command.ts";
 
 const HELP = `Usage: deno task test [options] [-- deno test args]
 
@@ -80,21 +80,14 @@ async function denoTest(
   return { label, passed, failed, ok: status.success };
 }
 
-async function main(): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: Deno.args,
-    allowPositionals: true,
-    options: {
-      "no-setup": { type: "boolean", default: false },
-      quick: { type: "boolean", default: false },
-      filter: { type: "string" },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
+/** The options of {@linkcode testAll}. */
+interface TestOptions {
+  "no-setup": boolean;
+  quick: boolean;
+  filter?: string;
+}
+
+async function testAll(values: TestOptions, positionals: string[]): Promise<number> {
   if (!values["no-setup"]) await setup();
   const extra = [...(values.filter ? ["--filter", values.filter] : []), ...positionals];
   const { all, kernel } = await testFiles();
@@ -155,11 +148,16 @@ async function main(): Promise<number> {
   return results.every((r) => r.ok) ? 0 : 1;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main());
-  } catch (error) {
-    console.error(`test run failed: ${(error as Error).message}`);
-    Deno.exit(1);
-  }
+function main(args: string[]): Promise<number> {
+  const parse = {
+    allowPositionals: true,
+    options: { ...flagOptions("no-setup", "quick"), ...stringOptions("filter") },
+  };
+  return runCommand(
+    args,
+    { help: HELP, parse },
+    ({ values, positionals }) => testAll(values, positionals),
+  );
 }
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

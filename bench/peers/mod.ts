@@ -23,6 +23,7 @@
  *
  * @module
  */
+import type { LatencyStats } from "./ort_node.ts";
 
 /** The Python runtimes peer_runner.py drives. */
 export type PeerRuntime = "ort" | "openvino" | "deepsparse" | "torch";
@@ -255,25 +256,14 @@ export interface PeerOutputSummary {
   first: (number | null)[];
 }
 
-/** One measurement. Percentiles use numpy's linear interpolation, as `latencyStats`. */
-export interface PeerRunResult {
+/**
+ * One measurement: the latency statistics of `latencyStats` (numpy's linear-interpolation
+ * percentiles) over every stream's iterations (`latenciesMs` stream after stream), and more.
+ */
+export interface PeerRunResult extends LatencyStats {
   /** Timed iterations, all streams together. */
   iterations: number;
-  /** Per-iteration latencies (ms), stream after stream. */
-  latenciesMs: number[];
-  /** Median. */
-  medianMs: number;
-  /** 90th percentile. */
-  p90Ms: number;
-  /** 99th percentile. */
-  p99Ms: number;
-  /** Mean. */
-  meanMs: number;
-  /** Fastest. */
-  minMs: number;
-  /** Slowest. */
-  maxMs: number;
-  /** `batch * iterations / wall`. */
+  /** `batch * iterations / wall` (the streams run at once). */
   itemsPerS: number;
   /** Wall time of the timed part. */
   wallS: number;

@@ -1,6 +1,7 @@
 /**
  * Request-body helpers shared by the JSON routes: reading a JSON object body under the
- * server's limits, and checking text inputs and flags with errors naming the field.
+ * server's limits (and the model it names), and checking text inputs and flags with errors
+ * naming the field.
  *
  * @module
  */
@@ -14,7 +15,9 @@ import {
   requireObject,
   typeName,
 } from "../http.ts";
-import type { RouteContext } from "../state.ts";
+import type { ServeTask } from "../config.ts";
+import type { ServedModel } from "../models.ts";
+import { modelForTask, requireRoom, requireServing, type RouteContext } from "../state.ts";
 
 /**
  * Reads the request's JSON object body under the configured limits and rejects unknown keys.
@@ -34,6 +37,27 @@ export async function readJsonObject(
   const body = requireObject(parseJson(bytes), "Request body");
   rejectUnknownKeys(body, allowed);
   return body;
+}
+
+/**
+ * The start of a JSON route that runs a model: the server is serving, the body is read
+ * ({@linkcode readJsonObject} with `allowed` keys), its `"model"` names one serving `task`
+ * (logged), and that model's queue has room.
+ *
+ * @throws HttpError as those checks do (400, 404, 408, 413, 415, 429, 503).
+ */
+export async function readModelRequest(
+  context: RouteContext,
+  task: ServeTask,
+  allowed: readonly string[],
+): Promise<{ body: Record<string, unknown>; model: ServedModel }> {
+  const { state } = context;
+  requireServing(state);
+  const body = await readJsonObject(context, allowed);
+  const model = modelForTask(state, body.model, task);
+  context.log.model = model.config.name;
+  requireRoom(state, model);
+  return { body, model };
 }
 
 /**

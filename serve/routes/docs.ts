@@ -7,49 +7,38 @@
 import { jsonResponse } from "../http.ts";
 import type { Route, RouteContext } from "../state.ts";
 
-const ERROR_OPENAI = {
-  type: "object",
-  required: ["error"],
-  properties: {
-    error: {
-      type: "object",
-      required: ["message", "type"],
-      properties: {
-        message: { type: "string" },
-        type: { type: "string" },
-        param: { type: ["string", "null"], description: "The request field at fault" },
-        code: { type: "string" },
-      },
-    },
-  },
-};
+/** A JSON Schema object with these `properties` (and `required` ones). */
+function object(
+  properties: Record<string, unknown>,
+  required?: string[],
+): Record<string, unknown> {
+  return { type: "object", ...(required ? { required } : {}), properties };
+}
 
-const ERROR_V2 = {
-  type: "object",
-  required: ["error"],
-  properties: { error: { type: "string" }, param: { type: "string" } },
-};
+const ERROR_OPENAI = object({
+  error: object({
+    message: { type: "string" },
+    type: { type: "string" },
+    param: { type: ["string", "null"], description: "The request field at fault" },
+    code: { type: "string" },
+  }, ["message", "type"]),
+}, ["error"]);
+
+const ERROR_V2 = object({ error: { type: "string" }, param: { type: "string" } }, ["error"]);
 
 const TEXTS = {
   oneOf: [{ type: "string" }, { type: "array", items: { type: "string" }, minItems: 1 }],
 };
 
-const V2_TENSOR = {
-  type: "object",
-  required: ["name", "shape", "datatype"],
-  properties: {
-    name: { type: "string" },
-    shape: { type: "array", items: { type: "integer", minimum: 0 } },
-    datatype: { type: "string", enum: ["BYTES", "INT64", "INT32", "FP32"] },
-    parameters: {
-      type: "object",
-      properties: {
-        binary_data_size: { type: "integer", description: "Binary tensor data extension" },
-      },
-    },
-    data: { type: "array", description: "Row-major elements, flat or nested" },
-  },
-};
+const V2_TENSOR = object({
+  name: { type: "string" },
+  shape: { type: "array", items: { type: "integer", minimum: 0 } },
+  datatype: { type: "string", enum: ["BYTES", "INT64", "INT32", "FP32"] },
+  parameters: object({
+    binary_data_size: { type: "integer", description: "Binary tensor data extension" },
+  }),
+  data: { type: "array", description: "Row-major elements, flat or nested" },
+}, ["name", "shape", "datatype"]);
 
 function errors(style: "openai" | "v2", codes: number[]): Record<string, unknown> {
   const schema = { $ref: `#/components/schemas/${style === "v2" ? "ErrorV2" : "Error"}` };
@@ -72,11 +61,47 @@ function errors(style: "openai" | "v2", codes: number[]): Record<string, unknown
   );
 }
 
+/** A GET route that answers 200 with `description`; an `open` one needs no bearer token. */
+function getRoute(
+  summary: string,
+  description: string,
+  options: { open?: boolean } = {},
+): Record<string, unknown> {
+  const security = options.open ? { security: [] } : {};
+  return { get: { summary, ...security, responses: { "200": { description } } } };
+}
+
 const INFER_CODES = [400, 401, 404, 408, 413, 415, 422, 429, 503];
+
+/** A JSON request or response body with `schema`. */
+function json(schema: unknown): Record<string, unknown> {
+  return { content: { "application/json": { schema } } };
+}
+
+/**
+ * A POST route that runs a model: `summary` (and `details`: a description, parameters), its
+ * JSON request `body`, its 200 answer, and the errors of an inference route in `style`.
+ */
+function inferRoute(
+  style: "openai" | "v2",
+  summary: string,
+  body: Record<string, unknown>,
+  ok: { description: string; schema?: Record<string, unknown> },
+  details: Record<string, unknown> = {},
+): Record<string, unknown> {
+  const answer = { description: ok.description, ...(ok.schema ? json(ok.schema) : {}) };
+  return {
+    post: {
+      summary,
+      ...details,
+      requestBody: json(body),
+      responses: { "200": answer, ...errors(style, INFER_CODES) },
+    },
+  };
+}
 
 /** The OpenAPI document. */
 export function openApi(version: string): Record<string, unknown> {
-  const json = (schema: unknown) => ({ content: { "application/json": { schema } } });
   const modelParam = { name: "name", in: "path", required: true, schema: { type: "string" } };
   const v2Get = (summary: string) => ({
     get: {
@@ -101,143 +126,93 @@ export function openApi(version: string): Record<string, unknown> {
     },
     security: [{ bearer: [] }],
     paths: {
-      "/v1/embeddings": {
-        post: {
-          summary: "Embeddings (OpenAI-compatible)",
-          requestBody: json({
-            type: "object",
-            required: ["input"],
-            properties: {
-              input: {
-                oneOf: [
-                  ...TEXTS.oneOf,
-                  { type: "array", items: { type: "integer" }, description: "Token ids" },
-                  { type: "array", items: { type: "array", items: { type: "integer" } } },
-                ],
-              },
-              model: { type: "string", description: "Default: the first embedding model" },
-              encoding_format: { type: "string", enum: ["float", "base64"], default: "float" },
-              dimensions: { type: "integer", description: "Must equal the model's width" },
-              user: { type: "string" },
-              truncate: {
-                type: "boolean",
-                default: false,
-                description: "Cut texts over the token limit instead of answering 422",
-              },
-            },
-          }),
-          responses: {
-            "200": {
-              description: "One embedding per input",
-              ...json({
-                type: "object",
-                properties: {
-                  object: { const: "list" },
-                  data: {
-                    type: "array",
-                    items: {
-                      type: "object",
-                      properties: {
-                        object: { const: "embedding" },
-                        index: { type: "integer" },
-                        embedding: {
-                          oneOf: [
-                            { type: "array", items: { type: "number" } },
-                            { type: "string", description: "base64 of little-endian float32" },
-                          ],
-                        },
-                      },
-                    },
-                  },
-                  model: { type: "string" },
-                  usage: {
-                    type: "object",
-                    properties: {
-                      prompt_tokens: { type: "integer" },
-                      total_tokens: { type: "integer" },
-                    },
-                  },
+      "/v1/embeddings": inferRoute(
+        "openai",
+        "Embeddings (OpenAI-compatible)",
+        object({
+          input: {
+            oneOf: [
+              ...TEXTS.oneOf,
+              { type: "array", items: { type: "integer" }, description: "Token ids" },
+              { type: "array", items: { type: "array", items: { type: "integer" } } },
+            ],
+          },
+          model: { type: "string", description: "Default: the first embedding model" },
+          encoding_format: { type: "string", enum: ["float", "base64"], default: "float" },
+          dimensions: { type: "integer", description: "Must equal the model's width" },
+          user: { type: "string" },
+          truncate: {
+            type: "boolean",
+            default: false,
+            description: "Cut texts over the token limit instead of answering 422",
+          },
+        }, ["input"]),
+        {
+          description: "One embedding per input",
+          schema: object({
+            object: { const: "list" },
+            data: {
+              type: "array",
+              items: object({
+                object: { const: "embedding" },
+                index: { type: "integer" },
+                embedding: {
+                  oneOf: [
+                    { type: "array", items: { type: "number" } },
+                    { type: "string", description: "base64 of little-endian float32" },
+                  ],
                 },
               }),
             },
-            ...errors("openai", INFER_CODES),
-          },
-        },
-      },
-      "/v1/models": {
-        get: {
-          summary: "Served models (OpenAI-compatible)",
-          responses: { "200": { description: "OK" } },
-        },
-      },
-      "/v1/text-classification": {
-        post: {
-          summary: "Text classification",
-          requestBody: json({
-            type: "object",
-            required: ["input"],
-            properties: {
-              input: TEXTS,
-              model: { type: "string" },
-              top_k: { type: "integer", minimum: 1, default: 1 },
-              truncate: { type: "boolean", default: false },
-            },
+            model: { type: "string" },
+            usage: object({
+              prompt_tokens: { type: "integer" },
+              total_tokens: { type: "integer" },
+            }),
           }),
-          responses: {
-            "200": { description: "label, score and the top_k labels per text" },
-            ...errors("openai", INFER_CODES),
-          },
         },
-      },
-      "/v1/question-answering": {
-        post: {
-          summary: "Extractive question answering",
-          requestBody: json({
-            type: "object",
-            properties: {
-              question: { type: "string" },
-              context: { type: "string" },
-              inputs: {
-                type: "array",
-                items: {
-                  type: "object",
-                  required: ["question", "context"],
-                  properties: { question: { type: "string" }, context: { type: "string" } },
-                },
-              },
-              model: { type: "string" },
-            },
-          }),
-          responses: {
-            "200": {
-              description: "answer, score, tokenStart, tokenEnd (context word pieces) per pair",
-            },
-            ...errors("openai", INFER_CODES),
+      ),
+      "/v1/models": getRoute("Served models (OpenAI-compatible)", "OK"),
+      "/v1/text-classification": inferRoute(
+        "openai",
+        "Text classification",
+        object({
+          input: TEXTS,
+          model: { type: "string" },
+          top_k: { type: "integer", minimum: 1, default: 1 },
+          truncate: { type: "boolean", default: false },
+        }, ["input"]),
+        { description: "label, score and the top_k labels per text" },
+      ),
+      "/v1/question-answering": inferRoute(
+        "openai",
+        "Extractive question answering",
+        object({
+          question: { type: "string" },
+          context: { type: "string" },
+          inputs: {
+            type: "array",
+            items: object({ question: { type: "string" }, context: { type: "string" } }, [
+              "question",
+              "context",
+            ]),
           },
-        },
-      },
-      "/v1/token-classification": {
-        post: {
-          summary: "Token classification (NER)",
-          requestBody: json({
-            type: "object",
-            required: ["input"],
-            properties: {
-              input: TEXTS,
-              model: { type: "string" },
-              truncate: { type: "boolean", default: false },
-            },
-          }),
-          responses: {
-            "200": { description: "entities per text" },
-            ...errors("openai", INFER_CODES),
-          },
-        },
-      },
-      "/v2": { get: { summary: "Server metadata", responses: { "200": { description: "OK" } } } },
-      "/v2/health/live": {
-        get: { summary: "Liveness", security: [], responses: { "200": { description: "Live" } } },
-      },
+          model: { type: "string" },
+        }),
+        { description: "answer, score, tokenStart, tokenEnd (context word pieces) per pair" },
+      ),
+      "/v1/token-classification": inferRoute(
+        "openai",
+        "Token classification (NER)",
+        object({
+          input: TEXTS,
+          model: { type: "string" },
+          truncate: { type: "boolean", default: false },
+        }, ["input"]),
+        { description: "entities per text" },
+      ),
+      "/v2": getRoute("Server metadata", "OK"),
+      "/v2/health/live": getRoute("Liveness", "Live", { open: true }),
       "/v2/health/ready": {
         get: {
           summary: "Readiness",
@@ -251,75 +226,44 @@ export function openApi(version: string): Record<string, unknown> {
       "/v2/models/{name}": v2Get("Model metadata (inputs, outputs, task, loaded file)"),
       "/v2/models/{name}/ready": v2Get("Model readiness"),
       "/v2/models/{name}/config": v2Get("Model configuration (Triton extension)"),
-      "/v2/models/{name}/infer": {
-        post: {
-          summary: "Inference (KServe v2; also /v2/models/{name}/versions/1/infer)",
+      "/v2/models/{name}/infer": inferRoute(
+        "v2",
+        "Inference (KServe v2; also /v2/models/{name}/versions/1/infer)",
+        object({
+          id: { type: "string" },
+          parameters: object({
+            truncate: { type: "boolean" },
+            binary_data_output: { type: "boolean" },
+          }),
+          inputs: { type: "array", items: { $ref: "#/components/schemas/V2Tensor" } },
+          outputs: {
+            type: "array",
+            items: object({
+              name: { type: "string" },
+              parameters: object({ binary_data: { type: "boolean" } }),
+            }),
+          },
+        }, ["inputs"]),
+        {
+          description: "model_name, model_version, id, outputs",
+          schema: object({
+            model_name: { type: "string" },
+            model_version: { type: "string" },
+            id: { type: "string" },
+            outputs: { type: "array", items: { $ref: "#/components/schemas/V2Tensor" } },
+          }),
+        },
+        {
           description: "JSON, or Triton's binary tensor data extension: the JSON header, " +
             "then raw tensors, with the header's length in `Inference-Header-Content-Length`. " +
             "BYTES elements in binary form are a 4-byte little-endian length and the UTF-8 " +
             "bytes. `parameters.truncate: true` cuts over-long texts.",
           parameters: [modelParam],
-          requestBody: json({
-            type: "object",
-            required: ["inputs"],
-            properties: {
-              id: { type: "string" },
-              parameters: {
-                type: "object",
-                properties: {
-                  truncate: { type: "boolean" },
-                  binary_data_output: { type: "boolean" },
-                },
-              },
-              inputs: { type: "array", items: { $ref: "#/components/schemas/V2Tensor" } },
-              outputs: {
-                type: "array",
-                items: {
-                  type: "object",
-                  properties: {
-                    name: { type: "string" },
-                    parameters: {
-                      type: "object",
-                      properties: { binary_data: { type: "boolean" } },
-                    },
-                  },
-                },
-              },
-            },
-          }),
-          responses: {
-            "200": {
-              description: "model_name, model_version, id, outputs",
-              ...json({
-                type: "object",
-                properties: {
-                  model_name: { type: "string" },
-                  model_version: { type: "string" },
-                  id: { type: "string" },
-                  outputs: { type: "array", items: { $ref: "#/components/schemas/V2Tensor" } },
-                },
-              }),
-            },
-            ...errors("v2", INFER_CODES),
-          },
         },
-      },
-      "/metrics": {
-        get: {
-          summary: "Prometheus metrics",
-          responses: { "200": { description: "text/plain; version=0.0.4" } },
-        },
-      },
-      "/openapi.json": {
-        get: {
-          summary: "This document",
-          security: [],
-          responses: { "200": { description: "OK" } },
-        },
-      },
-      "/docs": {
-        get: { summary: "Docs page", security: [], responses: { "200": { description: "HTML" } } },
-      },
+      ),
+      "/metrics": getRoute("Prometheus metrics", "text/plain; version=0.0.4"),
+      "/openapi.json": getRoute("This document", "OK", { open: true }),
+      "/docs": getRoute("Docs page", "HTML", { open: true }),
     },
   };
 }

@@ -8,14 +8,8 @@
 import { l2NormalizeRows } from "../../ops/pooling.ts";
 import { HttpError, jsonResponse, quote, typeName } from "../http.ts";
 import type { TokenRow } from "../models.ts";
-import {
-  modelForTask,
-  requireRoom,
-  requireServing,
-  type Route,
-  type RouteContext,
-} from "../state.ts";
-import { checkCount, optionalInt, readJsonObject, truncationOf } from "./_input.ts";
+import type { Route, RouteContext } from "../state.ts";
+import { checkCount, optionalInt, readModelRequest, truncationOf } from "./_input.ts";
 
 const EMBEDDING_KEYS = [
   "input",
@@ -130,12 +124,7 @@ export function parseInput(value: unknown, maxInputs: number, param = "input"): 
 }
 
 async function embeddings(context: RouteContext): Promise<Response> {
-  const { state } = context;
-  requireServing(state);
-  const body = await readJsonObject(context, EMBEDDING_KEYS);
-  const model = modelForTask(state, body.model, "feature-extraction");
-  context.log.model = model.config.name;
-  requireRoom(state, model);
+  const { body, model } = await readModelRequest(context, "feature-extraction", EMBEDDING_KEYS);
   const format = body.encoding_format ?? "float";
   if (format !== "float" && format !== "base64") {
     throw new HttpError(
@@ -152,7 +141,7 @@ async function embeddings(context: RouteContext): Promise<Response> {
     });
   }
   const { truncate, direction } = truncationOf(context, body);
-  const input = parseInput(body.input, state.config.limits.maxInputs);
+  const input = parseInput(body.input, context.state.config.limits.maxInputs);
   let rows: TokenRow[];
   if (input.kind === "texts") {
     rows = await model.tokenize(input.texts, {

@@ -6,30 +6,44 @@
  */
 import type { QaPair } from "../backend.ts";
 import { HttpError, jsonResponse, typeName } from "../http.ts";
-import {
-  modelForTask,
-  requireRoom,
-  requireServing,
-  type Route,
-  type RouteContext,
-} from "../state.ts";
-import { checkCount, optionalBool, optionalInt, readJsonObject, textList } from "./_input.ts";
+import type { ServedModel } from "../models.ts";
+import type { Route, RouteContext } from "../state.ts";
+import { checkCount, optionalBool, optionalInt, readModelRequest, textList } from "./_input.ts";
 
-async function textClassification(context: RouteContext): Promise<Response> {
-  const { state } = context;
-  requireServing(state);
-  const body = await readJsonObject(context, ["model", "input", "top_k", "truncate"]);
-  const model = modelForTask(state, body.model, "text-classification");
-  context.log.model = model.config.name;
-  requireRoom(state, model);
-  const classes = model.info.labels?.length ?? model.info.hiddenSize;
-  const topK = optionalInt(body, "top_k", { min: 1, max: classes, dflt: 1 });
+/** The body fields each task route takes. */
+const CLASSIFY_KEYS = ["model", "input", "top_k", "truncate"];
+const QA_KEYS = ["model", "question", "context", "inputs", "truncate"];
+const TOKEN_KEYS = ["model", "input", "truncate"];
+
+/**
+ * The `"input"` texts of a text route (one string or an array), checked against the model's
+ * limits under the body's `"truncate"`; their token counts logged.
+ */
+async function inputTexts(
+  context: RouteContext,
+  body: Record<string, unknown>,
+  model: ServedModel,
+): Promise<{ texts: string[]; lengths: number[] }> {
   const truncate = optionalBool(body, "truncate", context.state.config.autoTruncate);
   if (body.input === undefined) throw new HttpError(400, `"input" is required`, { param: "input" });
-  const { texts, single } = textList(body.input, "input", state.config.limits.maxInputs);
+  const maxInputs = context.state.config.limits.maxInputs;
+  const { texts, single } = textList(body.input, "input", maxInputs);
   const lengths = await model.checkTexts(texts, { truncate, param: "input", single });
-  context.log.inputs = texts.length;
+  logTokens(context, lengths);
+  return { texts, lengths };
+}
+
+/** Logs the inputs of a request and their tokens. */
+function logTokens(context: RouteContext, lengths: number[]): void {
+  context.log.inputs = lengths.length;
   context.log.tokens = lengths.reduce((s, n) => s + n, 0);
+}
+
+async function textClassification(context: RouteContext): Promise<Response> {
+  const { body, model } = await readModelRequest(context, "text-classification", CLASSIFY_KEYS);
+  const classes = model.info.labels?.length ?? model.info.hiddenSize;
+  const topK = optionalInt(body, "top_k", { min: 1, max: classes, dflt: 1 });
+  const { texts, lengths } = await inputTexts(context, body, model);
   const results = await model.classify(texts, lengths, context.signal);
   return jsonResponse({
     object: "list",
@@ -93,24 +107,12 @@ function qaPairs(body: Record<string, unknown>, maxInputs: number): QaPair[] {
 }
 
 async function questionAnswering(context: RouteContext): Promise<Response> {
-  const { state } = context;
-  requireServing(state);
-  const body = await readJsonObject(context, [
-    "model",
-    "question",
-    "context",
-    "inputs",
-    "truncate",
-  ]);
-  const model = modelForTask(state, body.model, "question-answering");
-  context.log.model = model.config.name;
-  requireRoom(state, model);
+  const { body, model } = await readModelRequest(context, "question-answering", QA_KEYS);
   const truncate = optionalBool(body, "truncate", context.state.config.autoTruncate);
-  const pairs = qaPairs(body, state.config.limits.maxInputs);
+  const pairs = qaPairs(body, context.state.config.limits.maxInputs);
   const single = body.inputs === undefined;
   const lengths = await model.checkPairs(pairs, { truncate, param: "inputs", single });
-  context.log.inputs = pairs.length;
-  context.log.tokens = lengths.reduce((s, n) => s + n, 0);
+  logTokens(context, lengths);
   const answers = await model.answer(pairs, lengths, context.signal);
   return jsonResponse({
     object: "list",
@@ -120,18 +122,8 @@ async function questionAnswering(context: RouteContext): Promise<Response> {
 }
 
 async function tokenClassification(context: RouteContext): Promise<Response> {
-  const { state } = context;
-  requireServing(state);
-  const body = await readJsonObject(context, ["model", "input", "truncate"]);
-  const model = modelForTask(state, body.model, "token-classification");
-  context.log.model = model.config.name;
-  requireRoom(state, model);
-  const truncate = optionalBool(body, "truncate", context.state.config.autoTruncate);
-  if (body.input === undefined) throw new HttpError(400, `"input" is required`, { param: "input" });
-  const { texts, single } = textList(body.input, "input", state.config.limits.maxInputs);
-  const lengths = await model.checkTexts(texts, { truncate, param: "input", single });
-  context.log.inputs = texts.length;
-  context.log.tokens = lengths.reduce((s, n) => s + n, 0);
+  const { body, model } = await readModelRequest(context, "token-classification", TOKEN_KEYS);
+  const { texts, lengths } = await inputTexts(context, body, model);
   const results = await model.classifyTokens(texts, lengths, context.signal);
   return jsonResponse({
     object: "list",

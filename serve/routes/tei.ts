@@ -73,15 +73,14 @@ function servingModel(context: RouteContext, task: ServeTask): ServedModel {
   return model;
 }
 
+/** The body fields of the routes that take more than a few. */
+const EMBED_KEYS = ["inputs", "normalize", "prompt_name", "dimensions", ...TRUNCATION_KEYS];
+const EMBED_ALL_KEYS = ["inputs", "prompt_name", "normalize", ...TRUNCATION_KEYS];
+const RERANK_KEYS = ["query", "texts", "raw_scores", "return_text", ...TRUNCATION_KEYS];
+
 async function embed(context: RouteContext): Promise<Response> {
   const model = servingModel(context, "feature-extraction");
-  const body = await readJsonObject(context, [
-    "inputs",
-    "normalize",
-    "prompt_name",
-    "dimensions",
-    ...TRUNCATION_KEYS,
-  ]);
+  const body = await readJsonObject(context, EMBED_KEYS);
   const normalize = optionalBool(body, "normalize", true);
   const width = model.info.hiddenSize;
   const dimensions = optionalInt(body, "dimensions", { min: 1, max: width, dflt: width });
@@ -95,12 +94,7 @@ async function embed(context: RouteContext): Promise<Response> {
 async function embedAll(context: RouteContext): Promise<Response> {
   const model = servingModel(context, "feature-extraction");
   // `normalize` is accepted and ignored, as TEI does (clients send it; token vectors are raw).
-  const body = await readJsonObject(context, [
-    "inputs",
-    "prompt_name",
-    "normalize",
-    ...TRUNCATION_KEYS,
-  ]);
+  const body = await readJsonObject(context, EMBED_ALL_KEYS);
   const rows = await embeddingRows(context, model, body, truncationOf(context, body));
   context.log.inputs = rows.length;
   const result = await model.embedRows(
@@ -224,13 +218,7 @@ async function predict(context: RouteContext): Promise<Response> {
 
 async function rerank(context: RouteContext): Promise<Response> {
   const model = servingModel(context, "text-classification");
-  const body = await readJsonObject(context, [
-    "query",
-    "texts",
-    "raw_scores",
-    "return_text",
-    ...TRUNCATION_KEYS,
-  ]);
+  const body = await readJsonObject(context, RERANK_KEYS);
   if ((model.info.labels?.length ?? 0) !== 1) {
     throw new HttpError(
       400,

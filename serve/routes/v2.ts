@@ -233,6 +233,14 @@ async function runTask(
   const { truncate, maxInputs } = options;
   const signal = context.signal;
   const task: ServeTask = model.config.task;
+  /** The `"text"` input of the text tasks, checked against the model's limits. */
+  const textTensor = async (): Promise<{ texts: string[]; lengths: number[] }> => {
+    const inputs = inputByName(model, request, ["text"]);
+    const texts = textInput(inputs.get("text"), "text", maxInputs);
+    const lengths = await model.checkTexts(texts, { truncate, param: "text", single: false });
+    context.log.inputs = texts.length;
+    return { texts, lengths };
+  };
   switch (task) {
     case "feature-extraction": {
       const inputs = inputByName(
@@ -267,10 +275,7 @@ async function runTask(
       return [{ name: "embedding", datatype: "FP32", shape: [rows.length, hidden], data }];
     }
     case "text-classification": {
-      const inputs = inputByName(model, request, ["text"]);
-      const texts = textInput(inputs.get("text"), "text", maxInputs);
-      const lengths = await model.checkTexts(texts, { truncate, param: "text", single: false });
-      context.log.inputs = texts.length;
+      const { texts, lengths } = await textTensor();
       const results = await model.classify(texts, lengths, signal);
       const labels = model.info.labels ?? results[0].map((r) => r.label);
       const probabilities = new Float32Array(texts.length * labels.length);
@@ -337,10 +342,7 @@ async function runTask(
       ];
     }
     case "token-classification": {
-      const inputs = inputByName(model, request, ["text"]);
-      const texts = textInput(inputs.get("text"), "text", maxInputs);
-      const lengths = await model.checkTexts(texts, { truncate, param: "text", single: false });
-      context.log.inputs = texts.length;
+      const { texts, lengths } = await textTensor();
       const results = await model.classifyTokens(texts, lengths, signal);
       return [{
         name: "entities",

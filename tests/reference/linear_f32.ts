@@ -37,12 +37,26 @@ export function activate(x: number, activation: "none" | "gelu" | "gelu_tanh"): 
   }
 }
 
+/** A linear's fp32 weight `[out, in]` and bias, as the references take it. */
+export interface RefLinearWeight {
+  out: number;
+  in: number;
+  weight: Float32Array;
+  bias?: Float32Array | null;
+}
+
+/** The epilogue of the fp32 references: activation, then a residual `[m, out]` added. */
+export interface RefEpilogue {
+  activation?: "none" | "gelu" | "gelu_tanh";
+  residual?: Float32Array;
+}
+
 /** Reference dense linear over `[m, k]` x `[n, k]`^T. */
 export function linearReference(
   x: Float32Array,
   m: number,
-  weight: { out: number; in: number; weight: Float32Array; bias?: Float32Array | null },
-  options: { activation?: "none" | "gelu" | "gelu_tanh"; residual?: Float32Array } = {},
+  weight: RefLinearWeight,
+  options: RefEpilogue = {},
 ): Float64Array {
   const { out: n, in: k } = weight;
   const y = new Float64Array(m * n);

@@ -4,14 +4,14 @@
  *
  * @module
  */
-import { activate } from "./linear_f32.ts";
+import { activate, type RefEpilogue, type RefLinearWeight } from "./linear_f32.ts";
 
 /** Reference sparse linear over x [m, k] and the non-zeros of w [n, k]. */
 export function spmmF32Reference(
   x: Float32Array,
   m: number,
-  weight: { out: number; in: number; weight: Float32Array; bias?: Float32Array | null },
-  options: { activation?: "none" | "gelu" | "gelu_tanh"; residual?: Float32Array } = {},
+  weight: RefLinearWeight,
+  options: RefEpilogue = {},
 ): Float64Array {
   const { out: n, in: k } = weight;
   // CSR of the weight.

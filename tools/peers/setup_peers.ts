@@ -23,7 +23,8 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
+import { flagOptions, runCommand, stringOptions, UsageError } from "../_command.ts";
+import { exists } from "../../formats/fs.ts";
 import {
   DEFAULT_VENV_ROOT,
   PEER_RUNTIMES,
@@ -80,16 +81,6 @@ interface Options {
 
 function progress(venv: string, message: string): void {
   console.error(`[${venv}] ${message}`);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
 }
 
 interface Captured {
@@ -235,30 +226,27 @@ async function checkRuntime(runtime: PeerRuntime, venvRoot: string): Promise<Pee
   }
 }
 
-function parseOptions(args: string[]): Options | "help" {
-  const { values } = parseArgs({
-    args,
-    options: {
-      only: { type: "string", default: "peers,deepsparse" },
-      torch: { type: "boolean", default: false },
-      force: { type: "boolean", default: false },
-      "no-check": { type: "boolean", default: false },
-      python: { type: "string" },
-      "venv-root": { type: "string", default: DEFAULT_VENV_ROOT },
-      strict: { type: "boolean", default: false },
-      json: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-  if (values.help) return "help";
+/** The command line's options, as `parseArgs` gives them. */
+interface Values {
+  only: string;
+  torch: boolean;
+  force: boolean;
+  "no-check": boolean;
+  python?: string;
+  "venv-root": string;
+  strict: boolean;
+  json: boolean;
+}
+
+function toOptions(values: Values): Options {
   const only = values.only.split(",").map((s) => s.trim()).filter((s) => s !== "");
   for (const v of only) {
     if (v !== "peers" && v !== "deepsparse") {
-      throw new Error(`Unknown venv '${v}' in --only, expected peers or deepsparse`);
+      throw new UsageError(`Unknown venv '${v}' in --only, expected peers or deepsparse`);
     }
   }
   if (values.torch && !only.includes("peers")) {
-    throw new Error("--torch installs into the peers venv: add peers to --only");
+    throw new UsageError("--torch installs into the peers venv: add peers to --only");
   }
   return {
     only: only as PeerVenv[],
@@ -343,18 +331,21 @@ export async function setupPeers(options: Options): Promise<PeerSetupStatus> {
 }
 
 /** Runs the command line; returns the exit code. */
-export async function main(args: string[]): Promise<number> {
-  let options: Options | "help";
-  try {
-    options = parseOptions(args);
-  } catch (err) {
-    console.error(`error: ${(err as Error).message}\n\n${HELP}`);
-    return 2;
-  }
-  if (options === "help") {
-    console.log(HELP);
-    return 0;
-  }
+export function main(args: string[]): Promise<number> {
+  const options = {
+    ...stringOptions("python"),
+    ...flagOptions("torch", "force", "no-check", "strict", "json"),
+    only: { type: "string", default: "peers,deepsparse" },
+    "venv-root": { type: "string", default: DEFAULT_VENV_ROOT },
+  } as const;
+  return runCommand(
+    args,
+    { help: HELP, parse: { options } },
+    ({ values }) => run(toOptions(values)),
+  );
+}
+
+async function run(options: Options): Promise<number> {
   const status = await setupPeers(options);
   if (options.json) console.log(JSON.stringify(status, null, 2));
   else {
