@@ -256,6 +256,16 @@ fn status(err: anyerror) i32 {
     };
 }
 
+/// An int8 kernel's output code with its u8 requantization, checked: null for an unknown code,
+/// or for a u8 output whose scale, zero point or qmax the kernels cannot take.
+fn int8Output(output: u32, out_scale: f32, out_zero: i32, out_qmax: u32) ?struct { output: int8.Output, requant: int8.Requant } {
+    const out = enumCode(int8.Output, output) orelse return null;
+    const bad_u8 = !(out_scale > 0) or !std.math.isFinite(out_scale) or (out_qmax != 127 and out_qmax != 255) or
+        out_zero < 0 or out_zero > out_qmax;
+    if (out == .u8 and bad_u8) return null;
+    return .{ .output = out, .requant = .{ .inv_scale = 1 / out_scale, .zero = out_zero, .qmax = @intCast(@min(out_qmax, 255)) } };
+}
+
 fn enumCode(comptime E: type, code: u32) ?E {
     inline for (std.meta.fields(E)) |f| if (f.value == code) return @enumFromInt(code);
     return null;
@@ -357,9 +367,7 @@ export fn sb_spmm_i8(
     activation: u32,
 ) i32 {
     if (m == 0) return -3;
-    if (output == @intFromEnum(int8.Output.u8) and
-        (!(out_scale > 0) or !std.math.isFinite(out_scale) or (out_qmax != 127 and out_qmax != 255) or
-            out_zero < 0 or out_zero > out_qmax)) return -3;
+    const target = int8Output(output, out_scale, out_zero, out_qmax) orelse return -3;
     const args = spmm_i8.Args{
         .w = sparse_format.view(blob, blob_len) catch |e| return status(e),
         .x = packed_x,
@@ -368,8 +376,8 @@ export fn sb_spmm_i8(
         .x_zero = x_zero,
         .residual = residual,
         .y = y,
-        .output = enumCode(int8.Output, output) orelse return -3,
-        .requant = .{ .inv_scale = 1 / out_scale, .zero = out_zero, .qmax = @intCast(@min(out_qmax, 255)) },
+        .output = target.output,
+        .requant = target.requant,
         .activation = enumCode(vmath.Activation, activation) orelse return -3,
     };
     spmm_i8.forward(&args);
@@ -446,9 +454,7 @@ export fn sb_gemm_i8(
 ) i32 {
     // 0: the kernels' own codes (up to `sb_int8_act_max`); 1: ONNX Runtime's u8 numerics.
     if (numerics > 1) return -3;
-    if (output == @intFromEnum(int8.Output.u8) and
-        (!(out_scale > 0) or !std.math.isFinite(out_scale) or (out_qmax != 127 and out_qmax != 255) or
-            out_zero < 0 or out_zero > out_qmax)) return -3;
+    const target = int8Output(output, out_scale, out_zero, out_qmax) orelse return -3;
     const w = gemm_i8.view(blob, blob_len) catch |e| return status(e);
     // Rows of whole 4-byte groups, zero-padded past k (`sb_quantize_rows` with ldq from k).
     if (m == 0 or ldx % 4 != 0 or ldx < 4 * @as(usize, w.header.k4)) return -3;
@@ -461,8 +467,8 @@ export fn sb_gemm_i8(
         .x_zero = x_zero,
         .residual = residual,
         .y = y,
-        .output = enumCode(int8.Output, output) orelse return -3,
-        .requant = .{ .inv_scale = 1 / out_scale, .zero = out_zero, .qmax = @intCast(@min(out_qmax, 255)) },
+        .output = target.output,
+        .requant = target.requant,
         .activation = enumCode(vmath.Activation, activation) orelse return -3,
         .ort_numerics = numerics == 1,
     };

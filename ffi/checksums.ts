@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "76492de818b963048374eef742539bfc183806792a5a6dd288a1227b58b7d2f4",
-  avx2: "4c72a145013fc4971643f1099db7debcf9113946c4b3320168cf87bdaea4da5a",
-  avx512vnni: "2174e55d9bccdbd63bbe2ddef6735dcf04dc0e60724990cf187f63bfe610b72a",
+  baseline: "6d3b198a67beb30fdac09a6223463123fb7fc1d997b18080bbed2f0c22ddd70e",
+  avx2: "ff5634b2c3113d13f6824e4d58c8bd30e12a9f73d04bfc7af4cd15156556354c",
+  avx512vnni: "f7dae153e5876f6a9bce5018adc81919c3f6235a86698b8c39a7f2567c6c267c",
 };
