@@ -40,7 +40,8 @@ Options:
                         Runtime) | sparsebert | ort
   --kernels K           sparsebert runtime: auto (default: int8 kernels for int8 weights,
                         dense fp32 otherwise) | fp32 (dequantized weights on dense fp32)
-  --int8-activations A  per-token (default: 7-bit, one range per token) | ort (ONNX
+  --int8-activations A  per-token (default: the kernels' codes, 7-bit, or 8-bit with AVX-512
+                        VNNI, one range per token) | ort (ONNX
                         Runtime's u8 per-tensor numerics for quantize_dynamic layers, to
                         reproduce ORT's output on the same file)
   --reference-runtime R runtime for A only: sparsebert | ort (default: --runtime); with

@@ -32,8 +32,9 @@ linear's error (max abs and relative) on calibration inputs against fp32, and ch
 Runtime runs the output.
 
 Schemes (none saturates the int16 pair sums of AVX2 u8 x s8 kernels):
-  dynamic, per-token (default)  u7 activations per token, 8-bit weights (sparsebert's kernels'
-                                default; written with standard ONNX ops + MatMulInteger)
+  dynamic, per-token (default)  u7 activations per token, 8-bit weights (written with standard
+                                ONNX ops + MatMulInteger so every runtime computes the same;
+                                sparsebert runs them with its kernels' codes: 8-bit on VNNI)
   dynamic, per-tensor           ORT quantize_dynamic layout (DynamicQuantizeLinear +
                                 MatMulInteger), u8 activations, 7-bit weights
   static                        calibrated u8 scales, 7-bit weights; QDQ at opset >= 13,
