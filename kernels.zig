@@ -147,65 +147,33 @@ export fn sb_attention_scratch_len(seq: usize, head_size: usize, threads: usize,
     };
 }
 
-export fn sb_attention(
-    q: [*]const f32,
-    k: [*]const f32,
-    v: [*]const f32,
-    ld: usize,
-    mask: [*]const u8,
-    mask_value: f32,
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    head_size: usize,
-    scale: f32,
-    out: [*]f32,
-    ld_out: usize,
-    scratch: [*]f32,
-    scratch_len: usize,
-    precision: u32,
-) i32 {
+export fn sb_attention(problem: *const attention.Problem, scratch: [*]f32, scratch_len: usize, precision: u32) i32 {
     const p = enumCode(AttentionPrecision, precision) orelse return -3;
-    if (batch == 0 or heads == 0 or !attentionShapeOk(seq, head_size)) return -3;
-    if (ld < heads * head_size or ld_out < heads * head_size) return -3;
-    if (!std.math.isFinite(mask_value) or !std.math.isFinite(scale)) return -3;
-    if (scratch_len < sb_attention_scratch_len(seq, head_size, 1, precision)) return status(error.BufferTooSmall);
-    const problem = attention.Problem{ .q = q, .k = k, .v = v, .ld = ld, .mask = mask, .mask_value = mask_value, .batch = batch, .seq = seq, .heads = heads, .head_size = head_size, .scale = scale, .out = out, .ld_out = ld_out };
+    const width = problem.heads * problem.head_size;
+    if (problem.batch == 0 or problem.heads == 0 or !attentionShapeOk(problem.seq, problem.head_size)) return -3;
+    if (problem.ld < width or problem.ld_out < width) return -3;
+    if (!std.math.isFinite(problem.mask_value) or !std.math.isFinite(problem.scale)) return -3;
+    if (scratch_len < sb_attention_scratch_len(problem.seq, problem.head_size, 1, precision)) return status(error.BufferTooSmall);
     switch (p) {
-        .f32 => attention.forward(&problem, scratch, scratch_len),
+        .f32 => attention.forward(problem, scratch, scratch_len),
         .int8 => {
             if (@intFromPtr(scratch) % 64 != 0) return -3;
-            attention_i8.forward(&problem, @alignCast(scratch), scratch_len);
+            attention_i8.forward(problem, @alignCast(scratch), scratch_len);
         },
     }
     return 0;
 }
 
-export fn sb_embeddings(
-    input_ids: [*]const i32,
-    token_type_ids: ?[*]const i32,
-    batch: usize,
-    seq: usize,
-    word: [*]const f32,
-    vocab: usize,
-    position: [*]const f32,
-    max_positions: usize,
-    token_type: ?[*]const f32,
-    type_vocab: usize,
-    gamma: [*]const f32,
-    beta: [*]const f32,
-    eps: f32,
-    hidden: usize,
-    out: [*]f32,
-) i32 {
-    if (!positive(.{ batch, seq, hidden, vocab }) or seq > max_positions) return -3;
-    if ((token_type == null) != (type_vocab == 0) or (token_type_ids != null and token_type == null)) return -3;
-    if (!(eps >= 0) or !std.math.isFinite(eps)) return -3;
+export fn sb_embeddings(call: *const embeddings.Call) i32 {
+    if (!positive(.{ call.batch, call.seq, call.hidden, call.vocab }) or call.seq > call.max_positions) return -3;
+    if ((call.token_type == null) != (call.type_vocab == 0)) return -3;
+    if (call.token_type_ids != null and call.token_type == null) return -3;
+    if (!(call.eps >= 0) or !std.math.isFinite(call.eps)) return -3;
     // Ids index the tables: one out of range would read past them (-7).
-    const rows = batch * seq;
-    for (input_ids[0..rows]) |id| if (id < 0 or id >= vocab) return -7;
-    if (token_type_ids) |ids| for (ids[0..rows]) |id| if (id < 0 or id >= type_vocab) return -7;
-    embeddings.forward(input_ids, token_type_ids, batch, seq, word, vocab, position, max_positions, token_type, type_vocab, gamma, beta, eps, hidden, out);
+    const rows = call.batch * call.seq;
+    for (call.input_ids[0..rows]) |id| if (id < 0 or id >= call.vocab) return -7;
+    if (call.token_type_ids) |ids| for (ids[0..rows]) |id| if (id < 0 or id >= call.type_vocab) return -7;
+    embeddings.forward(call);
     return 0;
 }
 
@@ -351,34 +319,43 @@ export fn sb_spmm_i8_unpack(blob: [*]align(64) u8, blob_len: usize, q: [*]i8, sc
     return 0;
 }
 
-export fn sb_spmm_i8(
-    blob: [*]align(64) u8,
-    blob_len: usize,
-    packed_x: [*]const u8,
-    m: usize,
+/// What `sb_gemm_i8` and `sb_spmm_i8` read besides the weights and activations: the
+/// activations' per-token parameters, the residual, the output and its epilogue. An `extern
+/// struct` (`ffi/structs.ts` INT8_CALL writes it).
+const Int8Call = extern struct {
     x_scale: [*]const f32,
     x_zero: [*]const i32,
+    /// Token-major [m, n] fp32 added after the activation, or null.
     residual: ?[*]const f32,
+    /// Token-major [m, n] output of the element type `output` names.
     y: *anyopaque,
+    /// `int8.Output`: 0 f32, 1 u8, 2 s32.
     output: u32,
+    /// `vmath.Activation`.
+    activation: u32,
+    /// The u8 output's scale, zero point and qmax (ignored otherwise).
     out_scale: f32,
     out_zero: i32,
     out_qmax: u32,
-    activation: u32,
-) i32 {
-    if (m == 0) return -3;
-    const target = int8Output(output, out_scale, out_zero, out_qmax) orelse return -3;
+    /// 0: the kernels' own codes (up to `sb_int8_act_max`); 1: ONNX Runtime's u8 numerics
+    /// (`sb_gemm_i8` only).
+    numerics: u32,
+};
+
+export fn sb_spmm_i8(blob: [*]align(64) u8, blob_len: usize, packed_x: [*]const u8, m: usize, call: *const Int8Call) i32 {
+    if (m == 0 or call.numerics != 0) return -3;
+    const target = int8Output(call.output, call.out_scale, call.out_zero, call.out_qmax) orelse return -3;
     const args = spmm_i8.Args{
         .w = sparse_format.view(blob, blob_len) catch |e| return status(e),
         .x = packed_x,
         .m = m,
-        .x_scale = x_scale,
-        .x_zero = x_zero,
-        .residual = residual,
-        .y = y,
+        .x_scale = call.x_scale,
+        .x_zero = call.x_zero,
+        .residual = call.residual,
+        .y = call.y,
         .output = target.output,
         .requant = target.requant,
-        .activation = enumCode(vmath.Activation, activation) orelse return -3,
+        .activation = enumCode(vmath.Activation, call.activation) orelse return -3,
     };
     spmm_i8.forward(&args);
     return 0;
@@ -435,26 +412,9 @@ export fn sb_gemm_i8_pack(q: [*]const i8, scale: [*]const f32, bias: ?[*]const f
     return 0;
 }
 
-export fn sb_gemm_i8(
-    blob: [*]align(64) u8,
-    blob_len: usize,
-    x: [*]const u8,
-    ldx: usize,
-    m: usize,
-    x_scale: [*]const f32,
-    x_zero: [*]const i32,
-    residual: ?[*]const f32,
-    y: *anyopaque,
-    output: u32,
-    out_scale: f32,
-    out_zero: i32,
-    out_qmax: u32,
-    activation: u32,
-    numerics: u32,
-) i32 {
-    // 0: the kernels' own codes (up to `sb_int8_act_max`); 1: ONNX Runtime's u8 numerics.
-    if (numerics > 1) return -3;
-    const target = int8Output(output, out_scale, out_zero, out_qmax) orelse return -3;
+export fn sb_gemm_i8(blob: [*]align(64) u8, blob_len: usize, x: [*]const u8, ldx: usize, m: usize, call: *const Int8Call) i32 {
+    if (call.numerics > 1) return -3;
+    const target = int8Output(call.output, call.out_scale, call.out_zero, call.out_qmax) orelse return -3;
     const w = gemm_i8.view(blob, blob_len) catch |e| return status(e);
     // Rows of whole 4-byte groups, zero-padded past k (`sb_quantize_rows` with ldq from k).
     if (m == 0 or ldx % 4 != 0 or ldx < 4 * @as(usize, w.header.k4)) return -3;
@@ -463,14 +423,14 @@ export fn sb_gemm_i8(
         .x = x,
         .ldx = ldx,
         .m = m,
-        .x_scale = x_scale,
-        .x_zero = x_zero,
-        .residual = residual,
-        .y = y,
+        .x_scale = call.x_scale,
+        .x_zero = call.x_zero,
+        .residual = call.residual,
+        .y = call.y,
         .output = target.output,
         .requant = target.requant,
-        .activation = enumCode(vmath.Activation, activation) orelse return -3,
-        .ort_numerics = numerics == 1,
+        .activation = enumCode(vmath.Activation, call.activation) orelse return -3,
+        .ort_numerics = call.numerics == 1,
     };
     gemm_i8.forward(&args);
     return 0;
@@ -510,6 +470,34 @@ export fn sb_spmm_f32(
         .activation = enumCode(vmath.Activation, activation) orelse return -3,
     };
     spmm_f32.forward(&args);
+    return 0;
+}
+
+// ---- argument structs ----
+
+/// The structs passed by pointer, by code: 0 `Int8Call`, 1 `attention.Problem`,
+/// 2 `embeddings.Call`.
+const abi_structs = .{ Int8Call, attention.Problem, embeddings.Call };
+
+/// Writes the byte offset of each field of struct `which` (at most `capacity` of them) to
+/// `offsets` and the field names, comma separated, to `names` (`names_len` bytes), and returns
+/// the struct's size; 0 for an unknown code or too little room. `ffi/structs.ts` checks its
+/// layouts against these, names included (two 4-byte fields swapped keep their offsets).
+export fn sb_struct_layout(which: u32, offsets: [*]u32, capacity: usize, names: [*]u8, names_len: usize) usize {
+    inline for (abi_structs, 0..) |T, code| {
+        if (which == code) {
+            const fields = std.meta.fields(T);
+            const joined = comptime blk: {
+                var text: []const u8 = "";
+                for (fields, 0..) |f, i| text = text ++ (if (i == 0) "" else ",") ++ f.name;
+                break :blk text;
+            };
+            if (capacity < fields.len or names_len < joined.len) return 0;
+            inline for (fields, 0..) |f, i| offsets[i] = @offsetOf(T, f.name);
+            @memcpy(names[0..joined.len], joined);
+            return @sizeOf(T);
+        }
+    }
     return 0;
 }
 

@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "6d3b198a67beb30fdac09a6223463123fb7fc1d997b18080bbed2f0c22ddd70e",
-  avx2: "ff5634b2c3113d13f6824e4d58c8bd30e12a9f73d04bfc7af4cd15156556354c",
-  avx512vnni: "f7dae153e5876f6a9bce5018adc81919c3f6235a86698b8c39a7f2567c6c267c",
+  baseline: "b6267dbbdd459a09fb7b60bc7d0456b5cb1a44c04841f656bcc36840989990c8",
+  avx2: "367f61763f36bb2c931603dc6502d94cae75e53840aa4c31e1eb5339f2cb8046",
+  avx512vnni: "a2a231439e25e0c7009e327a7fc44b79e1cada8082062131ad3b3a112d4afa7f",
 };

@@ -40,46 +40,11 @@ export const symbols = {
   },
   sb_attention_scratch_len: { parameters: ["usize", "usize", "usize", "u32"], result: "usize" },
   sb_attention: {
-    parameters: [
-      "buffer", // q
-      "buffer", // k
-      "buffer", // v
-      "usize", // ld
-      "buffer", // mask (u8 per token)
-      "f32", // mask_value
-      "usize", // batch
-      "usize", // seq
-      "usize", // heads
-      "usize", // head_size
-      "f32", // scale
-      "buffer", // out
-      "usize", // ld_out
-      "buffer", // scratch
-      "usize", // scratch_len (floats)
-      "u32", // precision: 0 fp32, 1 int8 products
-    ],
+    // attention.Problem (ffi/structs.ts), scratch, scratch_len (floats), precision (0 fp32, 1 int8)
+    parameters: ["buffer", "buffer", "usize", "u32"],
     result: "i32",
   },
-  sb_embeddings: {
-    parameters: [
-      "buffer", // input_ids (i32)
-      "buffer", // token_type_ids (i32) or null
-      "usize", // batch
-      "usize", // seq
-      "buffer", // word table
-      "usize", // vocab
-      "buffer", // position table
-      "usize", // max_positions
-      "buffer", // token type table or null
-      "usize", // type_vocab
-      "buffer", // gamma
-      "buffer", // beta
-      "f32", // eps
-      "usize", // hidden
-      "buffer", // out
-    ],
-    result: "i32",
-  },
+  sb_embeddings: { parameters: ["buffer"], result: "i32" }, // embeddings.Call (ffi/structs.ts)
   sb_pool: {
     parameters: ["buffer", "usize", "usize", "usize", "buffer", "u32", "u32", "buffer"],
     result: "i32",
@@ -120,21 +85,8 @@ export const symbols = {
     result: "i32",
   },
   sb_spmm_i8: {
-    parameters: [
-      "pointer", // blob
-      "usize", // blob bytes
-      "buffer", // packed activations
-      "usize", // m
-      "buffer", // per-token scale
-      "buffer", // per-token zero point
-      "buffer", // residual or null
-      "buffer", // y
-      "u32", // output: 0 f32, 1 u8, 2 s32
-      "f32", // output scale (u8)
-      "i32", // output zero point (u8)
-      "u32", // output qmax (u8)
-      "u32", // activation
-    ],
+    // blob, blob bytes, packed activations, m, Int8Call (ffi/structs.ts)
+    parameters: ["pointer", "usize", "buffer", "usize", "buffer"],
     result: "i32",
   },
   sb_spmm_i8_staging_len: { parameters: ["usize", "usize"], result: "usize" },
@@ -161,23 +113,8 @@ export const symbols = {
     result: "i32",
   },
   sb_gemm_i8: {
-    parameters: [
-      "pointer", // blob
-      "usize", // blob bytes
-      "buffer", // u8 activation rows
-      "usize", // row stride
-      "usize", // m
-      "buffer", // per-token scale
-      "buffer", // per-token zero point
-      "buffer", // residual or null
-      "buffer", // y
-      "u32", // output: 0 f32, 1 u8, 2 s32
-      "f32", // output scale (u8)
-      "i32", // output zero point (u8)
-      "u32", // output qmax (u8)
-      "u32", // activation
-      "u32", // numerics: 0 the kernels' own codes (up to sb_int8_act_max), 1 ORT's u8
-    ],
+    // blob, blob bytes, u8 activation rows, row stride, m, Int8Call (ffi/structs.ts)
+    parameters: ["pointer", "usize", "buffer", "usize", "usize", "buffer"],
     result: "i32",
   },
   sb_spmm_f32_packed_len: { parameters: ["buffer", "usize", "usize"], result: "usize" },
@@ -191,6 +128,10 @@ export const symbols = {
     result: "i32",
   },
   // probes
+  sb_struct_layout: {
+    parameters: ["u32", "buffer", "usize", "buffer", "usize"],
+    result: "usize",
+  },
   sb_probe_peak_f32: { parameters: ["u64"], result: "u64" },
   sb_probe_peak_i8: { parameters: ["u64"], result: "u64" },
 } as const satisfies Deno.ForeignLibraryInterface;

@@ -95,8 +95,9 @@ pub fn scratchLen(seq: usize, head_size: usize, threads: usize) usize {
 }
 
 /// One attention call's inputs and output (shared with `attention_i8.zig`): Q, K, V rows of
-/// stride `ld`, the mask, the shape, and the output rows of stride `ld_out`.
-pub const Problem = struct {
+/// stride `ld`, the mask, the shape, and the output rows of stride `ld_out`. An `extern struct`:
+/// the C ABI passes it by pointer (`ffi/structs.ts` writes it).
+pub const Problem = extern struct {
     q: [*]const f32,
     k: [*]const f32,
     v: [*]const f32,

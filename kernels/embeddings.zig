@@ -32,9 +32,10 @@ const Args = struct {
     out: [*]f32,
 };
 
-/// Gathers and normalises the embeddings of `batch` x `seq` tokens into `out` [batch * seq, hidden].
-/// Ids must be in range (the TypeScript op checks them; this asserts).
-pub fn forward(
+/// One call's tables, ids and shape (an `extern struct`: the C ABI passes it by pointer,
+/// `ffi/structs.ts` writes it). `token_type` is null with `type_vocab` 0 (DistilBERT);
+/// `token_type_ids` null means type 0 everywhere.
+pub const Call = extern struct {
     input_ids: [*]const i32,
     token_type_ids: ?[*]const i32,
     batch: usize,
@@ -50,27 +51,32 @@ pub fn forward(
     eps: f32,
     hidden: usize,
     out: [*]f32,
-) void {
-    assert(batch >= 1 and seq >= 1 and hidden >= 1 and vocab >= 1);
-    assert(seq <= max_positions);
-    assert((token_type == null) == (type_vocab == 0));
-    assert(token_type_ids == null or token_type != null);
-    assert(eps >= 0.0);
+};
+
+/// Gathers and normalises the embeddings of `batch` x `seq` tokens into `out` [batch * seq, hidden].
+/// Ids must be in range (the C ABI checks them; this asserts).
+pub fn forward(call: *const Call) void {
+    const hidden = call.hidden;
+    assert(call.batch >= 1 and call.seq >= 1 and hidden >= 1 and call.vocab >= 1);
+    assert(call.seq <= call.max_positions);
+    assert((call.token_type == null) == (call.type_vocab == 0));
+    assert(call.token_type_ids == null or call.token_type != null);
+    assert(call.eps >= 0.0);
     const args = Args{
-        .input_ids = input_ids,
-        .token_type_ids = token_type_ids,
-        .seq = seq,
-        .rows = batch * seq,
-        .word = word,
-        .vocab = vocab,
-        .position = position,
-        .token_type = token_type,
-        .type_vocab = type_vocab,
-        .gamma = gamma,
-        .beta = beta,
-        .eps = eps,
+        .input_ids = call.input_ids,
+        .token_type_ids = call.token_type_ids,
+        .seq = call.seq,
+        .rows = call.batch * call.seq,
+        .word = call.word,
+        .vocab = call.vocab,
+        .position = call.position,
+        .token_type = call.token_type,
+        .type_vocab = call.type_vocab,
+        .gamma = call.gamma,
+        .beta = call.beta,
+        .eps = call.eps,
         .hidden = hidden,
-        .out = out,
+        .out = call.out,
     };
     if (args.rows * hidden < layernorm.parallel_threshold) {
         run(&args, 0, 1);
@@ -140,7 +146,7 @@ test "embeddings gather the right rows and normalise them" {
     const ids = [_]i32{ 4, 0, 2 };
     const types = [_]i32{ 0, 1, 1 };
     var out: [seq * hidden]f32 = undefined;
-    forward(&ids, &types, 1, seq, &word, vocab, &position, 4, &token_type, 2, &gamma, &beta, 1e-12, hidden, &out);
+    forward(&.{ .input_ids = &ids, .token_type_ids = &types, .batch = 1, .seq = seq, .word = &word, .vocab = vocab, .position = &position, .max_positions = 4, .token_type = &token_type, .type_vocab = 2, .gamma = &gamma, .beta = &beta, .eps = 1e-12, .hidden = hidden, .out = &out });
     for (0..seq) |s| {
         var sum: [hidden]f32 = undefined;
         for (0..hidden) |j| {

@@ -12,6 +12,7 @@
  */
 import { kernels } from "../ffi/library.ts";
 import { NativeBuffer } from "../ffi/memory.ts";
+import { ATTENTION_PROBLEM, type StructBuffer } from "../ffi/structs.ts";
 import { describeArray, overlaps } from "./linear.ts";
 import { checkStatus } from "./status.ts";
 
@@ -81,6 +82,7 @@ export class Attention implements Disposable {
   /** Products. */
   readonly precision: AttentionPrecision;
   #scratch: NativeBuffer | null = null;
+  #problem: StructBuffer<typeof ATTENTION_PROBLEM.fields> | undefined;
   #scratchView: Float32Array = new Float32Array(0);
   #plannedSeq = 0;
   #plannedThreads = 0;
@@ -191,20 +193,24 @@ export class Attention implements Disposable {
     if ([input.q, input.k, input.v].some((source) => overlaps(source, out))) {
       throw new RangeError("Attention output must not overlap q, k or v");
     }
-    const status = kernels().symbols.sb_attention(
-      input.q,
-      input.k,
-      input.v,
-      BigInt(ld),
-      input.mask,
-      this.maskValue,
-      BigInt(batch),
-      BigInt(seq),
-      BigInt(this.heads),
-      BigInt(this.headSize),
-      this.scale,
+    this.#problem ??= ATTENTION_PROBLEM.buffer();
+    const problem = this.#problem.write({
+      q: input.q,
+      k: input.k,
+      v: input.v,
+      ld,
+      mask: input.mask,
+      mask_value: this.maskValue,
+      batch,
+      seq,
+      heads: this.heads,
+      head_size: this.headSize,
+      scale: this.scale,
       out,
-      BigInt(ldOut),
+      ld_out: ldOut,
+    });
+    const status = kernels().symbols.sb_attention(
+      problem,
       this.#scratchView,
       BigInt(this.#scratchView.length),
       PRECISION_CODE[this.precision],

@@ -6,6 +6,7 @@
  * @module
  */
 import { kernels } from "../ffi/library.ts";
+import { EMBEDDINGS_CALL, type StructBuffer } from "../ffi/structs.ts";
 import { checkStatus } from "./status.ts";
 import { checkLayerNormWeight, type LayerNormWeight } from "./layernorm.ts";
 import { describeArray } from "./linear.ts";
@@ -49,6 +50,7 @@ export class Embeddings {
   /** Rows of the token type table (0 without one). */
   readonly typeVocabSize: number;
   #weights: EmbeddingWeights;
+  #call: StructBuffer<typeof EMBEDDINGS_CALL.fields> | undefined;
 
   /** Checks the tables' sizes against `hidden`. */
   constructor(weights: EmbeddingWeights) {
@@ -115,23 +117,25 @@ export class Embeddings {
       );
     }
     const w = this.#weights;
-    const status = kernels().symbols.sb_embeddings(
-      inputIds,
-      this.typeVocabSize === 0 ? null : types,
-      BigInt(batch),
-      BigInt(seq),
-      w.word,
-      BigInt(this.vocabSize),
-      w.position,
-      BigInt(this.maxPositions),
-      w.tokenType,
-      BigInt(this.typeVocabSize),
-      w.norm.gamma,
-      w.norm.beta,
-      w.norm.eps,
-      BigInt(this.hidden),
+    this.#call ??= EMBEDDINGS_CALL.buffer();
+    const call = this.#call.write({
+      input_ids: inputIds,
+      token_type_ids: this.typeVocabSize === 0 ? null : types,
+      batch,
+      seq,
+      word: w.word,
+      vocab: this.vocabSize,
+      position: w.position,
+      max_positions: this.maxPositions,
+      token_type: w.tokenType,
+      type_vocab: this.typeVocabSize,
+      gamma: w.norm.gamma,
+      beta: w.norm.beta,
+      eps: w.norm.eps,
+      hidden: this.hidden,
       out,
-    );
+    });
+    const status = kernels().symbols.sb_embeddings(call);
     checkStatus(status, `Embeddings [${batch} x ${seq}]`);
     return out;
   }

@@ -18,6 +18,7 @@
  */
 import { kernels } from "../ffi/library.ts";
 import { NativeBuffer } from "../ffi/memory.ts";
+import { INT8_CALL, type StructBuffer } from "../ffi/structs.ts";
 import {
   type Activation,
   ACTIVATION_CODE,
@@ -176,6 +177,7 @@ export abstract class Int8Linear implements LinearOp {
   #workspace: QuantizedActivations | undefined;
   #repacked: QuantizedActivations | undefined;
   #staged: StagedOutput | undefined;
+  #call: StructBuffer<typeof INT8_CALL.fields> | undefined;
 
   /** Validates the weight (or packed source) and the options. */
   protected constructor(
@@ -246,6 +248,26 @@ export abstract class Int8Linear implements LinearOp {
 
   /** Frees the packed weights. */
   abstract [Symbol.dispose](): void;
+
+  /**
+   * The kernel's `Int8Call` struct for `call` (`ffi/structs.ts`), written into this op's
+   * reused buffer: the activations' per-token parameters, residual, output and epilogue.
+   */
+  protected kernelCall(call: Int8KernelCall): Uint8Array {
+    this.#call ??= INT8_CALL.buffer();
+    return this.#call.write({
+      x_scale: call.q.scale,
+      x_zero: call.q.zeroPoint,
+      residual: call.residual,
+      y: call.y,
+      output: call.output,
+      activation: ACTIVATION_CODE[this.activation],
+      out_scale: call.outScale,
+      out_zero: call.outZero,
+      out_qmax: call.outQmax,
+      numerics: this.activationQuantization === "ort-u8" ? 1 : 0,
+    });
+  }
 
   /** Largest activation code this op's kernel takes: the library's, or 255 for `"ort-u8"`. */
   get #activationQmax(): number {
@@ -547,16 +569,7 @@ export class LinearI8 extends Int8Linear {
       call.q.data,
       BigInt(call.q.stride),
       BigInt(call.q.m),
-      call.q.scale,
-      call.q.zeroPoint,
-      call.residual,
-      call.y,
-      call.output,
-      call.outScale,
-      call.outZero,
-      call.outQmax,
-      ACTIVATION_CODE[this.activation],
-      this.activationQuantization === "ort-u8" ? 1 : 0,
+      this.kernelCall(call),
     );
   }
 

@@ -137,15 +137,7 @@ export class SparseLinearI8 extends Int8Linear {
       BigInt(this.#packed.bytes),
       call.q.data,
       BigInt(call.q.m),
-      call.q.scale,
-      call.q.zeroPoint,
-      call.residual,
-      call.y,
-      call.output,
-      call.outScale,
-      call.outZero,
-      call.outQmax,
-      ACTIVATION_CODE[this.activation],
+      this.kernelCall(call),
     );
   }
 

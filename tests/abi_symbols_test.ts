@@ -4,6 +4,13 @@
 import assert from "node:assert/strict";
 import { kernels } from "../ffi/library.ts";
 import { NativeBuffer } from "../ffi/memory.ts";
+import {
+  ABI_STRUCTS,
+  ATTENTION_PROBLEM,
+  EMBEDDINGS_CALL,
+  INT8_CALL,
+  StructLayout,
+} from "../ffi/structs.ts";
 import { symbols } from "../ffi/symbols.ts";
 
 interface ZigExport {
@@ -143,8 +150,25 @@ Deno.test("ABI: sizes a kernel cannot take are refused with status -3 in the bui
   assert.equal(lib.sb_layernorm(x, 0n, 4n, ones, ones, 1e-5, y), -3, "layernorm rows = 0");
   assert.equal(lib.sb_layernorm(x, 1n, 4n, ones, ones, NaN, y), -3, "layernorm eps NaN");
   const ids = new Int32Array([0, 1]);
+  const embeddingsCall = EMBEDDINGS_CALL.buffer();
   const embed = (tokens: Int32Array) =>
-    lib.sb_embeddings(tokens, null, 1n, 2n, w4, 4n, w4, 4n, null, 0n, ones, ones, 1e-5, 4n, y);
+    lib.sb_embeddings(embeddingsCall.write({
+      input_ids: tokens,
+      token_type_ids: null,
+      batch: 1,
+      seq: 2,
+      word: w4,
+      vocab: 4,
+      position: w4,
+      max_positions: 4,
+      token_type: null,
+      type_vocab: 0,
+      gamma: ones,
+      beta: ones,
+      eps: 1e-5,
+      hidden: 4,
+      out: y,
+    }));
   assert.equal(embed(ids), 0, "embeddings, ids in range");
   assert.equal(embed(new Int32Array([0, 4])), -7, "token id = vocab");
   assert.equal(embed(new Int32Array([-1, 0])), -7, "token id -1");
@@ -157,28 +181,57 @@ Deno.test("ABI: sizes a kernel cannot take are refused with status -3 in the bui
   const scratchLen = lib.sb_attention_scratch_len(2n, 4n, 1n, 1);
   assert.equal(lib.sb_attention_scratch_len(2n, 4n, 1n, 2), 0n, "scratch for precision 2");
   using scratch = new NativeBuffer(Number(scratchLen) * 4);
-  const run = (batch: bigint, len: bigint, precision: number) =>
+  const problem = ATTENTION_PROBLEM.buffer();
+  const run = (batch: number, len: bigint, precision: number) =>
     lib.sb_attention(
-      x,
-      x,
-      x,
-      4n,
-      mask,
-      -1e4,
-      batch,
-      2n,
-      1n,
-      4n,
-      0.5,
-      out,
-      4n,
+      problem.write({
+        q: x,
+        k: x,
+        v: x,
+        ld: 4,
+        mask,
+        mask_value: -1e4,
+        batch,
+        seq: 2,
+        heads: 1,
+        head_size: 4,
+        scale: 0.5,
+        out,
+        ld_out: 4,
+      }),
       scratch.f32(),
       len,
       precision,
     );
-  assert.equal(run(1n, scratchLen, 2), -3, "precision 2");
-  assert.equal(run(0n, scratchLen, 1), -3, "batch 0");
-  assert.equal(run(1n, scratchLen - 1n, 1), -5, "scratch too small");
-  assert.equal(run(1n, scratchLen, 1), 0, "a good int8 call");
-  assert.equal(run(1n, scratchLen, 0), 0, "a good fp32 call");
+  assert.equal(run(1, scratchLen, 2), -3, "precision 2");
+  assert.equal(run(0, scratchLen, 1), -3, "batch 0");
+  assert.equal(run(1, scratchLen - 1n, 1), -5, "scratch too small");
+  assert.equal(run(1, scratchLen, 1), 0, "a good int8 call");
+  assert.equal(run(1, scratchLen, 0), 0, "a good fp32 call");
+});
+
+Deno.test("ABI: the argument structs of ffi/structs.ts have the library's layouts", () => {
+  const lib = kernels().symbols;
+  const text = new Uint8Array(512);
+  for (const layout of ABI_STRUCTS) {
+    const names = Object.keys(layout.fields);
+    const offsets = new Uint32Array(names.length);
+    const size = lib.sb_struct_layout(layout.code, offsets, BigInt(names.length), text, 512n);
+    assert.equal(Number(size), layout.size, `struct ${layout.code} size`);
+    const zigNames = new TextDecoder().decode(text).replace(/\0.*$/s, "").split(",");
+    text.fill(0);
+    assert.deepEqual(names, zigNames, `struct ${layout.code}: field names and order`);
+    names.forEach((name, i) => {
+      const want = (layout.offsets as Record<string, number>)[name];
+      assert.equal(offsets[i], want, `struct ${layout.code} field ${name}`);
+    });
+    // Too little room for the offsets or the names, an unknown code: size 0.
+    const short = BigInt(names.length - 1);
+    assert.equal(lib.sb_struct_layout(layout.code, offsets, short, text, 512n), 0n);
+    assert.equal(lib.sb_struct_layout(layout.code, offsets, BigInt(names.length), text, 4n), 0n);
+  }
+  assert.equal(lib.sb_struct_layout(99, new Uint32Array(32), 32n, text, 512n), 0n);
+  // The check's arithmetic: moving a field moves the offsets after it.
+  const moved = new StructLayout(0, { ...INT8_CALL.fields, output: "usize" });
+  assert.notEqual(moved.offsets.activation, INT8_CALL.offsets.activation);
 });
