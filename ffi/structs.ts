@@ -31,6 +31,8 @@ export class StructLayout<F extends Record<string, FieldType>> {
   readonly size: number;
   /** The struct's code for `sb_struct_layout`. */
   readonly code: number;
+  /** (name, type, offset) of each field, in order: what a write walks. */
+  readonly entries: readonly (readonly [keyof F, FieldType, number])[];
 
   /** Lays out `fields` (natural alignment, in order). */
   constructor(code: number, fields: F) {
@@ -47,6 +49,9 @@ export class StructLayout<F extends Record<string, FieldType>> {
       align = Math.max(align, size);
     }
     this.offsets = offsets as Record<keyof F, number>;
+    this.entries = Object.entries(fields).map(([name, type]) =>
+      [name, type, offsets[name]] as const
+    );
     this.size = Math.ceil(at / align) * align;
   }
 
@@ -56,12 +61,27 @@ export class StructLayout<F extends Record<string, FieldType>> {
   }
 }
 
+/**
+ * Data addresses of the typed arrays seen. The address is taken from the view's ArrayBuffer,
+ * which V8 keeps in a backing store that never moves (asking for `.buffer` moves a small
+ * typed array's data out of the GC heap first, where it could move): so a cached address stays
+ * valid while the view lives, and no collection between taking it and the call can stale it.
+ */
+const addresses = new WeakMap<ArrayBufferView, bigint>();
+
 function pointerValue(value: PointerArgument): bigint {
   if (value === null) return 0n;
-  if (ArrayBuffer.isView(value)) {
-    return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(value)));
+  if (!ArrayBuffer.isView(value)) return BigInt(Deno.UnsafePointer.value(value));
+  if ((value.buffer as ArrayBuffer).detached) {
+    throw new TypeError("A kernel argument's ArrayBuffer was detached (transferred)");
   }
-  return BigInt(Deno.UnsafePointer.value(value));
+  let address = addresses.get(value);
+  if (address === undefined) {
+    const base = Deno.UnsafePointer.of(value.buffer as ArrayBuffer);
+    address = BigInt(Deno.UnsafePointer.value(base)) + BigInt(value.byteOffset);
+    addresses.set(value, address);
+  }
+  return address;
 }
 
 /** One struct's bytes, written field by field for each call. */
@@ -85,26 +105,13 @@ export class StructBuffer<F extends Record<string, FieldType>> {
    */
   write(values: { [K in keyof F]: FieldValue<F[K]> }): Uint8Array {
     const view = this.#view;
-    for (const [name, type] of Object.entries(this.#layout.fields) as [keyof F, FieldType][]) {
-      const at = this.#layout.offsets[name];
+    for (const [name, type, at] of this.#layout.entries) {
       const value = values[name];
-      switch (type) {
-        case "pointer":
-          view.setBigUint64(at, pointerValue(value as PointerArgument), true);
-          break;
-        case "usize":
-          view.setBigUint64(at, BigInt(value as number | bigint), true);
-          break;
-        case "f32":
-          view.setFloat32(at, value as number, true);
-          break;
-        case "i32":
-          view.setInt32(at, value as number, true);
-          break;
-        case "u32":
-          view.setUint32(at, value as number, true);
-          break;
-      }
+      if (type === "pointer") view.setBigUint64(at, pointerValue(value as PointerArgument), true);
+      else if (type === "usize") view.setBigUint64(at, BigInt(value as number | bigint), true);
+      else if (type === "f32") view.setFloat32(at, value as number, true);
+      else if (type === "i32") view.setInt32(at, value as number, true);
+      else view.setUint32(at, value as number, true);
     }
     return this.bytes;
   }

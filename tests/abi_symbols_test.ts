@@ -235,3 +235,24 @@ Deno.test("ABI: the argument structs of ffi/structs.ts have the library's layout
   const moved = new StructLayout(0, { ...INT8_CALL.fields, output: "usize" });
   assert.notEqual(moved.offsets.activation, INT8_CALL.offsets.activation);
 });
+
+Deno.test("ABI: a struct refuses a detached buffer instead of handing its old address on", () => {
+  const call = INT8_CALL.buffer();
+  const scale = new Float32Array(4);
+  const values = {
+    x_scale: scale,
+    x_zero: new Int32Array(4),
+    residual: null,
+    y: new Float32Array(4),
+    output: 0,
+    activation: 0,
+    out_scale: 1,
+    out_zero: 0,
+    out_qmax: 127,
+    numerics: 0,
+  };
+  const first = call.write(values).slice();
+  assert.deepEqual(call.write(values), first, "the same arrays give the same bytes");
+  structuredClone(scale.buffer, { transfer: [scale.buffer] });
+  assert.throws(() => call.write(values), /detached/);
+});
