@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "b6267dbbdd459a09fb7b60bc7d0456b5cb1a44c04841f656bcc36840989990c8",
-  avx2: "367f61763f36bb2c931603dc6502d94cae75e53840aa4c31e1eb5339f2cb8046",
-  avx512vnni: "a2a231439e25e0c7009e327a7fc44b79e1cada8082062131ad3b3a112d4afa7f",
+  baseline: "a1e7a9796718e88f8752e4377bfab569008f0c32d11d5d38320f5f55e20d80aa",
+  avx2: "8f835972192b0761c4d1f5d4700c6fdc65ed3d9b3cd993f54beeb931761db484",
+  avx512vnni: "b4dab842202a4d6a08b23146f5976cc8e1b4042a3295ac4f0e9a8105bea8540d",
 };

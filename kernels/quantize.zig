@@ -188,6 +188,52 @@ fn rowsWork(ctx: *const Ctx, ith: u32, nth: u32) void {
     }
 }
 
+/// What a quantization call takes besides its output.
+pub const Input = struct {
+    x: [*]const f32,
+    m: usize,
+    k: usize,
+    mode: Mode,
+    qmax: u32,
+    scale: [*]f32,
+    zero: [*]i32,
+};
+
+/// Where a quantization call writes: rows `q` [m][ldq], or the packed layout of `spmm_i8`.
+pub const Destination = union(enum) {
+    rows: struct { q: [*]u8, ldq: usize },
+    packed_u8: [*]u8,
+};
+
+/// Runs `work` on the pool over `input` (the tensor's range first when the mode has one),
+/// writing `destination`; the quantizers of both layouts go through here.
+pub fn run(input: Input, destination: Destination, comptime work: fn (*const Ctx, u32, u32) void) Error!void {
+    var ranges: [pool.max_threads]Range = undefined;
+    var failed = std.atomic.Value(bool).init(false);
+    var ctx = Ctx{
+        .x = input.x,
+        .m = input.m,
+        .k = input.k,
+        .mode = input.mode,
+        .qmax = input.qmax,
+        .tensor = undefined,
+        .scale = input.scale,
+        .zero = input.zero,
+        .ranges = &ranges,
+        .failed = &failed,
+    };
+    switch (destination) {
+        .rows => |r| {
+            ctx.rows = r.q;
+            ctx.ldq = r.ldq;
+        },
+        .packed_u8 => |p| ctx.packed_u8 = p,
+    }
+    if (input.mode != .per_token) ctx.tensor = try tensorParams(&ctx);
+    pool.parallel(Ctx, &ctx, work);
+    if (failed.load(.monotonic)) return error.NonFinite;
+}
+
 /// Quantizes x [m, k] (fp32, row-major) into rows q [m][ldq]; writes each token's scale and
 /// zero point (per-tensor mode repeats the tensor's).
 pub fn quantizeRows(
@@ -204,25 +250,7 @@ pub fn quantizeRows(
     assert(m >= 1 and k >= 1 and ldq >= k);
     assert(qmax == 127 or qmax == 255);
     assert(mode != .ort_u8 or qmax == 255);
-    var ranges: [pool.max_threads]Range = undefined;
-    var failed = std.atomic.Value(bool).init(false);
-    var ctx = Ctx{
-        .x = x,
-        .m = m,
-        .k = k,
-        .mode = mode,
-        .qmax = qmax,
-        .tensor = undefined,
-        .scale = scale,
-        .zero = zero,
-        .rows = q,
-        .ldq = ldq,
-        .ranges = &ranges,
-        .failed = &failed,
-    };
-    if (mode != .per_token) ctx.tensor = try tensorParams(&ctx);
-    pool.parallel(Ctx, &ctx, rowsWork);
-    if (failed.load(.monotonic)) return error.NonFinite;
+    try run(.{ .x = x, .m = m, .k = k, .mode = mode, .qmax = qmax, .scale = scale, .zero = zero }, .{ .rows = .{ .q = q, .ldq = ldq } }, rowsWork);
 }
 
 pub fn tensorParams(ctx: *Ctx) Error!Params {

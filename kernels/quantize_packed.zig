@@ -175,24 +175,7 @@ pub fn quantizePacked(
     assert(m >= 1 and k >= 1);
     assert(mode != .ort_u8); // ORT's codes: rows layout only
     assert((qmax == 127 or qmax == 255) and qmax <= int8.act_max);
-    var ranges: [pool.max_threads]Range = undefined;
-    var failed = std.atomic.Value(bool).init(false);
-    var ctx = Ctx{
-        .x = x,
-        .m = m,
-        .k = k,
-        .mode = mode,
-        .qmax = qmax,
-        .tensor = undefined,
-        .scale = scale,
-        .zero = zero,
-        .packed_u8 = packed_x,
-        .ranges = &ranges,
-        .failed = &failed,
-    };
-    if (mode == .per_tensor) ctx.tensor = try quantize.tensorParams(&ctx);
-    pool.parallel(Ctx, &ctx, packedWork);
-    if (failed.load(.monotonic)) return error.NonFinite;
+    try quantize.run(.{ .x = x, .m = m, .k = k, .mode = mode, .qmax = qmax, .scale = scale, .zero = zero }, .{ .packed_u8 = packed_x }, packedWork);
 }
 
 /// Packs already quantized rows q [m][ldq] (values <= `int8.act_max`) into the `spmm_i8`
