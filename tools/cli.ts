@@ -23,6 +23,7 @@ const COMMANDS: Record<string, () => Promise<CliCommand>> = {
   quantize: () => import("./cli_quantize.ts"),
   evaluate: () => import("./cli_evaluate.ts"),
   compile: () => import("./cli_compile.ts"),
+  sparsify: () => import("./cli_sparsify.ts"),
 };
 
 async function usage(): Promise<string> {

