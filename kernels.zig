@@ -8,6 +8,7 @@ const cpu = @import("kernels/cpu.zig");
 const pool = @import("kernels/pool.zig");
 const vmath = @import("kernels/vmath.zig");
 const linear_f32 = @import("kernels/linear_f32.zig");
+const linear_bf16 = @import("kernels/linear_bf16.zig");
 const probe = @import("kernels/probe.zig");
 const layernorm = @import("kernels/layernorm.zig");
 const attention = @import("kernels/attention.zig");
@@ -112,6 +113,53 @@ export fn sb_linear_f32(
     if (residual) |r| if (@intFromPtr(r) == @intFromPtr(y)) return -3;
     const act = enumCode(vmath.Activation, activation) orelse return -3;
     linear_f32.forward(x, m, k, packed_weights, n, residual, y, act);
+    return 0;
+}
+
+// ---- dense linear with bf16 weights ----
+
+export fn sb_linear_bf16_packed_len(n: usize, k: usize) usize {
+    return linear_bf16.packedLen(n, k);
+}
+
+export fn sb_linear_bf16_pack(weight: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, packed_weights: [*]u32) i32 {
+    if (!positive(.{ n, k })) return -3;
+    linear_bf16.pack(weight, bias, n, k, packed_weights);
+    return 0;
+}
+
+export fn sb_linear_bf16_unpack(packed_weights: [*]const u32, n: usize, k: usize, weight: [*]f32, bias: [*]f32) i32 {
+    if (!positive(.{ n, k })) return -3;
+    linear_bf16.unpack(packed_weights, n, k, weight, bias);
+    return 0;
+}
+
+export fn sb_linear_bf16_scratch_len(m: usize, k: usize) usize {
+    return linear_bf16.scratchLen(m, k);
+}
+
+/// 1 when `sb_linear_bf16` runs `vdpbf16ps` here, 0 when it runs the exact fp32 emulation.
+export fn sb_bf16_hardware() u32 {
+    return @intFromBool(linear_bf16.usesHardware());
+}
+
+export fn sb_linear_bf16(
+    x: [*]const f32,
+    m: usize,
+    k: usize,
+    scratch: [*]u32,
+    scratch_len: usize,
+    packed_weights: [*]const u32,
+    n: usize,
+    residual: ?[*]const f32,
+    y: [*]f32,
+    activation: u32,
+) i32 {
+    if (!positive(.{ m, k, n })) return -3;
+    if (scratch_len < linear_bf16.scratchLen(m, k)) return -3;
+    if (residual) |r| if (@intFromPtr(r) == @intFromPtr(y)) return -3;
+    const act = enumCode(vmath.Activation, activation) orelse return -3;
+    linear_bf16.forward(x, m, k, scratch, packed_weights, n, residual, y, act);
     return 0;
 }
 
@@ -517,6 +565,7 @@ test {
     _ = pool;
     _ = vmath;
     _ = linear_f32;
+    _ = linear_bf16;
     _ = layernorm;
     _ = attention;
     _ = attention_i8;

@@ -47,6 +47,7 @@ export {
 } from "./ops/linear.ts";
 export { type PackedSlice, type PackedSource, SharedRegion } from "./ops/packed.ts";
 export { LinearF32 } from "./ops/linear_f32.ts";
+export { bf16Hardware, LinearBf16 } from "./ops/linear_bf16.ts";
 export { LinearI8, type LinearI8Options, type RequantizeOptions } from "./ops/linear_i8.ts";
 export { SparseLinearI8 } from "./ops/sparse_linear_i8.ts";
 export { SparseLinearF32 } from "./ops/sparse_linear_f32.ts";

@@ -1,5 +1,6 @@
 /**
- * Dense fp32 GEMM benchmark (issue 2): ours (`LinearF32`) vs ONNX Runtime's MatMul
+ * Dense fp32 GEMM benchmark (issue 2): ours (`LinearF32`, and `LinearBf16`: the same weights
+ * rounded to bf16, `vdpbf16ps` where the CPU has AVX512_BF16) vs ONNX Runtime's MatMul
  * (onnxruntime-node, a one-op model with the weight as initializer) on BERT shapes, interleaved
  * in one run, with the fp32 peak probed in the same run.
  *
@@ -11,6 +12,7 @@ import { flagOptions, integerOption, runCommand, stringOptions } from "../tools/
 import * as ort from "onnxruntime-node";
 import { setThreads } from "../ffi/library.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
+import { bf16Hardware, LinearBf16 } from "../ops/linear_bf16.ts";
 import { lcg32 } from "../ops/random.ts";
 import { environment, fmt, interleave, probePeakF32, type Stats } from "./_timing.ts";
 import { loadOrtSession, matMulModel } from "./peers/ort_node.ts";
@@ -20,7 +22,8 @@ const HELP = `Usage: deno task bench:gemm [options]
 
 Times Y = X W^T + b for X [M, K], W [N, K] with ours and ONNX Runtime (same threads, same
 shapes, interleaved rounds), and reports GFLOP/s, the fraction of the fp32 peak measured in the
-same run, and the ratio ours/ORT (throughput; > 1 means ours is faster).
+same run, and the ratio ours/ORT (throughput; > 1 means ours is faster). Our bf16-weight
+kernel runs beside them (bf16 ms, and its speed over our fp32: bf16/f32).
 
 Options:
   --threads N   threads for both runtimes (default 2)
@@ -35,11 +38,13 @@ export interface GemmRow {
   k: number;
   n: number;
   oursMs: Stats;
+  bf16Ms: Stats;
   ortMs: Stats;
   oursGflops: number;
   ortGflops: number;
   fractionOfPeak: number;
   ratioOursOverOrt: number;
+  ratioBf16OverOurs: number;
 }
 
 const FULL_SHAPES: [number, number][] = [[768, 768], [768, 3072], [3072, 768], [1024, 4096], [
@@ -65,6 +70,7 @@ async function benchShape(
   const weight = seeded(n * k, 1);
   const x = seeded(m * k, 2);
   using ours = new LinearF32({ out: n, in: k, weight });
+  using bf16 = new LinearBf16({ out: n, in: k, weight });
   const y = new Float32Array(m * n);
   // ORT gets the weight as a MatMul initializer [K, N], the layout Hugging Face exports use.
   const model = matMulModel({ m: null, k, n, weights: transpose2d(weight, n, k) });
@@ -72,12 +78,14 @@ async function benchShape(
   const feeds = { X: new ort.Tensor("float32", x, [m, k]) };
   const results = await interleave([
     { name: "ours", run: () => ours.forward(x, m, { out: y }) },
+    { name: "bf16", run: () => bf16.forward(x, m, { out: y }) },
     { name: "ort", run: () => session.run(feeds) },
   ], { rounds });
   await session.release();
   const flop = 2 * m * n * k;
   const oursMs = results.get("ours")!;
   const ortMs = results.get("ort")!;
+  const bf16Ms = results.get("bf16")!;
   const oursGflops = flop / (oursMs.median * 1e6);
   const ortGflops = flop / (ortMs.median * 1e6);
   return {
@@ -85,11 +93,13 @@ async function benchShape(
     k,
     n,
     oursMs,
+    bf16Ms,
     ortMs,
     oursGflops,
     ortGflops,
     fractionOfPeak: oursGflops / peak,
     ratioOursOverOrt: ortMs.median / oursMs.median,
+    ratioBf16OverOurs: oursMs.median / bf16Ms.median,
   };
 }
 
@@ -113,8 +123,9 @@ function main(): Promise<number> {
     const rows: GemmRow[] = [];
     if (!values.json) {
       console.log(`fp32 peak (probe, ${threads} threads): ${peakBefore.toFixed(1)} GFLOP/s`);
+      console.log(`bf16 kernel: ${bf16Hardware() ? "vdpbf16ps" : "emulated in fp32"}`);
       console.log(
-        "    M     K     N   ours ms    ORT ms  ours GF/s  ORT GF/s  %peak  ours/ORT",
+        "    M     K     N   ours ms    ORT ms  ours GF/s  ORT GF/s  %peak  ours/ORT   bf16 ms  bf16/f32",
       );
     }
     for (const m of ms) {
@@ -127,7 +138,9 @@ function main(): Promise<number> {
               fmt(row.ortMs.median, 3, 9)
             } ${fmt(row.oursGflops, 1, 10)} ${fmt(row.ortGflops, 1, 9)} ${
               fmt(100 * row.fractionOfPeak, 1, 6)
-            } ${fmt(row.ratioOursOverOrt, 2, 9)}`,
+            } ${fmt(row.ratioOursOverOrt, 2, 9)} ${fmt(row.bf16Ms.median, 3, 9)} ${
+              fmt(row.ratioBf16OverOurs, 2, 9)
+            }`,
           );
         }
       }
@@ -140,6 +153,7 @@ function main(): Promise<number> {
       ortVersion: ort.env.versions?.common ?? "unknown",
       environment: environment(),
       peakGflops: { before: peakBefore, after: peakAfter },
+      bf16Kernel: bf16Hardware() ? "vdpbf16ps" : "emulated",
       rows,
     };
     if (!values.json) console.log(`fp32 peak after: ${peakAfter.toFixed(1)} GFLOP/s`);

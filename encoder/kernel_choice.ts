@@ -35,8 +35,12 @@ import { buildLinear, INT8_ACTIVATIONS, type Int8Activations } from "./linear_ki
 import { measureSparsity } from "./quantized.ts";
 import type { DenseWeight, WeightSparsity } from "./weights.ts";
 
-/** Which arithmetic to run: fp32, int8, or int8 where the model has int8 weights. */
-export type Precision = "fp32" | "int8" | "auto";
+/**
+ * Which arithmetic to run: fp32, int8, int8 where the model has int8 weights (`"auto"`), or
+ * `"bf16"` (opt-in: dense layers with bf16 weights, `vdpbf16ps` where the CPU has AVX512_BF16;
+ * sparse layers stay sparse fp32).
+ */
+export type Precision = "fp32" | "int8" | "auto" | "bf16";
 
 /**
  * Default autotune cache file: `.cache/autotune.json` in the checkout holding this module, or
@@ -137,8 +141,10 @@ export class KernelChooser {
       sparseFloor: options.sparseFloor ?? 0.5,
       sparseThreshold: options.sparseThreshold ?? 0.7,
     };
-    if (!["fp32", "int8", "auto"].includes(o.precision)) {
-      throw new RangeError(`Unknown precision "${o.precision}": expected fp32, int8 or auto`);
+    if (!["fp32", "int8", "auto", "bf16"].includes(o.precision)) {
+      throw new RangeError(
+        `Unknown precision "${o.precision}": expected fp32, int8, auto or bf16`,
+      );
     }
     if (o.kernels !== "auto" && !KERNEL_KINDS.includes(o.kernels)) {
       throw new RangeError(
@@ -199,7 +205,11 @@ export class KernelChooser {
     }
     const int8 = this.#options.precision === "int8" ||
       (this.#options.precision === "auto" && weight.quantized !== undefined);
-    const dense: KernelKind = int8 ? "dense-i8" : "dense-f32";
+    const dense: KernelKind = int8
+      ? "dense-i8"
+      : this.#options.precision === "bf16"
+      ? "dense-bf16"
+      : "dense-f32";
     const sparse: KernelKind = int8 ? "sparse-i8" : "sparse-f32";
     const measure = int8 ? sparsity.block4x1 : sparsity.element;
     const what = int8 ? "4x1 block sparsity" : "element sparsity";

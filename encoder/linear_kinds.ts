@@ -7,6 +7,7 @@
  * @module
  */
 import { type Activation, KERNEL_KINDS, type KernelKind, type LinearOp } from "../ops/linear.ts";
+import { LinearBf16 } from "../ops/linear_bf16.ts";
 import { LinearF32 } from "../ops/linear_f32.ts";
 import { LinearI8 } from "../ops/linear_i8.ts";
 import type { PackedSource } from "../ops/packed.ts";
@@ -67,6 +68,19 @@ export function int8Form(
   };
 }
 
+/** The op class of each float kind (built from the fp32 weight). */
+const FLOAT_OPS = {
+  "dense-f32": LinearF32,
+  "dense-bf16": LinearBf16,
+  "sparse-f32": SparseLinearF32,
+} as const;
+/** The op class of each int8 kind (built from the weight's int8 form). */
+const INT8_OPS = { "dense-i8": LinearI8, "sparse-i8": SparseLinearI8 } as const;
+
+function unknownKind(kind: string): RangeError {
+  return new RangeError(`Unknown kernel kind "${kind}": expected one of ${KERNEL_KINDS}`);
+}
+
 /** Builds the op of `kind` for `weight` with the `ops/*` classes (int8 forms as the model has). */
 export function buildLinear(
   kind: KernelKind,
@@ -75,28 +89,16 @@ export function buildLinear(
   activations: Int8Activations = "per-token",
 ): LinearOp {
   const activation = spec.activation;
-  switch (kind) {
-    case "dense-f32":
-      return new LinearF32(weight, { activation });
-    case "sparse-f32":
-      return new SparseLinearF32(weight, { activation });
-    case "dense-i8": {
-      const f = int8Form(weight, kind, activations);
-      return new LinearI8(f.weight, {
-        activation,
-        activationQuantization: f.activationQuantization,
-      });
-    }
-    case "sparse-i8": {
-      const f = int8Form(weight, kind, activations);
-      return new SparseLinearI8(f.weight, {
-        activation,
-        activationQuantization: f.activationQuantization,
-      });
-    }
-    default:
-      throw new RangeError(`Unknown kernel kind "${kind}": expected one of ${KERNEL_KINDS}`);
+  if (Object.hasOwn(FLOAT_OPS, kind)) {
+    return new FLOAT_OPS[kind as keyof typeof FLOAT_OPS](weight, { activation });
   }
+  if (!Object.hasOwn(INT8_OPS, kind)) throw unknownKind(kind);
+  const int8Kind = kind as keyof typeof INT8_OPS;
+  const f = int8Form(weight, int8Kind, activations);
+  return new INT8_OPS[int8Kind](f.weight, {
+    activation,
+    activationQuantization: f.activationQuantization,
+  });
 }
 
 /** What a packed op needs besides its bytes: its fused activation and int8 activations. */
@@ -119,16 +121,12 @@ export function linearFromPacked(
   options: PackedLinearOptions,
 ): LinearOp {
   const { activation, activationQuantization } = options;
-  switch (kind) {
-    case "dense-f32":
-      return new LinearF32(source, { activation });
-    case "sparse-f32":
-      return new SparseLinearF32(source, { activation });
-    case "dense-i8":
-      return new LinearI8(source, { activation, activationQuantization });
-    case "sparse-i8":
-      return new SparseLinearI8(source, { activation, activationQuantization });
-    default:
-      throw new RangeError(`Unknown kernel kind "${kind}": expected one of ${KERNEL_KINDS}`);
+  if (Object.hasOwn(FLOAT_OPS, kind)) {
+    return new FLOAT_OPS[kind as keyof typeof FLOAT_OPS](source, { activation });
   }
+  if (!Object.hasOwn(INT8_OPS, kind)) throw unknownKind(kind);
+  return new INT8_OPS[kind as keyof typeof INT8_OPS](source, {
+    activation,
+    activationQuantization,
+  });
 }

@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "a1e7a9796718e88f8752e4377bfab569008f0c32d11d5d38320f5f55e20d80aa",
-  avx2: "8f835972192b0761c4d1f5d4700c6fdc65ed3d9b3cd993f54beeb931761db484",
-  avx512vnni: "b4dab842202a4d6a08b23146f5976cc8e1b4042a3295ac4f0e9a8105bea8540d",
+  baseline: "b05b6d807008c8ca1e02b50a222b4f99c5ce6a4a1a5100bb3cec2bf27ff4ef2c",
+  avx2: "11c6caf5c83e49604ff5c8400d6fd6161970040b3951099f0e045408e86686d5",
+  avx512vnni: "e6edc9bb2e20bf81ead0e2423c6fdecf92fd87513171ffb921827f108d0f4038",
 };

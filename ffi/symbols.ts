@@ -33,6 +33,34 @@ export const symbols = {
     parameters: ["buffer", "usize", "usize", "pointer", "usize", "buffer", "buffer", "u32"],
     result: "i32",
   },
+  // dense linear with bf16 weights
+  sb_linear_bf16_packed_len: { parameters: ["usize", "usize"], result: "usize" },
+  sb_linear_bf16_pack: {
+    parameters: ["buffer", "buffer", "usize", "usize", "pointer"],
+    result: "i32",
+  },
+  sb_linear_bf16_unpack: {
+    parameters: ["pointer", "usize", "usize", "buffer", "buffer"],
+    result: "i32",
+  },
+  sb_linear_bf16_scratch_len: { parameters: ["usize", "usize"], result: "usize" },
+  sb_bf16_hardware: { parameters: [], result: "u32" },
+  sb_linear_bf16: {
+    // x, m, k, scratch (u32 bf16 pairs), scratch_len, packed, n, residual, y, activation
+    parameters: [
+      "buffer",
+      "usize",
+      "usize",
+      "buffer",
+      "usize",
+      "pointer",
+      "usize",
+      "buffer",
+      "buffer",
+      "u32",
+    ],
+    result: "i32",
+  },
   // BERT ops: layernorm, attention, embeddings, pooling
   sb_layernorm: {
     parameters: ["buffer", "usize", "usize", "buffer", "buffer", "f32", "buffer"],

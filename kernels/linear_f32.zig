@@ -26,7 +26,7 @@ pub const panel_width: usize = 2 * lanes;
 /// Rows of X per micro-tile: 2 * tile_rows accumulators plus 3 scratch registers fit the file.
 pub const tile_rows: usize = if (lanes == 16) 12 else 6;
 /// Rows of X per outer block, so an X block stays in L2 while the weight panels stream past.
-const row_block: usize = 192;
+pub const row_block: usize = 192;
 
 /// Floats needed to pack an [n, k] weight plus its bias.
 pub fn packedLen(n: usize, k: usize) usize {
@@ -53,17 +53,126 @@ pub fn pack(weight: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, packe
     }
 }
 
-const Args = struct {
-    x: [*]const f32,
-    m: usize,
-    k: usize,
-    packed_weights: [*]const f32,
-    n: usize,
-    residual: ?[*]const f32,
-    y: [*]f32,
-    /// Next chunk of panels to take: threads take chunks dynamically, so a thread that loses
-    /// its core to another process does not hold the others at the barrier.
-    next_chunk: *std.atomic.Value(usize),
+/// The panel loop both dense float kernels (this one and `linear_bf16.zig`) share. `Tile`
+/// names the packed element (`Word`, 4 bytes: an fp32 or a bf16 pair), the rows per micro-tile
+/// (`rows`) and the micro-kernel: `Tile.run(rows, x, steps, panel, flag)` returns the tile's
+/// `rows` x `panel_width` fp32 accumulators over `steps` packed K steps. A panel is `steps` x
+/// `panel_width` words, and the panels' fp32 bias follows the last one.
+pub fn PanelDriver(comptime Tile: type) type {
+    return struct {
+        pub const Args = struct {
+            x: [*]const Tile.Word,
+            m: usize,
+            /// Packed K steps per row of X and per panel (K for fp32, K / 2 rounded up for bf16).
+            steps: usize,
+            packed_weights: [*]const Tile.Word,
+            n: usize,
+            residual: ?[*]const f32,
+            y: [*]f32,
+            /// Passed to `Tile.run` (the bf16 tile: whether to run `vdpbf16ps`).
+            flag: bool,
+            /// Next chunk of panels to take: threads take chunks dynamically, so a thread that
+            /// loses its core to another process does not hold the others at the barrier.
+            next_chunk: *std.atomic.Value(usize),
+        };
+
+        /// Computes Y [m, n] on the worker pool.
+        pub fn run(args: *const Args, activation: vmath.Activation) void {
+            assert(args.m >= 1 and args.steps >= 1 and args.n >= 1);
+            if (args.residual) |r| assert(@intFromPtr(r) != @intFromPtr(args.y));
+            switch (activation) {
+                inline else => |act| pool.parallel(Args, args, Worker(act).run),
+            }
+        }
+
+        fn Worker(comptime act: vmath.Activation) type {
+            return struct {
+                fn run(args: *const Args, ith: u32, nth: u32) void {
+                    const panels = std.math.divCeil(usize, args.n, panel_width) catch unreachable;
+                    // Split output panels when there are enough for every thread (weights are
+                    // read once); otherwise split rows (small heads such as a 2-label classifier).
+                    if (panels >= nth) {
+                        // About 8 chunks per thread: enough to rebalance, few enough to keep
+                        // each chunk's weights streaming.
+                        const chunk = @max(1, panels / (8 * @as(usize, nth)));
+                        while (true) {
+                            const begin = args.next_chunk.fetchAdd(chunk, .monotonic);
+                            if (begin >= panels) break;
+                            computeBlock(act, args, 0, args.m, begin, @min(begin + chunk, panels));
+                        }
+                    } else {
+                        const range = pool.split(args.m, ith, nth);
+                        if (range.begin < range.end) computeBlock(act, args, range.begin, range.end, 0, panels);
+                    }
+                }
+            };
+        }
+
+        fn computeBlock(
+            comptime act: vmath.Activation,
+            args: *const Args,
+            row_begin: usize,
+            row_end: usize,
+            panel_begin: usize,
+            panel_end: usize,
+        ) void {
+            const panels = std.math.divCeil(usize, args.n, panel_width) catch unreachable;
+            const packed_bias: [*]const f32 = @ptrCast(args.packed_weights + panels * args.steps * panel_width);
+            var block_begin = row_begin;
+            while (block_begin < row_end) : (block_begin += row_block) {
+                const block_end = @min(block_begin + row_block, row_end);
+                for (panel_begin..panel_end) |p| {
+                    const panel = args.packed_weights + p * args.steps * panel_width;
+                    var row = block_begin;
+                    while (row < block_end) : (row += Tile.rows) {
+                        const rows = @min(Tile.rows, block_end - row);
+                        switch (rows) {
+                            inline 1...Tile.rows => |r| {
+                                const acc = Tile.run(r, args.x + row * args.steps, args.steps, panel, args.flag);
+                                store(act, r, args, acc, row, p, packed_bias + p * panel_width);
+                            },
+                            else => unreachable,
+                        }
+                    }
+                }
+            }
+        }
+
+        fn store(
+            comptime act: vmath.Activation,
+            comptime rows: usize,
+            args: *const Args,
+            acc: [rows][2]V,
+            row: usize,
+            p: usize,
+            bias: [*]const f32,
+        ) void {
+            const col = p * panel_width;
+            const cols = @min(panel_width, args.n - col);
+            const b0: V = bias[0..lanes].*;
+            const b1: V = bias[lanes..panel_width].*;
+            inline for (0..rows) |r| {
+                var out: [panel_width]f32 = undefined;
+                out[0..lanes].* = act.apply(lanes, acc[r][0] + b0);
+                out[lanes..panel_width].* = act.apply(lanes, acc[r][1] + b1);
+                const y_row = args.y + (row + r) * args.n + col;
+                if (args.residual) |residual| {
+                    const r_row = residual + (row + r) * args.n + col;
+                    for (0..cols) |j| y_row[j] = out[j] + r_row[j];
+                } else {
+                    @memcpy(y_row[0..cols], out[0..cols]);
+                }
+            }
+        }
+    };
+}
+
+const F32Tile = struct {
+    pub const Word = f32;
+    pub const rows = tile_rows;
+    pub inline fn run(comptime r: usize, x: [*]const f32, k: usize, panel: [*]const f32, _: bool) [r][2]V {
+        return microKernel(r, x, k, panel);
+    }
 };
 
 /// Computes Y [m, n] on the worker pool. `residual` may be null; it must not alias `y`.
@@ -77,101 +186,20 @@ pub fn forward(
     y: [*]f32,
     activation: vmath.Activation,
 ) void {
-    assert(m >= 1 and k >= 1 and n >= 1);
-    if (residual) |r| assert(@intFromPtr(r) != @intFromPtr(y));
+    const Driver = PanelDriver(F32Tile);
     var next_chunk = std.atomic.Value(usize).init(0);
-    const args = Args{
+    const args = Driver.Args{
         .x = x,
         .m = m,
-        .k = k,
+        .steps = k,
         .packed_weights = packed_weights,
         .n = n,
         .residual = residual,
         .y = y,
+        .flag = false,
         .next_chunk = &next_chunk,
     };
-    switch (activation) {
-        inline else => |act| pool.parallel(Args, &args, Worker(act).run),
-    }
-}
-
-fn Worker(comptime act: vmath.Activation) type {
-    return struct {
-        fn run(args: *const Args, ith: u32, nth: u32) void {
-            const panels = std.math.divCeil(usize, args.n, panel_width) catch unreachable;
-            // Split output panels when there are enough for every thread (weights are read
-            // once); otherwise split rows (small heads such as a 2-label classifier).
-            if (panels >= nth) {
-                // About 8 chunks per thread: enough to rebalance, few enough to keep each
-                // chunk's weights streaming.
-                const chunk = @max(1, panels / (8 * @as(usize, nth)));
-                while (true) {
-                    const begin = args.next_chunk.fetchAdd(chunk, .monotonic);
-                    if (begin >= panels) break;
-                    computeBlock(act, args, 0, args.m, begin, @min(begin + chunk, panels));
-                }
-            } else {
-                const range = pool.split(args.m, ith, nth);
-                if (range.begin < range.end) computeBlock(act, args, range.begin, range.end, 0, panels);
-            }
-        }
-    };
-}
-
-fn computeBlock(
-    comptime act: vmath.Activation,
-    args: *const Args,
-    row_begin: usize,
-    row_end: usize,
-    panel_begin: usize,
-    panel_end: usize,
-) void {
-    const panels = std.math.divCeil(usize, args.n, panel_width) catch unreachable;
-    const packed_bias = args.packed_weights + panels * args.k * panel_width;
-    var block_begin = row_begin;
-    while (block_begin < row_end) : (block_begin += row_block) {
-        const block_end = @min(block_begin + row_block, row_end);
-        for (panel_begin..panel_end) |p| {
-            const panel = args.packed_weights + p * args.k * panel_width;
-            const bias = packed_bias + p * panel_width;
-            var row = block_begin;
-            while (row < block_end) : (row += tile_rows) {
-                const rows = @min(tile_rows, block_end - row);
-                switch (rows) {
-                    inline 1...tile_rows => |r| tile(act, r, args, row, p, panel, bias),
-                    else => unreachable,
-                }
-            }
-        }
-    }
-}
-
-fn tile(
-    comptime act: vmath.Activation,
-    comptime rows: usize,
-    args: *const Args,
-    row: usize,
-    p: usize,
-    panel: [*]const f32,
-    bias: [*]const f32,
-) void {
-    const acc = microKernel(rows, args.x + row * args.k, args.k, panel);
-    const col = p * panel_width;
-    const cols = @min(panel_width, args.n - col);
-    const b0: V = bias[0..lanes].*;
-    const b1: V = bias[lanes..panel_width].*;
-    inline for (0..rows) |r| {
-        var out: [panel_width]f32 = undefined;
-        out[0..lanes].* = act.apply(lanes, acc[r][0] + b0);
-        out[lanes..panel_width].* = act.apply(lanes, acc[r][1] + b1);
-        const y_row = args.y + (row + r) * args.n + col;
-        if (args.residual) |residual| {
-            const r_row = residual + (row + r) * args.n + col;
-            for (0..cols) |j| y_row[j] = out[j] + r_row[j];
-        } else {
-            @memcpy(y_row[0..cols], out[0..cols]);
-        }
-    }
+    Driver.run(&args, activation);
 }
 
 /// The hot loop: `rows` x `panel_width` accumulators over the whole K range.

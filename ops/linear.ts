@@ -6,8 +6,8 @@
  */
 import type { PackedSource } from "./packed.ts";
 
-/** The four linear kernel families, one op class each. */
-export type KernelKind = "dense-f32" | "dense-i8" | "sparse-f32" | "sparse-i8";
+/** The linear kernel families, one op class each. */
+export type KernelKind = "dense-f32" | "dense-i8" | "sparse-f32" | "sparse-i8" | "dense-bf16";
 
 /** Every {@linkcode KernelKind}. */
 export const KERNEL_KINDS: readonly KernelKind[] = Object.freeze([
@@ -15,6 +15,7 @@ export const KERNEL_KINDS: readonly KernelKind[] = Object.freeze([
   "dense-i8",
   "sparse-f32",
   "sparse-i8",
+  "dense-bf16",
 ]);
 
 /** Activation fused into a linear op's epilogue: y = act(x W^T + b) + residual. */

@@ -34,7 +34,14 @@ export const SERVE_TASKS = [
 export type ServeTask = typeof SERVE_TASKS[number];
 
 /** Kernel choices passed to the pipeline (`auto` lets the model loader decide per layer). */
-export const KERNEL_CHOICES = ["auto", "dense-f32", "dense-i8", "sparse-f32", "sparse-i8"] as const;
+export const KERNEL_CHOICES = [
+  "auto",
+  "dense-f32",
+  "dense-i8",
+  "sparse-f32",
+  "sparse-i8",
+  "dense-bf16",
+] as const;
 /** One kernel choice. */
 export type KernelChoice = typeof KERNEL_CHOICES[number];
 

@@ -147,6 +147,18 @@ Deno.test("ABI: sizes a kernel cannot take are refused with status -3 in the bui
   assert.equal(lib.sb_linear_f32(x, 0n, 4n, blob.pointer, 4n, null, y, 0), -3, "linear m = 0");
   assert.equal(lib.sb_linear_f32(x, 1n, 4n, blob.pointer, 4n, null, y, 9), -3, "activation 9");
   assert.equal(lib.sb_linear_f32(x, 1n, 4n, blob.pointer, 4n, y, y, 0), -3, "residual = y");
+  const pairs = new Uint32Array(8);
+  assert.equal(lib.sb_linear_bf16_pack(w4, null, 4n, 0n, blob.pointer), -3, "bf16 pack k = 0");
+  assert.equal(
+    lib.sb_linear_bf16(x, 2n, 4n, pairs, 3n, blob.pointer, 4n, null, y, 0),
+    -3,
+    "bf16 scratch shorter than m x k/2",
+  );
+  assert.equal(
+    lib.sb_linear_bf16(x, 1n, 4n, pairs, 8n, blob.pointer, 4n, null, y, 7),
+    -3,
+    "bf16 activation 7",
+  );
   assert.equal(lib.sb_layernorm(x, 0n, 4n, ones, ones, 1e-5, y), -3, "layernorm rows = 0");
   assert.equal(lib.sb_layernorm(x, 1n, 4n, ones, ones, NaN, y), -3, "layernorm eps NaN");
   const ids = new Int32Array([0, 1]);

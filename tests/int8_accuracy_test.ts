@@ -29,11 +29,15 @@ Deno.test("bench:accuracy measures int8 against fp32 on a real model and refuses
     const result = JSON.parse(run.stdout);
     assert.equal(result.activationQmax, int8ActivationQmax());
     assert.equal(result.texts, 3);
-    assert.deepEqual(result.rows.map((r: { attention: string }) => r.attention), ["fp32", "int8"]);
+    assert.deepEqual(
+      result.rows.map((r: { weights: string; attention: string }) => `${r.weights}/${r.attention}`),
+      ["int8/fp32", "int8/int8", "bf16/fp32"],
+    );
     for (const r of result.rows) {
-      // int8 moves the embeddings a little, never to another text's.
+      // int8 and bf16 move the embeddings a little, never to another text's.
       assert.ok(r.minCosine > 0.98 && r.minCosine < 1, `min cosine ${r.minCosine}`);
       assert.ok(r.meanCosine >= r.minCosine);
+      assert.ok(r.belowLossless >= 0 && r.belowLossless <= 3);
     }
   } finally {
     await Deno.remove(texts);

@@ -20,6 +20,15 @@ Deno.test("dense weights get the dense kernel without timing, with the reason", 
   assert.match(d.reason, /^dense-f32: fp32 weights; element sparsity 0\.00 < 0\.50$/);
 });
 
+Deno.test("precision bf16 (opt-in) gives dense layers the bf16-weight kernel, sparse ones sparse fp32", () => {
+  const chooser = new KernelChooser({ cachePath: null, precision: "bf16", autotune: false });
+  using dense = chooser.build(weight(0), spec);
+  using sparse = chooser.build(weight(0.9), spec);
+  assert.deepEqual([dense.kind, sparse.kind], ["dense-bf16", "sparse-f32"]);
+  assert.match(chooser.decisions[0].reason, /^dense-bf16: precision bf16; element sparsity 0\.00/);
+  assert.match(chooser.decisions[1].reason, /^sparse-f32: precision bf16; element sparsity 0\.90/);
+});
+
 Deno.test("a sparse weight gets whichever kernel measured faster, and the cache is used", async () => {
   const cachePath = `${await Deno.makeTempDir()}/autotune.json`;
   const chooser = new KernelChooser({ cachePath, precision: "int8", tuneRows: 32 });

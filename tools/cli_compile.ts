@@ -25,7 +25,7 @@ Options:
   --model M        model file, folder or registry name (required)
   --out FILE       compiled file to write (required)
   --kernels K      auto (default) | ${KERNEL_KINDS.join(" | ")}
-  --precision P    auto (default: int8 where the model has int8 weights) | fp32 | int8
+  --precision P    auto (default: int8 where the model has int8 weights) | fp32 | int8 | bf16
   --no-autotune    choose by sparsity threshold only
   --json           print one JSON object
   -h, --help       show this help`;

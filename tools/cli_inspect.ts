@@ -27,7 +27,7 @@ chosen now, with the autotune cached in .cache/autotune.json).
 Options:
   --model M   model file, folder or registry name (required)
   --kernels K     kernel choice to show: auto (default) | ${KERNEL_KINDS.join(" | ")}
-  --precision P   auto (default) | fp32 | int8
+  --precision P   auto (default) | fp32 | int8 | bf16
   --json      print one JSON object
   -h, --help  show this help`;
 
