@@ -12,7 +12,9 @@ import { lcgInputIds, outputSummary } from "../bench/compare/deno_runner.ts";
 import { privateCopy } from "../bench/compare/contestants.ts";
 import {
   checkPlan,
+  filePlan,
   planFor,
+  registerModelFile,
   type RuntimeName,
   RUNTIMES,
   scenarioKey,
@@ -41,6 +43,10 @@ import {
   peakRssBytes,
 } from "../bench/compare/memory.ts";
 import { parseCompareArgs, writeOutputs } from "../bench/compare/main.ts";
+import { describeModelFile } from "../bench/compare/models.ts";
+import { ensureTestModel } from "./fixtures/write_test_model.ts";
+import { pruneModel } from "../compress/prune.ts";
+import { quantizeModel } from "../compress/quantize_model.ts";
 import { readOnnxModel } from "../formats/onnx_proto.ts";
 
 Deno.test("the Deno runner's token ids are the peers' token ids", () => {
@@ -143,6 +149,46 @@ Deno.test("the command line: plans, defaults and clear errors", () => {
   assert.throws(() => parseCompareArgs(["--budget-min=-1"]), /'-1'/);
   assert.throws(() => parseCompareArgs(["--models", "gpt2"]), /'gpt2'/);
   assert.throws(() => parseCompareArgs(["--sparse-threshold", "2"]), /'2'/);
+});
+
+Deno.test("--model-file: a user's file is measured as it is, its sparsity read from it", async () => {
+  const cli = parseCompareArgs(["--model-file", "m.fp32.onnx", "--scenarios", "s384-b1-t2"]);
+  assert.equal(cli.modelFile, `${Deno.cwd()}/m.fp32.onnx`);
+  assert.deepEqual(cli.fileScenarios, ["s384-b1-t2"]);
+  assert.equal(cli.doc, null, "a file's run leaves docs/ alone unless --doc is given");
+  assert.throws(() => parseCompareArgs(["--model-file", "m.onnx", "--quick"]), /--quick/);
+  assert.throws(() => parseCompareArgs(["--model-file", "m.onnx", "--models", "x"]), /--models/);
+  const dir = await Deno.makeTempDir({ prefix: "bench_model_file_" });
+  try {
+    const { path } = await ensureTestModel({
+      preset: "bert-mini",
+      config: { numLayers: 2, vocabSize: 2048, maxPositionEmbeddings: 128 },
+      seed: 5,
+    });
+    const sparse = `${dir}/sparse.onnx`;
+    await pruneModel(path, sparse, {
+      sparsity: 0.8,
+      pattern: "4x1",
+      method: "magnitude",
+      scope: "per-layer",
+    });
+    const info = await describeModelFile(sparse);
+    assert.equal(info.def.source.kind, "file");
+    assert.equal(info.pattern, "4x1");
+    assert.ok(Math.abs(info.sparsity - 0.8) <= 0.01, `measured ${info.sparsity}`);
+    assert.match(info.def.label, /4x1 block sparsity 0\.8/);
+    assert.equal((await describeModelFile(path)).sparsity, 0, "a dense file stays dense");
+    registerModelFile(info.def);
+    const plan = filePlan(info.def.key, info.sparsity, info.pattern);
+    checkPlan(plan);
+    assert.deepEqual(plan.latency[0].variants.map(variantKey), ["fp32-s80-4x1", "int8-s80-4x1"]);
+    assert.throws(() => registerModelFile({ ...info.def, key: "bert-base" }), /built-in/);
+    const int8 = `${dir}/int8.onnx`;
+    await quantizeModel(sparse, int8, {});
+    await assert.rejects(() => describeModelFile(int8), /int8 weights: give the fp32 file/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("plans: every plan is valid, quick fits its budget, default names its scenarios", () => {

@@ -13,8 +13,11 @@
  */
 import { parseArgs } from "node:util";
 import {
+  allScenarios,
+  filePlan,
   type Plan,
   planFor,
+  registerModelFile,
   RUNTIME_LABELS,
   type RuntimeName,
   RUNTIMES,
@@ -29,6 +32,7 @@ import {
   writeAtomic,
   writeJson,
 } from "./report.ts";
+import { describeModelFile } from "./models.ts";
 import type { ComparisonResult } from "./results.ts";
 import { estimatePlan, prepareModels, runComparison } from "./run.ts";
 
@@ -53,6 +57,11 @@ Plans:
   --full           every model (BERT-Mini, DistilBERT, BERT-Base, BERT-Large, all-MiniLM-L6-v2)
                    x dense/70/80/90% x 4x1/unstructured x fp32/int8 x seq 128/384 x batch 1/8
                    x threads 1/2 (hours)
+  --model-file F   your own fp32 ONNX encoder (for example cli sparsify's <stem>.fp32.onnx),
+                   as it is: fp32 and each runtime's int8 forms of it (quantized from it, as
+                   for every model), seq 128 batch 1 2 threads (or --scenarios from
+                   s128/s384 x b1/b8 x t1/t2); its sparsity is measured; the docs are left
+                   alone unless --doc is given
 
 Options:
   --torch              also run PyTorch (needs: deno task setup:peers --torch)
@@ -125,6 +134,10 @@ export interface CompareCli {
   render: string | null;
   /** Show help. */
   help: boolean;
+  /** `--model-file`: the user's fp32 ONNX file (absolute), or null. */
+  modelFile: string | null;
+  /** `--scenarios` keys for the file plan (empty: its default). */
+  fileScenarios: string[];
 }
 
 function positive(flag: string, text: string): number {
@@ -184,11 +197,22 @@ export function parseCompareArgs(args: string[]): CompareCli {
       "no-doc": { type: "boolean", default: false },
       "models-dir": { type: "string" },
       "venv-root": { type: "string" },
+      "model-file": { type: "string" },
       json: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
   });
   if (values.quick && values.full) throw new Error("Give --quick or --full, not both");
+  const modelFile = values["model-file"] !== undefined ? abs(values["model-file"]) : null;
+  if (modelFile !== null) {
+    const clash = ["quick", "full", "models", "variants", "render"].find((k) =>
+      values[k as keyof typeof values] !== undefined && values[k as keyof typeof values] !== false
+    );
+    if (clash !== undefined) throw new Error(`--model-file cannot be combined with --${clash}`);
+  }
+  const fileScenarios = modelFile !== null && values.scenarios !== undefined
+    ? pickKeys(values.scenarios, allScenarios().map(scenarioKey), "Scenario", "file")
+    : [];
   const plan = planFor(values.quick ? "quick" : values.full ? "full" : "default");
   let runtimes: RuntimeName[] = RUNTIMES.filter((r) => r !== "torch" || values.torch);
   if (values.runtimes !== undefined) {
@@ -232,7 +256,7 @@ export function parseCompareArgs(args: string[]): CompareCli {
     plan.latency = plan.latency.filter((b) => b.variants.length > 0);
     plan.bound = plan.bound.filter((b) => b.variants.length > 0);
   }
-  if (values.scenarios !== undefined) {
+  if (values.scenarios !== undefined && modelFile === null) {
     const keep = pickKeys(
       values.scenarios,
       plan.latency.flatMap((b) => b.scenarios.map(scenarioKey)),
@@ -267,7 +291,7 @@ export function parseCompareArgs(args: string[]): CompareCli {
     ? null
     : values.doc !== undefined
     ? abs(values.doc)
-    : quick || render !== null
+    : quick || render !== null || modelFile !== null
     ? null
     : `${ROOT}/docs/BENCHMARKS.md`;
   const svg = values.svg !== undefined
@@ -294,7 +318,26 @@ export function parseCompareArgs(args: string[]): CompareCli {
     dryRun: values["dry-run"],
     prepareOnly: values.prepare,
     help: values.help,
+    modelFile,
+    fileScenarios,
   };
+}
+
+/** Replaces `cli.plan` with the plan of `cli.modelFile` (registering the file's model). */
+async function planModelFile(cli: CompareCli): Promise<void> {
+  const info = await describeModelFile(cli.modelFile!);
+  registerModelFile(info.def);
+  const scenarios = allScenarios(info.def.maxSeq).filter((s) =>
+    cli.fileScenarios.includes(scenarioKey(s))
+  );
+  const plan = filePlan(
+    info.def.key,
+    info.sparsity,
+    info.pattern,
+    scenarios.length > 0 ? scenarios : undefined,
+  );
+  cli.plan = plan;
+  console.error(`--model-file: ${info.def.label}`);
 }
 
 /** `to` relative to the folder `fromDir` (both absolute). */
@@ -387,6 +430,14 @@ async function main(): Promise<number> {
   if (cli.help) {
     console.log(HELP);
     return 0;
+  }
+  if (cli.modelFile !== null) {
+    try {
+      await planModelFile(cli);
+    } catch (err) {
+      console.error(`error: --model-file ${cli.modelFile}: ${(err as Error).message}`);
+      return 1;
+    }
   }
   if (cli.dryRun) {
     const steps = estimatePlan(cli.plan, cli.runtimes);

@@ -148,6 +148,12 @@ export type ModelSource =
     kind: "registry";
     /** Registry name. */
     name: string;
+  }
+  | {
+    /** A user's fp32 ONNX file (`bench:compare --model-file`), measured as it is. */
+    kind: "file";
+    /** Absolute path. */
+    path: string;
   };
 
 /** A model of the comparison. */
@@ -239,9 +245,50 @@ export const MODEL_DEFS: Readonly<Record<string, ModelDef>> = Object.freeze({
   },
 });
 
+/** Models registered from users' files ({@linkcode registerModelFile}). */
+const FILE_MODELS = new Map<string, ModelDef>();
+
+/**
+ * Makes a user's fp32 ONNX file a model of this process's comparison (`--model-file`).
+ *
+ * @throws RangeError when the definition is not a file's or its key is taken.
+ */
+export function registerModelFile(def: ModelDef): void {
+  if (def.source.kind !== "file") throw new RangeError(`Model '${def.key}' is not a file's`);
+  if (MODEL_DEFS[def.key] !== undefined) {
+    throw new RangeError(`Model key '${def.key}' is a built-in model's`);
+  }
+  FILE_MODELS.set(def.key, def);
+}
+
+/**
+ * The plan for one user's file: its own weights as they are (`sparsity` and `pattern`
+ * measured from the file; the int8 forms quantized from it, as for every model) in fp32 and
+ * int8, each runtime's best int8 form, in `scenarios` (default seq 128, batch 1, 2 threads); no
+ * latency-bound search and no time budget.
+ */
+export function filePlan(
+  model: string,
+  sparsity: number,
+  pattern: Pattern,
+  scenarios: Scenario[] = [PRIMARY],
+): Plan {
+  const base = planFor("default");
+  const fp32 = variant("fp32", sparsity, pattern);
+  const int8 = variant("int8", sparsity, pattern);
+  return {
+    ...base,
+    name: "file",
+    latency: [{ model, variants: [fp32, int8], scenarios, forms: "best" }],
+    bound: [],
+    budgetS: Infinity,
+    chart: { model, scenario: scenarios[0] },
+  };
+}
+
 /** Looks up a model definition; throws naming the known ones. */
 export function modelDef(key: string): ModelDef {
-  const def = MODEL_DEFS[key];
+  const def = MODEL_DEFS[key] ?? FILE_MODELS.get(key);
   if (def === undefined) {
     throw new RangeError(
       `Unknown model '${key}', expected one of ${Object.keys(MODEL_DEFS).join(", ")}`,
@@ -347,8 +394,8 @@ export interface BoundBlock {
 
 /** A whole run: what to measure and how long. */
 export interface Plan {
-  /** Run size. */
-  name: "quick" | "default" | "full";
+  /** Run size (`"file"`: a user's file, {@linkcode filePlan}). */
+  name: "quick" | "default" | "full" | "file";
   /** Latency measurements, most important first (the budget cuts from the end). */
   latency: LatencyBlock[];
   /** Latency-bound throughput searches. */
@@ -388,7 +435,7 @@ function allVariants(): Variant[] {
   return out;
 }
 
-function allScenarios(maxSeq = 512): Scenario[] {
+export function allScenarios(maxSeq = 512): Scenario[] {
   const out: Scenario[] = [];
   for (const seq of [128, 384]) {
     if (seq > maxSeq) continue;

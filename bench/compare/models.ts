@@ -1,8 +1,9 @@
 /**
  * The model files of the comparison, prepared once and cached under `.cache/bench-models/`:
  *
- * - the fp32 base: a seeded generated model (tests/fixtures/write_test_model.ts) or a real model from
- *   the registry (hub/registry.ts, fetched on first use);
+ * - the fp32 base: a seeded generated model (tests/fixtures/write_test_model.ts), a real model from
+ *   the registry (hub/registry.ts, fetched on first use), or a user's file (`--model-file`, used
+ *   as it is, pruned or not);
  * - pruned fp32 variants: compress/prune.ts (magnitude, per layer), the same graph with zeros;
  * - int8 variants of any fp32 variant, in the layouts of {@linkcode MODEL_FORMS}: written by
  *   compress/quantize_model.ts from the (pruned) fp32 file, so zeros stay zeros.
@@ -18,11 +19,14 @@ import { randomBatches } from "../../compress/calibrate.ts";
 import { pruneModel } from "../../compress/prune.ts";
 import { quantizeModel, type QuantizeOptions } from "../../compress/quantize_model.ts";
 import { ensureModel } from "../../hub/registry.ts";
+import { loadModel } from "../../hub/load.ts";
+import { measureSparsity } from "../../encoder/quantized.ts";
 import { ensureTestModel } from "../../tests/fixtures/write_test_model.ts";
 import {
   fp32Of,
   type ModelDef,
   type ModelForm,
+  type Pattern,
   type Variant,
   variantKey,
   variantLabel,
@@ -126,7 +130,10 @@ export class ModelStore {
   async #prepare(model: ModelDef, variant: Variant, form: ModelForm): Promise<PreparedFile> {
     const what = `${model.key} ${variantLabel(variant)} (${form})`;
     try {
-      if (form === "fp32" && variant.sparsity === 0) return await this.#base(model);
+      // A user's file is measured as it is: its fp32 form is the file, whatever its sparsity.
+      if (form === "fp32" && (variant.sparsity === 0 || model.source.kind === "file")) {
+        return await this.#base(model);
+      }
       if (form === "fp32") return await this.#pruned(model, variant);
       const source = await this.file(model, fp32Of(variant), "fp32");
       return await this.#quantized(model, variant, form, source);
@@ -150,6 +157,9 @@ export class ModelStore {
         seed: src.seed,
         ...src.config,
       };
+    } else if (src.kind === "file") {
+      path = src.path;
+      made = { file: src.path };
     } else {
       const files = await ensureModel(src.name, {
         onProgress: (p) => {
@@ -261,4 +271,72 @@ export class ModelStore {
       await Deno.remove(tmp, { recursive: true }).catch(() => {});
     }
   }
+}
+
+/** A user's model file as the comparison sees it ({@linkcode describeModelFile}). */
+export interface ModelFileInfo {
+  /** Its model definition (source `file`). */
+  def: ModelDef;
+  /** Weighted mean sparsity of the encoder linears: 4x1 blocks, or elements if unstructured. */
+  sparsity: number;
+  /** `"4x1"` when its zeros come in 4x1 blocks (block sparsity within 0.02 of element). */
+  pattern: Pattern;
+}
+
+/**
+ * Reads a user's fp32 ONNX encoder (`bench:compare --model-file`): its shape for the work
+ * estimate and the measured sparsity of its linears (under 1%: dense).
+ *
+ * @throws Error when the file cannot be imported as an encoder, or is not fp32.
+ */
+export async function describeModelFile(path: string): Promise<ModelFileInfo> {
+  const { weights } = await loadModel(path);
+  const c = weights.config;
+  const linears = weights.layers.flatMap((l) => [
+    l.query,
+    l.key,
+    l.value,
+    l.attentionOutput,
+    l.intermediate,
+    l.output,
+  ]);
+  if (linears.some((d) => d.quantized !== undefined)) {
+    throw new Error(
+      `'${path}' has int8 weights: give the fp32 file (bench:compare makes the int8 forms of ` +
+        "every runtime from it; cli sparsify writes it as <stem>.fp32.onnx)",
+    );
+  }
+  let total = 0;
+  let zeros = 0;
+  let zeroBlocks = 0;
+  for (const d of linears) {
+    const m = d.sparsity ?? measureSparsity(d.weight, d);
+    total += d.out * d.in;
+    zeros += m.element * d.out * d.in;
+    zeroBlocks += m.block4x1 * d.out * d.in;
+  }
+  const element = zeros / total;
+  const block = zeroBlocks / total;
+  const blocky = element - block <= 0.02;
+  const raw = blocky ? block : element;
+  const sparsity = raw < 0.01 ? 0 : Math.round(raw * 100) / 100;
+  const stem = path.split("/").at(-1)!.replace(/\.onnx$/, "");
+  const key = `file-${stem.replace(/[^A-Za-z0-9_.-]/g, "_")}`;
+  const what = sparsity === 0
+    ? "dense"
+    : `${blocky ? "4x1 block" : "element"} sparsity ${raw.toFixed(3)}`;
+  return {
+    def: {
+      key,
+      label: `${stem} (file: ${c.numLayers} layers, H ${c.hiddenSize}, ${what})`,
+      source: { kind: "file", path },
+      layers: c.numLayers,
+      hidden: c.hiddenSize,
+      intermediate: c.intermediateSize,
+      maxSeq: c.maxPositionEmbeddings,
+      boundMs: 20,
+    },
+    sparsity,
+    pattern: blocky ? "4x1" : "unstructured",
+  };
 }
