@@ -24,7 +24,7 @@ import {
 import { analyzeOnnx, type OnnxAnalysis } from "../formats/onnx_import.ts";
 import { declaredEmbedding } from "../hub/load.ts";
 import { BertTokenizer } from "../pipelines/tokenizer.ts";
-import type { DenseWeight } from "../encoder/weights.ts";
+import { type DenseWeight, encoderLinears } from "../encoder/weights.ts";
 import type { Int8Activations } from "../encoder/linear_kinds.ts";
 
 /** One labelled text of a retrieval set. */
@@ -465,14 +465,7 @@ async function layerErrors(
 }
 
 function variantInfo(a: OnnxAnalysis): EvaluateReport["variantInfo"] {
-  const linears = a.weights.layers.flatMap((l) => [
-    l.query,
-    l.key,
-    l.value,
-    l.attentionOutput,
-    l.intermediate,
-    l.output,
-  ]);
+  const linears = encoderLinears(a.weights);
   const mean = (f: (d: DenseWeight) => number): number =>
     linears.reduce((s, d) => s + f(d) * d.out * d.in, 0) /
     linears.reduce((s, d) => s + d.out * d.in, 0);

@@ -210,6 +210,19 @@ export interface BertWeights {
   };
 }
 
+/** The six linear weights of every encoder layer, layer by layer (Q, K, V, attention output,
+ * intermediate, output). */
+export function encoderLinears(w: BertWeights): DenseWeight[] {
+  return w.layers.flatMap((l) => [
+    l.query,
+    l.key,
+    l.value,
+    l.attentionOutput,
+    l.intermediate,
+    l.output,
+  ]);
+}
+
 /** Number of fp32 parameters of a set of weights (embeddings, layers, pooler, head). */
 export function parameterCount(w: BertWeights): number {
   const dense = (d: DenseWeight | null | undefined): number =>

@@ -21,6 +21,7 @@ import { quantizeModel, type QuantizeOptions } from "../../compress/quantize_mod
 import { ensureModel } from "../../hub/registry.ts";
 import { loadModel } from "../../hub/load.ts";
 import { measureSparsity } from "../../encoder/quantized.ts";
+import { encoderLinears } from "../../encoder/weights.ts";
 import { ensureTestModel } from "../../tests/fixtures/write_test_model.ts";
 import {
   fp32Of,
@@ -292,14 +293,7 @@ export interface ModelFileInfo {
 export async function describeModelFile(path: string): Promise<ModelFileInfo> {
   const { weights } = await loadModel(path);
   const c = weights.config;
-  const linears = weights.layers.flatMap((l) => [
-    l.query,
-    l.key,
-    l.value,
-    l.attentionOutput,
-    l.intermediate,
-    l.output,
-  ]);
+  const linears = encoderLinears(weights);
   if (linears.some((d) => d.quantized !== undefined)) {
     throw new Error(
       `'${path}' has int8 weights: give the fp32 file (bench:compare makes the int8 forms of ` +
