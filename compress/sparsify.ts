@@ -37,8 +37,16 @@ export const TRAINER = decodeURIComponent(
 
 /** Options of the training run (what the trainer reads from `bundle.json`). */
 export interface TrainOptions {
-  /** Target fraction of zero 4x1 blocks in every encoder linear, in [0, 1). */
+  /**
+   * Target fraction of zero 4x1 blocks, in [0, 1): in every encoder linear (`scope`
+   * `"per-layer"`), or over all of them together (`"global"`).
+   */
   sparsity: number;
+  /**
+   * `"per-layer"` (default): every linear at the target; `"global"`: the 4x1 blocks of all
+   * linears ranked together by their norm, each linear keeping at least 2% of its blocks.
+   */
+  scope: "per-layer" | "global";
   /** Where the student starts: `obs` (one-shot OBS at `initSparsity`) or `dense`. */
   init: "obs" | "dense";
   /** OBS starting sparsity (default: the target). */
@@ -75,13 +83,14 @@ export interface TrainOptions {
 
 /** The defaults of {@linkcode TrainOptions} (sparsity aside). */
 export const TRAIN_DEFAULTS: Omit<TrainOptions, "sparsity" | "initSparsity"> = {
+  scope: "per-layer",
   init: "obs",
   pruneFraction: 0.5,
   pruneEvery: 20,
   steps: 0,
   timeBudgetSeconds: 30 * 60,
   batchSize: 32,
-  learningRate: 1e-4,
+  learningRate: 5e-4,
   warmupSteps: 30,
   poolWeight: 1,
   hiddenWeight: 1,
@@ -118,6 +127,9 @@ export function resolveTrainOptions(
       `Invalid init sparsity ${o.initSparsity}: above the target sparsity ${o.sparsity}`,
     );
   }
+  if (o.scope !== "per-layer" && o.scope !== "global") {
+    throw new RangeError(`Invalid scope "${o.scope}": expected "per-layer" or "global"`);
+  }
   if (o.init !== "obs" && o.init !== "dense") {
     throw new RangeError(`Invalid init "${o.init}": expected "obs" or "dense"`);
   }
@@ -125,6 +137,14 @@ export function resolveTrainOptions(
     throw new RangeError("A dense start has init sparsity 0");
   }
   if (o.init === "dense") o.initSparsity = 0;
+  if (o.scope === "global" && o.initSparsity >= o.sparsity) {
+    // The OBS start is per layer; only the schedule's steps rank blocks across layers.
+    throw new RangeError(
+      `Scope global moves blocks between layers while the schedule prunes from the init ` +
+        `sparsity to the target, and the OBS start is per layer: give an init sparsity below ` +
+        `${o.sparsity} (for example ${(o.sparsity * 0.8).toFixed(2)}) or init "dense"`,
+    );
+  }
   fraction("prune fraction", o.pruneFraction, 1.0000001);
   positive("prune every", o.pruneEvery);
   if (!(Number.isInteger(o.steps) && o.steps >= 0)) {

@@ -35,7 +35,11 @@ Deno.test("sparsify options: defaults and conversions", () => {
   const p = parseSparsifyOptions({ ...REQUIRED, "time-budget": "2.5", steps: "7" });
   assert.equal(p.train.sparsity, 0.8);
   assert.equal(p.train.init, "obs");
+  assert.equal(p.train.scope, "per-layer");
+  assert.equal(p.train.learningRate, 5e-4);
   assert.equal(p.train.initSparsity, 0.8);
+  const global = parseSparsifyOptions({ ...REQUIRED, scope: "global", "init-sparsity": "0.6" });
+  assert.equal(global.train.scope, "global");
   assert.equal(p.train.timeBudgetSeconds, 150);
   assert.equal(p.train.steps, 7);
   assert.equal(p.int8, true);
@@ -61,6 +65,8 @@ Deno.test("sparsify options: bad values are usage errors naming the option", () 
     [{ ...REQUIRED, "init-sparsity": "0.9" }, /above the target sparsity/],
     [{ ...REQUIRED, init: "dense", "init-sparsity": "0.5" }, /only used by --init obs/],
     [{ ...REQUIRED, init: "magic" }, /--init/],
+    [{ ...REQUIRED, scope: "model" }, /--scope/],
+    [{ ...REQUIRED, scope: "global" }, /init sparsity below 0.8 \(for example 0.64\)/],
     [{ ...REQUIRED, "time-budget": "0" }, /--time-budget/],
     [{ ...REQUIRED, steps: "1.5" }, /--steps must be an integer/],
     [{ ...REQUIRED, "batch-size": "0" }, /--batch-size/],
@@ -342,6 +348,36 @@ Deno.test("sparsify end to end on a 2-layer test model (needs the JAX venv)", as
       assert.equal(resumed?.step, 12);
       assert.equal(JSON.parse(lines.join("\n")).training.steps, 14);
     });
+    await t.step(
+      "--scope global: the target over all linears together, each keeping 2%",
+      async () => {
+        lines.length = 0;
+        console.log = (s: string) => lines.push(s);
+        const global = `${dir}/global/model.onnx`;
+        try {
+          code = await main([
+            ...args.slice(0, 3),
+            global,
+            ...args.slice(4).map((a) => a === "12" ? "6" : a),
+            "--scope",
+            "global",
+            "--no-int8",
+          ]);
+        } finally {
+          console.log = log;
+        }
+        assert.equal(code, 0, lines.join("\n"));
+        const g = await analyzeOnnx(global);
+        const linears = bundleLinears(g.weights).map((l) => l.dense);
+        const blocks = (d: (typeof linears)[number]) => Math.ceil(d.out / 4) * d.in;
+        const total = linears.reduce((s, d) => s + blocks(d), 0);
+        const zero = linears.reduce((s, d) => s + d.sparsity!.block4x1 * blocks(d), 0);
+        assert.ok(Math.abs(zero / total - 0.75) < 0.01, `overall ${zero / total}`);
+        const per = linears.map((d) => d.sparsity!.block4x1);
+        assert.ok(Math.max(...per) - Math.min(...per) > 0.02, `per linear ${per}`);
+        for (const p of per) assert.ok(p <= 0.98 + 1e-9, `a linear at ${p}`);
+      },
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

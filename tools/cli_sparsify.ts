@@ -39,7 +39,7 @@ export const SUMMARY = "Distill a dense model into a 4x1-sparse int8 model (JAX 
 export const HELP = `Usage: deno task cli sparsify --model IN --out OUT --sparsity S [options]
 
 Prunes the encoder's linears to 4x1 blocks (4 output channels x 1 input channel) at sparsity S
-in every linear, recovering quality by distillation from the dense model on unlabeled English
+in every linear (or over all of them, --scope global), recovering quality by distillation from the dense model on unlabeled English
 text (pooled-embedding cosine + similarity-matrix loss and every layer's hidden states), with a
 cubic pruning schedule from the starting sparsity to S; then quantizes to int8 (cli quantize,
 dynamic per-token activations). Writes OUT (int8) and the sparse fp32 model beside it as
@@ -52,7 +52,11 @@ ${DEFAULT_CORPUS} on first use); texts overlapping the evaluation texts are refu
 Options:
   --model IN            fp32 .onnx file, folder with model.onnx, or cached model name
   --out OUT             output .onnx file (int8; with --no-int8 the sparse fp32 model)
-  --sparsity S          target fraction of zero 4x1 blocks per linear, 0 < S < 1
+  --sparsity S          target fraction of zero 4x1 blocks, 0 < S < 1
+  --scope SCOPE         per-layer (default: every linear at S) | global (the blocks of all
+                        linears ranked together, S over all; each keeps 2% of its blocks;
+                        needs --init-sparsity below S or --init dense: the OBS start is per
+                        layer)
   --init I              obs (default: start from the OBS one-shot pruning) | dense
   --init-sparsity S0    OBS starting sparsity, cubic schedule from S0 to S (default S)
   --prune-fraction F    fraction of the steps the schedule takes (default 0.5)
@@ -66,7 +70,7 @@ Options:
                         fitted to it after the first timed steps
   --steps N             train exactly N steps (still stopped by --time-budget)
   --batch-size N        texts per step (default 32)
-  --lr X                peak learning rate (default 1e-4, AdamW, cosine decay)
+  --lr X                peak learning rate (default 5e-4, AdamW, cosine decay)
   --hidden-weight X     weight of the hidden-state loss (default 1)
   --work DIR            work folder: bundle, checkpoints, logs (default OUT.work)
   --resume              continue the run in the work folder from its last checkpoint
@@ -80,7 +84,7 @@ Evaluate the result against the dense model with
 
 /** The options `HELP` describes, as `parseArgs` takes them. */
 const OPTIONS = {
-  ...stringOptions("model", "out", "sparsity", "init", "init-sparsity", "prune-fraction"),
+  ...stringOptions("model", "out", "sparsity", "scope", "init", "init-sparsity", "prune-fraction"),
   ...stringOptions("corpus", "eval-texts", "max-texts", "max-length", "obs-texts"),
   ...stringOptions("time-budget", "steps", "batch-size", "lr", "hidden-weight", "work"),
   ...stringOptions("threads"),
@@ -128,6 +132,8 @@ export function parseSparsifyOptions(values: Values): SparsifyPlan {
     throw new UsageError(`--sparsity must be in (0, 1), got "${str("sparsity")}"`);
   }
   const init = choiceOption("--init", str("init"), ["obs", "dense"] as const) ?? "obs";
+  const scope = choiceOption("--scope", str("scope"), ["per-layer", "global"] as const) ??
+    "per-layer";
   const initSparsity = numberOption("--init-sparsity", str("init-sparsity"));
   if (init === "dense" && initSparsity !== undefined) {
     throw new UsageError("--init-sparsity is only used by --init obs");
@@ -141,7 +147,11 @@ export function parseSparsifyOptions(values: Values): SparsifyPlan {
   if (hiddenWeight !== undefined && !(hiddenWeight >= 0)) {
     throw new UsageError(`--hidden-weight must be >= 0, got "${hiddenWeight}"`);
   }
-  const partial: Partial<TrainOptions> & { sparsity: number } = { sparsity: sparsity ?? 0.5, init };
+  const partial: Partial<TrainOptions> & { sparsity: number } = {
+    sparsity: sparsity ?? 0.5,
+    init,
+    scope,
+  };
   if (initSparsity !== undefined) partial.initSparsity = initSparsity;
   if (budget !== undefined) partial.timeBudgetSeconds = budget * 60;
   const steps = intOption("--steps", values.steps);

@@ -17,7 +17,8 @@ squared error of every layer's hidden states (divided by the teacher's mean squa
 
 The sparsity follows the cubic schedule of Zhu & Gupta (2017) from the starting sparsity to the
 target over the first `prune_fraction` of the steps; the mask is re-chosen every `prune_every`
-steps per linear by the L2 norm of its 4x1 blocks (a zeroed block has norm 0, so masks only grow).
+steps per linear by the L2 norm of its 4x1 blocks (a zeroed block has norm 0, so masks only grow);
+with scope "global" the blocks of all linears compete together (each keeps 2% of its blocks).
 
 Progress goes to stdout as one JSON object per line; checkpoints to checkpoint.npz (atomic
 rename); the result to result.f32 + result.json. `--resume` continues from checkpoint.npz.
@@ -86,6 +87,47 @@ def block_mask(w, sparsity):
 
 def block_sparsity(w):
     return float((block_norms(w) == 0).mean())
+
+
+def overall_sparsity(lin, keys):
+    """Fraction of zero 4x1 blocks over all the linears (weighted by their block counts)."""
+    norms = [block_norms(np.asarray(lin[k])) for k in keys]
+    return float(sum((n == 0).sum() for n in norms) / sum(n.size for n in norms))
+
+
+# Under a global scope every linear keeps at least this fraction of its 4x1 blocks, so that no
+# layer is pruned away whole.
+GLOBAL_MIN_KEEP = 0.02
+
+
+def global_block_masks(lin, keys, sparsity):
+    """Masks zeroing the round(sparsity * all blocks) 4x1 blocks of smallest norm over all the
+    linears together (each keeping its GLOBAL_MIN_KEEP largest blocks)."""
+    norms = {k: block_norms(lin[k]) for k in keys}
+    ranked = []
+    for k in keys:
+        n = norms[k].reshape(-1).copy()
+        floor = max(1, int(np.ceil(GLOBAL_MIN_KEEP * n.size)))
+        n[np.argsort(n, kind="stable")[-floor:]] = np.inf
+        ranked.append(n)
+    flat = np.concatenate(ranked)
+    count = int(round(sparsity * flat.size))
+    keep = np.ones(flat.size, np.float32)
+    if count > 0:
+        keep[np.argsort(flat, kind="stable")[:count]] = 0.0
+    masks, off = {}, 0
+    for k in keys:
+        size = norms[k].size
+        block_keep = keep[off:off + size].reshape(norms[k].shape)
+        off += size
+        masks[k] = np.repeat(block_keep, 4, axis=0)[:lin[k].shape[0]]
+    return masks
+
+
+def scoped_masks(lin, keys, sparsity, scope):
+    if scope == "global":
+        return global_block_masks(lin, keys, sparsity)
+    return {k: block_mask(lin[k], sparsity) for k in keys}
 
 
 def cubic(step, total_prune, s0, s1):
@@ -222,7 +264,8 @@ def main():
 
     state_path = os.path.join(folder, "checkpoint.npz")
     lin = {k: np.array(tensors[k]) if student is None else np.array(student[k]) for k in L}
-    s_start = float(np.mean([block_sparsity(lin[k]) for k in L]))
+    scope = opt.get("scope", "per-layer")
+    s_start = overall_sparsity(lin, L)
     step = 0
     elapsed = 0.0
     total_steps = int(opt["steps"]) if opt.get("steps") else 0
@@ -261,7 +304,7 @@ def main():
 
     def current_masks(lin, step, total):
         s = cubic(step, prune_fraction_steps(total) if total else None, s_start, target)
-        return {k: block_mask(lin[k], s) for k in L}, s
+        return scoped_masks(lin, L, s, scope), s
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     eval_fn = jax.jit(loss_fn)
@@ -387,7 +430,7 @@ def main():
     # The result is always at the target sparsity (a run stopped early by its budget prunes the
     # rest at once).
     lin_np = {k: np.asarray(v) for k, v in lin_j.items()}
-    masks = {k: block_mask(lin_np[k], target) for k in L}
+    masks = scoped_masks(lin_np, L, target, scope)
     masks_j = {k: jnp.asarray(v) for k, v in masks.items()}
     lin_j = {k: jnp.asarray(lin_np[k] * masks[k]) for k in L}
     elapsed = elapsed0 + time.time() - t_proc
@@ -401,7 +444,8 @@ def main():
         "elapsedSeconds": elapsed,
         "startValidLoss": v0,
         "validLoss": final_valid,
-        "sparsity": float(np.mean([block_sparsity(np.asarray(lin_j[k])) for k in L])),
+        "sparsity": overall_sparsity(lin_j, L),
+        "scope": scope,
         "jax": jax.__version__,
     }
     with open(os.path.join(folder, "result.json"), "w") as f:
