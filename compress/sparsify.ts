@@ -47,6 +47,14 @@ export interface TrainOptions {
    * linears ranked together by their norm, each linear keeping at least 2% of its blocks.
    */
   scope: "per-layer" | "global";
+  /**
+   * Quantization-aware training: the student's linears see int8 fake quantization (symmetric
+   * per-channel weights, per-token activations in `qatActivationQmax` steps) with
+   * straight-through gradients. Default false.
+   */
+  qat: boolean;
+  /** Activation steps of the fake quantization: 255 (the AVX-512 VNNI kernels) or 127 (AVX2). */
+  qatActivationQmax: number;
   /** Where the student starts: `obs` (one-shot OBS at `initSparsity`) or `dense`. */
   init: "obs" | "dense";
   /** OBS starting sparsity (default: the target). */
@@ -84,6 +92,8 @@ export interface TrainOptions {
 /** The defaults of {@linkcode TrainOptions} (sparsity aside). */
 export const TRAIN_DEFAULTS: Omit<TrainOptions, "sparsity" | "initSparsity"> = {
   scope: "per-layer",
+  qat: false,
+  qatActivationQmax: 255,
   init: "obs",
   pruneFraction: 0.5,
   pruneEvery: 20,
@@ -126,6 +136,9 @@ export function resolveTrainOptions(
     throw new RangeError(
       `Invalid init sparsity ${o.initSparsity}: above the target sparsity ${o.sparsity}`,
     );
+  }
+  if (o.qatActivationQmax !== 255 && o.qatActivationQmax !== 127) {
+    throw new RangeError(`Invalid QAT activation qmax ${o.qatActivationQmax}: expected 255 or 127`);
   }
   if (o.scope !== "per-layer" && o.scope !== "global") {
     throw new RangeError(`Invalid scope "${o.scope}": expected "per-layer" or "global"`);

@@ -36,6 +36,9 @@ Deno.test("sparsify options: defaults and conversions", () => {
   assert.equal(p.train.sparsity, 0.8);
   assert.equal(p.train.init, "obs");
   assert.equal(p.train.scope, "per-layer");
+  assert.equal(p.train.qat, false);
+  const qat = parseSparsifyOptions({ ...REQUIRED, qat: true, "qat-qmax": "127" });
+  assert.deepEqual([qat.train.qat, qat.train.qatActivationQmax], [true, 127]);
   assert.equal(p.train.learningRate, 5e-4);
   assert.equal(p.train.initSparsity, 0.8);
   const global = parseSparsifyOptions({ ...REQUIRED, scope: "global", "init-sparsity": "0.6" });
@@ -66,6 +69,7 @@ Deno.test("sparsify options: bad values are usage errors naming the option", () 
     [{ ...REQUIRED, init: "dense", "init-sparsity": "0.5" }, /only used by --init obs/],
     [{ ...REQUIRED, init: "magic" }, /--init/],
     [{ ...REQUIRED, scope: "model" }, /--scope/],
+    [{ ...REQUIRED, "qat-qmax": "100" }, /QAT activation qmax 100/],
     [{ ...REQUIRED, scope: "global" }, /init sparsity below 0.8 \(for example 0.64\)/],
     [{ ...REQUIRED, "time-budget": "0" }, /--time-budget/],
     [{ ...REQUIRED, steps: "1.5" }, /--steps must be an integer/],
@@ -347,6 +351,22 @@ Deno.test("sparsify end to end on a 2-layer test model (needs the JAX venv)", as
       const resumed = events.find((e) => e.event === "resumed");
       assert.equal(resumed?.step, 12);
       assert.equal(JSON.parse(lines.join("\n")).training.steps, 14);
+    });
+    await t.step("--resume --qat fine-tunes the run with int8 fake quantization", async () => {
+      lines.length = 0;
+      console.log = (s: string) => lines.push(s);
+      try {
+        code = await main([...args.slice(0, 6), "--resume", "--steps", "16", "--qat", "--json"]);
+      } finally {
+        console.log = log;
+      }
+      assert.equal(code, 0, lines.join("\n"));
+      const bundle = JSON.parse(await Deno.readTextFile(`${out}.work/bundle.json`));
+      assert.equal(bundle.options.qat, true);
+      const starts = (await Deno.readTextFile(`${out}.work/events.jsonl`)).trim().split("\n")
+        .map((l) => JSON.parse(l)).filter((e) => e.event === "start");
+      assert.deepEqual(starts.map((e) => e.qat), [false, false, true], "the trainer ran with QAT");
+      assert.equal(JSON.parse(lines.join("\n")).training.steps, 16);
     });
     await t.step(
       "--scope global: the target over all linears together, each keeping 2%",

@@ -74,6 +74,10 @@ Options:
   --hidden-weight X     weight of the hidden-state loss (default 1)
   --work DIR            work folder: bundle, checkpoints, logs (default OUT.work)
   --resume              continue the run in the work folder from its last checkpoint
+  --qat                 quantization-aware training: int8 fake quantization (per-channel
+                        weights, per-token activations, straight-through gradients) in the
+                        student; also on --resume, to fine-tune a sparse run for int8
+  --qat-qmax N          activation steps of --qat: 255 (default, AVX-512 VNNI kernels) | 127
   --no-int8             stop after the sparse fp32 model
   --threads N           ONNX Runtime threads for OBS and quantize checks (default 1)
   --json                print the report as JSON (no progress)
@@ -88,7 +92,8 @@ const OPTIONS = {
   ...stringOptions("corpus", "eval-texts", "max-texts", "max-length", "obs-texts"),
   ...stringOptions("time-budget", "steps", "batch-size", "lr", "hidden-weight", "work"),
   ...stringOptions("threads"),
-  ...flagOptions("build-corpus", "resume", "no-int8", "json"),
+  ...flagOptions("build-corpus", "resume", "no-int8", "json", "qat"),
+  ...stringOptions("qat-qmax"),
 } as const;
 
 type Values = Partial<Record<keyof typeof OPTIONS, string | boolean>>;
@@ -151,7 +156,10 @@ export function parseSparsifyOptions(values: Values): SparsifyPlan {
     sparsity: sparsity ?? 0.5,
     init,
     scope,
+    qat: values.qat === true,
   };
+  const qatQmax = intOption("--qat-qmax", values["qat-qmax"]);
+  if (qatQmax !== undefined) partial.qatActivationQmax = qatQmax;
   if (initSparsity !== undefined) partial.initSparsity = initSparsity;
   if (budget !== undefined) partial.timeBudgetSeconds = budget * 60;
   const steps = intOption("--steps", values.steps);
@@ -250,10 +258,14 @@ export function main(args: string[]): Promise<number> {
         if (!await exists(`${work}/checkpoint.npz`)) {
           throw new Error(`--resume: no checkpoint in "${work}" yet; run without --resume`);
         }
-        // A resumed run keeps its recipe; --steps (more steps) and --time-budget (for this
-        // invocation) may change.
+        // A resumed run keeps its recipe; --steps (more steps), --time-budget (for this
+        // invocation) and --qat (fine-tuning for int8) may change.
         const patch: Partial<TrainOptions> = {};
         if (values.steps !== undefined) patch.steps = plan.train.steps;
+        if (values.qat === true) patch.qat = true;
+        if (values["qat-qmax"] !== undefined) {
+          patch.qatActivationQmax = plan.train.qatActivationQmax;
+        }
         if (values["time-budget"] !== undefined) {
           patch.timeBudgetSeconds = plan.train.timeBudgetSeconds;
         }
