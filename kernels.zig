@@ -109,9 +109,7 @@ export fn sb_linear_f32(
     y: [*]f32,
     activation: u32,
 ) i32 {
-    if (!positive(.{ m, k, n })) return -3;
-    if (residual) |r| if (@intFromPtr(r) == @intFromPtr(y)) return -3;
-    const act = enumCode(vmath.Activation, activation) orelse return -3;
+    const act = denseCallActivation(.{ m, k, n }, residual, y, activation) orelse return -3;
     linear_f32.forward(x, m, k, packed_weights, n, residual, y, act);
     return 0;
 }
@@ -125,12 +123,6 @@ export fn sb_linear_bf16_packed_len(n: usize, k: usize) usize {
 export fn sb_linear_bf16_pack(weight: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, packed_weights: [*]u32) i32 {
     if (!positive(.{ n, k })) return -3;
     linear_bf16.pack(weight, bias, n, k, packed_weights);
-    return 0;
-}
-
-export fn sb_linear_bf16_unpack(packed_weights: [*]const u32, n: usize, k: usize, weight: [*]f32, bias: [*]f32) i32 {
-    if (!positive(.{ n, k })) return -3;
-    linear_bf16.unpack(packed_weights, n, k, weight, bias);
     return 0;
 }
 
@@ -155,10 +147,8 @@ export fn sb_linear_bf16(
     y: [*]f32,
     activation: u32,
 ) i32 {
-    if (!positive(.{ m, k, n })) return -3;
+    const act = denseCallActivation(.{ m, k, n }, residual, y, activation) orelse return -3;
     if (scratch_len < linear_bf16.scratchLen(m, k)) return -3;
-    if (residual) |r| if (@intFromPtr(r) == @intFromPtr(y)) return -3;
-    const act = enumCode(vmath.Activation, activation) orelse return -3;
     linear_bf16.forward(x, m, k, scratch, packed_weights, n, residual, y, act);
     return 0;
 }
@@ -285,6 +275,14 @@ fn int8Output(output: u32, out_scale: f32, out_zero: i32, out_qmax: u32) ?struct
 fn enumCode(comptime E: type, code: u32) ?E {
     inline for (std.meta.fields(E)) |f| if (f.value == code) return @enumFromInt(code);
     return null;
+}
+
+/// The checks both dense float linears make at the C ABI: sizes of at least 1, a residual that is
+/// not the output, a known activation code (returned; null when any check fails).
+fn denseCallActivation(sizes: anytype, residual: ?[*]const f32, y: [*]f32, activation: u32) ?vmath.Activation {
+    if (!positive(sizes)) return null;
+    if (residual) |r| if (@intFromPtr(r) == @intFromPtr(y)) return null;
+    return enumCode(vmath.Activation, activation);
 }
 
 /// Whether every size is at least 1.

@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "b05b6d807008c8ca1e02b50a222b4f99c5ce6a4a1a5100bb3cec2bf27ff4ef2c",
-  avx2: "11c6caf5c83e49604ff5c8400d6fd6161970040b3951099f0e045408e86686d5",
-  avx512vnni: "e6edc9bb2e20bf81ead0e2423c6fdecf92fd87513171ffb921827f108d0f4038",
+  baseline: "ee0f0fb12a8c2b5196888001935f552a22578685a6c4779af40c3ca472fdd489",
+  avx2: "9bdca4013fb95ad50849eb6b6ec1cdcaaa38351757a7cfa06d403f600067d3cb",
+  avx512vnni: "db0866c44460169891191ef7e3ff27128295728f715743e97a0bb20b7d0b8559",
 };

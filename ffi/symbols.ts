@@ -39,10 +39,6 @@ export const symbols = {
     parameters: ["buffer", "buffer", "usize", "usize", "pointer"],
     result: "i32",
   },
-  sb_linear_bf16_unpack: {
-    parameters: ["pointer", "usize", "usize", "buffer", "buffer"],
-    result: "i32",
-  },
   sb_linear_bf16_scratch_len: { parameters: ["usize", "usize"], result: "usize" },
   sb_bf16_hardware: { parameters: [], result: "u32" },
   sb_linear_bf16: {

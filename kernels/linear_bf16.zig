@@ -103,7 +103,7 @@ pub fn pack(weight: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, packe
     }
 }
 
-/// Unpacks the bf16 weights (as fp32) and the bias of a packed [n, k] weight.
+/// Unpacks the bf16 weights (as fp32) and the bias of a packed [n, k] weight (the packing test).
 pub fn unpack(packed_weights: [*]const u32, n: usize, k: usize, weight: [*]f32, bias: [*]f32) void {
     std.debug.assert(n >= 1 and k >= 1);
     const panels = std.math.divCeil(usize, n, panel_width) catch unreachable;
