@@ -31,7 +31,7 @@ import {
   forEachToken,
 } from "./calibrate.ts";
 import { addOuterProduct, dampen, inverseUpperFactor, obsPrune, symmetrize } from "./obs.ts";
-import { lowestUnits } from "./prune_units.ts";
+import { concatFloat32, lowestUnits } from "./prune_units.ts";
 import { analyzeOnnx, type OnnxAnalysis } from "../formats/onnx_import.ts";
 import { LAYER_LINEARS, type LayerLinearName } from "../formats/onnx_layer.ts";
 import {
@@ -504,15 +504,9 @@ async function scoreUnits(
   if (scope !== "global") {
     return { units: scores.map((s) => lowestUnits(s, Math.round(sparsity * s.length))), tokens };
   }
-  const total = scores.reduce((n, s) => n + s.length, 0);
-  const all = new Float32Array(total);
+  const all = concatFloat32(scores);
+  const pruned = lowestUnits(all, Math.round(sparsity * all.length));
   let off = 0;
-  for (const s of scores) {
-    all.set(s, off);
-    off += s.length;
-  }
-  const pruned = lowestUnits(all, Math.round(sparsity * total));
-  off = 0;
   const units = scores.map((s) => {
     const u = pruned.subarray(off, off + s.length);
     off += s.length;

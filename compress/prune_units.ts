@@ -35,3 +35,14 @@ export function lowestUnits(scores: Float32Array, count: number): Uint8Array {
   }
   return prune;
 }
+
+/** The arrays one after another in a new array (the global scope's scores, bundle files). */
+export function concatFloat32(parts: readonly Float32Array[]): Float32Array {
+  const all = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    all.set(p, off);
+    off += p.length;
+  }
+  return all;
+}

@@ -21,6 +21,7 @@ import { assertNoOverlap } from "./corpus.ts";
 import { type EncoderBatch, OrtModel, readTexts, tokenizeBatches } from "./calibrate.ts";
 import { DEFAULT_RETRIEVAL_SET, detectPooling, poolEmbeddings } from "./evaluate.ts";
 import { pruneAnalysis, writeWeights } from "./prune.ts";
+import { concatFloat32 } from "./prune_units.ts";
 import { analyzeOnnx, type OnnxAnalysis } from "../formats/onnx_import.ts";
 import { LAYER_LINEARS } from "../formats/onnx_layer.ts";
 import { DataType, dataTypeName, type OnnxModel } from "../formats/onnx_types.ts";
@@ -223,14 +224,7 @@ export function bundleLinears(w: BertWeights): { name: string; dense: DenseWeigh
 }
 
 function writeFloats(path: string, parts: Float32Array[]): void {
-  const total = parts.reduce((n, p) => n + p.length, 0);
-  const all = new Float32Array(total);
-  let off = 0;
-  for (const p of parts) {
-    all.set(p, off);
-    off += p.length;
-  }
-  Deno.writeFileSync(path, new Uint8Array(all.buffer));
+  Deno.writeFileSync(path, new Uint8Array(concatFloat32(parts).buffer));
 }
 
 /** Token ids of texts as `[count, maxLength]` (zero padded) and their lengths. */
