@@ -23,10 +23,22 @@ export function encodeFrame(value: unknown): Uint8Array {
 }
 
 /**
+ * The stream ended inside a frame: its writer stopped mid-message (a worker that died while
+ * answering), as opposed to a malformed frame from a live writer.
+ */
+export class TruncatedFrameError extends RangeError {
+  /** Names the bytes left over. */
+  constructor(left: number) {
+    super(`The worker stream ended inside a frame (${left} bytes left)`);
+    this.name = "TruncatedFrameError";
+  }
+}
+
+/**
  * Decodes the frames of a stream, one value each, until the stream ends.
  *
  * @throws RangeError when a frame header announces more than {@linkcode MAX_FRAME_BYTES}, or
- *   when the stream ends inside a frame.
+ *   {@linkcode TruncatedFrameError} when the stream ends inside a frame.
  */
 export async function* readFrames(stream: ReadableStream<Uint8Array>): AsyncGenerator<unknown> {
   const bytes = new ByteQueue();
@@ -49,7 +61,7 @@ export async function* readFrames(stream: ReadableStream<Uint8Array>): AsyncGene
     }
   }
   if (size >= 0 || bytes.length > 0) {
-    throw new RangeError(`The worker stream ended inside a frame (${bytes.length} bytes left)`);
+    throw new TruncatedFrameError(bytes.length);
   }
 }
 

@@ -22,7 +22,7 @@ import type {
   ToWorker,
   WorkerMemory,
 } from "./backend.ts";
-import { encodeFrame, readFrames } from "./frames.ts";
+import { encodeFrame, readFrames, TruncatedFrameError } from "./frames.ts";
 import type { TextInput } from "../pipelines/tokenizer.ts";
 import type { QuestionAnsweringResult } from "../pipelines/logits.ts";
 import type { TokenClassificationResult } from "../pipelines/pipeline.ts";
@@ -102,6 +102,7 @@ class WorkerProcess {
   #writer: WritableStreamDefaultWriter<Uint8Array>;
   #onLoad: (message: FromWorker) => void;
   #protocolError: string | null = null;
+  #malformed = false;
 
   constructor(onLoad: (message: FromWorker) => void, log: StartOptions["log"], name: string) {
     this.#onLoad = onLoad;
@@ -122,6 +123,14 @@ class WorkerProcess {
     return this.#protocolError;
   }
 
+  /**
+   * Whether the worker broke the protocol (a malformed frame), so that the protocol is why it
+   * ended; a stream cut inside a frame is the result of its end, whose cause is the exit status.
+   */
+  get brokeProtocol(): boolean {
+    return this.#malformed;
+  }
+
   async #readFrames(): Promise<void> {
     try {
       for await (const value of readFrames(this.child.stdout)) {
@@ -140,6 +149,7 @@ class WorkerProcess {
       }
     } catch (err) {
       this.#protocolError = (err as Error).message;
+      this.#malformed = !(err instanceof TruncatedFrameError);
       this.kill("SIGKILL");
     }
   }
@@ -312,7 +322,7 @@ export class WorkerInstance {
         }
         // A load that failed or timed out was reported by the start or restart that ran it.
         if (!loaded) return;
-        this.#died(process, process.protocolError !== null ? "protocol" : cause, reason);
+        this.#died(process, process.brokeProtocol ? "protocol" : cause, reason);
       });
       const load: ToWorker = {
         type: "load",

@@ -5,6 +5,7 @@
 // every request is answered exactly once, the worker comes back, readiness is false meanwhile,
 // and /metrics and the log report it.
 import assert from "node:assert/strict";
+import { encodeFrame, MAX_FRAME_BYTES, readFrames, TruncatedFrameError } from "../serve/frames.ts";
 import { spawnServer } from "../serve/spawn.ts";
 import { maxAbsDiff, post } from "./serve_helpers.ts";
 
@@ -233,4 +234,32 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("worker frames: a stream cut inside a frame is told apart from a malformed frame", async () => {
+  const stream = (...parts: Uint8Array[]) =>
+    new ReadableStream<Uint8Array>({
+      start(c) {
+        for (const p of parts) c.enqueue(p);
+        c.close();
+      },
+    });
+  const read = async (s: ReadableStream<Uint8Array>) => {
+    const values: unknown[] = [];
+    for await (const v of readFrames(s)) values.push(v);
+    return values;
+  };
+  const a = encodeFrame({ id: 1 });
+  const b = encodeFrame({ id: 2, data: new Float32Array([1, 2]) });
+  assert.deepEqual(await read(stream(a, b.subarray(0, 3), b.subarray(3))), [
+    { id: 1 },
+    { id: 2, data: new Float32Array([1, 2]) },
+  ]);
+  // A worker that dies while answering: the cause of its end is its exit status.
+  await assert.rejects(() => read(stream(a, b.subarray(0, b.length - 1))), TruncatedFrameError);
+  // A header no writer of ours sends: the worker broke the protocol.
+  const huge = new Uint8Array(4);
+  new DataView(huge.buffer).setUint32(0, MAX_FRAME_BYTES + 1, true);
+  const malformed = await read(stream(huge)).catch((e) => e);
+  assert.ok(malformed instanceof RangeError && !(malformed instanceof TruncatedFrameError));
 });
