@@ -1,7 +1,7 @@
 /**
- * ONNX `ModelProto` decoding on the protobuf wire format, with a small hand-written schema walk
- * over the fields BERT-family graphs use (see `onnx.proto` in the ONNX repository for the field
- * numbers; the types are `onnx_types.ts`).
+ * ONNX `ModelProto` decoding: the generated schema (`onnx_pb.ts`, from the official `onnx.proto`)
+ * parses the bytes, and this module turns its messages into the plain objects of
+ * `onnx_types.ts` that the importers read.
  *
  * Decoding keeps tensor `raw_data` as views into the file buffer: nothing copies the whole
  * file. External data is read from files next to the model, never outside its folder.
@@ -11,7 +11,20 @@
 // Versioned inline: a module imported from a URL has no deno.json import map (tests/release_test.ts
 // checks this version equals deno.json's).
 // deno-lint-ignore no-import-prefix
-import { BinaryReader, WireType } from "npm:@bufbuild/protobuf@2.17.0/wire";
+import { fromBinary, isFieldSet } from "npm:@bufbuild/protobuf@2.17.0";
+import {
+  AttributeProto_AttributeType,
+  AttributeProtoSchema,
+  type GraphProto,
+  type ModelProto,
+  ModelProtoSchema,
+  type NodeProto,
+  type StringStringEntryProto,
+  type TensorProto,
+  TensorProto_DataLocation,
+  TensorProtoSchema,
+  type ValueInfoProto,
+} from "./onnx_pb.ts";
 import {
   AttributeType,
   DataType,
@@ -21,421 +34,148 @@ import {
   type OnnxGraph,
   type OnnxModel,
   type OnnxNode,
-  type OnnxOpset,
   type OnnxTensor,
   type OnnxValueInfo,
 } from "./onnx_types.ts";
 import { emptyAttribute, rawTensor } from "./onnx_tensors.ts";
 
-class Decoder {
-  readonly r: BinaryReader;
-  readonly path: string[] = [];
-  constructor(readonly buf: Uint8Array) {
-    this.r = new BinaryReader(buf);
-  }
+/** An int64 field as a JS number (sizes and versions; `validateTensors` refuses unsafe dims). */
+const num = (v: bigint): number => Number(v);
 
-  /** Reads the length prefix of a nested message and returns its end offset. */
-  messageEnd(): number {
-    const len = this.r.uint32();
-    const end = this.r.pos + len;
-    if (end > this.r.len) {
-      throw new RangeError(
-        `a ${len}-byte field runs past the end of the data (${this.r.len - this.r.pos} bytes left)`,
-      );
-    }
-    return end;
-  }
-
-  checkEnd(end: number): void {
-    if (this.r.pos !== end) {
-      throw new RangeError(`message overruns its length by ${this.r.pos - end} bytes`);
-    }
-  }
-
-  string(): string {
-    return this.r.string();
-  }
-
-  int64(): number {
-    return Number(this.r.int64());
-  }
-
-  /** Reads a repeated scalar field that may be packed or not. */
-  repeated(wireType: WireType, readOne: () => void): void {
-    if (wireType === WireType.LengthDelimited) {
-      const end = this.messageEnd();
-      while (this.r.pos < end) readOne();
-      this.checkEnd(end);
-    } else {
-      readOne();
-    }
-  }
+function entries(list: StringStringEntryProto[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const e of list) out[e.key] = e.value;
+  return out;
 }
 
-function decodeModelProto(d: Decoder): OnnxModel {
-  const r = d.r;
-  const model: OnnxModel = {
-    irVersion: 0,
-    opsetImport: [],
-    producerName: "",
-    producerVersion: "",
-    domain: "",
-    modelVersion: 0,
-    metadata: {},
-    graph: emptyGraph(),
+function toModel(m: ModelProto): OnnxModel {
+  if (m.graph === undefined) throw new RangeError("the model has no graph (is this an ONNX file?)");
+  return {
+    irVersion: num(m.irVersion),
+    opsetImport: m.opsetImport.map((o) => ({ domain: o.domain, version: num(o.version) })),
+    producerName: m.producerName,
+    producerVersion: m.producerVersion,
+    domain: m.domain,
+    modelVersion: num(m.modelVersion),
+    metadata: entries(m.metadataProps),
+    graph: toGraph(m.graph),
   };
-  let sawGraph = false;
-  while (r.pos < r.len) {
-    const [field, wt] = r.tag();
-    switch (field) {
-      case 1:
-        model.irVersion = d.int64();
-        break;
-      case 2:
-        model.producerName = d.string();
-        break;
-      case 3:
-        model.producerVersion = d.string();
-        break;
-      case 4:
-        model.domain = d.string();
-        break;
-      case 5:
-        model.modelVersion = d.int64();
-        break;
-      case 7:
-        d.path.push("graph");
-        model.graph = decodeGraph(d, d.messageEnd());
-        d.path.pop();
-        sawGraph = true;
-        break;
-      case 8: {
-        const end = d.messageEnd();
-        const opset: OnnxOpset = { domain: "", version: 0 };
-        while (r.pos < end) {
-          const [f, w] = r.tag();
-          if (f === 1) opset.domain = d.string();
-          else if (f === 2) opset.version = d.int64();
-          else r.skip(w, f);
-        }
-        d.checkEnd(end);
-        model.opsetImport.push(opset);
-        break;
-      }
-      case 14: {
-        const [k, v] = decodeStringPair(d);
-        model.metadata[k] = v;
-        break;
-      }
-      default:
-        r.skip(wt, field);
-    }
-  }
-  if (!sawGraph) throw new RangeError("the model has no graph (is this an ONNX file?)");
-  return model;
 }
 
-function emptyGraph(): OnnxGraph {
-  return { name: "", nodes: [], initializers: [], inputs: [], outputs: [], valueInfo: [] };
+function toGraph(g: GraphProto): OnnxGraph {
+  return {
+    name: g.name,
+    nodes: g.node.map(toNode),
+    initializers: g.initializer.map(toTensor),
+    inputs: g.input.map(toValueInfo),
+    outputs: g.output.map(toValueInfo),
+    valueInfo: g.valueInfo.map(toValueInfo),
+  };
 }
 
-function decodeStringPair(d: Decoder): [string, string] {
-  const r = d.r;
-  const end = d.messageEnd();
-  let key = "";
-  let value = "";
-  while (r.pos < end) {
-    const [f, w] = r.tag();
-    if (f === 1) key = d.string();
-    else if (f === 2) value = d.string();
-    else r.skip(w, f);
-  }
-  d.checkEnd(end);
-  return [key, value];
+function toNode(n: NodeProto): OnnxNode {
+  return {
+    name: n.name,
+    opType: n.opType,
+    domain: n.domain,
+    inputs: n.input,
+    outputs: n.output,
+    attributes: n.attribute.map((p) => {
+      const a: OnnxAttribute = emptyAttribute(p.name);
+      a.type = p.type;
+      a.f = p.f;
+      a.i = num(p.i);
+      a.s = isFieldSet(p, AttributeProtoSchema.field.s) ? p.s : null;
+      a.t = p.t === undefined ? null : toTensor(p.t);
+      a.g = p.g === undefined ? null : toGraph(p.g);
+      a.floats = p.floats;
+      a.ints = p.ints.map(num);
+      a.strings = p.strings;
+      a.tensors = p.tensors.map(toTensor);
+      a.graphs = p.graphs.map(toGraph);
+      if (a.type === AttributeProto_AttributeType.UNDEFINED) a.type = inferAttributeType(a);
+      return a;
+    }),
+  };
 }
 
-function decodeGraph(d: Decoder, end: number): OnnxGraph {
-  const r = d.r;
-  const g = emptyGraph();
-  while (r.pos < end) {
-    const [field, wt] = r.tag();
-    switch (field) {
-      case 1:
-        d.path.push(`node[${g.nodes.length}]`);
-        g.nodes.push(decodeNode(d, d.messageEnd()));
-        d.path.pop();
-        break;
-      case 2:
-        g.name = d.string();
-        break;
-      case 5:
-        d.path.push(`initializer[${g.initializers.length}]`);
-        g.initializers.push(decodeTensor(d, d.messageEnd()));
-        d.path.pop();
-        break;
-      case 11:
-        g.inputs.push(decodeValueInfo(d, d.messageEnd()));
-        break;
-      case 12:
-        g.outputs.push(decodeValueInfo(d, d.messageEnd()));
-        break;
-      case 13:
-        g.valueInfo.push(decodeValueInfo(d, d.messageEnd()));
-        break;
-      default:
-        r.skip(wt, field);
-    }
-  }
-  d.checkEnd(end);
-  return g;
+/** Very old exporters leave an attribute's `type` unset: the field present tells it. */
+function inferAttributeType(a: OnnxAttribute): number {
+  if (a.t) return AttributeType.TENSOR;
+  if (a.g) return AttributeType.GRAPH;
+  if (a.s) return AttributeType.STRING;
+  if (a.ints.length) return AttributeType.INTS;
+  if (a.floats.length) return AttributeType.FLOATS;
+  return AttributeType.UNDEFINED;
 }
 
-function decodeNode(d: Decoder, end: number): OnnxNode {
-  const r = d.r;
-  const n: OnnxNode = { name: "", opType: "", domain: "", inputs: [], outputs: [], attributes: [] };
-  while (r.pos < end) {
-    const [field, wt] = r.tag();
-    switch (field) {
-      case 1:
-        n.inputs.push(d.string());
-        break;
-      case 2:
-        n.outputs.push(d.string());
-        break;
-      case 3:
-        n.name = d.string();
-        break;
-      case 4:
-        n.opType = d.string();
-        break;
-      case 5:
-        d.path.push(`attribute[${n.attributes.length}]`);
-        n.attributes.push(decodeAttribute(d, d.messageEnd()));
-        d.path.pop();
-        break;
-      case 7:
-        n.domain = d.string();
-        break;
-      default:
-        r.skip(wt, field);
-    }
-  }
-  d.checkEnd(end);
-  return n;
-}
-
-function decodeAttribute(d: Decoder, end: number): OnnxAttribute {
-  const r = d.r;
-  const a: OnnxAttribute = emptyAttribute("");
-  while (r.pos < end) {
-    const [field, wt] = r.tag();
-    switch (field) {
-      case 1:
-        a.name = d.string();
-        break;
-      case 2:
-        a.f = r.float();
-        break;
-      case 3:
-        a.i = d.int64();
-        break;
-      case 4:
-        a.s = r.bytes();
-        break;
-      case 5:
-        a.t = decodeTensor(d, d.messageEnd());
-        break;
-      case 6:
-        a.g = decodeGraph(d, d.messageEnd());
-        break;
-      case 7:
-        d.repeated(wt, () => a.floats.push(r.float()));
-        break;
-      case 8:
-        d.repeated(wt, () => a.ints.push(d.int64()));
-        break;
-      case 9:
-        a.strings.push(r.bytes());
-        break;
-      case 10:
-        a.tensors.push(decodeTensor(d, d.messageEnd()));
-        break;
-      case 11:
-        a.graphs.push(decodeGraph(d, d.messageEnd()));
-        break;
-      case 20:
-        a.type = r.int32();
-        break;
-      default:
-        r.skip(wt, field);
-    }
-  }
-  d.checkEnd(end);
-  if (a.type === 0) {
-    // Very old exporters leave `type` unset; infer it from the field present.
-    if (a.t) a.type = AttributeType.TENSOR;
-    else if (a.g) a.type = AttributeType.GRAPH;
-    else if (a.s) a.type = AttributeType.STRING;
-    else if (a.ints.length) a.type = AttributeType.INTS;
-    else if (a.floats.length) a.type = AttributeType.FLOATS;
-  }
-  return a;
-}
-
-function decodeTensor(d: Decoder, end: number): OnnxTensor {
-  const r = d.r;
-  const t: OnnxTensor = rawTensor("", 0, [], null);
-  const floats: number[] = [];
-  const int32s: number[] = [];
-  const int64s: bigint[] = [];
-  const doubles: number[] = [];
-  const uint64s: bigint[] = [];
-  const strings: Uint8Array[] = [];
-  const external: Record<string, string> = {};
-  let location = 0;
-  while (r.pos < end) {
-    const [field, wt] = r.tag();
-    switch (field) {
-      case 1:
-        d.repeated(wt, () => t.dims.push(d.int64()));
-        break;
-      case 2:
-        t.dataType = r.int32();
-        break;
-      case 4:
-        d.repeated(wt, () => floats.push(r.float()));
-        break;
-      case 5:
-        d.repeated(wt, () => int32s.push(r.int32()));
-        break;
-      case 6:
-        strings.push(r.bytes());
-        break;
-      case 7:
-        d.repeated(wt, () => int64s.push(BigInt(r.int64())));
-        break;
-      case 8:
-        t.name = d.string();
-        break;
-      case 9:
-        t.rawData = r.bytes();
-        break;
-      case 10:
-        d.repeated(wt, () => doubles.push(r.double()));
-        break;
-      case 11:
-        d.repeated(wt, () => uint64s.push(BigInt(r.uint64())));
-        break;
-      case 13: {
-        const [k, v] = decodeStringPair(d);
-        external[k] = v;
-        break;
-      }
-      case 14:
-        location = r.int32();
-        break;
-      default:
-        r.skip(wt, field);
-    }
-  }
-  d.checkEnd(end);
-  if (floats.length) t.floatData = Float32Array.from(floats);
-  if (int32s.length) t.int32Data = Int32Array.from(int32s);
-  if (int64s.length) t.int64Data = BigInt64Array.from(int64s);
-  if (doubles.length) t.doubleData = Float64Array.from(doubles);
-  if (uint64s.length) t.uint64Data = BigUint64Array.from(uint64s);
-  if (strings.length) t.stringData = strings;
-  if (location === 1) {
-    if (!external.location) {
-      throw new RangeError(`tensor "${t.name}" has external data without a location`);
-    }
-    const offset = external.offset === undefined ? 0 : Number(external.offset);
-    const length = external.length === undefined ? null : Number(external.length);
-    if (!Number.isSafeInteger(offset) || offset < 0) {
-      throw new RangeError(`tensor "${t.name}" has external data offset "${external.offset}"`);
-    }
-    if (length !== null && (!Number.isSafeInteger(length) || length < 0)) {
-      throw new RangeError(`tensor "${t.name}" has external data length "${external.length}"`);
-    }
-    t.externalData = { location: external.location, offset, length };
+function toTensor(p: TensorProto): OnnxTensor {
+  const t: OnnxTensor = rawTensor(p.name, p.dataType, p.dims.map(num), null);
+  // Presence, not length: an empty tensor's raw_data is present and empty. The bytes are a view
+  // into the file buffer (protobuf-es reads bytes fields as subarrays).
+  if (isFieldSet(p, TensorProtoSchema.field.rawData)) t.rawData = p.rawData;
+  if (p.floatData.length) t.floatData = Float32Array.from(p.floatData);
+  if (p.int32Data.length) t.int32Data = Int32Array.from(p.int32Data);
+  if (p.int64Data.length) t.int64Data = BigInt64Array.from(p.int64Data);
+  if (p.doubleData.length) t.doubleData = Float64Array.from(p.doubleData);
+  if (p.uint64Data.length) t.uint64Data = BigUint64Array.from(p.uint64Data);
+  if (p.stringData.length) t.stringData = p.stringData;
+  if (p.dataLocation === TensorProto_DataLocation.EXTERNAL) {
+    t.externalData = externalData(t.name, entries(p.externalData));
   }
   return t;
 }
 
-function decodeValueInfo(d: Decoder, end: number): OnnxValueInfo {
-  const r = d.r;
-  const v: OnnxValueInfo = { name: "", elemType: 0, shape: null };
-  while (r.pos < end) {
-    const [field, wt] = r.tag();
-    if (field === 1) {
-      v.name = d.string();
-    } else if (field === 2) {
-      const typeEnd = d.messageEnd();
-      while (r.pos < typeEnd) {
-        const [tf, tw] = r.tag();
-        if (tf !== 1) {
-          r.skip(tw, tf);
-          continue;
-        }
-        const tensorEnd = d.messageEnd();
-        while (r.pos < tensorEnd) {
-          const [f, w] = r.tag();
-          if (f === 1) {
-            v.elemType = r.int32();
-          } else if (f === 2) {
-            v.shape = [];
-            const shapeEnd = d.messageEnd();
-            while (r.pos < shapeEnd) {
-              const [sf, sw] = r.tag();
-              if (sf !== 1) {
-                r.skip(sw, sf);
-                continue;
-              }
-              const dimEnd = d.messageEnd();
-              let dim: number | string | null = null;
-              while (r.pos < dimEnd) {
-                const [df, dw] = r.tag();
-                if (df === 1) dim = d.int64();
-                else if (df === 2) dim = d.string();
-                else r.skip(dw, df);
-              }
-              d.checkEnd(dimEnd);
-              v.shape.push(dim);
-            }
-            d.checkEnd(shapeEnd);
-          } else {
-            r.skip(w, f);
-          }
-        }
-        d.checkEnd(tensorEnd);
-      }
-      d.checkEnd(typeEnd);
-    } else {
-      r.skip(wt, field);
-    }
+function externalData(name: string, external: Record<string, string>): OnnxTensor["externalData"] {
+  if (!external.location) {
+    throw new RangeError(`tensor "${name}" has external data without a location`);
   }
-  d.checkEnd(end);
+  const offset = external.offset === undefined ? 0 : Number(external.offset);
+  const length = external.length === undefined ? null : Number(external.length);
+  if (!Number.isSafeInteger(offset) || offset < 0) {
+    throw new RangeError(`tensor "${name}" has external data offset "${external.offset}"`);
+  }
+  if (length !== null && (!Number.isSafeInteger(length) || length < 0)) {
+    throw new RangeError(`tensor "${name}" has external data length "${external.length}"`);
+  }
+  return { location: external.location, offset, length };
+}
+
+function toValueInfo(p: ValueInfoProto): OnnxValueInfo {
+  const v: OnnxValueInfo = { name: p.name, elemType: 0, shape: null };
+  if (p.type?.value.case !== "tensorType") return v;
+  const tensor = p.type.value.value;
+  v.elemType = tensor.elemType;
+  if (tensor.shape !== undefined) {
+    v.shape = tensor.shape.dim.map((d) =>
+      d.value.case === "dimValue"
+        ? num(d.value.value)
+        : d.value.case === "dimParam"
+        ? d.value.value
+        : null
+    );
+  }
   return v;
 }
 
 /**
- * Decodes an ONNX `ModelProto`. Tensor `rawData` fields are views into `bytes`; external data
- * is not resolved (see {@linkcode readOnnxModel}).
+ * Decodes an ONNX `ModelProto` with the schema generated from the official `onnx.proto`
+ * (`onnx_pb.ts`). Tensor `rawData` fields are views into `bytes`; external data is not resolved
+ * (see {@linkcode readOnnxModel}).
  *
  * @param bytes The serialized model.
  * @param label How the model is named in error messages (a file path, usually).
- * @throws Error naming `label` and the field being read when the data is truncated or corrupt.
+ * @throws Error naming `label` when the data is truncated or corrupt.
  */
 export function decodeOnnxModel(bytes: Uint8Array, label = "<buffer>"): OnnxModel {
-  const d = new Decoder(bytes);
   let model: OnnxModel;
   try {
-    model = decodeModelProto(d);
+    // Unknown fields (training info, newer additions) are skipped, not kept: nothing reads them.
+    model = toModel(fromBinary(ModelProtoSchema, bytes, { readUnknownFields: false }));
   } catch (err) {
-    const where = d.path.length ? ` while reading ${d.path.join(".")}` : "";
     const what = err instanceof Error ? err.message : String(err);
     throw new Error(
-      `Cannot parse ONNX model "${label}": the file is truncated or corrupt (${what} at byte ${d.r.pos} of ${bytes.byteLength}${where})`,
+      `Cannot parse ONNX model "${label}": the file is truncated or corrupt (${what}; ${bytes.byteLength} bytes)`,
       { cause: err },
     );
   }

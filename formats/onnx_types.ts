@@ -1,6 +1,7 @@
 /**
- * The ONNX `ModelProto` subset BERT-family graphs use, as plain objects (`onnx.proto` in the ONNX
- * repository has the field numbers): data types, tensors, attributes, nodes, graphs, models.
+ * The ONNX `ModelProto` subset BERT-family graphs use, as plain objects: data types, tensors,
+ * attributes, nodes, graphs, models. The wire format is the generated schema `onnx_pb.ts` (from
+ * the official `onnx.proto`; tests/onnx_schema_test.ts checks the type numbers here against it).
  * Decoding is `onnx_proto.ts`, tensor values and builders `onnx_tensors.ts`, encoding
  * `onnx_write.ts`.
  *

@@ -1,14 +1,33 @@
 /**
  * ONNX `ModelProto` encoding that streams: {@linkcode writeOnnxModel} computes every length up
  * front and writes tensor payloads one at a time, optionally into an external-data file, so a
- * BERT-Large graph never needs more memory than its largest tensor.
+ * BERT-Large graph never needs more memory than its largest tensor. Every message is built and
+ * encoded with the generated schema (`onnx_pb.ts`); only the main graph's initializers and their
+ * raw data are framed here, with field numbers taken from that schema, so that they stream.
  *
  * @module
  */
 // Versioned inline: a module imported from a URL has no deno.json import map (tests/release_test.ts
 // checks this version equals deno.json's).
 // deno-lint-ignore no-import-prefix
+import { create, toBinary } from "npm:@bufbuild/protobuf@2.17.0";
+// deno-lint-ignore no-import-prefix
 import { BinaryWriter, WireType } from "npm:@bufbuild/protobuf@2.17.0/wire";
+import {
+  type AttributeProto,
+  AttributeProtoSchema,
+  type GraphProto,
+  GraphProtoSchema,
+  ModelProtoSchema,
+  type NodeProto,
+  NodeProtoSchema,
+  StringStringEntryProtoSchema,
+  type TensorProto,
+  TensorProto_DataLocation,
+  TensorProtoSchema,
+  type ValueInfoProto,
+  ValueInfoProtoSchema,
+} from "./onnx_pb.ts";
 import {
   AttributeType,
   elementSize,
@@ -48,22 +67,28 @@ export interface OnnxModelInit extends Omit<OnnxModel, "graph"> {
 /** A piece of output: bytes now, or bytes produced when they are written. */
 type Piece = Uint8Array | { length: number; produce: () => Uint8Array; name: string };
 
+/**
+ * Field numbers of the parts written piece by piece (the graph, its initializers, their raw
+ * data), from the generated schema; every other field is encoded by `toBinary`.
+ */
+const MODEL_GRAPH = ModelProtoSchema.field.graph.number;
+const GRAPH_INITIALIZER = GraphProtoSchema.field.initializer.number;
+const TENSOR_RAW_DATA = TensorProtoSchema.field.rawData.number;
+
 class Pieces {
   readonly list: Piece[] = [];
   length = 0;
-  /** Encodes small fields immediately. */
-  small(fn: (w: BinaryWriter) => void): void {
-    const w = new BinaryWriter();
-    fn(w);
-    this.push(w.finish());
-  }
   push(p: Piece): void {
     this.list.push(p);
     this.length += p.length;
   }
+  /** Appends a length-delimited field's tag and length. */
+  header(fieldNo: number, length: number): void {
+    this.push(new BinaryWriter().tag(fieldNo, WireType.LengthDelimited).uint32(length).finish());
+  }
   /** Appends a length-delimited field holding `sub`. */
   field(fieldNo: number, sub: Pieces): void {
-    this.small((w) => w.tag(fieldNo, WireType.LengthDelimited).uint32(sub.length));
+    this.header(fieldNo, sub.length);
     for (const p of sub.list) this.list.push(p);
     this.length += sub.length;
   }
@@ -81,171 +106,158 @@ function isLazy(t: OnnxTensor | LazyTensor): t is LazyTensor {
   return typeof (t as LazyTensor).produce === "function";
 }
 
-function encodeTensor(t: OnnxTensor | LazyTensor, sink: ExternalSink | null): Pieces {
-  const out = new Pieces();
-  out.small((w) => {
-    for (const d of t.dims) w.tag(1, WireType.Varint).int64(d);
-    w.tag(2, WireType.Varint).int32(t.dataType);
+/** A `TensorProto` of everything but `raw_data` (dims, type, name, the typed value fields). */
+function tensorHeader(t: OnnxTensor | LazyTensor): TensorProto {
+  const header = create(TensorProtoSchema, {
+    dims: t.dims.map(BigInt),
+    dataType: t.dataType,
+    name: t.name,
   });
+  if (isLazy(t)) return header;
+  if (t.floatData) header.floatData = Array.from(t.floatData);
+  if (t.int32Data) header.int32Data = Array.from(t.int32Data);
+  if (t.stringData) header.stringData = t.stringData;
+  if (t.int64Data) header.int64Data = Array.from(t.int64Data);
+  if (t.doubleData) header.doubleData = Array.from(t.doubleData);
+  if (t.uint64Data) header.uint64Data = Array.from(t.uint64Data);
+  return header;
+}
+
+/** A whole `TensorProto`, raw data included (attribute tensors: small constants). */
+function tensorMessage(t: OnnxTensor): TensorProto {
+  const message = tensorHeader(t);
+  if (t.rawData !== null) message.rawData = t.rawData;
+  return message;
+}
+
+/** Appends `payload` to the external-data file; returns its offset there. */
+function sinkPayload(sink: ExternalSink, payload: Piece): number {
+  const pad = (sink.align - (sink.length % sink.align)) % sink.align;
+  if (pad) {
+    sink.pieces.push(new Uint8Array(pad));
+    sink.length += pad;
+  }
+  const offset = sink.length;
+  sink.pieces.push(payload);
+  sink.length += payload.length;
+  return offset;
+}
+
+/** An initializer: its header encoded now, its payload inline or in the external file. */
+function encodeInitializer(t: OnnxTensor | LazyTensor, sink: ExternalSink | null): Pieces {
+  const header = tensorHeader(t);
   let payload: Piece | null = null;
   if (isLazy(t)) {
     const length = t.dims.reduce((a, b) => a * b, 1) * elementSize(t.dataType);
     payload = { length, produce: t.produce, name: t.name };
   } else if (t.rawData !== null) {
     payload = t.rawData;
-  } else {
-    out.small((w) => {
-      const packed = <T>(field: number, values: ArrayLike<T> | null, put: (v: T) => void) => {
-        if (!values || values.length === 0) return;
-        w.tag(field, WireType.LengthDelimited).fork();
-        for (let i = 0; i < values.length; i++) put(values[i]);
-        w.join();
-      };
-      packed(4, t.floatData, (v) => w.float(v));
-      packed(5, t.int32Data, (v) => w.int32(v));
-      for (const s of t.stringData ?? []) w.tag(6, WireType.LengthDelimited).bytes(s);
-      packed(7, t.int64Data, (v) => w.int64(v));
-      packed(10, t.doubleData, (v) => w.double(v));
-      packed(11, t.uint64Data, (v) => w.uint64(v));
-    });
   }
-  out.small((w) => w.tag(8, WireType.LengthDelimited).string(t.name));
-  if (payload !== null) {
-    if (sink !== null && payload.length >= sink.threshold) {
-      const pad = (sink.align - (sink.length % sink.align)) % sink.align;
-      if (pad) {
-        sink.pieces.push(new Uint8Array(pad));
-        sink.length += pad;
-      }
-      const offset = sink.length;
-      sink.pieces.push(payload);
-      sink.length += payload.length;
-      out.small((w) => {
-        const entry = (k: string, v: string) =>
-          w.tag(13, WireType.LengthDelimited).fork()
-            .tag(1, WireType.LengthDelimited).string(k)
-            .tag(2, WireType.LengthDelimited).string(v)
-            .join();
-        entry("location", sink.location);
-        entry("offset", String(offset));
-        entry("length", String(payload.length));
-        w.tag(14, WireType.Varint).int32(1);
-      });
-    } else {
-      out.small((w) => w.tag(9, WireType.LengthDelimited).uint32(payload.length));
-      out.push(payload);
-    }
+  const external = payload !== null && sink !== null && payload.length >= sink.threshold;
+  if (external) {
+    const offset = sinkPayload(sink, payload!);
+    header.externalData = [
+      { key: "location", value: sink.location },
+      { key: "offset", value: String(offset) },
+      { key: "length", value: String(payload!.length) },
+    ].map((e) => create(StringStringEntryProtoSchema, e));
+    header.dataLocation = TensorProto_DataLocation.EXTERNAL;
+  }
+  const out = new Pieces();
+  out.push(toBinary(TensorProtoSchema, header));
+  if (payload !== null && !external) {
+    out.header(TENSOR_RAW_DATA, payload.length);
+    out.push(payload);
   }
   return out;
 }
 
-function encodeValueInfo(v: OnnxValueInfo): Pieces {
-  const out = new Pieces();
-  out.small((w) => {
-    w.tag(1, WireType.LengthDelimited).string(v.name);
-    w.tag(2, WireType.LengthDelimited).fork(); // TypeProto
-    w.tag(1, WireType.LengthDelimited).fork(); // TypeProto.Tensor
-    w.tag(1, WireType.Varint).int32(v.elemType);
-    if (v.shape !== null) {
-      w.tag(2, WireType.LengthDelimited).fork(); // TensorShapeProto
-      for (const dim of v.shape) {
-        w.tag(1, WireType.LengthDelimited).fork();
-        if (typeof dim === "number") w.tag(1, WireType.Varint).int64(dim);
-        else if (typeof dim === "string") w.tag(2, WireType.LengthDelimited).string(dim);
-        w.join();
-      }
-      w.join();
-    }
-    w.join().join();
+function valueInfoMessage(v: OnnxValueInfo): ValueInfoProto {
+  const dim = (d: number | string | null) =>
+    typeof d === "number"
+      ? { value: { case: "dimValue" as const, value: BigInt(d) } }
+      : typeof d === "string"
+      ? { value: { case: "dimParam" as const, value: d } }
+      : {};
+  return create(ValueInfoProtoSchema, {
+    name: v.name,
+    type: {
+      value: {
+        case: "tensorType",
+        value: {
+          elemType: v.elemType,
+          ...(v.shape === null ? {} : { shape: { dim: v.shape.map(dim) } }),
+        },
+      },
+    },
   });
-  return out;
 }
 
-function encodeAttribute(a: OnnxAttribute): Pieces {
-  const out = new Pieces();
-  out.small((w) => {
-    w.tag(1, WireType.LengthDelimited).string(a.name);
-    w.tag(20, WireType.Varint).int32(a.type);
-    switch (a.type) {
-      case AttributeType.FLOAT:
-        w.tag(2, WireType.Bit32).float(a.f);
-        break;
-      case AttributeType.INT:
-        w.tag(3, WireType.Varint).int64(a.i);
-        break;
-      case AttributeType.STRING:
-        w.tag(4, WireType.LengthDelimited).bytes(a.s ?? new Uint8Array(0));
-        break;
-      case AttributeType.FLOATS:
-        for (const f of a.floats) w.tag(7, WireType.Bit32).float(f);
-        break;
-      case AttributeType.INTS:
-        for (const i of a.ints) w.tag(8, WireType.Varint).int64(i);
-        break;
-      case AttributeType.STRINGS:
-        for (const s of a.strings) w.tag(9, WireType.LengthDelimited).bytes(s);
-        break;
-    }
+/** How each attribute kind fills its one value field of the message. */
+const ATTRIBUTE_VALUE: Record<number, (m: AttributeProto, a: OnnxAttribute) => void> = {
+  [AttributeType.FLOAT]: (m, a) => m.f = a.f,
+  [AttributeType.INT]: (m, a) => m.i = BigInt(a.i),
+  [AttributeType.STRING]: (m, a) => m.s = a.s ?? new Uint8Array(0),
+  [AttributeType.TENSOR]: (m, a) => m.t = a.t ? tensorMessage(a.t) : undefined,
+  [AttributeType.GRAPH]: (m, a) => m.g = a.g ? graphMessage(a.g, true) : undefined,
+  [AttributeType.FLOATS]: (m, a) => m.floats = a.floats,
+  [AttributeType.INTS]: (m, a) => m.ints = a.ints.map(BigInt),
+  [AttributeType.STRINGS]: (m, a) => m.strings = a.strings,
+  [AttributeType.TENSORS]: (m, a) => m.tensors = a.tensors.map(tensorMessage),
+  [AttributeType.GRAPHS]: (m, a) => m.graphs = a.graphs.map((g) => graphMessage(g, true)),
+};
+
+function attributeMessage(a: OnnxAttribute): AttributeProto {
+  const m = create(AttributeProtoSchema, { name: a.name, type: a.type });
+  ATTRIBUTE_VALUE[a.type]?.(m, a);
+  return m;
+}
+
+function nodeMessage(n: OnnxNode): NodeProto {
+  const m = create(NodeProtoSchema, {
+    input: n.inputs,
+    output: n.outputs,
+    opType: n.opType,
+    attribute: n.attributes.map(attributeMessage),
   });
-  if (a.type === AttributeType.TENSOR && a.t) out.field(5, encodeTensor(a.t, null));
-  if (a.type === AttributeType.GRAPH && a.g) out.field(6, encodeGraph(a.g, null));
-  if (a.type === AttributeType.TENSORS) {
-    for (const t of a.tensors) out.field(10, encodeTensor(t, null));
-  }
-  if (a.type === AttributeType.GRAPHS) {
-    for (const g of a.graphs) out.field(11, encodeGraph(g, null));
-  }
-  return out;
+  if (n.name) m.name = n.name;
+  if (n.domain) m.domain = n.domain;
+  return m;
 }
 
-function encodeNode(n: OnnxNode): Pieces {
-  const out = new Pieces();
-  out.small((w) => {
-    for (const i of n.inputs) w.tag(1, WireType.LengthDelimited).string(i);
-    for (const o of n.outputs) w.tag(2, WireType.LengthDelimited).string(o);
-    if (n.name) w.tag(3, WireType.LengthDelimited).string(n.name);
-    w.tag(4, WireType.LengthDelimited).string(n.opType);
-    if (n.domain) w.tag(7, WireType.LengthDelimited).string(n.domain);
+/**
+ * A `GraphProto`; the main graph leaves its initializers out (`withInitializers` false) because
+ * {@linkcode encodeModelPieces} streams them.
+ */
+function graphMessage(g: OnnxGraphInit, withInitializers: boolean): GraphProto {
+  const initializers = withInitializers ? g.initializers : [];
+  if (initializers.some(isLazy)) throw new Error(`Graph "${g.name}": a subgraph cannot be lazy`);
+  return create(GraphProtoSchema, {
+    node: g.nodes.map(nodeMessage),
+    name: g.name,
+    initializer: (initializers as OnnxTensor[]).map(tensorMessage),
+    input: g.inputs.map(valueInfoMessage),
+    output: g.outputs.map(valueInfoMessage),
+    valueInfo: g.valueInfo.map(valueInfoMessage),
   });
-  for (const a of n.attributes) out.field(5, encodeAttribute(a));
-  return out;
-}
-
-function encodeGraph(g: OnnxGraphInit, sink: ExternalSink | null): Pieces {
-  const out = new Pieces();
-  for (const n of g.nodes) out.field(1, encodeNode(n));
-  out.small((w) => w.tag(2, WireType.LengthDelimited).string(g.name));
-  for (const t of g.initializers) out.field(5, encodeTensor(t, sink));
-  for (const v of g.inputs) out.field(11, encodeValueInfo(v));
-  for (const v of g.outputs) out.field(12, encodeValueInfo(v));
-  for (const v of g.valueInfo) out.field(13, encodeValueInfo(v));
-  return out;
 }
 
 function encodeModelPieces(m: OnnxModelInit, sink: ExternalSink | null): Pieces {
+  const model = create(ModelProtoSchema, {
+    irVersion: BigInt(m.irVersion),
+    opsetImport: m.opsetImport.map((o) => ({ domain: o.domain, version: BigInt(o.version) })),
+    metadataProps: Object.entries(m.metadata).map(([key, value]) => ({ key, value })),
+  });
+  if (m.producerName) model.producerName = m.producerName;
+  if (m.producerVersion) model.producerVersion = m.producerVersion;
+  if (m.domain) model.domain = m.domain;
+  if (m.modelVersion) model.modelVersion = BigInt(m.modelVersion);
+  const graph = new Pieces();
+  graph.push(toBinary(GraphProtoSchema, graphMessage(m.graph, false)));
+  for (const t of m.graph.initializers) graph.field(GRAPH_INITIALIZER, encodeInitializer(t, sink));
   const out = new Pieces();
-  out.small((w) => {
-    w.tag(1, WireType.Varint).int64(m.irVersion);
-    if (m.producerName) w.tag(2, WireType.LengthDelimited).string(m.producerName);
-    if (m.producerVersion) w.tag(3, WireType.LengthDelimited).string(m.producerVersion);
-    if (m.domain) w.tag(4, WireType.LengthDelimited).string(m.domain);
-    if (m.modelVersion) w.tag(5, WireType.Varint).int64(m.modelVersion);
-  });
-  out.field(7, encodeGraph(m.graph, sink));
-  out.small((w) => {
-    for (const o of m.opsetImport) {
-      w.tag(8, WireType.LengthDelimited).fork();
-      if (o.domain) w.tag(1, WireType.LengthDelimited).string(o.domain);
-      w.tag(2, WireType.Varint).int64(o.version);
-      w.join();
-    }
-    for (const [k, v] of Object.entries(m.metadata)) {
-      w.tag(14, WireType.LengthDelimited).fork()
-        .tag(1, WireType.LengthDelimited).string(k)
-        .tag(2, WireType.LengthDelimited).string(v)
-        .join();
-    }
-  });
+  out.push(toBinary(ModelProtoSchema, model));
+  out.field(MODEL_GRAPH, graph);
   return out;
 }
 
