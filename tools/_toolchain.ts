@@ -130,14 +130,26 @@ export async function ensureZig(log: (line: string) => void): Promise<string> {
   return ZIG_BIN;
 }
 
-/** Installs a local Deno from npm (used by scripts and editors) unless present. */
-export async function ensureLocalDeno(log: (line: string) => void): Promise<string> {
-  const bin = `${DENO_DIR}/node_modules/@deno/linux-x64-glibc/deno`;
+/**
+ * Installs npm `packages` into `prefix` (`npm install --no-save --ignore-scripts`) unless every
+ * path of `present` exists; `what` names them in the progress line.
+ */
+export async function ensureNpmTools(options: {
+  prefix: string;
+  packages: string[];
+  present: string[];
+  what: string;
+  log: (line: string) => void;
+}): Promise<void> {
   try {
-    await Deno.stat(bin);
-    return bin;
+    await Promise.all(options.present.map((p) => Deno.stat(p)));
+    return;
   } catch {
-    log(`Installing Deno ${DENO_VERSION} from npm into .tools/node_modules ...`);
+    options.log(
+      `Installing ${options.what} from npm into ${
+        options.prefix.slice(ROOT.length + 1)
+      }/node_modules ...`,
+    );
   }
   await run("npm", [
     "install",
@@ -145,8 +157,20 @@ export async function ensureLocalDeno(log: (line: string) => void): Promise<stri
     "--no-save",
     "--ignore-scripts",
     "--prefix",
-    DENO_DIR,
-    `deno@${DENO_VERSION}`,
+    options.prefix,
+    ...options.packages,
   ], { quiet: true });
+}
+
+/** Installs a local Deno from npm (used by scripts and editors) unless present. */
+export async function ensureLocalDeno(log: (line: string) => void): Promise<string> {
+  const bin = `${DENO_DIR}/node_modules/@deno/linux-x64-glibc/deno`;
+  await ensureNpmTools({
+    prefix: DENO_DIR,
+    packages: [`deno@${DENO_VERSION}`],
+    present: [bin],
+    what: `Deno ${DENO_VERSION}`,
+    log,
+  });
   return bin;
 }

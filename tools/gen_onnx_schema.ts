@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { ROOT, run } from "./_toolchain.ts";
+import { ensureNpmTools, ROOT, run } from "./_toolchain.ts";
 import { flagOptions, runCommand } from "./_command.ts";
 import { sha256Hex } from "../ffi/download.ts";
 
@@ -35,21 +35,13 @@ Generates formats/onnx_pb.ts from formats/onnx.proto (ONNX ${ONNX_VERSION}) with
 async function ensureGenerator(): Promise<{ buf: string; plugin: string }> {
   const bin = `${PROTOGEN}/node_modules/.bin`;
   const tools = { buf: `${bin}/buf`, plugin: `${bin}/protoc-gen-es` };
-  try {
-    await Promise.all([Deno.stat(tools.buf), Deno.stat(tools.plugin)]);
-    return tools;
-  } catch {
-    console.error(`Installing buf ${BUF_VERSION} and protoc-gen-es into .tools/protogen ...`);
-  }
-  await run("npm", [
-    "install",
-    "--silent",
-    "--no-save",
-    "--prefix",
-    PROTOGEN,
-    `@bufbuild/buf@${BUF_VERSION}`,
-    `@bufbuild/protoc-gen-es@${PROTOBUF_ES_VERSION}`,
-  ], { quiet: true });
+  await ensureNpmTools({
+    prefix: PROTOGEN,
+    packages: [`@bufbuild/buf@${BUF_VERSION}`, `@bufbuild/protoc-gen-es@${PROTOBUF_ES_VERSION}`],
+    present: [tools.buf, tools.plugin],
+    what: `buf ${BUF_VERSION} and protoc-gen-es`,
+    log: console.error,
+  });
   return tools;
 }
 
