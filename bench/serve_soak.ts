@@ -14,6 +14,7 @@
  */
 import { spawnServer } from "../serve/spawn.ts";
 import { metricsText, metricSum, percentile, round } from "./_serve_common.ts";
+import { median } from "./_timing.ts";
 
 /** Short, medium and long inputs (about 8, 40 and 120 tokens), mixed in every phase. */
 const MIXED = [
@@ -233,7 +234,7 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
     await capacity(server.url, 32, 5);
     const windows: number[] = [];
     for (let w = 0; w < 5; w++) windows.push(await capacity(server.url, 32, 15));
-    const measured = [...windows].sort((a, b) => a - b)[2];
+    const measured = median(windows);
     options.say(`capacity windows: ${windows.map((w) => round(w)).join(", ")} embeddings/s`);
     const rate = 0.7 * measured;
     options.say(`capacity ${round(measured)} embeddings/s; soak at ${round(rate)}/s`);
@@ -371,7 +372,6 @@ export function summarize(minutes: SoakMinute[]): Record<string, number> {
   const slope = den === 0 ? 0 : t.reduce((s, x, i) => s + (x - tm) * (r[i] - rm), 0) / den;
   // Window figure: the median of the last five minutes against the median of the five minutes
   // from the end of warm-up, so one minute's resident batch shapes do not decide it.
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const firstWindow = after.slice(0, 5).map((m) => m.rssMiB);
   const lastWindow = minutes.slice(-5).map((m) => m.rssMiB);
   return {

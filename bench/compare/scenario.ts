@@ -17,7 +17,7 @@
  * @module
  */
 
-import { percentile } from "../_timing.ts";
+import { median, percentile } from "../_timing.ts";
 import {
   type Contestant,
   ContestantError,
@@ -95,7 +95,7 @@ export function summarize(
   if (all.length === 0) throw new RangeError("No latencies to summarize");
   const sorted = [...all].sort((a, b) => a - b);
   const roundMedians = rounds.filter((r) => r.latenciesMs.length > 0).map((r) =>
-    percentile([...r.latenciesMs].sort((a, b) => a - b), 0.5)
+    median(r.latenciesMs)
   );
   const p50 = percentile(sorted, 0.5);
   const wall = rounds.reduce((s, r) => s + r.wallS, 0);
@@ -185,11 +185,6 @@ function failed(spec: ContestantSpec, err: unknown): ContestantResult {
     error: (err as Error).message,
     stderrTail: e?.stderr ? e.stderr.slice(-2000) : undefined,
   };
-}
-
-/** Latency a single-instance contestant reaches most of the time, for the calibration. */
-function median(values: number[]): number {
-  return percentile([...values].sort((a, b) => a - b), 0.5);
 }
 
 /** A loaded contestant of a wave, with its calibration and samples. */
