@@ -2,9 +2,10 @@
  * Cross-request dynamic batching. Inputs from any number of requests wait in per-bucket FIFO
  * queues (a bucket is a range of sequence lengths); whenever an executor (a worker instance)
  * is free, the batcher hands it up to `maxBatch` inputs of one bucket, and no more than
- * `maxBatchTokens` padded tokens: a full bucket at once,
- * otherwise the bucket holding the oldest input once that input has waited `maxWaitMs`. Under
- * load the executors stay busy, inputs pile up meanwhile, and batches grow on their own.
+ * `maxBatchTokens` padded tokens. A bucket is ready once it holds a full batch or its oldest
+ * input has waited `maxWaitMs`; of the ready buckets, the one whose oldest input has waited
+ * longest goes first. Under load the executors stay busy, inputs pile up meanwhile, and batches
+ * grow on their own.
  *
  * The queue is bounded (`maxQueue` inputs): a request that does not fit is refused as a whole
  * with {@linkcode OverloadedError} before anything is queued, so memory stays bounded. An input
@@ -256,41 +257,52 @@ export class Batcher<I, R> {
   #pump(): void {
     const now = performance.now();
     this.#expire(now);
-    const { maxBatch, maxWaitMs } = this.#options;
     let nextDeadline = Infinity;
     // Bounded: each iteration either dispatches (consuming an idle executor) or breaks.
     while (this.#idle.length > 0 && this.#queued > 0) {
-      let pick = -1;
-      let oldest = Infinity;
-      for (let b = 0; b < this.#queues.length; b++) {
-        const queue = this.#queues[b];
-        if (queue.length === 0) continue;
-        if (this.#fits(queue) < queue.length || queue.length >= maxBatch) {
-          pick = b;
-          break;
-        }
-        if (queue[0].enqueuedAt < oldest) {
-          oldest = queue[0].enqueuedAt;
-          pick = b;
-        }
-      }
-      if (pick < 0) break;
-      const queue = this.#queues[pick];
-      const take = this.#fits(queue);
-      const ready = take < queue.length || take >= maxBatch || this.#closed ||
-        now - queue[0].enqueuedAt >= maxWaitMs;
-      if (!ready) {
-        nextDeadline = queue[0].enqueuedAt + maxWaitMs;
+      const pick = this.#oldestReady(now);
+      if (pick.bucket < 0) {
+        nextDeadline = pick.readyAt;
         break;
       }
-      const batch = queue.splice(0, take);
+      const queue = this.#queues[pick.bucket];
+      const batch = queue.splice(0, this.#fits(queue));
       this.#queued -= batch.length;
-      this.#dispatch(this.#idle.pop()!, batch, this.#options.buckets[pick]);
+      this.#dispatch(this.#idle.pop()!, batch, this.#options.buckets[pick.bucket]);
     }
     if (this.#queued > 0) {
       const expiry = this.#oldestEnqueue() + this.#options.queueTimeoutMs + 1;
       this.#schedule(Math.min(nextDeadline, expiry));
     }
+  }
+
+  /**
+   * The ready bucket whose head input has waited longest; when none is ready, bucket -1 and the
+   * time the first one will be. A bucket is ready when it holds a full batch (maxBatch or the
+   * token budget), when its head has waited maxWaitMs, or when the batcher is closing.
+   * Oldest-first across buckets bounds every input's wait under a backlog; serving full buckets
+   * first would keep a lone long input behind every full batch of short ones.
+   */
+  #oldestReady(now: number): { bucket: number; readyAt: number } {
+    const { maxBatch, maxWaitMs } = this.#options;
+    let bucket = -1;
+    let oldest = Infinity;
+    let readyAt = Infinity;
+    for (let b = 0; b < this.#queues.length; b++) {
+      const queue = this.#queues[b];
+      if (queue.length === 0) continue;
+      const head = queue[0].enqueuedAt;
+      const full = queue.length >= maxBatch || this.#fits(queue) < queue.length;
+      if (full || this.#closed || now - head >= maxWaitMs) {
+        if (head < oldest) {
+          oldest = head;
+          bucket = b;
+        }
+      } else {
+        readyAt = Math.min(readyAt, head + maxWaitMs);
+      }
+    }
+    return { bucket, readyAt };
   }
 
   /** How many head entries of `queue` one batch takes: maxBatch, and the token budget. */

@@ -91,6 +91,21 @@ Deno.test("batcher: inputs are grouped by sequence-length bucket", async () => {
   await b.close();
 });
 
+Deno.test("batcher: under a backlog the bucket whose input waited longest goes first", async () => {
+  // The executor is busy with the first input while a long input, then a full bucket of short
+  // ones, arrive; the long input has waited longer, so it runs before the full short batch.
+  const r = recorder(30);
+  const b = testBatcher(r, { maxBatch: 4, maxWaitMs: 1, buckets: [16, 64] });
+  const first = b.submit([{ item: 1, length: 8 }]);
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  const long = b.submit([{ item: 2, length: 50 }]);
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  const shorts = b.submit(sized([3, 4, 5, 6], 8));
+  await Promise.all([first, long, shorts]);
+  assert.deepEqual(r.batches.map((x) => x.items), [[1], [2], [3, 4, 5, 6]]);
+  await b.close();
+});
+
 Deno.test("batcher: the wait for a batch to fill is bounded by maxWaitMs", async () => {
   const r = recorder();
   const b = testBatcher(r, { maxBatch: 64, maxWaitMs: 30 });
