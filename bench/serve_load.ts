@@ -32,6 +32,8 @@ Options:
   --connections N    load connections (default 64)
   --model NAME       registry model or .onnx file (default: the server's default model)
   --threads N        kernel threads of the server (default: the library default)
+  --instances N      with --soak: worker processes of the model, each with its share of the
+                     threads (default: the server's default, 1)
   --soak MINUTES     instead: a soak at 70% of measured capacity with mixed lengths (RSS,
                      p99 and errors per minute; see bench/serve_soak.ts)
   --instances-compare
@@ -373,6 +375,7 @@ async function disconnects(server: SpawnedServer, model: string, rounds: number)
 interface ServeLoadOptions {
   quick: boolean;
   soak?: string;
+  instances?: string;
   threads?: string;
   model?: string;
   duration?: string;
@@ -400,7 +403,15 @@ async function longRun(values: ServeLoadOptions): Promise<number> {
   const threads = threadsOption(values);
   const say = values.json ? () => {} : (line: string) => console.error(line);
   const result = values.soak !== undefined
-    ? await soak({ minutes, threads, model: values.model, say })
+    ? await soak({
+      minutes,
+      threads,
+      model: values.model,
+      instances: values.instances === undefined
+        ? undefined
+        : integerOption("instances", values.instances, 1, 64),
+      say,
+    })
     : await compareInstances({
       threads,
       seconds: Number(values.duration ?? 20),
@@ -417,7 +428,7 @@ async function longRun(values: ServeLoadOptions): Promise<number> {
 
 function main(): Promise<number> {
   const options = {
-    ...stringOptions("duration", "model", "threads", "out", "soak"),
+    ...stringOptions("duration", "model", "threads", "out", "soak", "instances"),
     ...flagOptions("quick", "json", "instances-compare"),
     connections: { type: "string", default: "64" },
   } as const;

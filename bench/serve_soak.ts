@@ -208,6 +208,8 @@ export interface SoakOptions {
   minutes: number;
   threads: number;
   model?: string;
+  /** Worker processes of the model (default: the server's default, one). */
+  instances?: number;
   say: (line: string) => void;
 }
 
@@ -217,7 +219,15 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
     config: {
       log: true, // for the workers' slow_call events
       threads: options.threads,
-      ...(options.model ? { models: [{ name: "bench", model: options.model }] } : {}),
+      ...(options.model || options.instances
+        ? {
+          models: [{
+            name: "bench",
+            model: options.model ?? "all-minilm-l6-v2-q",
+            ...(options.instances ? { instances: options.instances } : {}),
+          }],
+        }
+        : {}),
       limits: { queueTimeoutMs: 30_000 },
     },
     inheritStderr: false,
