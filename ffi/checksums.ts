@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "ee0f0fb12a8c2b5196888001935f552a22578685a6c4779af40c3ca472fdd489",
-  avx2: "9bdca4013fb95ad50849eb6b6ec1cdcaaa38351757a7cfa06d403f600067d3cb",
-  avx512vnni: "db0866c44460169891191ef7e3ff27128295728f715743e97a0bb20b7d0b8559",
+  baseline: "021574eebe7fa6f276acda8aeebac45b32f936f80ed7ac3706bd6c977c324edb",
+  avx2: "1332c713837c98743365a90af03f7758ebd852fd475d8f1caee835bd0470832e",
+  avx512vnni: "c8bc2df87716373c62205e4cb4c405b8ff2e93810cd6c56891913395b0afefdd",
 };
