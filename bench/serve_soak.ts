@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { defaultModelConfig } from "../serve/config.ts";
 import { spawnServer } from "../serve/spawn.ts";
 import { metricsText, metricSum, percentile, round } from "./_serve_common.ts";
 import { median } from "./_timing.ts";
@@ -223,7 +224,7 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
         ? {
           models: [{
             name: "bench",
-            model: options.model ?? "all-minilm-l6-v2-q",
+            model: options.model ?? defaultModelConfig().model,
             ...(options.instances ? { instances: options.instances } : {}),
           }],
         }
@@ -406,7 +407,7 @@ export async function compareInstances(
       config: {
         log: false,
         threads: options.threads,
-        models: [{ name: "bench", model: options.model ?? "all-minilm-l6-v2-q", instances }],
+        models: [{ name: "bench", model: options.model ?? defaultModelConfig().model, instances }],
       },
       inheritStderr: false,
     });
