@@ -402,6 +402,8 @@ function promised<A extends unknown[], R>(fn: (...args: A) => R): (...args: A) =
 class PipelineCore {
   #disposed = false;
   #sentenceHead: SentenceHead | null = null;
+  /** Token vectors that pooling consumes: reused (grow-only) so steady batches allocate none. */
+  #pooledTokens: Float32Array = new Float32Array(0);
 
   constructor(
     readonly task: PipelineTask,
@@ -420,6 +422,7 @@ class PipelineCore {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    this.#pooledTokens = new Float32Array(0);
     this.encoder[Symbol.dispose]();
     this.head?.[Symbol.dispose]();
     this.#sentenceHead?.[Symbol.dispose]();
@@ -453,8 +456,8 @@ class PipelineCore {
     if (this.#disposed) throw new Error(`The ${this.task} pipeline was used after dispose()`);
   }
 
-  /** Encoder output of one tokenized batch. */
-  #hidden(input: EncodedInput): Float32Array {
+  /** Encoder output of one tokenized batch, into `out` when given. */
+  #hidden(input: EncodedInput, out?: Float32Array): Float32Array {
     this.#check();
     const [batch, seq] = input.shape;
     return this.encoder.forward({
@@ -463,7 +466,13 @@ class PipelineCore {
       tokenTypeIds: this.encoder.config.typeVocabSize > 0 ? input.tokenTypeIds : null,
       batch,
       seq,
-    });
+    }, { out });
+  }
+
+  /** The reused token-vector buffer, grown to `values` when smaller. */
+  #pooledTokensFor(values: number): Float32Array {
+    if (this.#pooledTokens.length < values) this.#pooledTokens = new Float32Array(values);
+    return this.#pooledTokens.subarray(0, values);
   }
 
   #logits(input: EncodedInput): FeatureTensor {
@@ -565,7 +574,9 @@ class PipelineCore {
     if (mask.length !== batch * seq) {
       throw new RangeError(`The pool mask needs ${batch * seq} values, got ${mask.length}`);
     }
-    const hidden = this.#hidden(input);
+    // Pooling reads the token vectors and keeps none of them, so one buffer serves every batch.
+    const tokens = this.#pooledTokensFor(batch * seq * this.encoder.hiddenSize);
+    const hidden = this.#hidden(input, tokens);
     const shape = { batch, seq, hidden: this.encoder.hiddenSize, mask };
     if (head.identity) {
       pool(hidden, shape, { mode: options.pooling, normalize: options.normalize, out });

@@ -23,6 +23,8 @@ export type ModelSource = Pick<
   | "pooling"
   | "normalize"
   | "maxLength"
+  | "maxBatch"
+  | "maxBatchTokens"
 >;
 
 /** What a worker reports once its model is loaded. */
@@ -43,6 +45,12 @@ export interface ModelInfo {
   kernels: Record<string, number>;
   /** Seconds the load (and warm-up) took. */
   loadSeconds: number;
+  /**
+   * The largest batch the server can send, run once at start so that every buffer that grows
+   * with the batch is already allocated (see `reserveLargestBatch`), and the native workspace
+   * that planned, in bytes.
+   */
+  reserved: { batch: number; seq: number; workspaceBytes: number };
   /** Kernel threads in effect in the process. */
   threads: number;
   /** Feature extraction: the pooling and default normalisation in effect, and the prompts. */

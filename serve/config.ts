@@ -70,6 +70,7 @@ export interface ModelConfig {
   /**
    * Largest batch in padded tokens (inputs x their longest length), as TEI's
    * `--max-batch-tokens`; default `maxBatch * maxLength`. At least `maxLength`, else refused.
+   * Each worker plans a batch this large at start, so it also sizes the worker's workspace.
    */
   maxBatchTokens: number;
   /** Longest an input waits for others to join its batch, in milliseconds. */

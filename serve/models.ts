@@ -149,6 +149,8 @@ export class ServedModel {
       pooling: config.pooling,
       normalize: config.normalize,
       maxLength: config.maxLength,
+      maxBatch: config.maxBatch,
+      maxBatchTokens: config.maxBatchTokens,
     };
     const start = {
       threads: options.threads,

@@ -210,6 +210,41 @@ async function warmUp(pipe: PipelineBase): Promise<void> {
 }
 
 /**
+ * Runs one batch of the largest shape the server can send (`maxBatchTokens` padded tokens of
+ * `maxLength`, at most `maxBatch` inputs) through the path its batches take. The encoder's
+ * workspace, the attention scratch, the int8 layers' staging and the pooled token vectors only
+ * grow, and each grows to the largest batch seen; planning that batch at start makes the
+ * worker's memory known before it takes traffic and flat under load, where it otherwise
+ * stepped up the first time a backlog ran a new largest batch (issue 17's soak). An
+ * out-of-memory for the configuration then fails the start, not a request.
+ */
+export function reserveLargestBatch(
+  pipe: PipelineBase,
+  limits: Pick<ModelSource, "maxLength" | "maxBatch" | "maxBatchTokens">,
+): ModelInfo["reserved"] {
+  const seq = Math.min(limits.maxLength, pipe.encoder.config.maxPositionEmbeddings);
+  const batch = Math.max(1, Math.min(limits.maxBatch, Math.ceil(limits.maxBatchTokens / seq)));
+  const input: EncodedInput = {
+    shape: [batch, seq],
+    inputIds: new Int32Array(batch * seq).fill(pipe.tokenizer.padTokenId),
+    attentionMask: new Int32Array(batch * seq).fill(1),
+    tokenTypeIds: new Int32Array(batch * seq),
+  };
+  if (pipe.task === "feature-extraction") {
+    (pipe as FeatureExtractionPipeline).embedEncoded(input, { pooling: "mean", normalize: false });
+  } else {
+    // The heads' outputs are small; the encoder's buffers are what grows.
+    pipe.encoder.forward({
+      inputIds: input.inputIds,
+      attentionMask: input.attentionMask,
+      batch,
+      seq,
+    });
+  }
+  return { batch, seq, workspaceBytes: pipe.encoder.workspaceBytes };
+}
+
+/**
  * Loads the model of `source` (its fallback when it fails and one is given), warms it up and
  * returns the backend a worker serves.
  *
@@ -251,8 +286,10 @@ export async function loadPipelineBackend(
       );
     }
   }
+  let reserved: ModelInfo["reserved"];
   try {
     await warmUp(pipe);
+    reserved = reserveLargestBatch(pipe, source);
   } catch (err) {
     pipe.dispose();
     throw new Error(`Model "${loaded}" failed its warm-up call: ${(err as Error).message}`, {
@@ -271,6 +308,7 @@ export async function loadPipelineBackend(
     tokenizerPath: pipe.model.weights.source.tokenizer ?? "",
     kernels: countKernels(pipe),
     loadSeconds: (performance.now() - started) / 1000,
+    reserved,
     threads: threads(),
     embedding: pipe.task === "feature-extraction" ? embeddingSettings(pipe, source) : null,
   };

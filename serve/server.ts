@@ -320,6 +320,8 @@ export async function startServer(
         pids: model.workerPids,
         threads: model.info.threads,
         hidden: model.info.hiddenSize,
+        reserved_batch: `${model.info.reserved.batch}x${model.info.reserved.seq}`,
+        workspace_mib: Math.round(model.info.reserved.workspaceBytes / 2 ** 20),
         seconds: Math.round((performance.now() - t0) / 100) / 10,
       });
     }
