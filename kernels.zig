@@ -388,6 +388,14 @@ const Int8Call = extern struct {
     numerics: u32,
 };
 
+/// Checks an int8 sparse blob once, before its first kernel call: its header, its tables
+/// (`sparse_format.checkI8`) and its shape, which must be [n, k]. The kernel calls then check
+/// the header only.
+export fn sb_spmm_i8_check(blob: [*]align(64) u8, blob_len: usize, n: usize, k: usize) i32 {
+    const v = sparse_format.checkI8(blob, blob_len) catch |e| return status(e);
+    return if (v.header.n == n and v.header.k == k) 0 else -2;
+}
+
 export fn sb_spmm_i8(blob: [*]align(64) u8, blob_len: usize, packed_x: [*]const u8, m: usize, call: *const Int8Call) i32 {
     if (m == 0 or call.numerics != 0) return -3;
     const target = int8Output(call.output, call.out_scale, call.out_zero, call.out_qmax) orelse return -3;
@@ -458,6 +466,12 @@ export fn sb_gemm_i8_pack(q: [*]const i8, scale: [*]const f32, bias: ?[*]const f
     return 0;
 }
 
+/// Checks a dense int8 blob's header and shape ([n, k]) once, before its first kernel call.
+export fn sb_gemm_i8_check(blob: [*]align(64) u8, blob_len: usize, n: usize, k: usize) i32 {
+    const v = gemm_i8.view(blob, blob_len) catch |e| return status(e);
+    return if (v.header.n == n and v.header.k == k) 0 else -2;
+}
+
 export fn sb_gemm_i8(blob: [*]align(64) u8, blob_len: usize, x: [*]const u8, ldx: usize, m: usize, call: *const Int8Call) i32 {
     if (call.numerics > 1) return -3;
     const target = int8Output(call.output, call.out_scale, call.out_zero, call.out_qmax) orelse return -3;
@@ -495,6 +509,17 @@ export fn sb_spmm_f32_pack(w: [*]const f32, bias: ?[*]const f32, n: usize, k: us
 export fn sb_spmm_f32_unpack(blob: [*]align(64) u8, blob_len: usize, w: [*]f32, bias: [*]f32) i32 {
     sparse_format.f32Unpack(blob, blob_len, w, bias) catch |e| return status(e);
     return 0;
+}
+
+/// Checks an fp32 sparse blob once, before its first kernel call: its header, its tables
+/// (`sparse_format.checkF32Weights`) and its shape, which must be [n, k].
+export fn sb_spmm_f32_check(blob: [*]align(64) u8, blob_len: usize, n: usize, k: usize) i32 {
+    const w = sparse_format.checkF32Weights(blob, blob_len) catch |e| return status(e);
+    const shape = switch (w) {
+        .csr => |v| .{ v.header.n, v.header.k },
+        .blocks => |v| .{ v.header.n, v.header.k },
+    };
+    return if (shape[0] == n and shape[1] == k) 0 else -2;
 }
 
 export fn sb_spmm_f32(

@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "021574eebe7fa6f276acda8aeebac45b32f936f80ed7ac3706bd6c977c324edb",
-  avx2: "1332c713837c98743365a90af03f7758ebd852fd475d8f1caee835bd0470832e",
-  avx512vnni: "c8bc2df87716373c62205e4cb4c405b8ff2e93810cd6c56891913395b0afefdd",
+  baseline: "9bd8372de8225c81f4be12e935316e1738d787536073f4d68e0f15e3c0256f1b",
+  avx2: "2c46d2bf8df78dff4acbf875bf07673551f0f47365e123021d7f6bf41af6b6df",
+  avx512vnni: "5ace1185a9ac4417da5dd38aa80c40747b6cc5bc5c1209b5337cf3804973ee14",
 };

@@ -108,6 +108,8 @@ export const symbols = {
     parameters: ["pointer", "usize", "buffer", "buffer", "buffer"],
     result: "i32",
   },
+  // blob, blob bytes, n, k: the header, the tables and the shape, once per blob
+  sb_spmm_i8_check: { parameters: ["pointer", "usize", "usize", "usize"], result: "i32" },
   sb_spmm_i8: {
     // blob, blob bytes, packed activations, m, Int8Call (ffi/structs.ts)
     parameters: ["pointer", "usize", "buffer", "usize", "buffer"],
@@ -136,6 +138,7 @@ export const symbols = {
     parameters: ["buffer", "buffer", "buffer", "usize", "usize", "pointer", "usize"],
     result: "i32",
   },
+  sb_gemm_i8_check: { parameters: ["pointer", "usize", "usize", "usize"], result: "i32" },
   sb_gemm_i8: {
     // blob, blob bytes, u8 activation rows, row stride, m, Int8Call (ffi/structs.ts)
     parameters: ["pointer", "usize", "buffer", "usize", "usize", "buffer"],
@@ -147,6 +150,7 @@ export const symbols = {
     result: "i32",
   },
   sb_spmm_f32_unpack: { parameters: ["pointer", "usize", "buffer", "buffer"], result: "i32" },
+  sb_spmm_f32_check: { parameters: ["pointer", "usize", "usize", "usize"], result: "i32" },
   sb_spmm_f32: {
     parameters: ["pointer", "usize", "buffer", "usize", "buffer", "buffer", "u32"],
     result: "i32",

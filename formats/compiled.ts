@@ -635,10 +635,17 @@ function buildModel(
     }
     const s = section(e.section, "packed");
     const source = { out: e.out, in: e.in, packed: { region, offset: s.offset, bytes: s.bytes } };
-    return linearFromPacked(e.kind, source, {
-      activation: e.activation,
-      activationQuantization: e.activationQuantization,
-    });
+    try {
+      return linearFromPacked(e.kind, source, {
+        activation: e.activation,
+        activationQuantization: e.activationQuantization,
+      });
+    } catch (error) {
+      throw new CompiledModelError(
+        `Compiled model "${path}", layer ${spec.layer} ${spec.role}: ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
   };
   let tokenizer: BertTokenizer | null = null;
   if (header.tokenizer) {

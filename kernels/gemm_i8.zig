@@ -102,7 +102,7 @@ pub fn view(blob: [*]align(64) const u8, blob_len: usize) Error!View {
     const h: *const Header = @ptrCast(blob);
     if (h.magic != magic or h.version != format_version) return error.BadBlob;
     const expect = layout(h.n, h.k) catch return error.BadBlob;
-    if (expect.total != h.total or h.total > blob_len or expect.bias != h.bias) return error.BadBlob;
+    if (!std.meta.eql(expect, h.*) or h.total > blob_len or h.n == 0 or h.k == 0) return error.BadBlob;
     return .{
         .header = h,
         .weights = @ptrCast(blob + h.weights),

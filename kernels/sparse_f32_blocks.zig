@@ -86,24 +86,31 @@ pub fn isBlocks(blob: [*]align(64) const u8, blob_len: usize) bool {
     return @as(*const Header, @ptrCast(blob)).magic == magic;
 }
 
-/// Validates a block blob and returns views of its sections.
+/// Validates a block blob's header (every offset as its counts call for, within `blob_len`)
+/// and returns views of its sections. O(1), for every kernel call: `check` checks the tables
+/// once, before a blob first reaches a kernel.
 pub fn view(blob: [*]align(64) const u8, blob_len: usize) Error!View {
     if (blob_len < @sizeOf(Header)) return error.BadBlob;
     const h: *const Header = @ptrCast(blob);
     if (h.magic != magic or h.version != format_version) return error.BadBlob;
     const expect = layout(h.n, h.k, h.blocks) catch return error.BadBlob;
-    if (expect.total != h.total or h.total > blob_len or expect.bias != h.bias or h.n == 0) return error.BadBlob;
-    const v = View{
+    if (!std.meta.eql(expect, h.*) or h.total > blob_len or h.n == 0 or h.k == 0) return error.BadBlob;
+    return .{
         .header = h,
         .block_ptr = @ptrCast(@alignCast(blob + h.block_ptr)),
         .block_k = @ptrCast(@alignCast(blob + h.block_k)),
         .weights = @ptrCast(@alignCast(blob + h.weights)),
         .bias = @ptrCast(@alignCast(blob + h.bias)),
     };
-    // The kernel trusts the offsets: a corrupt pointer table or index must not reach it.
-    if (v.block_ptr[0] != 0 or v.block_ptr[h.block_rows] != h.blocks) return error.BadBlob;
-    for (0..h.block_rows) |br| if (v.block_ptr[br] > v.block_ptr[br + 1]) return error.BadBlob;
-    for (v.block_k[0..h.blocks]) |kk| if (kk >= h.k) return error.BadBlob;
+}
+
+/// `view`, and the tables the kernel trusts: block pointers from 0 to the block count that
+/// never decrease, input channels below k.
+pub fn check(blob: [*]align(64) const u8, blob_len: usize) Error!View {
+    const v = try view(blob, blob_len);
+    const h = v.header;
+    if (!sparse_format.validOffsets(v.block_ptr[0 .. @as(usize, h.block_rows) + 1], h.blocks)) return error.BadBlob;
+    if (!sparse_format.validIndices(u32, v.block_k[0..h.blocks], h.k, 1)) return error.BadBlob;
     return v;
 }
 
@@ -138,7 +145,7 @@ pub fn pack(w: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blocks: u6
 
 /// Expands a block blob back to w [n, k] and bias [n].
 pub fn unpack(blob: [*]align(64) const u8, blob_len: usize, w: [*]f32, bias: [*]f32) Error!void {
-    const v = try view(blob, blob_len);
+    const v = try check(blob, blob_len);
     const n: usize = v.header.n;
     const k: usize = v.header.k;
     @memset(w[0 .. n * k], 0);
@@ -185,7 +192,7 @@ test "block blob round-trips, with a short last block row" {
     try testing.expectEqualSlices(f32, &bias, &bias_back);
 }
 
-test "a corrupt block blob is refused" {
+test "a corrupt block blob is refused: its header per call, its tables by check" {
     const n = 4;
     const k = 3;
     const w: [n * k]f32 = @splat(1);
@@ -196,6 +203,11 @@ test "a corrupt block blob is refused" {
     try testing.expectError(error.BadBlob, view(&blob, len - 64));
     const h: *Header = @ptrCast(&blob);
     const block_k: [*]u32 = @ptrCast(@alignCast(&blob[@intCast(h.block_k)]));
-    block_k[1] = k; // an index past the input width
+    block_k[1] = k; // an index past the input width: the header alone still passes
+    _ = try view(&blob, len);
+    try testing.expectError(error.BadBlob, check(&blob, len));
+    block_k[1] = 0;
+    _ = try check(&blob, len);
+    h.bias += 64; // a section moved: the header no longer matches its layout
     try testing.expectError(error.BadBlob, view(&blob, len));
 }

@@ -209,13 +209,15 @@ pub const I8View = struct {
     bias: [*]f32,
 };
 
-/// Validates an int8 blob's header against its length and returns views of its sections.
+/// Validates an int8 blob's header (every offset is the one its counts call for, within
+/// `blob_len`) and returns views of its sections. O(1), for every kernel call: the tables the
+/// offsets lead to are checked once, by `checkI8`, before a blob first reaches a kernel.
 pub fn view(blob: [*]align(64) u8, blob_len: usize) Error!I8View {
     if (blob_len < @sizeOf(I8Header)) return error.BadBlob;
     const h: *const I8Header = @ptrCast(blob);
     if (h.magic != magic_i8 or h.version != format_version) return error.BadBlob;
     const expect = i8Layout(h.n, h.k, h.groups, h.blocks) catch return error.BadBlob;
-    if (expect.total != h.total or h.total > blob_len or expect.bias != h.bias) return error.BadBlob;
+    if (!std.meta.eql(expect, h.*) or h.total > blob_len or h.n == 0 or h.k == 0) return error.BadBlob;
     return .{
         .header = h,
         .group_ptr = @ptrCast(@alignCast(blob + h.group_ptr)),
@@ -227,9 +229,45 @@ pub fn view(blob: [*]align(64) u8, blob_len: usize) Error!I8View {
     };
 }
 
+/// `view`, and the tables the kernel indexes with: group pointers that start at 0, never
+/// decrease and end at the group count, and input-channel indices below k (whole multiples of
+/// `k_unit`). A blob that passes cannot make `spmm_i8` read outside its blob or activations.
+pub fn checkI8(blob: [*]align(64) u8, blob_len: usize) Error!I8View {
+    const v = try view(blob, blob_len);
+    const h = v.header;
+    if (h.blocks > group_blocks * @as(u64, h.groups)) return error.BadBlob;
+    if (!validOffsets(v.group_ptr[0 .. h.block_rows + 1], h.groups)) return error.BadBlob;
+    const indices = v.group_k[0 .. group_blocks * @as(usize, h.groups)];
+    if (!validIndices(u16, indices, @as(usize, h.k) * k_unit, k_unit)) return error.BadBlob;
+    return v;
+}
+
+/// Whether a pointer table starts at 0, never decreases, and ends at `count`. No early exit,
+/// so it vectorizes.
+pub fn validOffsets(offsets: []const u32, count: u64) bool {
+    assert(offsets.len >= 1);
+    if (offsets[0] != 0 or offsets[offsets.len - 1] != count) return false;
+    var descents: u32 = 0;
+    for (offsets[0 .. offsets.len - 1], offsets[1..]) |a, b| descents |= @intFromBool(a > b);
+    return descents == 0;
+}
+
+/// Whether every index is below `limit` and a multiple of `unit` (a power of two). No early
+/// exit, so it vectorizes.
+pub fn validIndices(comptime T: type, indices: []const T, limit: usize, unit: T) bool {
+    assert(unit >= 1 and unit & (unit - 1) == 0);
+    var largest: T = 0;
+    var misaligned: T = 0;
+    for (indices) |i| {
+        largest = @max(largest, i);
+        misaligned |= i & (unit - 1);
+    }
+    return indices.len == 0 or (largest < limit and misaligned == 0);
+}
+
 /// Expands an int8 blob back to q s8 [n, k], scale [n] and bias [n].
 pub fn i8Unpack(blob: [*]align(64) u8, blob_len: usize, q: [*]i8, scale: [*]f32, bias: [*]f32) Error!void {
-    const v = try view(blob, blob_len);
+    const v = try checkI8(blob, blob_len);
     const n: usize = v.header.n;
     const k: usize = v.header.k;
     @memset(q[0 .. n * k], 0);
@@ -305,10 +343,17 @@ pub const F32Weights = union(enum) {
     blocks: f32_blocks.View,
 };
 
-/// Validates an fp32 blob of either layout (told apart by its magic).
+/// Validates the header of an fp32 blob of either layout (told apart by its magic); O(1), for
+/// every kernel call (`checkF32Weights` checks the tables once).
 pub fn viewF32Weights(blob: [*]align(64) u8, blob_len: usize) Error!F32Weights {
     if (f32_blocks.isBlocks(blob, blob_len)) return .{ .blocks = try f32_blocks.view(blob, blob_len) };
     return .{ .csr = try viewF32(blob, blob_len) };
+}
+
+/// `viewF32Weights`, and the tables the kernel indexes with (`f32_blocks.check`, `checkF32`).
+pub fn checkF32Weights(blob: [*]align(64) u8, blob_len: usize) Error!F32Weights {
+    if (f32_blocks.isBlocks(blob, blob_len)) return .{ .blocks = try f32_blocks.check(blob, blob_len) };
+    return .{ .csr = try checkF32(blob, blob_len) };
 }
 
 /// Typed views of an fp32 blob.
@@ -320,13 +365,14 @@ pub const F32View = struct {
     bias: [*]f32,
 };
 
-/// Validates an fp32 blob and returns views of its sections.
+/// Validates an fp32 CSR blob's header (every offset as its counts call for, within
+/// `blob_len`) and returns views of its sections; O(1).
 pub fn viewF32(blob: [*]align(64) u8, blob_len: usize) Error!F32View {
     if (blob_len < @sizeOf(F32Header)) return error.BadBlob;
     const h: *const F32Header = @ptrCast(blob);
     if (h.magic != magic_f32 or h.version != format_version) return error.BadBlob;
     const expect = f32Layout(h.n, h.k, h.nnz) catch return error.BadBlob;
-    if (expect.total != h.total or h.total > blob_len or expect.bias != h.bias) return error.BadBlob;
+    if (!std.meta.eql(expect, h.*) or h.total > blob_len or h.n == 0 or h.k == 0) return error.BadBlob;
     return .{
         .header = h,
         .row_ptr = @ptrCast(@alignCast(blob + h.row_ptr)),
@@ -334,6 +380,15 @@ pub fn viewF32(blob: [*]align(64) u8, blob_len: usize) Error!F32View {
         .value = @ptrCast(@alignCast(blob + h.value)),
         .bias = @ptrCast(@alignCast(blob + h.bias)),
     };
+}
+
+/// `viewF32`, and its tables: row pointers from 0 to nnz that never decrease, columns below k.
+pub fn checkF32(blob: [*]align(64) u8, blob_len: usize) Error!F32View {
+    const v = try viewF32(blob, blob_len);
+    const h = v.header;
+    if (!validOffsets(v.row_ptr[0 .. @as(usize, h.n) + 1], h.nnz)) return error.BadBlob;
+    if (!validIndices(u32, v.col[0..h.nnz], h.k, 1)) return error.BadBlob;
+    return v;
 }
 
 /// Packs w f32 [n, k] (and optional bias [n]) into an fp32 blob: its kept 4x1 blocks when they
@@ -365,7 +420,7 @@ pub fn f32Pack(w: [*]const f32, bias: ?[*]const f32, n: usize, k: usize, blob: [
 /// Expands an fp32 blob back to w [n, k] and bias [n].
 pub fn f32Unpack(blob: [*]align(64) u8, blob_len: usize, w: [*]f32, bias: [*]f32) Error!void {
     if (f32_blocks.isBlocks(blob, blob_len)) return f32_blocks.unpack(blob, blob_len, w, bias);
-    const v = try viewF32(blob, blob_len);
+    const v = try checkF32(blob, blob_len);
     const n: usize = v.header.n;
     const k: usize = v.header.k;
     @memset(w[0 .. n * k], 0);
@@ -505,4 +560,31 @@ test "stats counts elements and 4x1 blocks" {
     try testing.expectEqual(@as(u64, 8), s.zero_elements);
     try testing.expectEqual(@as(u64, 4), s.blocks);
     try testing.expectEqual(@as(u64, 2), s.zero_blocks);
+}
+
+test "table checks refuse every index or pointer a kernel could read out of range with" {
+    try testing.expect(validOffsets(&[_]u32{ 0, 2, 2, 5 }, 5));
+    try testing.expect(!validOffsets(&[_]u32{ 1, 2, 2, 5 }, 5)); // not from 0
+    try testing.expect(!validOffsets(&[_]u32{ 0, 3, 2, 5 }, 5)); // decreasing
+    try testing.expect(!validOffsets(&[_]u32{ 0, 2, 2, 6 }, 5)); // past the count
+    try testing.expect(validIndices(u16, &[_]u16{ 0, 8, 16, 24 }, 32, 8));
+    try testing.expect(!validIndices(u16, &[_]u16{ 0, 8, 32, 24 }, 32, 8)); // not below the limit
+    try testing.expect(!validIndices(u16, &[_]u16{ 0, 9, 16, 24 }, 32, 8)); // off the grid
+    try testing.expect(validIndices(u32, &[_]u32{}, 0, 1));
+    // A packed int8 blob passes; one bad index or pointer in it does not.
+    const n = 8;
+    const k = 12;
+    var q: [n * k]i8 = @splat(0);
+    for (0..n) |row| q[row * k + (row * 5) % k] = @intCast(row + 1);
+    const scale: [n]f32 = @splat(0.5);
+    var blob: [4096]u8 align(64) = undefined;
+    const len = try i8PackedLen(&q, n, k);
+    try i8Pack(&q, &scale, null, n, k, &blob, len);
+    const v = try checkI8(&blob, len);
+    v.group_k[1] = k * k_unit;
+    try testing.expectError(error.BadBlob, checkI8(&blob, len));
+    v.group_k[1] = 0;
+    _ = try checkI8(&blob, len);
+    v.group_ptr[1] = v.header.groups + 1;
+    try testing.expectError(error.BadBlob, checkI8(&blob, len));
 }

@@ -211,12 +211,25 @@ export abstract class Int8Linear implements LinearOp {
       need?: number;
       sizeOf: (q: QuantizedLinearWeight) => number;
       write: (q: QuantizedLinearWeight, into: PackedBytes) => number;
+      /** Checks borrowed bytes (header, tables, shape) before any kernel reads them. */
+      check: (packed: PackedBytes) => number;
     },
   ): PackedBytes {
     const what = `${kind} linear`;
     if (isPackedSource(source)) {
       checkPackedSource(source, kind, pack.need);
-      return PackedBytes.borrow(source.packed, what);
+      const packed = PackedBytes.borrow(source.packed, what);
+      try {
+        checkStatus(
+          pack.check(packed),
+          `Checking the packed ${kind} weight [${source.out}, ${source.in}] (its header, index ` +
+            `tables and shape)`,
+        );
+      } catch (error) {
+        packed[Symbol.dispose]();
+        throw error;
+      }
+      return packed;
     }
     const q = isQuantizedWeight(source) ? source : quantizeWeights(source);
     const bytes = pack.sizeOf(q);
@@ -538,6 +551,13 @@ export class LinearI8 extends Int8Linear {
     this.#packed = Int8Linear.packedFor(weight, this.kind, {
       need: sizeOf(weight.out, weight.in),
       sizeOf: (q) => sizeOf(q.out, q.in),
+      check: (packed) =>
+        lib.sb_gemm_i8_check(
+          packed.pointer,
+          BigInt(packed.bytes),
+          BigInt(weight.out),
+          BigInt(weight.in),
+        ),
       write: (q, into) =>
         lib.sb_gemm_i8_pack(
           q.weight,

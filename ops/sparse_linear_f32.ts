@@ -65,6 +65,21 @@ export class SparseLinearF32 implements LinearOp {
     if (isPackedSource(source)) {
       checkPackedSource(source, this.kind);
       this.#packed = PackedBytes.borrow(source.packed, `${this.kind} linear`);
+      try {
+        checkStatus(
+          kernels().symbols.sb_spmm_f32_check(
+            this.#packed.pointer,
+            BigInt(this.#packed.bytes),
+            BigInt(source.out),
+            BigInt(source.in),
+          ),
+          `Checking the packed ${this.kind} weight [${source.out}, ${source.in}] (its header, ` +
+            `index tables and shape)`,
+        );
+      } catch (error) {
+        this.#packed[Symbol.dispose]();
+        throw error;
+      }
       return;
     }
     const weight = checkLinearWeight(source);

@@ -71,6 +71,13 @@ export class SparseLinearI8 extends Int8Linear {
         this.#stats = sparsityStats(q.weight, q.out, q.in);
         return Number(lib.sb_spmm_i8_packed_len(q.weight, BigInt(q.out), BigInt(q.in)));
       },
+      check: (packed) =>
+        lib.sb_spmm_i8_check(
+          packed.pointer,
+          BigInt(packed.bytes),
+          BigInt(weight.out),
+          BigInt(weight.in),
+        ),
       write: (q, into) =>
         lib.sb_spmm_i8_pack(
           q.weight,

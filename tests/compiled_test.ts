@@ -255,6 +255,15 @@ Deno.test("every linear kind built from its packed bytes computes the bits of th
       () => linearFromPacked("dense-f32", { out: n, in: k, packed }, { activation: "none" }),
       /packs to \d+ bytes, got 64/,
     );
+    // Bytes of another shape: the kernel would size its reads and writes from the header.
+    for (const kind of ["sparse-i8", "sparse-f32"] as const) {
+      const i = KERNEL_KINDS.indexOf(kind);
+      const swapped = { region, offset: offsets[i], bytes: built[i].packedBytes };
+      assert.throws(
+        () => linearFromPacked(kind, { out: k, in: n, packed: swapped }, { activation: "gelu" }),
+        new RegExp(`Checking the packed ${kind} weight \\[${k}, ${n}\\] .* corrupt`),
+      );
+    }
   } finally {
     for (const op of [...built, ...again]) op[Symbol.dispose]();
   }
@@ -290,4 +299,107 @@ Deno.test("sparse int8 ops built from packed bytes run fused with the two forwar
   assert.deepEqual(bits(a.forwardThrough(b, x, m, { residual })), bits(want));
   assert.deepEqual(bits(opA.forwardThrough(opB, x, m, { residual })), bits(want));
   assert.throws(() => a.forwardThrough(a, x, m), /next op takes 48 features, this one gives 80/);
+});
+
+/** Byte offsets of the fields each corruption below edits, per blob magic (`kernels/*.zig`). */
+const BLOB_EDITS: Record<string, { name: string; edit: (v: DataView, at: number) => void }[]> = {
+  // sparse int8 (I8Header): n 8, k 12, group_ptr 32, group_k 40
+  SBI8: [
+    {
+      name: "group index past k",
+      edit: (v, at) => v.setUint16(at + tableAt(v, at, 40) + 2, 0xfff8, true),
+    },
+    {
+      name: "group index off the k grid",
+      edit: (v, at) => v.setUint16(at + tableAt(v, at, 40), 3, true),
+    },
+    {
+      name: "group pointer past the groups",
+      edit: (v, at) => v.setUint32(at + tableAt(v, at, 32) + 4, 0x7fffffff, true),
+    },
+    {
+      name: "section offset moved",
+      edit: (v, at) => v.setBigUint64(at + 40, v.getBigUint64(at + 40, true) + 64n, true),
+    },
+  ],
+  // fp32 4x1 blocks: k 12, block_ptr 32, block_k 40
+  SBB4: [
+    {
+      name: "block index past k",
+      edit: (v, at) => v.setUint32(at + tableAt(v, at, 40), v.getUint32(at + 12, true), true),
+    },
+    {
+      name: "block pointer decreasing",
+      edit: (v, at) => v.setUint32(at + tableAt(v, at, 32) + 4, 0xffffffff, true),
+    },
+    {
+      name: "section offset moved",
+      edit: (v, at) => v.setBigUint64(at + 48, v.getBigUint64(at + 48, true) + 64n, true),
+    },
+  ],
+  // fp32 CSR: k 12, row_ptr 24, col 32
+  SBF3: [
+    {
+      name: "column past k",
+      edit: (v, at) => v.setUint32(at + tableAt(v, at, 32), v.getUint32(at + 12, true), true),
+    },
+    {
+      name: "row pointer decreasing",
+      edit: (v, at) => v.setUint32(at + tableAt(v, at, 24) + 4, 0xffffffff, true),
+    },
+  ],
+  // dense int8: weights offset 24
+  SBG8: [
+    {
+      name: "section offset moved",
+      edit: (v, at) => v.setBigUint64(at + 24, v.getBigUint64(at + 24, true) + 64n, true),
+    },
+  ],
+};
+
+function tableAt(v: DataView, at: number, field: number): number {
+  return Number(v.getBigUint64(at + field, true));
+}
+
+Deno.test("corrupt packed tables and headers are refused by layer, before any kernel runs", async () => {
+  const sparse = await importOnnx(onnx);
+  const { path: unstructured } = await ensureTestModel({
+    preset: "bert-mini",
+    config: { numLayers: 1, vocabSize: 512 },
+    sparsity: 0.9,
+    pattern: "unstructured",
+  });
+  const seen = new Set<string>();
+  for (const weights of [sparse, await importOnnx(unstructured)]) {
+    const good = `${dir}/tables.sbert`;
+    const { bytes: total, packedBytes } = await compileModel(weights, good, { kernels: MIXED });
+    const bytes = await Deno.readFile(good);
+    for (let at = total - packedBytes; at + 4 <= bytes.length; at += 64) {
+      const magic = new TextDecoder().decode(bytes.subarray(at, at + 4));
+      for (const { name, edit } of BLOB_EDITS[magic] ?? []) {
+        if (seen.has(`${magic} ${name}`)) continue;
+        seen.add(`${magic} ${name}`);
+        const bad = bytes.slice();
+        edit(new DataView(bad.buffer), at);
+        const path = `${dir}/bad_tables.sbert`;
+        await Deno.writeFile(path, bad);
+        const model = await loadCompiled(path);
+        assert.throws(
+          () => new BertEncoder(model.weights, { linear: model.linear, fuseQkv: model.fuseQkv }),
+          (e: Error) => {
+            assert.ok(e instanceof CompiledModelError, `${magic} ${name}: ${e}`);
+            assert.match(e.message, /layer \d+ [a-z-]+: Checking the packed [a-z0-9-]+ weight/);
+            return true;
+          },
+          `${magic} ${name}`,
+        );
+        model[Symbol.dispose]();
+      }
+    }
+  }
+  // Every format and edit above was met (a blob layout change must update this test).
+  const expected = Object.entries(BLOB_EDITS).flatMap(([m, edits]) =>
+    edits.map((e) => `${m} ${e.name}`)
+  );
+  assert.deepEqual([...seen].sort(), expected.sort());
 });

@@ -24,6 +24,7 @@ const CASES: Record<string, number> = {
   "onnx": 3000,
   "safetensors": 4000,
   "sbert": 400,
+  "sbert-packed": 1000,
   "tokenizer.json": 400,
 };
 

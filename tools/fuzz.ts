@@ -18,9 +18,9 @@ import {
 
 const HELP = `Usage: deno task fuzz [--minutes N] [--seed S] [--json]
 
-Runs the fuzz targets (ONNX, safetensors, compiled .sbert, tokenizer.json, HTTP bodies
-against a server on 127.0.0.1) in rounds of fresh seeds until N minutes (default 5) have
-passed. Every case must end in a result or a clear error; a crash ends the run with a signal.
+Runs the fuzz targets (ONNX, safetensors, compiled .sbert and its packed weights through a
+forward, tokenizer.json, HTTP bodies against a server on 127.0.0.1) in rounds of fresh seeds
+until N minutes (default 5) have passed. Every case must end in a result or a clear error; a crash ends the run with a signal.
 
 Options:
   --minutes N   how long (default 5)
@@ -33,6 +33,7 @@ const ROUND: Record<string, number> = {
   "onnx": 1000,
   "safetensors": 2000,
   "sbert": 200,
+  "sbert-packed": 200,
   "tokenizer.json": 200,
   "http": 200,
 };

@@ -1,6 +1,7 @@
 /**
  * Seeded, bounded fuzzing of every parser a user's bytes reach: ONNX (protobuf structure,
- * tensor sizes), safetensors headers, the compiled `.sbert` file (memory-mapped, read by Zig),
+ * tensor sizes), safetensors headers, the compiled `.sbert` file (memory-mapped, read by Zig;
+ * its packed sparse and int8 weights are also run through a forward),
  * `tokenizer.json`, and HTTP bodies (JSON, the KServe binary extension). Each case mutates a
  * valid seed input and must end in a result or a clear error (an `Error` with a message): a
  * signal kills the process and fails the run, a case slower than `SLOW_CASE_MS` is reported
@@ -11,6 +12,8 @@
  *
  * @module
  */
+import { BertEncoder } from "../../encoder/bert.ts";
+import type { KernelChoiceOptions } from "../../encoder/kernel_choice.ts";
 import { compileModel, loadCompiled } from "../../formats/compiled.ts";
 import { analyzeOnnxModel, importOnnx } from "../../formats/onnx_import.ts";
 import { decodeOnnxModel } from "../../formats/onnx_proto.ts";
@@ -19,6 +22,17 @@ import { parseSafetensors, safeTensorToFloat32 } from "../../formats/safetensors
 import { BertTokenizer } from "../../pipelines/tokenizer.ts";
 import { ensureTestModel } from "../fixtures/write_test_model.ts";
 import { rng } from "../harness.ts";
+
+/** Every packed kernel kind once per layer: the sparse ones' tables, the int8 ones' headers. */
+const PACKED_KINDS: KernelChoiceOptions = {
+  cachePath: null,
+  roles: {
+    qkv: "sparse-i8",
+    "attention-output": "dense-i8",
+    intermediate: "sparse-f32",
+    output: "sparse-i8",
+  },
+};
 
 /** A case slower than this is reported as a possible hang. */
 export const SLOW_CASE_MS = 2000;
@@ -202,6 +216,21 @@ export async function allTargets(): Promise<FuzzTarget[]> {
   const sbertPath = `${work}/seed.sbert`;
   await compileModel(weights, sbertPath, { tokenizer: null, kernels: { kernels: "dense-f32" } });
   const sbert = await Deno.readFile(sbertPath);
+  // Sparse and int8 packed weights: their index tables are what the kernels trust, so these
+  // cases build the encoder and run a forward (4x1 blocks and CSR for the fp32 layers).
+  const sparseSeeds: Uint8Array[] = [];
+  for (const pattern of ["4x1", "unstructured"] as const) {
+    const { path } = await ensureTestModel({
+      preset: "bert-mini",
+      config: { numLayers: 1, vocabSize: 512, hiddenSize: 64, numHeads: 2, intermediateSize: 128 },
+      sparsity: 0.8,
+      pattern,
+      seed: 12,
+    });
+    const out = `${work}/seed-${pattern}.sbert`;
+    await compileModel(await importOnnx(path), out, { tokenizer: null, kernels: PACKED_KINDS });
+    sparseSeeds.push(await Deno.readFile(out));
+  }
   const safetensors = await Deno.readFile(
     new URL("../fixtures/st_dense/2_Dense/model.safetensors", import.meta.url),
   );
@@ -236,6 +265,30 @@ export async function allTargets(): Promise<FuzzTarget[]> {
       },
     },
     {
+      name: "sbert-packed",
+      seeds: sparseSeeds,
+      run: async (input) => {
+        const path = `${work}/case-${caseNo++ % 4}.sbert`;
+        await Deno.writeFile(path, input);
+        const model = await loadCompiled(path);
+        try {
+          using encoder = new BertEncoder(model.weights, {
+            linear: model.linear,
+            fuseQkv: model.fuseQkv,
+          });
+          const seq = 6;
+          encoder.forward({
+            inputIds: new Int32Array(seq).map((_, i) => 101 + i),
+            attentionMask: new Int32Array(seq).fill(1),
+            batch: 1,
+            seq,
+          });
+        } finally {
+          model[Symbol.dispose]();
+        }
+      },
+    },
+    {
       name: "tokenizer.json",
       seeds: [new TextEncoder().encode(tokenizerText)],
       run: (input) => {
@@ -252,7 +305,9 @@ export async function allTargets(): Promise<FuzzTarget[]> {
   ];
   // tokenizer.json mutations are structural too (most byte edits only break the JSON syntax).
   const next = rng(7);
-  targets[3].seeds.push(...Array.from({ length: 4 }, () => mutateJson(tokenizerText, next)));
+  targets.find((t) => t.name === "tokenizer.json")!.seeds.push(
+    ...Array.from({ length: 4 }, () => mutateJson(tokenizerText, next)),
+  );
   targets[targets.length - 1].close = () => Deno.remove(work, { recursive: true });
   return targets;
 }
