@@ -61,6 +61,9 @@ interface ServerSample {
   workerRssBytes: number;
   tokens: number;
   workerHeapBytes: number;
+  workerHeapCommittedBytes: number;
+  workerCollections: number;
+  workerCollectionSeconds: number;
   workerExternalBytes: number;
   batches: number;
   batchesUnder250Ms: number;
@@ -76,6 +79,9 @@ async function sampleServer(url: string): Promise<ServerSample> {
     workerRssBytes: metricSum(text, "sparsebert_worker_resident_memory_bytes"),
     tokens: metricSum(text, "sparsebert_tokens_total"),
     workerHeapBytes: metricSum(text, "sparsebert_worker_heap_bytes"),
+    workerHeapCommittedBytes: metricSum(text, "sparsebert_worker_heap_committed_bytes"),
+    workerCollections: metricSum(text, "sparsebert_worker_collections"),
+    workerCollectionSeconds: metricSum(text, "sparsebert_worker_collection_seconds"),
     workerExternalBytes: metricSum(text, "sparsebert_worker_external_bytes"),
     batches: metricSum(text, "sparsebert_batch_duration_seconds_count"),
     batchesUnder250Ms: metricSum(text, "sparsebert_batch_duration_seconds_bucket", 'le="0.25"'),
@@ -176,10 +182,17 @@ export interface SoakMinute {
   p99Ms: number;
   /** Server + workers resident memory at the minute's end, MiB, */
   rssMiB: number;
-  /** of which the server process's; the workers' V8 heap and external (ArrayBuffer) memory. */
+  /**
+   * of which the server process's; the workers' V8 heap in use and committed, and their
+   * external (ArrayBuffer) memory.
+   */
   serverRssMiB: number;
   workerHeapMiB: number;
+  workerHeapCommittedMiB: number;
   workerExternalMiB: number;
+  /** Collections the workers ran for dead batch buffers this minute, and their milliseconds. */
+  workerCollections: number;
+  workerCollectionMs: number;
   /** Where a slow minute's time went: batches and requests over 250 ms by the server's clocks, */
   slowBatches: number;
   slowServerRequests: number;
@@ -306,6 +319,11 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
         rssMiB: round((after.serverRssBytes + after.workerRssBytes) / 2 ** 20),
         serverRssMiB: round(after.serverRssBytes / 2 ** 20),
         workerHeapMiB: round(after.workerHeapBytes / 2 ** 20),
+        workerHeapCommittedMiB: round(after.workerHeapCommittedBytes / 2 ** 20),
+        workerCollections: Math.max(0, after.workerCollections - before.workerCollections),
+        workerCollectionMs: round(
+          1000 * Math.max(0, after.workerCollectionSeconds - before.workerCollectionSeconds),
+        ),
         workerExternalMiB: round(after.workerExternalBytes / 2 ** 20),
         slowBatches: (after.batches - after.batchesUnder250Ms) -
           (before.batches - before.batchesUnder250Ms),
@@ -334,7 +352,8 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
       options.say(
         `minute ${minute}: ${row.requests} requests, ${row.errors} errors, p50 ${row.p50Ms} ms, ` +
           `p99 ${row.p99Ms} ms, RSS ${row.rssMiB} MiB (server ${row.serverRssMiB}; worker heap ` +
-          `${row.workerHeapMiB}, external ${row.workerExternalMiB}); over 250 ms: ${row.slowBatches} batches, ` +
+          `${row.workerHeapMiB} of ${row.workerHeapCommittedMiB} committed, external ` +
+          `${row.workerExternalMiB}; ${row.workerCollections} collections, ${row.workerCollectionMs} ms); over 250 ms: ${row.slowBatches} batches, ` +
           `${row.slowServerRequests} requests (server); client lag ${row.clientLagMs} ms, ` +
           `steal ${row.stealPercent}%; ${row.tokensPerCpuSecond} tokens per worker CPU-s; others ${
             row.otherProcesses.join(", ")

@@ -131,8 +131,13 @@ export interface InferenceBackend {
 export interface WorkerMemory {
   /** V8 heap in use. */
   heapUsed: number;
+  /** V8 heap committed (its young and old generations' reserved pages, used or not). */
+  heapTotal: number;
   /** Memory of ArrayBuffers and other objects outside the V8 heap. */
   external: number;
+  /** Collections the worker ran for dead ArrayBuffers, and their milliseconds in all. */
+  collections: number;
+  gcMs: number;
 }
 
 /** A method of {@linkcode InferenceBackend} with one batch argument, as sent to a worker. */

@@ -70,7 +70,8 @@ interface Pending {
 }
 
 function workerArgs(): string[] {
-  const args = ["run", "-A", "--no-prompt"];
+  // --expose-gc: the worker collects dead batch buffers itself (`worker.ts`).
+  const args = ["run", "-A", "--no-prompt", "--v8-flags=--expose-gc"];
   // Run from a checkout or a copy of the repository: the same import map and lock file.
   if (WORKER_URL.protocol === "file:") {
     try {
@@ -96,7 +97,7 @@ class WorkerProcess {
   /** The worker's last stderr line (it explains a death), or null. */
   lastStderr: string | null = null;
   /** The worker's JavaScript memory at its last answer. */
-  memory: WorkerMemory = { heapUsed: 0, external: 0 };
+  memory: WorkerMemory = { heapUsed: 0, heapTotal: 0, external: 0, collections: 0, gcMs: 0 };
   /** Resolves with the exit status once the process is gone and its output is read. */
   readonly exited: Promise<Deno.CommandStatus>;
   #writer: WritableStreamDefaultWriter<Uint8Array>;
@@ -449,7 +450,8 @@ export class WorkerInstance {
 
   /** The live worker's JavaScript memory at its last answer (zeros when none is live). */
   memory(): WorkerMemory {
-    return this.#process?.memory ?? { heapUsed: 0, external: 0 };
+    return this.#process?.memory ??
+      { heapUsed: 0, heapTotal: 0, external: 0, collections: 0, gcMs: 0 };
   }
 
   /** Stops the worker; calls still pending fail. */

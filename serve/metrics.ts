@@ -137,6 +137,11 @@ export interface QueueProbe {
   workerResidentBytes(): number;
   /** V8 heap in use in the live workers at their last answers, bytes. */
   workerHeapBytes(): number;
+  /** V8 heap committed in the live workers at their last answers, bytes. */
+  workerHeapCommittedBytes(): number;
+  /** Collections the live workers ran for dead ArrayBuffers, and their seconds in all. */
+  workerCollections(): number;
+  workerCollectionSeconds(): number;
   /** Their memory outside the V8 heap held by JavaScript objects (ArrayBuffers), bytes. */
   workerExternalBytes(): number;
 }
@@ -291,6 +296,21 @@ export class Metrics {
       "sparsebert_worker_heap_bytes",
       "V8 heap in use in a model's worker processes at their last answers.",
       (q) => q.workerHeapBytes(),
+    );
+    queueGauge(
+      "sparsebert_worker_heap_committed_bytes",
+      "V8 heap committed (used or not) in a model's worker processes at their last answers.",
+      (q) => q.workerHeapCommittedBytes(),
+    );
+    queueGauge(
+      "sparsebert_worker_collections",
+      "Garbage collections the live workers ran for dead batch buffers (ArrayBuffers).",
+      (q) => q.workerCollections(),
+    );
+    queueGauge(
+      "sparsebert_worker_collection_seconds",
+      "Seconds the live workers spent in those collections.",
+      (q) => q.workerCollectionSeconds(),
     );
     queueGauge(
       "sparsebert_worker_external_bytes",

@@ -129,6 +129,9 @@ export class ServedModel {
       workers: () => instances.length,
       workerResidentBytes: () => instances.reduce((s, i) => s + i.residentBytes(), 0),
       workerHeapBytes: () => instances.reduce((s, i) => s + i.memory().heapUsed, 0),
+      workerHeapCommittedBytes: () => instances.reduce((s, i) => s + i.memory().heapTotal, 0),
+      workerCollections: () => instances.reduce((s, i) => s + i.memory().collections, 0),
+      workerCollectionSeconds: () => instances.reduce((s, i) => s + i.memory().gcMs / 1000, 0),
       workerExternalBytes: () => instances.reduce((s, i) => s + i.memory().external, 0),
     });
   }

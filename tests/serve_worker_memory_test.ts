@@ -1,0 +1,55 @@
+import assert from "node:assert/strict";
+import { ExternalMemoryCollector } from "../serve/worker.ts";
+
+/** Drives the collector with a scripted external-memory reading and a counting gc. */
+function scripted(slackBytes: number) {
+  const state = { external: 0, gcs: 0, deadOnGc: 0 };
+  const collector = new ExternalMemoryCollector({
+    slackBytes,
+    external: () => state.external,
+    gc: () => {
+      state.gcs++;
+      state.external -= state.deadOnGc;
+    },
+  });
+  return { state, collector };
+}
+
+Deno.test("the worker collects dead batch buffers once they pass the slack, not before", () => {
+  const { state, collector } = scripted(100);
+  state.external = 1000;
+  collector.afterCall(); // the first call reads the floor
+  assert.equal(collector.floor, 1000);
+  state.external = 1100; // exactly the slack: no collection yet
+  collector.afterCall();
+  assert.equal(state.gcs, 0);
+  state.external = 1101;
+  state.deadOnGc = 101;
+  collector.afterCall();
+  assert.equal(state.gcs, 1);
+  assert.equal(collector.collections, 1);
+  collector.afterCall(); // the next call reads what stayed live: the floor holds
+  assert.equal(collector.floor, 1000);
+});
+
+Deno.test("memory a collection does not free becomes the floor, so the worker does not collect every call", () => {
+  const { state, collector } = scripted(100);
+  state.external = 1000;
+  collector.afterCall();
+  state.external = 1300; // a larger workspace, live
+  state.deadOnGc = 0;
+  collector.afterCall();
+  assert.equal(state.gcs, 1);
+  collector.afterCall();
+  assert.equal(collector.floor, 1300);
+  for (let i = 0; i < 10; i++) collector.afterCall();
+  assert.equal(state.gcs, 1);
+});
+
+Deno.test("without an exposed gc the collector does nothing", () => {
+  const collector = new ExternalMemoryCollector({ gc: undefined, external: () => 1e12 });
+  // `gc: undefined` falls back to globalThis.gc, absent in the test runner.
+  collector.afterCall();
+  collector.afterCall();
+  assert.equal(collector.collections, 0);
+});
