@@ -29,7 +29,11 @@
  * region where it lies in the map: no read, copy or repacking of the packed weights, whose pages
  * come from the page cache as the kernels first touch them. The fixed header and the JSON header are always checked (magic, versions, size,
  * header hash, ISA); hashing the data is on demand (`verify: true`) because it costs as much as
- * reading the file again (see docs/BENCHMARKS.md and the issue note for the figures).
+ * reading the file again (see docs/BENCHMARKS.md and the issue note for the figures). Neither hash
+ * proves anything about a crafted file, so each packed weight's header, index tables and shape are
+ * checked in Zig when its op is built, before any kernel reads it (the index tables are a small
+ * part of the packed bytes); a refusal names the layer. A file rewritten while it is mapped is
+ * outside what this protects, as for any memory-mapped file.
  *
  * @module
  */
