@@ -222,6 +222,25 @@ interface Workspace {
   mask: Uint8Array;
 }
 
+/**
+ * Throws a clear error when the encoder's output holds NaN or infinity: a corrupt model (its
+ * weights, scales or biases) or activations that overflow float32 propagate there, and a
+ * caller must not take them for embeddings. Branch-free over the output, then a search for the
+ * first bad value only when there is one.
+ */
+function checkFinite(out: Float32Array, batch: number, seq: number, hidden: number): void {
+  let probe = 0;
+  for (let i = 0; i < batch * seq * hidden; i++) probe += out[i] * 0; // NaN iff one is not finite
+  if (probe === 0) return;
+  const at = out.findIndex((v) => !Number.isFinite(v));
+  const token = Math.floor(at / hidden);
+  throw new RangeError(
+    `The encoder's output is ${out[at]} at token ${token % seq} of sequence ${
+      Math.floor(token / seq)
+    } (of ${batch} x ${seq}): the model's weights are corrupt, or its activations overflow float32`,
+  );
+}
+
 /** A BERT-family encoder: token ids in, last hidden states out. */
 export class BertEncoder implements Disposable {
   /** Architecture. */
@@ -412,7 +431,8 @@ export class BertEncoder implements Disposable {
    * `[batch * seq * hiddenSize]` (padded positions included, as Hugging Face computes them).
    *
    * @throws RangeError on a bad shape, a token id outside the vocabulary, a sequence longer
-   *   than the position table, or token type ids for a model without token types.
+   *   than the position table, token type ids for a model without token types, or an output
+   *   with NaN or infinity (corrupt weights).
    */
   forward(input: EncoderInput, options: EncoderForwardOptions = {}): Float32Array {
     this.#check();
@@ -489,6 +509,7 @@ export class BertEncoder implements Disposable {
       clock.lap("output-norm");
     });
     clock.end();
+    checkFinite(out, batch, seq, h);
     return out;
   }
 

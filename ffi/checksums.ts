@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "9bd8372de8225c81f4be12e935316e1738d787536073f4d68e0f15e3c0256f1b",
-  avx2: "2c46d2bf8df78dff4acbf875bf07673551f0f47365e123021d7f6bf41af6b6df",
-  avx512vnni: "5ace1185a9ac4417da5dd38aa80c40747b6cc5bc5c1209b5337cf3804973ee14",
+  baseline: "f3eb5f2fbd9035bb5808aeae30cfd0b93f56965c4771fb2c3fa4edfc359fc2d0",
+  avx2: "06f58c698ee05db7d05e82be06c7423b75d931140c90998cdd6ca9bd34ccd77f",
+  avx512vnni: "ab6bf50d464d06ad22cabf3c0a3a03258af8126bed7074f46ad479fa0a1395f2",
 };

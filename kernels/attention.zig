@@ -267,10 +267,15 @@ pub fn transposeKeys(k: [*]const f32, ld: usize, seq: usize, hs: usize, kt: [*]f
 pub fn softmaxRows(comptime rows: usize, s: [*]f32, seq_pad: usize, inv_sum: [*]f32) void {
     assert(seq_pad % cols_tile == 0);
     var max_v: [rows]W = @splat(@splat(-std.math.inf(f32)));
+    // NaN scores counted (`@max` skips NaN, and exp would turn one into a finite weight: a
+    // corrupt model's garbage must not come out looking valid). -inf is the padding's score.
+    var nan_v: [rows]W = @splat(@splat(0.0));
     var j: usize = 0;
     while (j < seq_pad) : (j += cols_tile) {
         inline for (0..rows) |r| {
-            max_v[r] = @max(max_v[r], @as(W, s[r * seq_pad + j ..][0..cols_tile].*));
+            const v: W = s[r * seq_pad + j ..][0..cols_tile].*;
+            max_v[r] = @max(max_v[r], v);
+            nan_v[r] += @select(f32, v != v, @as(W, @splat(1.0)), @as(W, @splat(0.0)));
         }
     }
     var max: [rows]W = undefined;
@@ -286,10 +291,14 @@ pub fn softmaxRows(comptime rows: usize, s: [*]f32, seq_pad: usize, inv_sum: [*]
         }
     }
     inline for (0..rows) |r| {
-        // The row maximum contributes exp(0) = 1, so the sum is at least 1.
-        const total = @reduce(.Add, sum_v[r]);
-        assert(total >= 1.0);
-        inv_sum[r] = 1.0 / total;
+        if (@reduce(.Add, nan_v[r]) != 0 or max[r][0] == std.math.inf(f32)) {
+            inv_sum[r] = std.math.nan(f32); // the row's output is NaN: the encoder reports it
+        } else {
+            // The row maximum contributes exp(0) = 1, so the sum is at least 1.
+            const total = @reduce(.Add, sum_v[r]);
+            assert(total >= 1.0);
+            inv_sum[r] = 1.0 / total;
+        }
     }
 }
 

@@ -87,13 +87,16 @@ export const EXTERNAL_SLACK_BYTES = 16 * 2 ** 20;
  * Collects garbage after a call once external memory has grown {@linkcode EXTERNAL_SLACK_BYTES}
  * past the floor: what the loaded model holds, read at the first call (`gc` exists because
  * `instances.ts` starts workers with `--expose-gc`). V8 frees dead ArrayBuffers on a background
- * sweeper, so what a collection left live is read at the next call; if that is still well
- * above the floor it is live memory and becomes the floor, so a model that legitimately grows
- * is not collected after every call.
+ * sweeper, so what a collection left live is read at the next call. When that reading is still
+ * well above the floor after two collections in a row, it is live memory and becomes the floor,
+ * so a model that legitimately grows is not collected after every call. (One high reading is
+ * not enough: in the eleventh soak a single reading, likely buffers not yet swept, raised the
+ * floor after minute 8 and the worker never collected again.)
  */
 export class ExternalMemoryCollector {
   #floor = -1;
   #collected = false;
+  #highAfterCollection = 0;
   #gc: (() => void) | undefined;
   #external: () => number;
   #slack: number;
@@ -119,9 +122,18 @@ export class ExternalMemoryCollector {
   afterCall(): void {
     if (this.#gc === undefined) return;
     const external = this.#external();
-    if (this.#floor < 0 || this.#collected) {
-      if (this.#floor < 0 || external > this.#floor + this.#slack / 2) this.#floor = external;
+    if (this.#floor < 0) {
+      this.#floor = external;
+      return;
+    }
+    if (this.#collected) {
       this.#collected = false;
+      const high = external > this.#floor + this.#slack / 2;
+      this.#highAfterCollection = high ? this.#highAfterCollection + 1 : 0;
+      if (this.#highAfterCollection >= 2) {
+        this.#floor = external;
+        this.#highAfterCollection = 0;
+      }
       return;
     }
     if (external <= this.#floor + this.#slack) return;

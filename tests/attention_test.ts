@@ -1,4 +1,4 @@
-import { equal, throws as assertThrows } from "node:assert/strict";
+import { equal, match as assertMatch, throws as assertThrows } from "node:assert/strict";
 import { setThreads, threads } from "../ffi/library.ts";
 import { Attention, type AttentionPrecision, FLOAT32_MIN } from "../ops/attention.ts";
 import { int8ActivationQmax } from "../ops/quantize.ts";
@@ -186,4 +186,35 @@ Deno.test("attention rejects bad arguments with clear errors", () => {
     () => op.forward({ q: x, k: x, v: x, mask, batch: 1, seq: 3 }),
     /after it was disposed/,
   );
+});
+
+Deno.test(`attention passes NaN and infinity through, never a crash (${variantLabel()})`, () => {
+  // A corrupt model's overflow reaches the attention as NaN or infinite scores: the softmax
+  // must not take its "sum >= 1" invariant for granted (a ReleaseSafe panic before 2026-12-07).
+  for (const precision of ["fp32", "int8"] as const) {
+    using op = new Attention({ heads: 2, headSize: 8, precision });
+    const seq = 5;
+    const x = new Float32Array(seq * 16).map((_, i) => Math.sin(i));
+    const mask = new Uint8Array(seq).fill(1);
+    for (const bad of [NaN, Infinity, 3e38]) {
+      const q = x.slice();
+      q.fill(bad, 0, 16); // token 0's query, both heads
+      const k = x.slice();
+      k.fill(bad, 16, 32); // token 1's key
+      let out: Float32Array | null = null;
+      try {
+        out = op.forward({ q, k, v: x, mask, batch: 1, seq });
+      } catch (error) {
+        // int8 quantizes Q and K first, and refuses what is not finite.
+        assertMatch((error as Error).message, /NaN or infinity/);
+        continue;
+      }
+      // fp32: rows that saw a NaN or infinite score are not finite, for the encoder to report.
+      // (int8 subtracts the row maximum before it scales, so 3e38 stays finite there.)
+      const finite = [...out].filter(Number.isFinite).length;
+      if (precision === "fp32" && !(finite < out.length)) {
+        throw new Error(`${precision} ${bad}: every output finite`);
+      }
+    }
+  }
 });

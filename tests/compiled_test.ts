@@ -18,6 +18,7 @@ import { quantizeWeights } from "../ops/quantize.ts";
 import { SparseLinearI8 } from "../ops/sparse_linear_i8.ts";
 import { randomBlockSparse } from "../ops/sparsity.ts";
 import { ensureTestModel } from "./fixtures/write_test_model.ts";
+import { variantLabel } from "./harness.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "sbert_compiled_" });
 const { path: onnx } = await ensureTestModel({
@@ -402,4 +403,27 @@ Deno.test("corrupt packed tables and headers are refused by layer, before any ke
     edits.map((e) => `${m} ${e.name}`)
   );
   assert.deepEqual([...seen].sort(), expected.sort());
+});
+
+Deno.test(`a NaN in the packed weights is a clear error, not NaN embeddings (${variantLabel()})`, async () => {
+  const weights = await importOnnx(onnx);
+  const good = `${dir}/nan.sbert`;
+  const { bytes: total, packedBytes } = await compileModel(weights, good, {
+    kernels: { cachePath: null, kernels: "sparse-f32" }, // fp32 throughout: no int8 quantizer
+  });
+  const bytes = await Deno.readFile(good);
+  const v = new DataView(bytes.buffer);
+  let at = total - packedBytes;
+  while (new TextDecoder().decode(bytes.subarray(at, at + 4)) !== "SBB4") at += 64;
+  // Layer 0's first sparse fp32 op (Q/K/V): one bias NaN. The tables are intact, so
+  // the ops build; the forward must not hand back NaN as if it were an embedding.
+  v.setFloat32(at + Number(v.getBigUint64(at + 56, true)) + 4 * 3, NaN, true);
+  const path = `${dir}/nan_bad.sbert`;
+  await Deno.writeFile(path, bytes);
+  using model = await loadCompiled(path);
+  using encoder = new BertEncoder(model.weights, { linear: model.linear, fuseQkv: model.fuseQkv });
+  assert.throws(
+    () => encoder.forward({ ...input(2, 9), batch: 2, seq: 9 }),
+    /The encoder's output is NaN at token 0 of sequence 0 \(of 2 x 9\): the model's weights are corrupt/,
+  );
 });

@@ -30,6 +30,23 @@ Deno.test("the worker collects dead batch buffers once they pass the slack, not 
   assert.equal(collector.collections, 1);
   collector.afterCall(); // the next call reads what stayed live: the floor holds
   assert.equal(collector.floor, 1000);
+  // A high reading after one collection, then a collection that frees enough: the count starts
+  // again and the floor holds.
+  state.external = 1200;
+  state.deadOnGc = 50;
+  collector.afterCall(); // collects: 1150 left
+  collector.afterCall(); // high once
+  assert.equal(state.gcs, 2);
+  state.deadOnGc = 140;
+  collector.afterCall(); // 1150 is past the slack: collects, 1010 left
+  collector.afterCall(); // low: the count starts again
+  assert.equal(state.gcs, 3);
+  assert.equal(collector.floor, 1000);
+  state.external = 1200;
+  state.deadOnGc = 50;
+  collector.afterCall();
+  collector.afterCall(); // high once more, but not twice in a row
+  assert.equal(collector.floor, 1000);
 });
 
 Deno.test("memory a collection does not free becomes the floor, so the worker does not collect every call", () => {
@@ -40,10 +57,14 @@ Deno.test("memory a collection does not free becomes the floor, so the worker do
   state.deadOnGc = 0;
   collector.afterCall();
   assert.equal(state.gcs, 1);
+  collector.afterCall(); // one high reading after a collection could be buffers not yet swept
+  assert.equal(collector.floor, 1000);
   collector.afterCall();
+  assert.equal(state.gcs, 2);
+  collector.afterCall(); // the second in a row: live
   assert.equal(collector.floor, 1300);
   for (let i = 0; i < 10; i++) collector.afterCall();
-  assert.equal(state.gcs, 1);
+  assert.equal(state.gcs, 2);
 });
 
 Deno.test("without an exposed gc the collector does nothing", () => {
