@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "f3eb5f2fbd9035bb5808aeae30cfd0b93f56965c4771fb2c3fa4edfc359fc2d0",
-  avx2: "06f58c698ee05db7d05e82be06c7423b75d931140c90998cdd6ca9bd34ccd77f",
-  avx512vnni: "ab6bf50d464d06ad22cabf3c0a3a03258af8126bed7074f46ad479fa0a1395f2",
+  baseline: "b2e3161b439117b885a2b23d2784befb106d762bb57aa9f36672d827180f4dd7",
+  avx2: "c56c924b03cedcda217e4c592653aaf7111004a5fade91c9c87bf59b9c63d5e3",
+  avx512vnni: "4481afe63f34cac79dd44d581cfb27541f247d41b3d1115411d3e274e5f87399",
 };

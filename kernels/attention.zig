@@ -291,7 +291,8 @@ pub fn softmaxRows(comptime rows: usize, s: [*]f32, seq_pad: usize, inv_sum: [*]
         }
     }
     inline for (0..rows) |r| {
-        if (@reduce(.Add, nan_v[r]) != 0 or max[r][0] == std.math.inf(f32)) {
+        // A row of -inf scores (all overflowed; the mask value is finite) is as bad as +inf.
+        if (@reduce(.Add, nan_v[r]) != 0 or !std.math.isFinite(max[r][0])) {
             inv_sum[r] = std.math.nan(f32); // the row's output is NaN: the encoder reports it
         } else {
             // The row maximum contributes exp(0) = 1, so the sum is at least 1.

@@ -196,11 +196,13 @@ Deno.test(`attention passes NaN and infinity through, never a crash (${variantLa
     const seq = 5;
     const x = new Float32Array(seq * 16).map((_, i) => Math.sin(i));
     const mask = new Uint8Array(seq).fill(1);
-    for (const bad of [NaN, Infinity, 3e38]) {
+    for (const bad of [NaN, Infinity, 3e38, -3e38]) {
       const q = x.slice();
       q.fill(bad, 0, 16); // token 0's query, both heads
       const k = x.slice();
-      k.fill(bad, 16, 32); // token 1's key
+      // token 1's key; with -3e38, every key 3e38: token 0's scores all overflow to -inf
+      if (bad === -3e38) k.fill(3e38);
+      else k.fill(bad, 16, 32);
       let out: Float32Array | null = null;
       try {
         out = op.forward({ q, k, v: x, mask, batch: 1, seq });
