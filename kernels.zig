@@ -388,12 +388,17 @@ const Int8Call = extern struct {
     numerics: u32,
 };
 
+/// 0 when a checked blob's header is of shape [n, k], else -2 (bytes of another layer).
+fn shapeStatus(header: anytype, n: usize, k: usize) i32 {
+    return if (header.n == n and header.k == k) 0 else -2;
+}
+
 /// Checks an int8 sparse blob once, before its first kernel call: its header, its tables
 /// (`sparse_format.checkI8`) and its shape, which must be [n, k]. The kernel calls then check
 /// the header only.
 export fn sb_spmm_i8_check(blob: [*]align(64) u8, blob_len: usize, n: usize, k: usize) i32 {
     const v = sparse_format.checkI8(blob, blob_len) catch |e| return status(e);
-    return if (v.header.n == n and v.header.k == k) 0 else -2;
+    return shapeStatus(v.header, n, k);
 }
 
 export fn sb_spmm_i8(blob: [*]align(64) u8, blob_len: usize, packed_x: [*]const u8, m: usize, call: *const Int8Call) i32 {
@@ -469,7 +474,7 @@ export fn sb_gemm_i8_pack(q: [*]const i8, scale: [*]const f32, bias: ?[*]const f
 /// Checks a dense int8 blob's header and shape ([n, k]) once, before its first kernel call.
 export fn sb_gemm_i8_check(blob: [*]align(64) u8, blob_len: usize, n: usize, k: usize) i32 {
     const v = gemm_i8.view(blob, blob_len) catch |e| return status(e);
-    return if (v.header.n == n and v.header.k == k) 0 else -2;
+    return shapeStatus(v.header, n, k);
 }
 
 export fn sb_gemm_i8(blob: [*]align(64) u8, blob_len: usize, x: [*]const u8, ldx: usize, m: usize, call: *const Int8Call) i32 {
@@ -514,12 +519,9 @@ export fn sb_spmm_f32_unpack(blob: [*]align(64) u8, blob_len: usize, w: [*]f32, 
 /// Checks an fp32 sparse blob once, before its first kernel call: its header, its tables
 /// (`sparse_format.checkF32Weights`) and its shape, which must be [n, k].
 export fn sb_spmm_f32_check(blob: [*]align(64) u8, blob_len: usize, n: usize, k: usize) i32 {
-    const w = sparse_format.checkF32Weights(blob, blob_len) catch |e| return status(e);
-    const shape = switch (w) {
-        .csr => |v| .{ v.header.n, v.header.k },
-        .blocks => |v| .{ v.header.n, v.header.k },
+    return switch (sparse_format.checkF32Weights(blob, blob_len) catch |e| return status(e)) {
+        inline else => |v| shapeStatus(v.header, n, k),
     };
-    return if (shape[0] == n and shape[1] == k) 0 else -2;
 }
 
 export fn sb_spmm_f32(

@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "b2e3161b439117b885a2b23d2784befb106d762bb57aa9f36672d827180f4dd7",
-  avx2: "c56c924b03cedcda217e4c592653aaf7111004a5fade91c9c87bf59b9c63d5e3",
-  avx512vnni: "4481afe63f34cac79dd44d581cfb27541f247d41b3d1115411d3e274e5f87399",
+  baseline: "40c5846c91ff3dab13e902ca12c725a6d71554b78df1056a66a21f81a476bc1c",
+  avx2: "7a8e7c34c8609e7c0b898d5cc09d127de6c394a4488767139ce577296b55c886",
+  avx512vnni: "4c325769218ab7c83bdb44b473866714144e3c1af6d127dd5cf14231d9727c4c",
 };

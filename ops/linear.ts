@@ -4,7 +4,8 @@
  *
  * @module
  */
-import type { PackedSource } from "./packed.ts";
+import { PackedBytes, type PackedSource } from "./packed.ts";
+import { checkStatus } from "./status.ts";
 
 /** The linear kernel families, one op class each. */
 export type KernelKind = "dense-f32" | "dense-i8" | "sparse-f32" | "sparse-i8" | "dense-bf16";
@@ -96,8 +97,8 @@ export function isStagingLinearOp(op: LinearOp): op is StagingLinearOp {
 
 /**
  * Checks the shape of a {@linkcode PackedSource} and that its byte count is `need` when the
- * kind's packed size follows from the shape alone (`need` undefined: the kernel checks the
- * bytes' own header when it runs).
+ * kind's packed size follows from the shape alone (`need` undefined: a kind whose bytes carry
+ * their own header checks it with {@linkcode borrowCheckedSource}).
  */
 export function checkPackedSource(source: PackedSource, what: string, need?: number): void {
   const { out, in: inFeatures } = source;
@@ -109,6 +110,32 @@ export function checkPackedSource(source: PackedSource, what: string, need?: num
       `A ${what} [${out}, ${inFeatures}] packs to ${need} bytes, got ${source.packed.bytes}`,
     );
   }
+}
+
+/**
+ * Borrows the bytes of a {@linkcode PackedSource} after {@linkcode checkPackedSource}, and runs the
+ * kind's native check on them (`check` returns a kernel status: header, index tables, shape)
+ * before any kernel reads them; the borrow is released when the check fails.
+ */
+export function borrowCheckedSource(
+  source: PackedSource,
+  kind: string,
+  check: (packed: PackedBytes) => number,
+  need?: number,
+): PackedBytes {
+  checkPackedSource(source, kind, need);
+  const packed = PackedBytes.borrow(source.packed, `${kind} linear`);
+  try {
+    checkStatus(
+      check(packed),
+      `Checking the packed ${kind} weight [${source.out}, ${source.in}] (its header, index ` +
+        `tables and shape)`,
+    );
+  } catch (error) {
+    packed[Symbol.dispose]();
+    throw error;
+  }
+  return packed;
 }
 
 /** Checks a weight's shape against its data and returns it. */

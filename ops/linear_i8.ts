@@ -22,6 +22,7 @@ import { INT8_CALL, type StructBuffer } from "../ffi/structs.ts";
 import {
   type Activation,
   ACTIVATION_CODE,
+  borrowCheckedSource,
   checkForward,
   checkInput,
   checkLinearWeight,
@@ -216,21 +217,7 @@ export abstract class Int8Linear implements LinearOp {
     },
   ): PackedBytes {
     const what = `${kind} linear`;
-    if (isPackedSource(source)) {
-      checkPackedSource(source, kind, pack.need);
-      const packed = PackedBytes.borrow(source.packed, what);
-      try {
-        checkStatus(
-          pack.check(packed),
-          `Checking the packed ${kind} weight [${source.out}, ${source.in}] (its header, index ` +
-            `tables and shape)`,
-        );
-      } catch (error) {
-        packed[Symbol.dispose]();
-        throw error;
-      }
-      return packed;
-    }
+    if (isPackedSource(source)) return borrowCheckedSource(source, kind, pack.check, pack.need);
     const q = isQuantizedWeight(source) ? source : quantizeWeights(source);
     const bytes = pack.sizeOf(q);
     if (bytes === 0) throw new RangeError(`Weight [${q.out}, ${q.in}] is too large to pack`);

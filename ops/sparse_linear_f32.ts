@@ -20,9 +20,9 @@ import { kernels } from "../ffi/library.ts";
 import {
   type Activation,
   ACTIVATION_CODE,
+  borrowCheckedSource,
   checkForward,
   checkLinearWeight,
-  checkPackedSource,
   type ForwardOptions,
   type LinearOp,
   type LinearOptions,
@@ -63,23 +63,17 @@ export class SparseLinearF32 implements LinearOp {
     this.inFeatures = source.in;
     this.outFeatures = source.out;
     if (isPackedSource(source)) {
-      checkPackedSource(source, this.kind);
-      this.#packed = PackedBytes.borrow(source.packed, `${this.kind} linear`);
-      try {
-        checkStatus(
+      this.#packed = borrowCheckedSource(
+        source,
+        this.kind,
+        (packed) =>
           kernels().symbols.sb_spmm_f32_check(
-            this.#packed.pointer,
-            BigInt(this.#packed.bytes),
+            packed.pointer,
+            BigInt(packed.bytes),
             BigInt(source.out),
             BigInt(source.in),
           ),
-          `Checking the packed ${this.kind} weight [${source.out}, ${source.in}] (its header, ` +
-            `index tables and shape)`,
-        );
-      } catch (error) {
-        this.#packed[Symbol.dispose]();
-        throw error;
-      }
+      );
       return;
     }
     const weight = checkLinearWeight(source);

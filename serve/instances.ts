@@ -69,6 +69,15 @@ interface Pending {
   reject(error: Error): void;
 }
 
+/** A worker's memory before its first answer, or with no worker live. */
+const NO_MEMORY: Readonly<WorkerMemory> = {
+  heapUsed: 0,
+  heapTotal: 0,
+  external: 0,
+  collections: 0,
+  gcMs: 0,
+};
+
 function workerArgs(): string[] {
   // --expose-gc: the worker collects dead batch buffers itself (`worker.ts`).
   const args = ["run", "-A", "--no-prompt", "--v8-flags=--expose-gc"];
@@ -97,7 +106,7 @@ class WorkerProcess {
   /** The worker's last stderr line (it explains a death), or null. */
   lastStderr: string | null = null;
   /** The worker's JavaScript memory at its last answer. */
-  memory: WorkerMemory = { heapUsed: 0, heapTotal: 0, external: 0, collections: 0, gcMs: 0 };
+  memory: WorkerMemory = NO_MEMORY;
   /** Resolves with the exit status once the process is gone and its output is read. */
   readonly exited: Promise<Deno.CommandStatus>;
   #writer: WritableStreamDefaultWriter<Uint8Array>;
@@ -450,8 +459,7 @@ export class WorkerInstance {
 
   /** The live worker's JavaScript memory at its last answer (zeros when none is live). */
   memory(): WorkerMemory {
-    return this.#process?.memory ??
-      { heapUsed: 0, heapTotal: 0, external: 0, collections: 0, gcMs: 0 };
+    return this.#process?.memory ?? NO_MEMORY;
   }
 
   /** Stops the worker; calls still pending fail. */

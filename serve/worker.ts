@@ -98,18 +98,14 @@ export class ExternalMemoryCollector {
   #collected = false;
   #highAfterCollection = 0;
   #gc: (() => void) | undefined;
-  #external: () => number;
   #slack: number;
   /** Collections run, and their milliseconds in all. */
   collections = 0;
   milliseconds = 0;
 
-  /** Defaults: the exposed `gc`, `Deno.memoryUsage().external`, {@linkcode EXTERNAL_SLACK_BYTES}. */
-  constructor(
-    options: { gc?: () => void; external?: () => number; slackBytes?: number } = {},
-  ) {
+  /** Defaults: the exposed `gc` and {@linkcode EXTERNAL_SLACK_BYTES}. */
+  constructor(options: { gc?: () => void; slackBytes?: number } = {}) {
     this.#gc = options.gc ?? (globalThis as { gc?: () => void }).gc;
-    this.#external = options.external ?? (() => Deno.memoryUsage().external);
     this.#slack = options.slackBytes ?? EXTERNAL_SLACK_BYTES;
   }
 
@@ -118,10 +114,12 @@ export class ExternalMemoryCollector {
     return this.#floor;
   }
 
-  /** Collects if dead buffers may exceed the slack. */
-  afterCall(): void {
+  /**
+   * Collects if dead buffers may exceed the slack; `external` is the call's reading of
+   * `Deno.memoryUsage().external` (the one its answer reports).
+   */
+  afterCall(external: number): void {
     if (this.#gc === undefined) return;
-    const external = this.#external();
     if (this.#floor < 0) {
       this.#floor = external;
       return;
@@ -171,17 +169,21 @@ async function handle(message: ToWorker, backend: InferenceBackend | null) {
     send({ type: "failed", id: message.id, message: "The model is not loaded" });
     return backend;
   }
+  let external: number;
   try {
     const value = await timedCall(backend, message.call);
-    const { heapUsed, heapTotal, external } = Deno.memoryUsage();
+    const usage = Deno.memoryUsage();
+    external = usage.external;
+    const { heapUsed, heapTotal } = usage;
     const collections = collector?.collections ?? 0;
     const gcMs = collector?.milliseconds ?? 0;
     const memory = { heapUsed, heapTotal, external, collections, gcMs };
     send({ type: "result", id: message.id, value, memory });
   } catch (err) {
     send({ type: "failed", id: message.id, message: (err as Error).message });
+    external = Deno.memoryUsage().external;
   }
-  collector?.afterCall(); // after the answer is sent, so no request waits for it
+  collector?.afterCall(external); // after the answer is sent, so no request waits for it
   return backend;
 }
 
