@@ -208,6 +208,11 @@ export interface SoakMinute {
    * slower (a busy neighbour on the same physical core, a lower clock) shows here, not as steal.
    */
   tokensPerCpuSecond: number;
+  /**
+   * CPU used by this load generator, the server process and the workers, each in % of one core:
+   * on 2 cores the three share 200%, so what the workers leave idle shows here.
+   */
+  cpuPercent: CpuSplit;
   /** the minute's slowest seconds (second of the run: worst latency ms), at most 5, */
   slowestSeconds: string[];
   /**
@@ -215,6 +220,29 @@ export interface SoakMinute {
    * process CPU ms), at most 5.
    */
   slowCalls: string[];
+}
+
+/** CPU used per process group, % of one core. */
+export interface CpuSplit {
+  client: number;
+  server: number;
+  workers: number;
+}
+
+/** The CPU of the load generator, the server and the workers between two samples. */
+function cpuSplit(
+  before: Map<number, { ticks: number }>,
+  after: Map<number, { ticks: number }>,
+  pids: { client: number; server: number; workers: Set<number> },
+  seconds: number,
+): CpuSplit {
+  const used = (pid: number) => (after.get(pid)?.ticks ?? 0) - (before.get(pid)?.ticks ?? 0);
+  const percent = (ticks: number) => round(ticks / seconds); // 100 ticks per second = 100%
+  return {
+    client: percent(used(pids.client)),
+    server: percent(used(pids.server)),
+    workers: percent([...pids.workers].reduce((sum, pid) => sum + used(pid), 0)),
+  };
 }
 
 /** Options of {@linkcode soak}. */
@@ -256,10 +284,32 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
         "15-s windows) ...",
     );
     await capacity(server.url, 32, 5);
+    const workers = new Set<number>();
+    for (const l of server.logs) {
+      if (l.event === "model_loaded") { for (const pid of l.pids as number[]) workers.add(pid); }
+    }
+    const pids = { client: Deno.pid, server: server.process.pid, workers };
+    const capacityTicks = processTicks();
+    const capacityTokens = (await sampleServer(server.url)).tokens;
+    const capacityStart = performance.now();
     const windows: number[] = [];
     for (let w = 0; w < 5; w++) windows.push(await capacity(server.url, 32, 15));
     const measured = median(windows);
-    options.say(`capacity windows: ${windows.map((w) => round(w)).join(", ")} embeddings/s`);
+    const capacityCpu = cpuSplit(
+      capacityTicks,
+      processTicks(),
+      pids,
+      (performance.now() - capacityStart) / 1000,
+    );
+    const capacityTokensPerCpuSecond = round(
+      ((await sampleServer(server.url)).tokens - capacityTokens) /
+        Math.max(0.01, (capacityCpu.workers / 100) * (performance.now() - capacityStart) / 1000),
+    );
+    options.say(
+      `capacity windows: ${windows.map((w) => round(w)).join(", ")} embeddings/s; CPU % of a ` +
+        `core: client ${capacityCpu.client}, server ${capacityCpu.server}, workers ` +
+        `${capacityCpu.workers} (${capacityTokensPerCpuSecond} tokens per worker CPU-s)`,
+    );
     const rate = 0.7 * measured;
     options.say(`capacity ${round(measured)} embeddings/s; soak at ${round(rate)}/s`);
     const minutes: SoakMinute[] = [];
@@ -270,10 +320,6 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
     let cpuBefore = cpuJiffies();
     // Ours: this load generator, the server and its workers (and their deno task parents).
     const ours = new Set([Deno.pid, server.process.pid, Deno.ppid]);
-    const workers = new Set<number>();
-    for (const l of server.logs) {
-      if (l.event === "model_loaded") { for (const pid of l.pids as number[]) workers.add(pid); }
-    }
     for (const pid of workers) ours.add(pid);
     const workerTicks = (t: Map<number, { ticks: number }>) =>
       [...workers].reduce((sum, pid) => sum + (t.get(pid)?.ticks ?? 0), 0);
@@ -339,6 +385,7 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
           (after.tokens - before.tokens) /
             Math.max(0.01, (workerTicks(ticksAfter) - workerTicks(ticksBefore)) / 100),
         ),
+        cpuPercent: cpuSplit(ticksBefore, ticksAfter, pids, 60),
         slowestSeconds: [...worstBySecond].sort((a, b) => b[1] - a[1]).slice(0, 5)
           .map(([second, ms]) => `${second}: ${round(ms)}`),
         slowCalls: calls.slice(0, 5).map((c) =>
@@ -355,9 +402,11 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
           `${row.workerHeapMiB} of ${row.workerHeapCommittedMiB} committed, external ` +
           `${row.workerExternalMiB}; ${row.workerCollections} collections, ${row.workerCollectionMs} ms); over 250 ms: ${row.slowBatches} batches, ` +
           `${row.slowServerRequests} requests (server); client lag ${row.clientLagMs} ms, ` +
-          `steal ${row.stealPercent}%; ${row.tokensPerCpuSecond} tokens per worker CPU-s; others ${
-            row.otherProcesses.join(", ")
-          }; slowest seconds ${row.slowestSeconds.join(", ")}; ` +
+          `steal ${row.stealPercent}%; ${row.tokensPerCpuSecond} tokens per worker CPU-s; CPU % ` +
+          `client ${row.cpuPercent.client}, server ${row.cpuPercent.server}, workers ` +
+          `${row.cpuPercent.workers}; others ${row.otherProcesses.join(", ")}; slowest seconds ${
+            row.slowestSeconds.join(", ")
+          }; ` +
           `${calls.length} slow worker calls ${row.slowCalls.join(", ")}`,
       );
     }
@@ -373,6 +422,8 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
     return {
       capacityPerSecond: round(measured),
       capacityWindows: windows.map((w) => round(w)),
+      capacityCpuPercent: capacityCpu,
+      capacityTokensPerCpuSecond,
       ratePerSecond: round(rate),
       minutes,
       summary,
