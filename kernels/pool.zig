@@ -14,7 +14,10 @@ const builtin = @import("builtin");
 const assert = std.debug.assert;
 
 pub const max_threads: u32 = 64;
-/// Spins before a worker sleeps; about 50-100 us on current x86 cores.
+/// Spins before a worker sleeps: about 450-480 us on a Zen 4 (28 ns per `pause`, measured), which
+/// keeps a worker awake through a forward's serial stretches. (Bounding it at 50 us instead made
+/// batch-1 all-MiniLM-L6-v2 forwards 1.3-1.5x slower; parking workers after each server call
+/// saved no measurable CPU: see docs/BENCHMARKS.md, issue 17.)
 const spin_limit: u32 = 1 << 14;
 
 const WorkFn = *const fn (ctx: *const anyopaque, ith: u32, nth: u32) void;

@@ -59,6 +59,7 @@ function minutes(rss: number[], p99: number[]): SoakMinute[] {
     stealPercent: 0,
     otherProcesses: [],
     tokensPerCpuSecond: 0,
+    cpuPercent: { client: 0, server: 0, workers: 0 },
     slowestSeconds: [],
     slowCalls: [],
   }));
