@@ -289,21 +289,31 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
       if (l.event === "model_loaded") { for (const pid of l.pids as number[]) workers.add(pid); }
     }
     const pids = { client: Deno.pid, server: server.process.pid, workers };
+    const workerTicks = (t: Map<number, { ticks: number }>) =>
+      [...workers].reduce((sum, pid) => sum + (t.get(pid)?.ticks ?? 0), 0);
+    /** Tokens per second of worker CPU between two samples (100 ticks per CPU-second). */
+    const tokensPerCpuSecond = (
+      tokens: number,
+      before: Map<number, { ticks: number }>,
+      after: Map<number, { ticks: number }>,
+    ) => round(tokens / Math.max(0.01, (workerTicks(after) - workerTicks(before)) / 100));
     const capacityTicks = processTicks();
     const capacityTokens = (await sampleServer(server.url)).tokens;
     const capacityStart = performance.now();
     const windows: number[] = [];
     for (let w = 0; w < 5; w++) windows.push(await capacity(server.url, 32, 15));
     const measured = median(windows);
+    const capacityEndTicks = processTicks();
     const capacityCpu = cpuSplit(
       capacityTicks,
-      processTicks(),
+      capacityEndTicks,
       pids,
       (performance.now() - capacityStart) / 1000,
     );
-    const capacityTokensPerCpuSecond = round(
-      ((await sampleServer(server.url)).tokens - capacityTokens) /
-        Math.max(0.01, (capacityCpu.workers / 100) * (performance.now() - capacityStart) / 1000),
+    const capacityTokensPerCpuSecond = tokensPerCpuSecond(
+      (await sampleServer(server.url)).tokens - capacityTokens,
+      capacityTicks,
+      capacityEndTicks,
     );
     options.say(
       `capacity windows: ${windows.map((w) => round(w)).join(", ")} embeddings/s; CPU % of a ` +
@@ -321,8 +331,6 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
     // Ours: this load generator, the server and its workers (and their deno task parents).
     const ours = new Set([Deno.pid, server.process.pid, Deno.ppid]);
     for (const pid of workers) ours.add(pid);
-    const workerTicks = (t: Map<number, { ticks: number }>) =>
-      [...workers].reduce((sum, pid) => sum + (t.get(pid)?.ticks ?? 0), 0);
     server.logs.splice(0); // the capacity phase's events are not the soak's
     let ticksBefore = processTicks();
     let n = 0;
@@ -381,9 +389,10 @@ export async function soak(options: SoakOptions): Promise<Record<string, unknown
           2,
         ),
         otherProcesses: otherProcesses(ticksBefore, ticksAfter, ours, 60),
-        tokensPerCpuSecond: round(
-          (after.tokens - before.tokens) /
-            Math.max(0.01, (workerTicks(ticksAfter) - workerTicks(ticksBefore)) / 100),
+        tokensPerCpuSecond: tokensPerCpuSecond(
+          after.tokens - before.tokens,
+          ticksBefore,
+          ticksAfter,
         ),
         cpuPercent: cpuSplit(ticksBefore, ticksAfter, pids, 60),
         slowestSeconds: [...worstBySecond].sort((a, b) => b[1] - a[1]).slice(0, 5)
