@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "40c5846c91ff3dab13e902ca12c725a6d71554b78df1056a66a21f81a476bc1c",
-  avx2: "7a8e7c34c8609e7c0b898d5cc09d127de6c394a4488767139ce577296b55c886",
-  avx512vnni: "4c325769218ab7c83bdb44b473866714144e3c1af6d127dd5cf14231d9727c4c",
+  baseline: "4cdf488a62a4967657b8ef30495237835f231a80ee15b298c1ad44802f7948b8",
+  avx2: "4e00af13df126f3d8b42903cf6c8f7ee684f3e03173c9b6aa58fe1484c5aaabb",
+  avx512vnni: "241c78602c035d601481e200f93730fe20d3090e8d64f647d006ddc5f4d5a721",
 };

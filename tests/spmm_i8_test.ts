@@ -28,6 +28,8 @@ import { quantizeReference } from "./reference/quantize.ts";
 import { spmmI8Exact } from "./reference/spmm_i8.ts";
 
 const SPARSITIES = [0, 0.5, 0.9, 1];
+/** Wider than one panel of the VNNI kernel (k > 768): partial sums carried between panels. */
+const WIDE_SHAPES: readonly [number, number, number][] = [[37, 2100, 150], [16, 3072, 136]];
 const ACTIVATIONS: Activation[] = ["none", "gelu", "gelu_tanh"];
 
 function refActivations(
@@ -46,7 +48,7 @@ function sparseWeight(n: number, k: number, sparsity: number, seed: number): Qua
 
 Deno.test(`spmm_i8 s32 sums equal the reference exactly on every shape and sparsity (${variantLabel()})`, () => {
   let seed = 1;
-  for (const [m, k, n] of LINEAR_SHAPES) {
+  for (const [m, k, n] of [...LINEAR_SHAPES, ...WIDE_SHAPES]) {
     for (const sparsity of SPARSITIES) {
       const mode = seed % 2 === 0 ? "per-token" : "per-tensor";
       const x = randomF32(m * k, seed++, -2, 3);
