@@ -245,7 +245,8 @@ fn groupsBetween(args: *const Args, tile_begin: usize, tile_end: usize) usize {
 /// Panels of a layer with k input channels: one up to `one_panel_max_k`, else `panel_k` wide.
 /// VNNI only: there the group loop runs near the `vpdpbusd` rate, so rows read from L2 show
 /// (a Zen 4, one thread, 3072 x 768: 70% 1.46x faster in panels, 90% 1.04x; two threads, 4096 x
-/// 1024: 1.45x at both); the AVX2 loop is bound by its multiply-add chain and measured no faster.
+/// 1024: 90% 1.45x, 70% 1.2-1.9x); the AVX2 loop is bound by its multiply-add chain and measured
+/// no faster (docs/BENCHMARKS.md).
 fn panelsOf(k: usize) usize {
     if (int8.path != .vnni or k <= one_panel_max_k) return 1;
     return (k + panel_k - 1) / panel_k;
