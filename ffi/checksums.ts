@@ -14,5 +14,5 @@ export const RELEASE_VERSION = "0.1.0";
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
   baseline: "4cdf488a62a4967657b8ef30495237835f231a80ee15b298c1ad44802f7948b8",
   avx2: "4e00af13df126f3d8b42903cf6c8f7ee684f3e03173c9b6aa58fe1484c5aaabb",
-  avx512vnni: "241c78602c035d601481e200f93730fe20d3090e8d64f647d006ddc5f4d5a721",
+  avx512vnni: "f83c617e8a334987960cb6fe518c6a0405cce9abd92f4411539c12b36bb5c21a",
 };

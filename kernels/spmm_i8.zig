@@ -50,8 +50,6 @@ const group_bytes: usize = 16 + 8;
 /// sums of the slice's block rows between panels. (Panels of 512 lost at 90%: about 13 groups
 /// per block row and panel, too few to pay for the carry.)
 const panel_k: usize = 1024;
-/// Widest layer that runs in one panel (24 KiB of a chunk's rows).
-const one_panel_max_k: usize = 768;
 /// Most block rows of a slice that runs in panels: their partial sums (`Carry`) stay 8 KiB.
 const carry_block_rows: usize = 32;
 /// Stored index (k * format.k_unit) to byte offset (k * row_bytes).
@@ -196,6 +194,7 @@ fn Worker(comptime out: int8.Output, comptime act: vmath.Activation) type {
             const end = if (ith + 1 == nth) tiles else splitPoint(args.w.group_ptr, block_rows, total * (ith + 1) / nth);
             const chunks = layout.chunksOf(args.m);
             const panels = panelsOf(h.k);
+            const max_tiles: usize = if (panels > 1) carry_block_rows / tile_block_rows else tiles;
             if (args.staging) |st| {
                 if (ith == 0) st.threads.store(nth, .monotonic);
                 st.split[ith] = @min(begin * tile_channels, h.n);
@@ -204,9 +203,8 @@ fn Worker(comptime out: int8.Output, comptime act: vmath.Activation) type {
             }
             var slice_begin = begin;
             while (slice_begin < end) {
-                // Grow the slice of tiles until its weights reach slice_bytes.
-                // In panels, also until the slice's partial sums fill the carry.
-                const max_tiles: usize = if (panels > 1) carry_block_rows / tile_block_rows else tiles;
+                // Grow the slice of tiles until its weights reach slice_bytes (in panels, also
+                // until the slice's partial sums fill the carry).
                 var slice_end = slice_begin + 1;
                 while (slice_end < end and slice_end - slice_begin < max_tiles and
                     groupsBetween(args, slice_begin, slice_end) * group_bytes < slice_bytes)
@@ -242,13 +240,14 @@ fn groupsBetween(args: *const Args, tile_begin: usize, tile_end: usize) usize {
     return args.w.group_ptr[br1] - args.w.group_ptr[tile_begin * tile_block_rows];
 }
 
-/// Panels of a layer with k input channels: one up to `one_panel_max_k`, else `panel_k` wide.
+/// Panels of a layer with k input channels, `panel_k` wide (one up to k = 1024: 32 KiB of a chunk's
+/// rows, where 768 x 3072 measured no headroom).
 /// VNNI only: there the group loop runs near the `vpdpbusd` rate, so rows read from L2 show
 /// (a Zen 4, one thread, 3072 x 768: 70% 1.46x faster in panels, 90% 1.04x; two threads, 4096 x
 /// 1024: 90% 1.45x, 70% 1.2-1.9x); the AVX2 loop is bound by its multiply-add chain and measured
 /// no faster (docs/BENCHMARKS.md).
 fn panelsOf(k: usize) usize {
-    if (int8.path != .vnni or k <= one_panel_max_k) return 1;
+    if (int8.path != .vnni or k <= panel_k) return 1;
     return (k + panel_k - 1) / panel_k;
 }
 
@@ -304,8 +303,9 @@ const Carry = struct {
                 const g1: usize = starts.start[i][p + 1];
                 if (g1 == g0) continue;
                 const acc = microKernel(xc, w.group_k + 4 * g0, w.weights + 16 * g0, g1 - g0);
-                inline for (0..4) |r| inline for (0..halves) |hh| {
-                    self.sums[i][r][hh] +%= acc[r][hh];
+                // Sums wrap modulo 2^32 as `microKernel`'s do: panel by panel, the same bits.
+                inline for (0..4) |r| inline for (0..halves) |h| {
+                    self.sums[i][r][h] +%= acc[r][h];
                 };
             }
         }
@@ -534,8 +534,8 @@ fn exactSums(args: *const Args, br: usize, tokens: *const Tokens, carried: ?*con
     assert(g0 <= g1);
     const xc = args.x + tokens.chunk * k * row_bytes;
     var acc = microKernel(xc, w.group_k + 4 * @as(usize, g0), w.weights + 16 * @as(usize, g0), g1 - g0);
-    if (carried) |c| inline for (0..4) |r| inline for (0..halves) |hh| {
-        acc[r][hh] +%= c.sums[br - c.starts.br0][r][hh];
+    if (carried) |c| inline for (0..4) |r| inline for (0..halves) |h| {
+        acc[r][h] +%= c.sums[br - c.starts.br0][r][h];
     };
     const c0 = br * 4;
     var exact: BlockSums = undefined;
@@ -721,9 +721,11 @@ test "spmm_i8 matches the naive sum on odd shapes" {
 }
 
 test "spmm_i8 runs a wide layer in panels (and slices) with the same sums" {
-    // k > one_panel_max_k: three panels on VNNI, the last one short; n spans several slices.
+    // k > panel_k: three panels on VNNI (none elsewhere), the last one short; n spans several
+    // slices, the last tile partial.
     try checkShape(17, 300, 2100, 20, 8);
-    try checkShape(3, 9, 2049, 5, 9); // most panels of most block rows empty
+    try checkShape(3, 9, 2049, 5, 9); // a last panel of one input channel
+    try checkShape(5, 9, 2049, 0, 17); // nearly every panel of every block row empty
     _ = pool.setThreadCount(2);
     defer _ = pool.setThreadCount(1);
     try checkShape(33, 200, 1500, 40, 10);
