@@ -28,7 +28,7 @@ import { quantizeReference } from "./reference/quantize.ts";
 import { spmmI8Exact } from "./reference/spmm_i8.ts";
 
 const SPARSITIES = [0, 0.5, 0.9, 1];
-/** Wider than one panel of the VNNI kernel (k > 768): partial sums carried between panels. */
+/** Wider than one panel of the VNNI kernel (k > 1024): partial sums carried between panels. */
 const WIDE_SHAPES: readonly [number, number, number][] = [[37, 2100, 150], [16, 3072, 136]];
 const ACTIVATIONS: Activation[] = ["none", "gelu", "gelu_tanh"];
 
