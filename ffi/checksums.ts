@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "4cdf488a62a4967657b8ef30495237835f231a80ee15b298c1ad44802f7948b8",
-  avx2: "4e00af13df126f3d8b42903cf6c8f7ee684f3e03173c9b6aa58fe1484c5aaabb",
-  avx512vnni: "f83c617e8a334987960cb6fe518c6a0405cce9abd92f4411539c12b36bb5c21a",
+  baseline: "76946438056f861d19cc50aeaa29a43841d1c91490ef0ef36a51166047fcb022",
+  avx2: "061e0722c087a63b63196c12b63551dd962610767eb79c9f81f0c2989eb3947a",
+  avx512vnni: "d2b66a3caa598e45d0bd97ef8dadbd0552107de736f1a72775dc92ae03e2d895",
 };

@@ -117,23 +117,29 @@ pub fn forward(problem: *const attention.Problem, scratch: [*]align(64) f32, scr
 }
 
 fn run(args: *const Args, ith: u32, nth: u32) void {
-    _ = nth;
     if (ith >= args.slots) return;
-    const slot: [*]align(64) u8 = @alignCast(args.scratch + ith * args.layout.slot_bytes);
-    const jobs = args.problem.batch * args.problem.heads;
-    while (true) {
-        const job = args.next_job.fetchAdd(1, .monotonic);
-        if (job >= jobs) break;
-        head(args, slot, job / args.problem.heads, job % args.problem.heads);
-    }
+    const thread = Thread{ .args = args, .slot = @alignCast(args.scratch + ith * args.layout.slot_bytes) };
+    attention.claimHeads(Thread, &thread, args.problem, args.next_job, nth, Thread.head);
 }
+
+const Thread = struct {
+    args: *const Args,
+    slot: [*]align(64) u8,
+
+    fn head(self: *const Thread, job: usize, next: ?attention.HeadRows) void {
+        const heads = self.args.problem.heads;
+        headOf(self.args, self.slot, job / heads, job % heads, next);
+    }
+};
 
 /// A typed view of a scratch region.
 fn region(comptime T: type, slot: [*]align(64) u8, offset: usize) [*]T {
     return @ptrCast(@alignCast(slot + offset));
 }
 
-fn head(args: *const Args, slot: [*]align(64) u8, b: usize, h: usize) void {
+/// One (batch, head) job; `next`, the job this thread runs after it, has its rows prefetched
+/// while this one computes its scores.
+fn headOf(args: *const Args, slot: [*]align(64) u8, b: usize, h: usize, next: ?attention.HeadRows) void {
     const seq = args.problem.seq;
     const layout = args.layout;
     const row0 = b * seq;
@@ -155,7 +161,9 @@ fn head(args: *const Args, slot: [*]align(64) u8, b: usize, h: usize) void {
         const rows_in_block = @min(q_block, seq - block_begin);
         var i: usize = 0;
         while (i < rows_in_block) : (i += tile_rows) {
-            switch (@min(tile_rows, rows_in_block - i)) {
+            const rows_in_tile = @min(tile_rows, rows_in_block - i);
+            if (next) |n| n.prefetch(args.problem, block_begin + i, block_begin + i + rows_in_tile);
+            switch (rows_in_tile) {
                 inline 1...tile_rows => |rows| scoreTiles(rows, args, slot, row0 + block_begin + i, column, i),
                 else => unreachable,
             }
