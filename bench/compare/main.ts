@@ -48,9 +48,10 @@ throughput, and the throughput under a p90 latency bound (instances x threads).
 Plans:
   (default)        BERT-Base seq 128 batch 1 2 threads over dense/70/80/90% 4x1, fp32 and
                    int8, and its latency-bound throughput search; all-MiniLM-L6-v2 (real
-                   weights) dense + 90% 4x1 in 4 scenarios (seq 128/384, batch 1/8, threads
-                   1/2); DistilBERT dense + 90% 4x1. Unstructured, BERT-Mini, BERT-Large: --full.
-                   Budget 18.5 min once the model files are prepared: run --prepare once
+                   weights) dense + 90% 4x1, fp32 and int8, in 4 scenarios (seq 128/384,
+                   batch 1/8, threads 1/2); DistilBERT dense + 90% 4x1. Unstructured,
+                   BERT-Mini, BERT-Large: --full.
+                   Budget 22 min once the model files are prepared: run --prepare once
                    first (generating, pruning and quantizing, cached in .cache/bench-models).
   --quick          smoke test: a 2-layer generated model, dense and 90% 4x1, seq 64, 1 thread,
                    a few iterations (under 3 minutes; no timing assertion)
@@ -69,7 +70,7 @@ Options:
   --models LIST        only these models of the plan (comma-separated keys)
   --bound-ms MS        p90 bound of the throughput search (default per model)
   --budget-min MIN     wall-clock budget; steps estimated to end past it are skipped and
-                       reported (default: 19 for the default plan, 2.8 quick, none full)
+                       reported (default: 22 for the default plan, 2.8 quick, none full)
   --sparse-threshold F sparsebert's chooser tries a linear's sparse kernel from this
                        measured sparsity on, and keeps it where its autotune beats the
                        dense kernel (default 0.5)
