@@ -12,7 +12,7 @@ export const RELEASE_VERSION = "0.1.0";
 
 /** SHA-256 (lower-case hex) of `libsparsebert_<isa>.so`, by ISA variant. */
 export const LIBRARY_SHA256: Readonly<Record<string, string>> = {
-  baseline: "76946438056f861d19cc50aeaa29a43841d1c91490ef0ef36a51166047fcb022",
-  avx2: "061e0722c087a63b63196c12b63551dd962610767eb79c9f81f0c2989eb3947a",
-  avx512vnni: "d2b66a3caa598e45d0bd97ef8dadbd0552107de736f1a72775dc92ae03e2d895",
+  baseline: "fc53bee27cbd485768cef5920de2e1efd49126672bd886bf2476e28ffa87cd28",
+  avx2: "6250b8d00f0323d9000943f4ad8f6a4d88443acc8e174b2ba1660e966d3de4ed",
+  avx512vnni: "d7f9d6bcb868b2e9038bd735c25c51179c5952fa6ddd36c731f8aad56a6b71df",
 };

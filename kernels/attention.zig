@@ -143,21 +143,17 @@ pub fn forward(problem: *const Problem, scratch: [*]f32, scratch_len: usize) voi
 fn run(args: *const Args, ith: u32, nth: u32) void {
     if (ith >= args.slots) return;
     const thread = Thread{ .args = args, .slot = args.scratch + ith * args.layout.slot_len };
-    claimHeads(Thread, &thread, args.problem, args.next_job, nth, Thread.head);
+    claimHeads(Thread, &thread, args.problem, args.next_job, nth, head);
 }
 
+/// What one pool thread's head jobs use.
 const Thread = struct {
     args: *const Args,
     slot: [*]f32,
-
-    fn head(self: *const Thread, job: usize, next: ?HeadRows) void {
-        const heads = self.args.problem.heads;
-        headOf(self.args, self.slot, job / heads, job % heads, next);
-    }
 };
 
-/// Runs `work(ctx, job, next)` for (batch, head) jobs claimed from `next_job` until none is
-/// left; `next` is the job this thread runs after `job`, claimed ahead so that `work` can
+/// Runs `work(ctx, b, h, next)` for the (batch, head) jobs claimed from `next_job` until none is
+/// left; `next` is the job this thread runs after (b, h), claimed ahead so that `work` can
 /// prefetch its rows. Near the end a thread claims after its job instead, so that no thread
 /// holds a job another could be running.
 pub fn claimHeads(
@@ -166,7 +162,7 @@ pub fn claimHeads(
     problem: *const Problem,
     next_job: *std.atomic.Value(usize),
     nth: u32,
-    comptime work: fn (ctx: *const Ctx, job: usize, next: ?HeadRows) void,
+    comptime work: fn (ctx: *const Ctx, b: usize, h: usize, next: ?HeadRows) void,
 ) void {
     const jobs = problem.batch * problem.heads;
     var job = next_job.fetchAdd(1, .monotonic);
@@ -174,7 +170,8 @@ pub fn claimHeads(
     while (job < jobs) {
         const ahead = next_job.load(.monotonic) + nth < jobs;
         const following = if (ahead) next_job.fetchAdd(1, .monotonic) else jobs;
-        work(ctx, job, if (following < jobs) HeadRows.of(problem, following) else null);
+        const next = if (following < jobs) HeadRows.of(problem, following) else null;
+        work(ctx, job / problem.heads, job % problem.heads, next);
         job = if (ahead) following else next_job.fetchAdd(1, .monotonic);
     }
 }
@@ -211,7 +208,9 @@ pub const HeadRows = struct {
 
 /// One (batch, head) job; `next`, the job this thread runs after it, has its rows prefetched
 /// while this one computes its scores.
-fn headOf(args: *const Args, slot: [*]f32, b: usize, h: usize, next: ?HeadRows) void {
+fn head(thread: *const Thread, b: usize, h: usize, next: ?HeadRows) void {
+    const args = thread.args;
+    const slot = thread.slot;
     const seq = args.problem.seq;
     const hs = args.problem.head_size;
     const layout = args.layout;
@@ -427,21 +426,20 @@ test "claimHeads runs every job once, and each job's next is the one its thread 
     const Record = struct {
         runs: [23]std.atomic.Value(u32) = @splat(std.atomic.Value(u32).init(0)),
         // Per thread slot: the next job announced by the previous call, or none.
-        announced: [2]?usize = .{ null, null },
+        announced: [2]?HeadRows = .{ null, null },
         wrong: std.atomic.Value(u32) = std.atomic.Value(u32).init(0),
     };
     const Ctx = struct {
         record: *Record,
         problem: *const Problem,
         slot: usize,
-        fn work(self: *const @This(), job: usize, next: ?HeadRows) void {
+        fn work(self: *const @This(), b: usize, h: usize, next: ?HeadRows) void {
+            const job = b * self.problem.heads + h;
             _ = self.record.runs[job].fetchAdd(1, .monotonic);
-            const want = HeadRows.of(self.problem, job);
             if (self.record.announced[self.slot]) |a| {
-                const got = HeadRows.of(self.problem, a);
-                if (got.row0 != want.row0 or got.column != want.column) _ = self.record.wrong.fetchAdd(1, .monotonic);
+                if (!std.meta.eql(a, HeadRows.of(self.problem, job))) _ = self.record.wrong.fetchAdd(1, .monotonic);
             }
-            self.record.announced[self.slot] = if (next) |n| n.row0 / self.problem.seq * self.problem.heads + n.column / self.problem.head_size else null;
+            self.record.announced[self.slot] = next;
         }
     };
     const Run = struct {

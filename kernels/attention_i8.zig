@@ -119,17 +119,13 @@ pub fn forward(problem: *const attention.Problem, scratch: [*]align(64) f32, scr
 fn run(args: *const Args, ith: u32, nth: u32) void {
     if (ith >= args.slots) return;
     const thread = Thread{ .args = args, .slot = @alignCast(args.scratch + ith * args.layout.slot_bytes) };
-    attention.claimHeads(Thread, &thread, args.problem, args.next_job, nth, Thread.head);
+    attention.claimHeads(Thread, &thread, args.problem, args.next_job, nth, head);
 }
 
+/// What one pool thread's head jobs use.
 const Thread = struct {
     args: *const Args,
     slot: [*]align(64) u8,
-
-    fn head(self: *const Thread, job: usize, next: ?attention.HeadRows) void {
-        const heads = self.args.problem.heads;
-        headOf(self.args, self.slot, job / heads, job % heads, next);
-    }
 };
 
 /// A typed view of a scratch region.
@@ -139,7 +135,9 @@ fn region(comptime T: type, slot: [*]align(64) u8, offset: usize) [*]T {
 
 /// One (batch, head) job; `next`, the job this thread runs after it, has its rows prefetched
 /// while this one computes its scores.
-fn headOf(args: *const Args, slot: [*]align(64) u8, b: usize, h: usize, next: ?attention.HeadRows) void {
+fn head(thread: *const Thread, b: usize, h: usize, next: ?attention.HeadRows) void {
+    const args = thread.args;
+    const slot = thread.slot;
     const seq = args.problem.seq;
     const layout = args.layout;
     const row0 = b * seq;
